@@ -1,0 +1,1 @@
+//! Per-machine networking on a host.
