@@ -1,1 +1,24 @@
-//! aloft-api
+//! Wire types shared by the control plane, the host agent and the CLI, and a typed HTTP client.
+//!
+//! Owns the JSON shapes of the Machines API (Fly-compatible field and state names), the agent
+//! protocol (host registration, heartbeats, the watch stream, status reports) and
+//! [`Client`]. It holds no server logic and must not depend on any role crate.
+
+#![forbid(unsafe_code)]
+
+pub mod apps;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod hosts;
+pub mod machine;
+
+pub use apps::*;
+pub use client::{Client, ClientError};
+pub use config::*;
+pub use error::ErrorBody;
+pub use hosts::*;
+pub use machine::*;
+
+/// The request header that carries a lease nonce on mutations of a leased machine.
+pub const LEASE_NONCE_HEADER: &str = "fly-machine-lease-nonce";

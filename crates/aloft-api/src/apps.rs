@@ -1,0 +1,101 @@
+//! Apps, organisations, tokens and platform regions.
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// Body of `POST /v1/apps`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CreateAppRequest {
+    pub app_name: String,
+    /// Defaults to `personal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_slug: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+}
+
+/// Query of `GET /v1/apps`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListAppsQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_slug: Option<String>,
+}
+
+/// An organisation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Organization {
+    pub name: String,
+    pub slug: String,
+}
+
+/// Answer of `GET /v1/apps/{app}` and `POST /v1/apps`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct App {
+    pub id: String,
+    pub name: String,
+    pub organization: Organization,
+    /// `deployed` when a machine is started, otherwise `pending`.
+    pub status: String,
+}
+
+/// One entry of `GET /v1/apps`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AppSummary {
+    pub id: String,
+    pub name: String,
+    pub machine_count: u64,
+    pub network: String,
+}
+
+/// Answer of `GET /v1/apps`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ListAppsResponse {
+    pub total_apps: u64,
+    pub apps: Vec<AppSummary>,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    /// Everything.
+    Admin,
+    /// One app's apps and machines endpoints.
+    App,
+    /// Registering hosts and the agent protocol.
+    Join,
+}
+
+/// Body of `POST /v1/tokens`: `{"app": "name"}` for an app token, `{"scope": "join"}` for a
+/// join token, `{"scope": "admin"}` for another admin token.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CreateTokenRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<TokenKind>,
+}
+
+/// Answer of `POST /v1/tokens`; the only time the token is shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CreateTokenResponse {
+    pub token: String,
+}
+
+/// One region with at least one live host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RegionInfo {
+    pub code: String,
+    pub name: String,
+    pub free_cpus: i64,
+    pub free_memory_mb: i64,
+    pub hosts: u64,
+}
+
+/// Answer of `GET /v1/platform/regions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RegionsResponse {
+    #[serde(rename = "Regions")]
+    pub regions: Vec<RegionInfo>,
+}

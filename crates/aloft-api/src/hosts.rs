@@ -1,0 +1,135 @@
+//! The agent protocol: host registration, heartbeats, the watch stream and status reports.
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::config::MachineConfig;
+use crate::machine::{HostStatus, ImageRef, MachineState};
+
+/// Body of `POST /v1/hosts` (needs a join or admin token). Registering an existing id
+/// updates its address and capacity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RegisterHostRequest {
+    pub id: String,
+    pub region: String,
+    /// Where the control plane and other hosts reach the agent (`ip:port`).
+    pub address: String,
+    pub cpus: i64,
+    pub memory_mb: i64,
+}
+
+/// A host as the control plane sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Host {
+    pub id: String,
+    pub region: String,
+    pub address: String,
+    pub cpus: i64,
+    pub memory_mb: i64,
+    pub free_cpus: i64,
+    pub free_memory_mb: i64,
+    pub status: HostStatus,
+    /// RFC 3339.
+    pub last_heartbeat: String,
+}
+
+/// What the control plane wants a machine to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DesiredState {
+    Started,
+    Stopped,
+    Suspended,
+    Destroyed,
+}
+
+/// A signal the user asked to deliver; `seq` grows so an agent delivers each once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SignalOrder {
+    pub seq: u64,
+    pub signal: String,
+}
+
+/// A machine assigned to a host, with everything the agent needs to run it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AssignedMachine {
+    pub id: String,
+    pub name: String,
+    pub app: String,
+    pub org: String,
+    pub region: String,
+    pub version: String,
+    /// Changes with every new config version; reports must name the current one.
+    pub instance_id: String,
+    pub private_ip: String,
+    pub config: MachineConfig,
+    pub image_ref: ImageRef,
+    pub desired_state: DesiredState,
+    /// The state the control plane last recorded.
+    pub state: MachineState,
+    /// Grows on every restart request: an agent restarts when it sees a higher value.
+    #[serde(default)]
+    pub restart_seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<SignalOrder>,
+    /// Signal for this stop (the config's `stop_config` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// Seconds to wait after the stop signal (the config's `stop_config` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_timeout_secs: Option<u64>,
+    /// Cordoned machines get no new traffic from the edge.
+    #[serde(default)]
+    pub cordoned: bool,
+}
+
+/// One line of `GET /v1/hosts/{id}/watch`: a change (with `machine`) or a keep-alive
+/// (without), both carrying the revision the stream has reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WatchEvent {
+    pub revision: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<AssignedMachine>,
+}
+
+/// Query of `GET /v1/hosts/{id}/watch`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WatchQuery {
+    /// Resume after this revision (0 = everything).
+    #[serde(default)]
+    pub since: u64,
+}
+
+/// An event an agent reports with a status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReportedEvent {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A check result an agent reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReportedCheck {
+    pub name: String,
+    /// `passing`, `warning` or `critical`.
+    pub status: String,
+    #[serde(default)]
+    pub output: String,
+}
+
+/// Body of `POST /v1/hosts/{id}/machines/{machine_id}/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StatusReport {
+    pub instance_id: String,
+    pub state: MachineState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<ReportedEvent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks: Option<Vec<ReportedCheck>>,
+}
