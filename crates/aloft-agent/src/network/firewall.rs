@@ -1,0 +1,236 @@
+//! The host firewall rules machines need, in chains of our own, through `iptables` and
+//! `ip6tables` (the standard tools; both the nft and legacy back ends accept these rules).
+//!
+//! Filter chain `<prefix>-FWD` (IPv4 and IPv6), jumped to first from `FORWARD`:
+//! 1. `-i B -o B -j ACCEPT` for each bridge B (machines of one network reach each other),
+//! 2. `-i P+ -o P+ -j DROP` (no traffic between networks),
+//! 3. `-i P+ -j ACCEPT` (machines reach the outside),
+//! 4. `-o P+ -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT` (and get answers),
+//! 5. `-o P+ -j DROP` (nothing else is forwarded to machines).
+//!
+//! where `P+` matches every bridge of this host. NAT chain `<prefix>-NAT` (IPv4), jumped to
+//! from `POSTROUTING`: `-s <pool> ! -o P+ -j MASQUERADE`.
+
+use std::process::Stdio;
+
+use tokio::process::Command;
+use tokio::sync::Mutex;
+
+use super::NetworkError;
+
+/// Serialises our own check-then-change sequences within this process; `-w` waits for other
+/// processes' xtables lock.
+static IPTABLES: Mutex<()> = Mutex::const_new(());
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn iptables(self) -> &'static str {
+        match self {
+            Self::V4 => "iptables",
+            Self::V6 => "ip6tables",
+        }
+    }
+
+    fn restore(self) -> &'static str {
+        match self {
+            Self::V4 => "iptables-restore",
+            Self::V6 => "ip6tables-restore",
+        }
+    }
+}
+
+/// The rule set of one host.
+pub(super) struct Firewall {
+    /// `<chain_prefix>-FWD`.
+    pub(super) forward_chain: String,
+    /// `<chain_prefix>-NAT`.
+    pub(super) nat_chain: String,
+    /// `<bridge_prefix>+`: every bridge of this host.
+    pub(super) bridges: String,
+    /// The IPv4 pool in CIDR notation.
+    pub(super) pool: String,
+}
+
+async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<bool, NetworkError> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let command = || format!("{program} {}", args.join(" "));
+    let mut child = cmd.spawn().map_err(|source| NetworkError::Spawn {
+        command: command(),
+        source,
+    })?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        use tokio::io::AsyncWriteExt;
+        pipe.write_all(input.as_bytes())
+            .await
+            .map_err(|source| NetworkError::Spawn {
+                command: command(),
+                source,
+            })?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|source| NetworkError::Spawn {
+            command: command(),
+            source,
+        })?;
+    if out.status.success() {
+        return Ok(true);
+    }
+    // iptables exits with 1 for "no such rule/chain" on -C/-S/-D and uses other codes for
+    // real failures (2: bad arguments, 4: resource problem).
+    if out.status.code() == Some(1) {
+        return Ok(false);
+    }
+    Err(NetworkError::Firewall {
+        command: command(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
+}
+
+/// Runs `iptables`/`ip6tables` with `args` and fails unless it succeeds.
+async fn must(family: Family, args: &[&str]) -> Result<(), NetworkError> {
+    let mut full = vec!["-w"];
+    full.extend_from_slice(args);
+    if run(family.iptables(), &full, None).await? {
+        Ok(())
+    } else {
+        Err(NetworkError::Firewall {
+            command: format!("{} {}", family.iptables(), args.join(" ")),
+            stderr: "exit status 1".to_string(),
+        })
+    }
+}
+
+/// Whether `iptables`/`ip6tables` with `args` succeeds (for `-C` and `-S`).
+async fn holds(family: Family, args: &[&str]) -> Result<bool, NetworkError> {
+    let mut full = vec!["-w"];
+    full.extend_from_slice(args);
+    run(family.iptables(), &full, None).await
+}
+
+impl Firewall {
+    fn static_rules(&self) -> Vec<String> {
+        let b = &self.bridges;
+        vec![
+            format!("-i {b} -o {b} -j DROP"),
+            format!("-i {b} -j ACCEPT"),
+            format!("-o {b} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
+            format!("-o {b} -j DROP"),
+        ]
+    }
+
+    fn bridge_rule(bridge: &str) -> String {
+        format!("-i {bridge} -o {bridge} -j ACCEPT")
+    }
+
+    /// Rebuilds the chains of both families atomically (per family) for the given existing
+    /// bridges, and makes sure `FORWARD` and `POSTROUTING` jump to them.
+    pub(super) async fn ensure(&self, bridges: &[String]) -> Result<(), NetworkError> {
+        let _guard = IPTABLES.lock().await;
+        for family in [Family::V4, Family::V6] {
+            let mut script = format!("*filter\n:{} - [0:0]\n", self.forward_chain);
+            for bridge in bridges {
+                script.push_str(&format!(
+                    "-A {} {}\n",
+                    self.forward_chain,
+                    Self::bridge_rule(bridge)
+                ));
+            }
+            for rule in self.static_rules() {
+                script.push_str(&format!("-A {} {rule}\n", self.forward_chain));
+            }
+            script.push_str("COMMIT\n");
+            if family == Family::V4 {
+                script.push_str(&format!(
+                    "*nat\n:{chain} - [0:0]\n-A {chain} -s {pool} ! -o {b} -j MASQUERADE\nCOMMIT\n",
+                    chain = self.nat_chain,
+                    pool = self.pool,
+                    b = self.bridges,
+                ));
+            }
+            if !run(family.restore(), &["-w", "--noflush"], Some(&script)).await? {
+                return Err(NetworkError::Firewall {
+                    command: format!("{} --noflush", family.restore()),
+                    stderr: "exit status 1".to_string(),
+                });
+            }
+            let jump = ["FORWARD", "-j", self.forward_chain.as_str()];
+            if !holds(family, &[&["-C"][..], &jump[..]].concat()).await? {
+                must(family, &["-I", "FORWARD", "1", "-j", &self.forward_chain]).await?;
+            }
+            if family == Family::V4 {
+                let jump = [
+                    "-t",
+                    "nat",
+                    "-C",
+                    "POSTROUTING",
+                    "-j",
+                    self.nat_chain.as_str(),
+                ];
+                if !holds(family, &jump).await? {
+                    must(
+                        family,
+                        &["-t", "nat", "-I", "POSTROUTING", "1", "-j", &self.nat_chain],
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets the machines on `bridge` reach each other (idempotent).
+    pub(super) async fn ensure_bridge(&self, bridge: &str) -> Result<(), NetworkError> {
+        let _guard = IPTABLES.lock().await;
+        let rule = Self::bridge_rule(bridge);
+        let rule: Vec<&str> = rule.split(' ').collect();
+        for family in [Family::V4, Family::V6] {
+            let check = [&["-C", self.forward_chain.as_str()][..], &rule[..]].concat();
+            if !holds(family, &check).await? {
+                let insert = [&["-I", self.forward_chain.as_str(), "1"][..], &rule[..]].concat();
+                must(family, &insert).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the jumps and chains of both families; missing ones are fine.
+    pub(super) async fn remove(&self) -> Result<(), NetworkError> {
+        let _guard = IPTABLES.lock().await;
+        for family in [Family::V4, Family::V6] {
+            while holds(family, &["-D", "FORWARD", "-j", &self.forward_chain]).await? {}
+            if holds(family, &["-S", &self.forward_chain]).await? {
+                must(family, &["-F", &self.forward_chain]).await?;
+                must(family, &["-X", &self.forward_chain]).await?;
+            }
+            if family == Family::V4 {
+                while holds(
+                    family,
+                    &["-t", "nat", "-D", "POSTROUTING", "-j", &self.nat_chain],
+                )
+                .await?
+                {}
+                if holds(family, &["-t", "nat", "-S", &self.nat_chain]).await? {
+                    must(family, &["-t", "nat", "-F", &self.nat_chain]).await?;
+                    must(family, &["-t", "nat", "-X", &self.nat_chain]).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,330 @@
+//! Links, addresses and routes over rtnetlink, in whichever network namespace the calling
+//! thread is in when [`Netlink::connect`] runs.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use super::NetworkError;
+
+const ENOENT: i32 = 2;
+const ESRCH: i32 = 3;
+const ENODEV: i32 = 19;
+const EEXIST: i32 = 17;
+const EADDRNOTAVAIL: i32 = 99;
+
+/// The errno of a netlink error answer, if it is one.
+fn errno(err: &rtnetlink::Error) -> Option<i32> {
+    match err {
+        rtnetlink::Error::NetlinkError(msg) => Some(msg.raw_code().abs()),
+        _ => None,
+    }
+}
+
+fn nl_error(op: String) -> impl FnOnce(rtnetlink::Error) -> NetworkError {
+    move |source| NetworkError::Netlink { op, source }
+}
+
+/// One rtnetlink connection, bound to the namespace it was opened in.
+pub(super) struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a connection and drives it on the current tokio runtime.
+    pub(super) fn connect() -> Result<Self, NetworkError> {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(|source| NetworkError::NetlinkSocket { source })?;
+        tokio::spawn(connection);
+        Ok(Self { handle })
+    }
+
+    /// The index of the link called `name`, or `None` if there is none.
+    pub(super) async fn index(&self, name: &str) -> Result<Option<u32>, NetworkError> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match links.try_next().await {
+            Ok(Some(link)) => Ok(Some(link.header.index)),
+            Ok(None) => Ok(None),
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
+            Err(e) => Err(nl_error(format!("look up link {name}"))(e)),
+        }
+    }
+
+    /// The names of all links in this namespace.
+    pub(super) async fn names(&self) -> Result<Vec<String>, NetworkError> {
+        let links: Vec<_> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl_error("list links".to_string()))?;
+        Ok(links
+            .into_iter()
+            .filter_map(|link| {
+                link.attributes.into_iter().find_map(|attr| match attr {
+                    LinkAttribute::IfName(name) => Some(name),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    async fn require(&self, name: &str) -> Result<u32, NetworkError> {
+        self.index(name)
+            .await?
+            .ok_or_else(|| NetworkError::MissingLink {
+                name: name.to_string(),
+            })
+    }
+
+    /// Creates bridge `name` if missing, brings it up, and returns its index.
+    pub(super) async fn ensure_bridge(&self, name: &str) -> Result<u32, NetworkError> {
+        if self.index(name).await?.is_none() {
+            let add = self
+                .handle
+                .link()
+                .add(LinkBridge::new(name).build())
+                .execute()
+                .await;
+            match add {
+                Ok(()) => {}
+                Err(e) if errno(&e) == Some(EEXIST) => {}
+                Err(e) => return Err(nl_error(format!("create bridge {name}"))(e)),
+            }
+        }
+        let index = self.require(name).await?;
+        self.set_up(index, name).await?;
+        Ok(index)
+    }
+
+    /// Brings link `index` up.
+    pub(super) async fn set_up(&self, index: u32, name: &str) -> Result<(), NetworkError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(nl_error(format!("bring up link {name}")))
+    }
+
+    /// Adds `addr/prefix` to link `index` without duplicate address detection; an address
+    /// that is already there is fine.
+    pub(super) async fn add_address(
+        &self,
+        index: u32,
+        addr: IpAddr,
+        prefix: u8,
+    ) -> Result<(), NetworkError> {
+        let mut req = self.handle.address().add(index, addr, prefix);
+        if addr.is_ipv6() {
+            req.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        match req.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+            Err(e) => Err(nl_error(format!(
+                "add address {addr}/{prefix} to link {index}"
+            ))(e)),
+        }
+    }
+
+    /// Creates the veth pair `host`/`peer`; fails if `host` exists.
+    pub(super) async fn create_veth(&self, host: &str, peer: &str) -> Result<(), NetworkError> {
+        self.handle
+            .link()
+            .add(LinkVeth::new(host, peer).build())
+            .execute()
+            .await
+            .map_err(nl_error(format!("create veth pair {host}/{peer}")))
+    }
+
+    /// Attaches link `name` to bridge `bridge` and brings it up.
+    pub(super) async fn attach(&self, name: &str, bridge: u32) -> Result<(), NetworkError> {
+        let index = self.require(name).await?;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .controller(bridge)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl_error(format!("attach link {name} to bridge {bridge}")))
+    }
+
+    /// Moves link `name` into the namespace open as `ns`.
+    pub(super) async fn move_to(&self, name: &str, ns: &std::fs::File) -> Result<(), NetworkError> {
+        let index = self.require(name).await?;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .setns_by_fd(ns.as_raw_fd())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl_error(format!("move link {name} into its namespace")))
+    }
+
+    /// Renames link `from` to `to` and brings it up; returns its index.
+    pub(super) async fn rename_up(&self, from: &str, to: &str) -> Result<u32, NetworkError> {
+        let index = self.require(from).await?;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .name(to.to_string())
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl_error(format!("rename link {from} to {to}")))?;
+        Ok(index)
+    }
+
+    /// Deletes link `name` (and so its veth peer); a missing link is fine.
+    pub(super) async fn delete_link(&self, name: &str) -> Result<(), NetworkError> {
+        let Some(index) = self.index(name).await? else {
+            return Ok(());
+        };
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(()),
+            Err(e) => Err(nl_error(format!("delete link {name}"))(e)),
+        }
+    }
+
+    /// Adds or replaces the on-link host route `addr/32 dev index src pref_source`.
+    pub(super) async fn replace_host_route_v4(
+        &self,
+        addr: Ipv4Addr,
+        index: u32,
+        pref_source: Ipv4Addr,
+    ) -> Result<(), NetworkError> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(addr, 32)
+            .output_interface(index)
+            .pref_source(pref_source)
+            .scope(RouteScope::Link)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl_error(format!("add host route to {addr}")))
+    }
+
+    /// Deletes the host route to `addr/32`; a missing route is fine.
+    pub(super) async fn delete_host_route_v4(&self, addr: Ipv4Addr) -> Result<(), NetworkError> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(addr, 32)
+            .scope(RouteScope::Link)
+            .build();
+        match self.handle.route().del(route).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(ESRCH | ENOENT | EADDRNOTAVAIL)) => Ok(()),
+            Err(e) => Err(nl_error(format!("delete host route to {addr}"))(e)),
+        }
+    }
+
+    /// Adds the default IPv4 route via `gateway` out of link `index`.
+    pub(super) async fn add_default_v4(
+        &self,
+        gateway: Ipv4Addr,
+        index: u32,
+    ) -> Result<(), NetworkError> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .output_interface(index)
+            .gateway(gateway)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl_error(format!("add default route via {gateway}")))
+    }
+
+    /// Adds the default IPv6 route via `gateway` out of link `index`.
+    pub(super) async fn add_default_v6(
+        &self,
+        gateway: Ipv6Addr,
+        index: u32,
+    ) -> Result<(), NetworkError> {
+        let route = RouteMessageBuilder::<Ipv6Addr>::new()
+            .output_interface(index)
+            .gateway(gateway)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl_error(format!("add default route via {gateway}")))
+    }
+
+    /// Adds the route `addr/32 via gateway dev index` (tests use it to act as a machine that
+    /// ignores its on-link prefix).
+    #[cfg(test)]
+    pub(super) async fn add_route_via_v4(
+        &self,
+        addr: Ipv4Addr,
+        gateway: Ipv4Addr,
+        index: u32,
+    ) -> Result<(), NetworkError> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(addr, 32)
+            .output_interface(index)
+            .gateway(gateway)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .execute()
+            .await
+            .map_err(nl_error(format!("add route to {addr} via {gateway}")))
+    }
+
+    /// Whether the main table has a route to exactly `addr/32`.
+    #[cfg(test)]
+    pub(super) async fn has_host_route_v4(&self, addr: Ipv4Addr) -> Result<bool, NetworkError> {
+        use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+        let routes: Vec<_> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl_error("list routes".to_string()))?;
+        Ok(routes.iter().any(|route| {
+            route.header.destination_prefix_length == 32
+                && route
+                    .attributes
+                    .iter()
+                    .any(|attr| *attr == RouteAttribute::Destination(RouteAddress::Inet(addr)))
+        }))
+    }
+}

@@ -1,0 +1,370 @@
+//! Real namespaces, veths, bridges and firewall rules (we run as root). Every test has its own
+//! bridge prefix, chain prefix, namespace directory, IPv4 pool and 6PN networks, so tests run
+//! in parallel and never touch the host's real ones; a drop guard removes everything.
+
+use std::collections::HashSet;
+use std::hash::{BuildHasher, Hasher};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use super::*;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn random_u64() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(u64::from(std::process::id()));
+    h.finish()
+}
+
+/// One test's private slice of the host.
+struct Fixture {
+    net: HostNetwork,
+    suffix: String,
+    machines: Vec<(String, Ipv4Addr)>,
+    used_v4: HashSet<Ipv4Addr>,
+    next_machine: u32,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        static NEXT_POOL: AtomicU8 = AtomicU8::new(0);
+        let rand = random_u64();
+        let suffix = format!("{:05x}", rand & 0xfffff);
+        let third = NEXT_POOL
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add((rand >> 24) as u8);
+        let options = NetworkOptions {
+            bridge_prefix: format!("t{suffix}"),
+            netns_dir: PathBuf::from(format!("/run/aloft-test-netns-{suffix}")),
+            ipv4_pool: Ipv4Pool::new(Ipv4Addr::new(10, 231, third, 0), 24).unwrap(),
+            host_index: (rand >> 32) as u32 & 0xffff,
+            chain_prefix: format!("ALOFT-T{suffix}"),
+        };
+        Self {
+            net: HostNetwork::new(options).unwrap(),
+            suffix,
+            machines: Vec::new(),
+            used_v4: HashSet::new(),
+            next_machine: 1,
+        }
+    }
+
+    /// A network id unique to this test.
+    fn network(&self, n: u32) -> u32 {
+        (u32::from_str_radix(&self.suffix, 16).unwrap() << 8) | n
+    }
+
+    fn request(&mut self, name: &str, network: u32) -> MachineNetRequest {
+        let ipv4 = allocate(&self.used_v4, &self.net.options().ipv4_pool).unwrap();
+        self.used_v4.insert(ipv4);
+        let machine = self.next_machine;
+        self.next_machine += 1;
+        MachineNetRequest {
+            machine_id: format!("{name}-{}", self.suffix),
+            network,
+            ipv4,
+            ipv6: sixpn_address(network, self.net.options().host_index, machine),
+        }
+    }
+
+    async fn setup(&mut self, req: &MachineNetRequest) -> MachineNet {
+        self.machines.push((req.machine_id.clone(), req.ipv4));
+        self.net.setup_machine(req).await.unwrap()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let options = self.net.options().clone();
+        let machines = std::mem::take(&mut self.machines);
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let net = HostNetwork::new(options.clone()).unwrap();
+                for (id, ipv4) in machines {
+                    net.teardown_machine(&id, Some(ipv4)).await.unwrap();
+                }
+                net.teardown_host().await.unwrap();
+            });
+            let _ = std::fs::remove_dir(&options.netns_dir);
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A listener inside the machine's namespace on `addr:0`; binding proves the address is there.
+fn listen_in(net: &MachineNet, addr: IpAddr) -> (TcpListener, SocketAddr) {
+    let listener = netns::run_in(&net.netns_path, || TcpListener::bind((addr, 0)))
+        .unwrap()
+        .unwrap();
+    let local = listener.local_addr().unwrap();
+    (listener, local)
+}
+
+/// Connects to `target` (from `from`'s namespace, or the host's when `None`) and checks a
+/// byte goes through both ways; an error means "unreachable".
+fn exchange(
+    from: Option<&Path>,
+    listener: &TcpListener,
+    target: SocketAddr,
+) -> std::io::Result<()> {
+    let connect = || TcpStream::connect_timeout(&target, CONNECT_TIMEOUT);
+    let mut client = match from {
+        Some(path) => netns::run_in(path, connect).unwrap()?,
+        None => connect()?,
+    };
+    let (mut server, _) = listener.accept()?;
+    client.write_all(b"x")?;
+    let mut byte = [0u8; 1];
+    server.read_exact(&mut byte)?;
+    server.write_all(b"y")?;
+    client.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+    client.read_exact(&mut byte)?;
+    assert_eq!(&byte, b"y");
+    Ok(())
+}
+
+fn reachable(from: Option<&MachineNet>, to: &MachineNet, v6: bool) -> bool {
+    let addr = if v6 {
+        IpAddr::V6(to.ipv6)
+    } else {
+        IpAddr::V4(to.ipv4)
+    };
+    let (listener, target) = listen_in(to, addr);
+    exchange(from.map(|m| m.netns_path.as_path()), &listener, target).is_ok()
+}
+
+#[tokio::test]
+async fn host_reaches_a_machine_on_both_families_and_teardown_removes_everything() {
+    let mut fx = Fixture::new();
+    fx.net.ensure_host().await.unwrap();
+    let req = fx.request("solo", fx.network(1));
+    let net = fx.setup(&req).await;
+
+    assert_eq!(net.gateway_v4, fx.net.options().ipv4_pool.gateway());
+    assert!(netns::exists(&net.netns_path));
+    assert!(
+        reachable(None, &net, false),
+        "host cannot reach {}",
+        net.ipv4
+    );
+    assert!(
+        reachable(None, &net, true),
+        "host cannot reach {}",
+        net.ipv6
+    );
+
+    // The machine sees exactly the interfaces it should: loopback up and eth0.
+    let names = netns::run_async_in(net.netns_path.clone(), || async {
+        Netlink::connect()?.names().await
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        names.iter().filter(|n| *n == MACHINE_INTERFACE).count(),
+        1,
+        "{names:?}"
+    );
+    let lo_listener = netns::run_in(&net.netns_path, || {
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+    })
+    .unwrap()
+    .unwrap();
+    let lo_addr = lo_listener.local_addr().unwrap();
+    exchange(Some(&net.netns_path), &lo_listener, lo_addr).expect("loopback is up");
+
+    fx.net
+        .teardown_machine(&req.machine_id, Some(req.ipv4))
+        .await
+        .unwrap();
+    assert!(!net.netns_path.exists());
+    let host_nl = Netlink::connect().unwrap();
+    assert_eq!(host_nl.index(&net.veth_host).await.unwrap(), None);
+    assert!(!host_nl.has_host_route_v4(net.ipv4).await.unwrap());
+    // Idempotent.
+    fx.net
+        .teardown_machine(&req.machine_id, Some(req.ipv4))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn machines_of_one_org_reach_each_other_and_other_orgs_do_not() {
+    let mut fx = Fixture::new();
+    fx.net.ensure_host().await.unwrap();
+    let (org_a, org_b) = (fx.network(0xa), fx.network(0xb));
+    let req = fx.request("a1", org_a);
+    let a1 = fx.setup(&req).await;
+    let req = fx.request("a2", org_a);
+    let a2 = fx.setup(&req).await;
+    let req = fx.request("b1", org_b);
+    let b1 = fx.setup(&req).await;
+    assert_ne!(a1.bridge, b1.bridge);
+    assert_eq!(a1.bridge, a2.bridge);
+
+    for v6 in [false, true] {
+        assert!(reachable(Some(&a1), &a2, v6), "a1 -> a2 (v6: {v6})");
+        assert!(reachable(Some(&a2), &a1, v6), "a2 -> a1 (v6: {v6})");
+        assert!(!reachable(Some(&b1), &a1, v6), "b1 -> a1 (v6: {v6})");
+        assert!(!reachable(Some(&b1), &a2, v6), "b1 -> a2 (v6: {v6})");
+        assert!(!reachable(Some(&a1), &b1, v6), "a1 -> b1 (v6: {v6})");
+        for m in [&a1, &a2, &b1] {
+            assert!(reachable(None, m, v6), "host -> {} (v6: {v6})", m.bridge);
+        }
+    }
+
+    // A machine that routes another org's IPv4 address through the gateway (instead of
+    // looking for it on its own link) is stopped by the firewall, while the same route
+    // works inside one org.
+    for (from, to) in [(&b1, &a1), (&a2, &a1)] {
+        let (dst, gw) = (to.ipv4, from.gateway_v4);
+        netns::run_async_in(from.netns_path.clone(), move || async move {
+            let nl = Netlink::connect()?;
+            let eth0 = nl.index(MACHINE_INTERFACE).await?.unwrap();
+            nl.add_route_via_v4(dst, gw, eth0).await
+        })
+        .await
+        .unwrap();
+    }
+    assert!(
+        !reachable(Some(&b1), &a1, false),
+        "b1 -> a1 through the gateway"
+    );
+    assert!(
+        reachable(Some(&a2), &a1, false),
+        "a2 -> a1 through the gateway"
+    );
+}
+
+#[tokio::test]
+async fn setup_recovers_from_a_crash_half_way() {
+    let mut fx = Fixture::new();
+    fx.net.ensure_host().await.unwrap();
+    let req = fx.request("crash", fx.network(1));
+    fx.machines.push((req.machine_id.clone(), req.ipv4));
+    // What a crash after creating the namespace and veth pair leaves behind.
+    let path = fx.net.netns_path(&req.machine_id);
+    netns::create(&path).unwrap();
+    let (host, peer) = HostNetwork::veth_names(&req.machine_id);
+    Netlink::connect()
+        .unwrap()
+        .create_veth(&host, &peer)
+        .await
+        .unwrap();
+
+    let net = fx.net.setup_machine(&req).await.unwrap();
+    assert!(reachable(None, &net, false));
+    assert!(reachable(None, &net, true));
+    // Setting up again replaces the machine's network rather than failing.
+    let net = fx.net.setup_machine(&req).await.unwrap();
+    assert!(reachable(None, &net, false));
+}
+
+#[tokio::test]
+async fn ensure_host_is_idempotent_and_keeps_bridge_rules() {
+    let mut fx = Fixture::new();
+    fx.net.ensure_host().await.unwrap();
+    let (org, other) = (fx.network(1), fx.network(2));
+    let req = fx.request("m1", org);
+    let m1 = fx.setup(&req).await;
+    let req = fx.request("m2", org);
+    let m2 = fx.setup(&req).await;
+    let req = fx.request("o1", other);
+    let o1 = fx.setup(&req).await;
+    // An agent restart runs ensure_host again with the bridges in place.
+    fx.net.ensure_host().await.unwrap();
+    fx.net.ensure_host().await.unwrap();
+    assert!(reachable(Some(&m1), &m2, false));
+    assert!(reachable(Some(&m1), &m2, true));
+    assert!(!reachable(Some(&o1), &m1, true));
+}
+
+#[tokio::test]
+async fn setup_rejects_requests_that_do_not_fit_the_host() {
+    let mut fx = Fixture::new();
+    let good = fx.request("bad", fx.network(1));
+    let pool = fx.net.options().ipv4_pool;
+    let host = fx.net.options().host_index;
+    let cases = [
+        MachineNetRequest {
+            machine_id: "../x".into(),
+            ..good.clone()
+        },
+        MachineNetRequest {
+            ipv4: pool.gateway(),
+            ..good.clone()
+        },
+        MachineNetRequest {
+            ipv4: Ipv4Addr::new(192, 0, 2, 9),
+            ..good.clone()
+        },
+        MachineNetRequest {
+            ipv6: "fd00::2".parse().unwrap(),
+            ..good.clone()
+        },
+        MachineNetRequest {
+            ipv6: sixpn_address(good.network + 1, host, 5),
+            ..good.clone()
+        },
+        MachineNetRequest {
+            ipv6: sixpn_address(good.network, host + 1, 5),
+            ..good.clone()
+        },
+        MachineNetRequest {
+            ipv6: sixpn_gateway(good.network, host),
+            ..good.clone()
+        },
+    ];
+    for req in cases {
+        let err = fx.net.setup_machine(&req).await.unwrap_err();
+        assert!(
+            matches!(err, NetworkError::InvalidRequest { .. }),
+            "{req:?}: {err}"
+        );
+    }
+    assert!(!fx.net.netns_path(&good.machine_id).exists());
+}
+
+#[test]
+fn options_reject_names_that_do_not_fit_interfaces_or_chains() {
+    let good = NetworkOptions::for_host(3);
+    assert!(HostNetwork::new(good.clone()).is_ok());
+    for bad in [
+        NetworkOptions {
+            bridge_prefix: "toolong1".into(),
+            ..good.clone()
+        },
+        NetworkOptions {
+            bridge_prefix: String::new(),
+            ..good.clone()
+        },
+        NetworkOptions {
+            bridge_prefix: "vmx".into(),
+            ..good.clone()
+        },
+        NetworkOptions {
+            chain_prefix: "A B".into(),
+            ..good.clone()
+        },
+        NetworkOptions {
+            netns_dir: "run/netns".into(),
+            ..good.clone()
+        },
+    ] {
+        assert!(HostNetwork::new(bad.clone()).is_err(), "{bad:?}");
+    }
+    let net = HostNetwork::new(good).unwrap();
+    assert_eq!(net.bridge_name(0xab), "aloft000000ab");
+    assert!(net.bridge_name(u32::MAX).len() <= 15);
+    let (host, peer) = HostNetwork::veth_names("e286065f969386");
+    assert!(host.len() <= 15 && peer.len() <= 15);
+    assert_ne!(host, HostNetwork::veth_names("e286065f969387").0);
+    assert_eq!(net.netns_path("m1"), Path::new("/run/netns/aloft-m1"));
+}
