@@ -1,1 +1,315 @@
-//! aloft-testkit
+//! Test harness for end-to-end tests: starts the real `aloft` binary in its roles on port 0,
+//! reads the address it bound from its output, and waits on conditions with deadlines.
+//!
+//! It never imitates an Aloft component: every process it starts is the real binary.
+//! It must not be used by production code.
+
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a role may take to print its ready line.
+pub const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// What went wrong while driving a process under test.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("could not start {program}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{role} exited before it was ready; its output:\n{output}")]
+    ExitedEarly { role: String, output: String },
+    #[error("{role} printed no line containing {marker:?} within {deadline:?}; its output:\n{output}")]
+    NotReady {
+        role: String,
+        marker: String,
+        deadline: Duration,
+        output: String,
+    },
+    #[error("condition {what:?} did not hold within {deadline:?}")]
+    Timeout { what: String, deadline: Duration },
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running process of the `aloft` binary, killed when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    role: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    /// Spawns `bin args…` and waits until a line of its stdout or stderr contains `marker`.
+    /// Returns the process and that line.
+    pub fn spawn_until(
+        role: &str,
+        bin: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        marker: &str,
+    ) -> Result<(Proc, String), HarnessError> {
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("NO_COLOR", "1");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().map_err(|source| HarnessError::Spawn {
+            program: bin.display().to_string(),
+            source,
+        })?;
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        forward(BufReader::new(stdout), tx.clone());
+        forward(BufReader::new(stderr), tx);
+        let mut proc = Proc {
+            role: role.to_string(),
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        };
+        let line = proc.wait_line(marker, START_DEADLINE)?;
+        Ok((proc, line))
+    }
+
+    /// Waits for a line containing `marker`, remembering everything printed on the way.
+    pub fn wait_line(&mut self, marker: &str, deadline: Duration) -> Result<String, HarnessError> {
+        let end = Instant::now() + deadline;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(marker) {
+                        return Ok(line);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(_)) = self.child.try_wait() {
+                        self.drain();
+                        return Err(HarnessError::ExitedEarly {
+                            role: self.role.clone(),
+                            output: self.output(),
+                        });
+                    }
+                    if Instant::now() >= end {
+                        return Err(HarnessError::NotReady {
+                            role: self.role.clone(),
+                            marker: marker.to_string(),
+                            deadline,
+                            output: self.output(),
+                        });
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = self.child.wait();
+                    return Err(HarnessError::ExitedEarly {
+                        role: self.role.clone(),
+                        output: self.output(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+    }
+
+    /// Everything the process printed so far.
+    pub fn output(&mut self) -> String {
+        self.drain();
+        self.seen.join("\n")
+    }
+
+    /// The operating-system process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process with SIGKILL, as a crash would, and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits up to `deadline` for a clean exit; returns whether it exited.
+    pub fn terminate(&mut self, deadline: Duration) -> bool {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn forward<R: BufRead + Send + 'static>(reader: R, tx: mpsc::Sender<String>) {
+    thread::spawn(move || {
+        for line in reader.lines() {
+            let Ok(line) = line else { break };
+            if std::env::var_os("ALOFT_TEST_ECHO").is_some() {
+                eprintln!("{line}");
+            }
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// A control plane (`aloft server`) on 127.0.0.1:0 with its own data dir.
+#[derive(Debug)]
+pub struct Server {
+    pub proc: Proc,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    pub token: String,
+    pub data_dir: PathBuf,
+    bin: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Starts a server on an empty data dir.
+    pub fn start(bin: &Path) -> Result<Server, HarnessError> {
+        let dir = tempfile::tempdir().map_err(|source| HarnessError::Read {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+        let data_dir = dir.path().join("server");
+        let mut server = Server::start_in(bin, &data_dir, None)?;
+        server._dir = Some(dir);
+        Ok(server)
+    }
+
+    /// Starts a server on `data_dir`, on `listen` or a fresh port.
+    pub fn start_in(
+        bin: &Path,
+        data_dir: &Path,
+        listen: Option<&str>,
+    ) -> Result<Server, HarnessError> {
+        let listen = listen.unwrap_or("127.0.0.1:0");
+        let dir = data_dir.to_string_lossy().to_string();
+        let (proc, line) = Proc::spawn_until(
+            "aloft server",
+            bin,
+            &["server", "--listen", listen, "--data-dir", &dir],
+            &[],
+            "listening on http://",
+        )?;
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_default()
+            .to_string();
+        let token_path = data_dir.join("admin-token");
+        let token = std::fs::read_to_string(&token_path)
+            .map_err(|source| HarnessError::Read {
+                path: token_path,
+                source,
+            })?
+            .trim()
+            .to_string();
+        Ok(Server {
+            proc,
+            url,
+            token,
+            data_dir: data_dir.to_path_buf(),
+            bin: bin.to_path_buf(),
+            _dir: None,
+        })
+    }
+
+    /// Kills the server with SIGKILL and starts it again on the same data dir and port.
+    pub fn crash_and_restart(&mut self) -> Result<(), HarnessError> {
+        self.proc.kill9();
+        let listen = self.url.trim_start_matches("http://").to_string();
+        let fresh = Server::start_in(&self.bin, &self.data_dir, Some(&listen))?;
+        self.proc = fresh.proc;
+        self.token = fresh.token;
+        Ok(())
+    }
+
+    /// Runs the CLI against this server and returns its output.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli(&self.bin, args, &[("ALOFT_API_URL", &self.url), ("ALOFT_API_TOKEN", &self.token)])
+    }
+
+    /// Runs the CLI with another token.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> Output {
+        cli(&self.bin, args, &[("ALOFT_API_URL", &self.url), ("ALOFT_API_TOKEN", token)])
+    }
+}
+
+/// Runs `bin args…` to completion with `envs` and a scratch HOME, and returns its output.
+pub fn cli(bin: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(bin);
+    cmd.args(args).stdin(Stdio::null()).env("NO_COLOR", "1");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("the aloft binary runs")
+}
+
+/// Text of a process's stdout.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Text of a process's stderr.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Polls `cond` every 20 ms until it returns `Some`, or fails after `deadline`.
+pub fn wait_for<T>(
+    what: &str,
+    deadline: Duration,
+    mut cond: impl FnMut() -> Option<T>,
+) -> Result<T, HarnessError> {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = cond() {
+            return Ok(v);
+        }
+        if Instant::now() >= end {
+            return Err(HarnessError::Timeout {
+                what: what.to_string(),
+                deadline,
+            });
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}

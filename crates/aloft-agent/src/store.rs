@@ -1,0 +1,321 @@
+//! The agent's durable store: one SQLite file per host.
+//!
+//! Every step of a machine's local lifecycle is written here before it is taken, so a
+//! restarted agent knows what it was doing and re-adopts or resumes it. The store holds the
+//! latest assignment from the control plane and the watch revision it came with, written in
+//! one transaction so a crash never resumes past an assignment it did not record.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use aloft_api::AssignedMachine;
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// What can go wrong with the agent's store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("Agent store {path} cannot be opened")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("Agent store query failed")]
+    Sql(#[from] rusqlite::Error),
+    #[error("Stored assignment of machine {id} is not valid JSON")]
+    Corrupt {
+        id: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Where a machine is in its local lifecycle. Each value is recorded before the step it
+/// names is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Assigned, nothing done yet.
+    Pending,
+    /// Pulling the image, preparing network and rootfs, starting the sandbox.
+    Starting,
+    /// The sandbox was started.
+    Running,
+    /// Stop requested from the runtime.
+    Stopping,
+    /// Not running; rootfs and network kept.
+    Stopped,
+    /// Tearing down sandbox, rootfs and network.
+    Destroying,
+    /// Starting failed or the process exited and is not restarted.
+    Failed,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+            Phase::Destroying => "destroying",
+            Phase::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Phase {
+        match s {
+            "starting" => Phase::Starting,
+            "running" => Phase::Running,
+            "stopping" => Phase::Stopping,
+            "stopped" => Phase::Stopped,
+            "destroying" => Phase::Destroying,
+            "failed" => Phase::Failed,
+            _ => Phase::Pending,
+        }
+    }
+}
+
+/// One machine as the agent keeps it.
+#[derive(Debug, Clone)]
+pub struct LocalMachine {
+    pub assignment: AssignedMachine,
+    pub phase: Phase,
+    /// The instance the sandbox runs (or last ran).
+    pub running_instance: Option<String>,
+    /// The last restart and signal orders carried out.
+    pub restart_seq: u64,
+    pub signal_seq: u64,
+    /// Restarts done by the restart policy since the last start order.
+    pub restarts: u32,
+    pub ipv4: Option<String>,
+    pub ipv6: Option<String>,
+}
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE machines (
+    id TEXT PRIMARY KEY,
+    assignment TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    running_instance TEXT,
+    restart_seq INTEGER NOT NULL DEFAULT 0,
+    signal_seq INTEGER NOT NULL DEFAULT 0,
+    restarts INTEGER NOT NULL DEFAULT 0,
+    ipv4 TEXT,
+    ipv6 TEXT
+);
+"#];
+
+/// A handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct AgentStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for AgentStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AgentStore")
+    }
+}
+
+impl AgentStore {
+    /// Opens (and migrates) `path`.
+    pub fn open(path: &Path) -> Result<AgentStore, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(open_err)?;
+        let version = usize::try_from(version).unwrap_or(0);
+        if version < MIGRATIONS.len() {
+            let tx = conn.transaction().map_err(open_err)?;
+            for m in &MIGRATIONS[version..] {
+                tx.execute_batch(m).map_err(open_err)?;
+            }
+            tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64).map_err(open_err)?;
+            tx.commit().map_err(open_err)?;
+        }
+        Ok(AgentStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn)
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.with(|c| {
+            Ok(c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()?)
+        })
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The watch revision the agent has recorded everything up to.
+    pub fn revision(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .meta("revision")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Records an assignment and the revision it came with, atomically.
+    pub fn record_assignment(&self, revision: u64, m: &AssignedMachine) -> Result<(), StoreError> {
+        let json = serde_json::to_string(m).map_err(|source| StoreError::Corrupt {
+            id: m.id.clone(),
+            source,
+        })?;
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO machines (id, assignment, phase) VALUES (?1, ?2, 'pending')
+                 ON CONFLICT(id) DO UPDATE SET assignment = excluded.assignment",
+                params![m.id, json],
+            )?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('revision', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [revision.to_string()],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Records the revision of a keep-alive.
+    pub fn record_revision(&self, revision: u64) -> Result<(), StoreError> {
+        if revision > self.revision()? {
+            self.set_meta("revision", &revision.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Every machine the agent knows.
+    pub fn machines(&self) -> Result<Vec<LocalMachine>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, assignment, phase, running_instance, restart_seq, signal_seq,
+                        restarts, ipv4, ipv6 FROM machines ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                    r.get::<_, Option<String>>(8)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, json, phase, inst, rs, ss, restarts, ipv4, ipv6) = row?;
+                let assignment = serde_json::from_str(&json)
+                    .map_err(|source| StoreError::Corrupt { id, source })?;
+                out.push(LocalMachine {
+                    assignment,
+                    phase: Phase::parse(&phase),
+                    running_instance: inst,
+                    restart_seq: rs as u64,
+                    signal_seq: ss as u64,
+                    restarts: restarts as u32,
+                    ipv4,
+                    ipv6,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// One machine.
+    pub fn machine(&self, id: &str) -> Result<Option<LocalMachine>, StoreError> {
+        Ok(self.machines()?.into_iter().find(|m| m.assignment.id == id))
+    }
+
+    /// Records the machine's local state (before the step it names is taken).
+    pub fn save(&self, m: &LocalMachine) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE machines SET phase = ?2, running_instance = ?3, restart_seq = ?4,
+                        signal_seq = ?5, restarts = ?6, ipv4 = ?7, ipv6 = ?8 WHERE id = ?1",
+                params![
+                    m.assignment.id,
+                    m.phase.as_str(),
+                    m.running_instance,
+                    m.restart_seq as i64,
+                    m.signal_seq as i64,
+                    m.restarts as i64,
+                    m.ipv4,
+                    m.ipv6
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Forgets a destroyed machine.
+    pub fn remove(&self, id: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute("DELETE FROM machines WHERE id = ?1", [id])?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(id: &str) -> AssignedMachine {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "name": "n", "app": "a", "org": "personal", "region": "ams",
+            "version": "v1", "instance_id": "i1", "private_ip": "",
+            "config": {"image": "hello"},
+            "image_ref": {"registry": "", "repository": "hello", "tag": "latest", "digest": "", "labels": {}},
+            "desired_state": "started", "state": "starting"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn assignment_and_revision_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.db");
+        {
+            let s = AgentStore::open(&path).unwrap();
+            s.record_assignment(7, &assignment("m1")).unwrap();
+            let mut m = s.machine("m1").unwrap().unwrap();
+            m.phase = Phase::Running;
+            m.running_instance = Some("i1".into());
+            s.save(&m).unwrap();
+        }
+        let s = AgentStore::open(&path).unwrap();
+        assert_eq!(s.revision().unwrap(), 7);
+        let m = s.machine("m1").unwrap().unwrap();
+        assert_eq!(m.phase, Phase::Running);
+        assert_eq!(m.running_instance.as_deref(), Some("i1"));
+        s.record_revision(5).unwrap();
+        assert_eq!(s.revision().unwrap(), 7, "revision never goes back");
+    }
+}

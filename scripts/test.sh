@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every gate and test: formatting, lints, then the whole test suite against real binaries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== cargo build (binaries used by the end-to-end tests)"
+cargo build --workspace --bins --locked
+
+echo "== cargo test"
+cargo test --workspace --locked -- --test-threads="${ALOFT_TEST_THREADS:-4}"
