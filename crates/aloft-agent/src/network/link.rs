@@ -323,8 +323,7 @@ impl Netlink {
             route.header.destination_prefix_length == 32
                 && route
                     .attributes
-                    .iter()
-                    .any(|attr| *attr == RouteAttribute::Destination(RouteAddress::Inet(addr)))
+                    .contains(&RouteAttribute::Destination(RouteAddress::Inet(addr)))
         }))
     }
 }
