@@ -144,6 +144,9 @@ pub struct Machine {
     pub created_at: String,
     /// RFC 3339.
     pub updated_at: String,
+    /// The lease nonce, only when the machine was created with `lease_ttl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
 }
 
 /// Body of `POST /v1/apps/{app}/machines` and of an update.

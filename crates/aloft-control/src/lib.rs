@@ -1,1 +1,154 @@
-//! aloft-control
+//! The control plane: the Fly-compatible Machines API (`/v1`), tokens, hosts, placement and
+//! the agent protocol, over an embedded SQLite store in the data directory.
+//!
+//! It owns apps, machines' desired config and state, hosts and the global revision. It must
+//! not run machines (the agent does) nor parse `aloft.toml` (the CLI does); it talks to
+//! both only through the wire types in `aloft-api`.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod control;
+pub mod ids;
+pub mod image;
+pub mod machines;
+pub mod placement;
+pub mod state;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use auth::TokenScope;
+pub use control::Control;
+
+/// Where and how the server runs.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// A host silent this long is unreachable (default 15 s).
+    pub heartbeat_timeout: Duration,
+}
+
+impl ServerOptions {
+    /// Defaults: listen on 127.0.0.1:4280, 15 s heartbeat timeout.
+    pub fn new(data_dir: impl Into<PathBuf>) -> ServerOptions {
+        ServerOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4280)),
+            data_dir: data_dir.into(),
+            heartbeat_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("Cannot create data directory {0}")]
+    DataDir(PathBuf, #[source] std::io::Error),
+    #[error("Cannot open the store")]
+    Store(#[from] store::StoreError),
+    #[error("Cannot write admin token to {0}")]
+    AdminToken(PathBuf, #[source] std::io::Error),
+    #[error("HTTP server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// An opened control plane, ready to serve.
+pub struct Server {
+    control: Arc<Control>,
+    extra: Option<axum::Router>,
+    /// The admin token, only on the first start (also written to `DATA_DIR/admin-token`).
+    pub admin_token_created: Option<String>,
+    pub options: ServerOptions,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Opens the store in the data dir (creating and migrating it), bootstraps org
+    /// `personal` and an admin token on first start, written to `admin-token` (mode 0600).
+    pub async fn open(options: ServerOptions) -> Result<Server, ControlError> {
+        let dir = options.data_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| ControlError::DataDir(dir.clone(), e))?;
+        let (control, admin) = Control::open(&dir, options.heartbeat_timeout)?;
+        if let Some(token) = &admin {
+            let path = dir.join("admin-token");
+            write_secret(&path, token).map_err(|e| ControlError::AdminToken(path, e))?;
+        }
+        Ok(Server {
+            control: Arc::new(control),
+            extra: None,
+            admin_token_created: admin,
+            options,
+        })
+    }
+
+    /// The shared state, for callers that need operations without HTTP.
+    pub fn control(&self) -> Arc<Control> {
+        self.control.clone()
+    }
+
+    /// The scope of a bearer token (for other roles, e.g. the registry, to reuse tokens).
+    pub fn authenticate(&self, bearer: &str) -> Option<TokenScope> {
+        self.control.authenticate(bearer)
+    }
+
+    /// Adds routes (e.g. the registry's `/v2`) served next to the API. They get neither the
+    /// API's auth nor its body limit, and must not set their own fallback.
+    pub fn merge_router(mut self, extra: axum::Router) -> Self {
+        self.extra = Some(match self.extra.take() {
+            Some(existing) => existing.merge(extra),
+            None => extra,
+        });
+        self
+    }
+
+    /// The full router: `/v1` API, merged routes, and a JSON 404 fallback.
+    pub fn router(&self) -> axum::Router {
+        api::router(self.control.clone(), self.extra.clone())
+    }
+
+    /// Serves until `shutdown` resolves, then ends watch streams and waits and drains.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ControlError> {
+        let control = self.control.clone();
+        let router = self.router();
+        tracing::info!(addr = ?listener.local_addr().ok(), "control plane listening");
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                control.begin_shutdown();
+            })
+            .await
+            .map_err(ControlError::Serve)
+    }
+}
+
+fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(secret.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}

@@ -1,0 +1,141 @@
+//! The agent protocol: `/v1/hosts`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aloft_api::{
+    ErrorBody, Host, OkResponse, RegisterHostRequest, StatusReport, WatchEvent, WatchQuery,
+};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, Method};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, Routes, Scope};
+use crate::control::Control;
+
+/// How often an idle watch stream sends a keep-alive line.
+pub const KEEPALIVE: Duration = Duration::from_secs(10);
+
+pub(super) fn routes(r: Routes) -> Routes {
+    r.at(Method::GET, "/v1/hosts", list_hosts)
+        .at(Method::POST, "/v1/hosts", register_host)
+        .at(Method::POST, "/v1/hosts/{host}/heartbeat", heartbeat)
+        .at(Method::GET, "/v1/hosts/{host}/watch", watch)
+        .at(
+            Method::POST,
+            "/v1/hosts/{host}/machines/{machine}/status",
+            report_status,
+        )
+}
+
+/// List hosts (admin).
+#[utoipa::path(get, path = "/v1/hosts", tag = "hosts",
+    responses((status = 200, body = Vec<Host>), (status = 403, body = ErrorBody)))]
+pub(super) async fn list_hosts(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+) -> Result<Json<Vec<Host>>, ApiError> {
+    scope.require_admin()?;
+    Ok(Json(control.list_hosts()?))
+}
+
+/// Register (or re-register) a host (join or admin token).
+#[utoipa::path(post, path = "/v1/hosts", tag = "hosts", request_body = RegisterHostRequest,
+    responses((status = 200, body = Host), (status = 400, body = ErrorBody)))]
+pub(super) async fn register_host(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+    ApiJson(req): ApiJson<RegisterHostRequest>,
+) -> Result<Json<Host>, ApiError> {
+    scope.require_hosts()?;
+    Ok(Json(control.register_host(&req)?))
+}
+
+/// Record a heartbeat; a host silent for the heartbeat timeout becomes unreachable.
+#[utoipa::path(post, path = "/v1/hosts/{host}/heartbeat", tag = "hosts", params(("host" = String, Path)),
+    responses((status = 200, body = Host), (status = 404, body = ErrorBody)))]
+pub(super) async fn heartbeat(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+    ApiPath(host): ApiPath<String>,
+) -> Result<Json<Host>, ApiError> {
+    scope.require_hosts()?;
+    Ok(Json(control.heartbeat(&host)?))
+}
+
+/// Newline-delimited JSON `WatchEvent`s: every assignment changed after `since`, then live
+/// changes, and a keep-alive `{"revision": N}` every 10 s of quiet.
+#[utoipa::path(get, path = "/v1/hosts/{host}/watch", tag = "hosts", params(("host" = String, Path), WatchQuery),
+    responses((status = 200, description = "application/x-ndjson stream", body = WatchEvent), (status = 404, body = ErrorBody)))]
+pub(super) async fn watch(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+    ApiPath(host): ApiPath<String>,
+    ApiQuery(query): ApiQuery<WatchQuery>,
+) -> Result<Response, ApiError> {
+    scope.require_hosts()?;
+    // Subscribe before the first query so no change falls between them; an unknown host
+    // fails with a status rather than a broken stream.
+    let mut revisions = control.subscribe();
+    let (first, mut since) = control.host_changes(&host, query.since)?;
+    let mut shutdown = control.shutdown_signal();
+    let stream = async_stream::stream! {
+        for event in first {
+            yield Ok::<Bytes, Infallible>(line(&event));
+        }
+        loop {
+            tokio::select! {
+                changed = revisions.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    match control.host_changes(&host, since) {
+                        Ok((events, reached)) => {
+                            for event in events {
+                                yield Ok(line(&event));
+                            }
+                            since = reached;
+                        }
+                        Err(e) => {
+                            tracing::warn!(host = %host, error = %e, "watch stream ended");
+                            break;
+                        }
+                    }
+                }
+                () = tokio::time::sleep(KEEPALIVE) => {
+                    yield Ok(line(&WatchEvent { revision: since, machine: None }));
+                }
+                () = crate::control::shutting_down(&mut shutdown) => break,
+            }
+        }
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+fn line(event: &WatchEvent) -> Bytes {
+    let mut bytes = serde_json::to_vec(event).unwrap_or_else(|_| b"{}".to_vec());
+    bytes.push(b'\n');
+    Bytes::from(bytes)
+}
+
+/// An agent reports a machine's state, an event, exit code and check results.
+#[utoipa::path(post, path = "/v1/hosts/{host}/machines/{machine}/status", tag = "hosts",
+    params(("host" = String, Path), ("machine" = String, Path)), request_body = StatusReport,
+    responses((status = 200, body = OkResponse), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody)))]
+pub(super) async fn report_status(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+    ApiPath((host, machine)): ApiPath<(String, String)>,
+    ApiJson(report): ApiJson<StatusReport>,
+) -> Result<Json<OkResponse>, ApiError> {
+    scope.require_hosts()?;
+    control.report_status(&host, &machine, report)?;
+    Ok(Json(OkResponse { ok: true }))
+}

@@ -1,0 +1,332 @@
+//! The HTTP API: routing, authentication, extractors and the one place errors become statuses.
+
+mod apps;
+mod hosts;
+mod machines;
+pub mod openapi;
+
+use std::sync::Arc;
+
+use aloft_api::ErrorBody;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+
+use crate::auth::TokenScope;
+use crate::control::Control;
+use crate::placement::PlacementError;
+use crate::state::InvalidTransition;
+
+/// Largest request body the API accepts.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// Every way an API call fails; `IntoResponse` turns it into a status and `{"error": ...}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Precondition(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    Unavailable(String),
+    /// Logged, never shown.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Precondition(_) => StatusCode::PRECONDITION_FAILED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let error = match self {
+            ApiError::Internal(detail) => {
+                tracing::error!(%detail, "API request failed");
+                "Internal server error".to_owned()
+            }
+            other => other.to_string(),
+        };
+        (status, Json(ErrorBody { error })).into_response()
+    }
+}
+
+impl From<rusqlite::Error> for ApiError {
+    fn from(e: rusqlite::Error) -> Self {
+        ApiError::Internal(format!("Database error: {e}"))
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        let mut detail = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            detail.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        ApiError::Internal(detail)
+    }
+}
+
+impl From<InvalidTransition> for ApiError {
+    fn from(e: InvalidTransition) -> Self {
+        ApiError::Precondition(e.to_string())
+    }
+}
+
+impl From<PlacementError> for ApiError {
+    fn from(e: PlacementError) -> Self {
+        match e {
+            PlacementError::UnknownRegion { .. } => ApiError::BadRequest(e.to_string()),
+            _ => ApiError::Precondition(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::image::ImageRefError> for ApiError {
+    fn from(e: crate::image::ImageRefError) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(format!("Request body is larger than {BODY_LIMIT} bytes"))
+        } else {
+            ApiError::BadRequest(format!("Cannot read request body: {}", r.body_text()))
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::BadRequest(r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::BadRequest(r.body_text())
+    }
+}
+
+/// A JSON body; malformed or mistyped JSON is a 400 with the parser's message.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// An optional JSON body: an empty body is `None`.
+#[derive(Debug)]
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(None));
+        }
+        parse_json(&bytes).map(|v| OptionalJson(Some(v)))
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::BadRequest(format!("Invalid JSON body: {e}")))
+}
+
+/// Query parameters with JSON rejections.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// Path parameters with JSON rejections.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+/// The caller's token scope, set by the auth middleware.
+#[derive(Debug, Clone)]
+pub struct Scope(pub TokenScope);
+
+impl<S: Send + Sync> FromRequestParts<S> for Scope {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<TokenScope>()
+            .cloned()
+            .map(Scope)
+            .ok_or_else(|| ApiError::Unauthorized("Missing bearer token".to_owned()))
+    }
+}
+
+impl Scope {
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match &self.0 {
+            TokenScope::Admin => Ok(()),
+            _ => Err(ApiError::Forbidden(
+                "This endpoint needs an admin token".to_owned(),
+            )),
+        }
+    }
+
+    pub fn require_app(&self, app: &str) -> Result<(), ApiError> {
+        match &self.0 {
+            TokenScope::Admin => Ok(()),
+            TokenScope::App(own) if own == app => Ok(()),
+            TokenScope::App(own) => Err(ApiError::Forbidden(format!(
+                "Token is limited to app {own:?} and cannot access app {app:?}"
+            ))),
+            TokenScope::Join => Err(ApiError::Forbidden(
+                "A join token cannot access apps".to_owned(),
+            )),
+        }
+    }
+
+    pub fn require_hosts(&self) -> Result<(), ApiError> {
+        match &self.0 {
+            TokenScope::Admin | TokenScope::Join => Ok(()),
+            TokenScope::App(_) => Err(ApiError::Forbidden(
+                "Host endpoints need a join or admin token".to_owned(),
+            )),
+        }
+    }
+}
+
+async fn authenticate(
+    State(control): State<Arc<Control>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let bearer = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let Some(bearer) = bearer else {
+        return ApiError::Unauthorized(
+            "Missing bearer token in the Authorization header".to_owned(),
+        )
+        .into_response();
+    };
+    match control.authenticate(bearer) {
+        Some(scope) => {
+            req.extensions_mut().insert(scope);
+            next.run(req).await
+        }
+        None => ApiError::Unauthorized("Token is not valid".to_owned()).into_response(),
+    }
+}
+
+/// A router that remembers every (method, path) it registers, for the OpenAPI drift test.
+pub struct Routes {
+    router: Router<Arc<Control>>,
+    list: Vec<(Method, &'static str)>,
+}
+
+impl Routes {
+    fn new() -> Routes {
+        Routes {
+            router: Router::new(),
+            list: Vec::new(),
+        }
+    }
+
+    fn at<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Routes
+    where
+        H: axum::handler::Handler<T, Arc<Control>>,
+        T: 'static,
+    {
+        let filter = match method {
+            Method::GET => MethodFilter::GET,
+            Method::POST => MethodFilter::POST,
+            Method::DELETE => MethodFilter::DELETE,
+            Method::PUT => MethodFilter::PUT,
+            _ => MethodFilter::PATCH,
+        };
+        self.router = self.router.route(path, on(filter, handler));
+        self.list.push((method, path));
+        self
+    }
+}
+
+/// Every `/v1` route, and the list of what was registered.
+pub fn routes() -> (Router<Arc<Control>>, Vec<(Method, &'static str)>) {
+    let r = Routes::new();
+    let r = apps::routes(r);
+    let r = machines::routes(r);
+    let r = hosts::routes(r);
+    let r = r.at(Method::GET, "/v1/openapi.json", openapi::serve);
+    (r.router, r.list)
+}
+
+/// The API router with authentication, body limit and tracing, with `extra` merged in.
+pub fn router(control: Arc<Control>, extra: Option<Router>) -> Router {
+    let (api, _) = routes();
+    let api = api
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            control.clone(),
+            authenticate,
+        ))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(control);
+    let router = match extra {
+        Some(extra) => api.merge(extra),
+        None => api,
+    };
+    router.fallback(|method: Method, uri: axum::http::Uri| async move {
+        ApiError::NotFound(format!("No route for {method} {}", uri.path()))
+    })
+}

@@ -1,0 +1,44 @@
+//! The OpenAPI 3 document, generated from the handlers' annotations.
+
+use axum::Json;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{apps, hosts, machines};
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// Every `/v1` endpoint.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Aloft control plane API", description = "Fly-compatible Machines API, tokens, and the agent protocol. Every call needs `Authorization: Bearer <token>`."),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    paths(
+        apps::list_apps, apps::create_app, apps::get_app, apps::delete_app, apps::create_token, apps::regions,
+        machines::list_machines, machines::create_machine, machines::get_machine, machines::update_machine,
+        machines::delete_machine, machines::start, machines::stop, machines::restart, machines::signal,
+        machines::suspend, machines::cordon, machines::uncordon, machines::wait, machines::get_lease,
+        machines::acquire_lease, machines::release_lease, machines::get_metadata, machines::set_metadata,
+        machines::delete_metadata, machines::events, machines::versions,
+        hosts::list_hosts, hosts::register_host, hosts::heartbeat, hosts::watch, hosts::report_status,
+        serve,
+    )
+)]
+pub struct ApiDoc;
+
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "meta", responses((status = 200, description = "OpenAPI 3 document")))]
+pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,435 @@
+//! The SQLite store: schema migrations, the global revision, tokens, apps and hosts.
+//!
+//! Everything lives behind one mutex (`Inner`): every mutation is one SQLite transaction
+//! that also bumps the revision, and host capacity is mirrored in memory for placement.
+
+mod machines;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use aloft_api::{App, AppSummary, Host, HostStatus, Organization, RegisterHostRequest};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use crate::api::ApiError;
+use crate::auth::{hash_token, TokenScope, TokenSet};
+use crate::placement::HostCapacity;
+
+pub use machines::{app_org as machines_app_org, MachineRow, NewMachine, PendingEvent};
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("Cannot open database {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("Database migration {version} failed")]
+    Migrate {
+        version: usize,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("Database query failed")]
+    Query(#[from] rusqlite::Error),
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: initial schema.
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+     INSERT INTO meta (key, value) VALUES ('revision', 0);
+     CREATE TABLE orgs (slug TEXT PRIMARY KEY, name TEXT NOT NULL);
+     CREATE TABLE tokens (hash BLOB PRIMARY KEY, kind TEXT NOT NULL, app TEXT, created_at TEXT NOT NULL);
+     CREATE TABLE apps (name TEXT PRIMARY KEY, id TEXT NOT NULL UNIQUE, org_slug TEXT NOT NULL REFERENCES orgs(slug),
+                        network TEXT NOT NULL, created_at TEXT NOT NULL);
+     CREATE TABLE hosts (id TEXT PRIMARY KEY, region TEXT NOT NULL, address TEXT NOT NULL, cpus INTEGER NOT NULL,
+                         memory_mb INTEGER NOT NULL, last_heartbeat TEXT NOT NULL);
+     CREATE TABLE machines (
+        id TEXT PRIMARY KEY, app TEXT NOT NULL, name TEXT NOT NULL, region TEXT NOT NULL, host_id TEXT NOT NULL,
+        state TEXT NOT NULL, desired_state TEXT NOT NULL, instance_id TEXT NOT NULL, version TEXT NOT NULL,
+        private_ip TEXT NOT NULL, config TEXT NOT NULL, image_ref TEXT NOT NULL, cpus INTEGER NOT NULL,
+        memory_mb INTEGER NOT NULL, checks TEXT NOT NULL DEFAULT '[]', restart_seq INTEGER NOT NULL DEFAULT 0,
+        signal_seq INTEGER NOT NULL DEFAULT 0, signal TEXT, stop_signal TEXT, stop_timeout INTEGER,
+        cordoned INTEGER NOT NULL DEFAULT 0, lease_nonce TEXT, lease_expires_at INTEGER, lease_owner TEXT,
+        lease_description TEXT, lease_version TEXT, revision INTEGER NOT NULL,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+     CREATE INDEX machines_by_app ON machines (app, state);
+     CREATE INDEX machines_by_host ON machines (host_id, revision);
+     CREATE TABLE machine_events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, machine_id TEXT NOT NULL,
+        kind TEXT NOT NULL, status TEXT NOT NULL, source TEXT NOT NULL, timestamp INTEGER NOT NULL, request TEXT);
+     CREATE INDEX machine_events_by_machine ON machine_events (machine_id, seq);
+     CREATE TABLE machine_versions (machine_id TEXT NOT NULL, version TEXT NOT NULL, config TEXT NOT NULL,
+        created_at TEXT NOT NULL, PRIMARY KEY (machine_id, version));",
+];
+
+/// The organisation created on first start.
+pub const DEFAULT_ORG: &str = "personal";
+
+/// The store and the in-memory views kept in step with it.
+pub struct Inner {
+    pub conn: Connection,
+    pub hosts: Vec<HostCapacity>,
+    pub host_index: HashMap<String, usize>,
+    pub revision: u64,
+}
+
+/// Current time as RFC 3339 (seconds precision, `Z`).
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Opens (creating if needed) `dir/aloft.db`, applies pending migrations in one transaction.
+pub fn open(dir: &Path) -> Result<Connection, StoreError> {
+    let path = dir.join("aloft.db");
+    let open_err = |source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut conn = Connection::open(&path).map_err(open_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(open_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(open_err)?;
+    let current: usize = conn
+        .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+        .map_err(open_err)?
+        .try_into()
+        .unwrap_or(0);
+    if current < MIGRATIONS.len() {
+        let tx = conn.transaction().map_err(open_err)?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+            let version = i + 1;
+            tx.execute_batch(sql)
+                .and_then(|()| tx.pragma_update(None, "user_version", version as i64))
+                .map_err(|source| StoreError::Migrate { version, source })?;
+        }
+        tx.commit().map_err(|source| StoreError::Migrate {
+            version: MIGRATIONS.len(),
+            source,
+        })?;
+    }
+    Ok(conn)
+}
+
+/// Bumps the global revision inside a transaction and returns the new value.
+pub fn bump_revision(tx: &Transaction<'_>) -> Result<u64, rusqlite::Error> {
+    tx.query_row(
+        "UPDATE meta SET value = value + 1 WHERE key = 'revision' RETURNING value",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|v| v as u64)
+}
+
+impl Inner {
+    /// Loads revision and hosts (with their usage); hosts count as seen now.
+    pub fn load(conn: Connection) -> Result<Inner, StoreError> {
+        let revision: i64 =
+            conn.query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| {
+                r.get(0)
+            })?;
+        let mut inner = Inner {
+            conn,
+            hosts: Vec::new(),
+            host_index: HashMap::new(),
+            revision: revision as u64,
+        };
+        let now = Instant::now();
+        let rows: Vec<(String, String, i64, i64)> = {
+            let mut stmt = inner
+                .conn
+                .prepare("SELECT id, region, cpus, memory_mb FROM hosts ORDER BY id")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (id, region, cpus, memory_mb) in rows {
+            inner.host_index.insert(id.clone(), inner.hosts.len());
+            inner.hosts.push(HostCapacity {
+                id,
+                region,
+                cpus,
+                memory_mb,
+                used_cpus: 0,
+                used_memory_mb: 0,
+                last_seen: now,
+            });
+        }
+        let ids: Vec<String> = inner.hosts.iter().map(|h| h.id.clone()).collect();
+        for id in ids {
+            inner.refresh_host_usage(&id)?;
+        }
+        Ok(inner)
+    }
+
+    /// Creates the default org and an admin token if there is none; returns the new token.
+    pub fn bootstrap(&mut self) -> Result<Option<String>, StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO orgs (slug, name) VALUES (?1, ?1)",
+            params![DEFAULT_ORG],
+        )?;
+        let admins: i64 = tx.query_row(
+            "SELECT count(*) FROM tokens WHERE kind = 'admin'",
+            [],
+            |r| r.get(0),
+        )?;
+        let token = if admins == 0 {
+            let token = crate::ids::token();
+            tx.execute(
+                "INSERT INTO tokens (hash, kind, app, created_at) VALUES (?1, 'admin', NULL, ?2)",
+                params![hash_token(&token).to_vec(), now_rfc3339()],
+            )?;
+            Some(token)
+        } else {
+            None
+        };
+        tx.commit()?;
+        Ok(token)
+    }
+
+    /// All stored token hashes.
+    pub fn load_tokens(&self) -> Result<TokenSet, StoreError> {
+        let mut set = TokenSet::default();
+        let mut stmt = self.conn.prepare("SELECT hash, kind, app FROM tokens")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let hash: Vec<u8> = row.get(0)?;
+            let kind: String = row.get(1)?;
+            let app: Option<String> = row.get(2)?;
+            if let (Ok(hash), Some(scope)) = (
+                <[u8; 32]>::try_from(hash),
+                TokenScope::from_parts(&kind, app),
+            ) {
+                set.insert(hash, scope);
+            }
+        }
+        Ok(set)
+    }
+
+    /// Stores a new token's hash.
+    pub fn insert_token(&mut self, hash: [u8; 32], scope: &TokenScope) -> Result<(), ApiError> {
+        let app = match scope {
+            TokenScope::App(app) => Some(app.clone()),
+            _ => None,
+        };
+        self.conn.execute(
+            "INSERT INTO tokens (hash, kind, app, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![hash.to_vec(), scope.kind(), app, now_rfc3339()],
+        )?;
+        Ok(())
+    }
+
+    // Apps.
+
+    pub fn org_exists(&self, slug: &str) -> Result<bool, ApiError> {
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM orgs WHERE slug = ?1", [slug], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    pub fn insert_app(&mut self, name: &str, org: &str, network: &str) -> Result<App, ApiError> {
+        let tx = self.conn.transaction()?;
+        let exists = tx
+            .query_row("SELECT 1 FROM apps WHERE name = ?1", [name], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if exists {
+            return Err(ApiError::Conflict(format!("App {name:?} already exists")));
+        }
+        tx.execute(
+            "INSERT INTO apps (name, id, org_slug, network, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![name, crate::ids::short_id(), org, network, now_rfc3339()],
+        )?;
+        let revision = bump_revision(&tx)?;
+        tx.commit()?;
+        self.revision = revision;
+        self.get_app(name)
+    }
+
+    /// The app, or 404.
+    pub fn get_app(&self, name: &str) -> Result<App, ApiError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT a.id, a.org_slug, o.name,
+                        EXISTS (SELECT 1 FROM machines m WHERE m.app = a.name AND m.state = 'started')
+                 FROM apps a JOIN orgs o ON o.slug = a.org_slug WHERE a.name = ?1",
+                [name],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, bool>(3)?)),
+            )
+            .optional()?;
+        let (id, slug, org_name, deployed) =
+            row.ok_or_else(|| ApiError::NotFound(format!("App {name:?} not found")))?;
+        Ok(App {
+            id,
+            name: name.to_owned(),
+            organization: Organization {
+                name: org_name,
+                slug,
+            },
+            status: if deployed { "deployed" } else { "pending" }.to_owned(),
+        })
+    }
+
+    pub fn list_apps(
+        &self,
+        org: Option<&str>,
+        only: Option<&str>,
+    ) -> Result<Vec<AppSummary>, ApiError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT a.id, a.name, a.network,
+                    (SELECT count(*) FROM machines m WHERE m.app = a.name AND m.state != 'destroyed')
+             FROM apps a WHERE (?1 IS NULL OR a.org_slug = ?1) AND (?2 IS NULL OR a.name = ?2) ORDER BY a.name",
+        )?;
+        let rows = stmt.query_map(params![org, only], |r| {
+            Ok(AppSummary {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                network: r.get(2)?,
+                machine_count: r.get::<_, i64>(3)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn delete_app(&mut self, name: &str) -> Result<(), ApiError> {
+        self.get_app(name)?;
+        let tx = self.conn.transaction()?;
+        let live: i64 = tx.query_row(
+            "SELECT count(*) FROM machines WHERE app = ?1 AND state != 'destroyed'",
+            [name],
+            |r| r.get(0),
+        )?;
+        if live > 0 {
+            return Err(ApiError::Precondition(format!(
+                "App {name:?} still has {live} machines; destroy them first"
+            )));
+        }
+        tx.execute(
+            "DELETE FROM machine_events WHERE machine_id IN (SELECT id FROM machines WHERE app = ?1)",
+            [name],
+        )?;
+        tx.execute(
+            "DELETE FROM machine_versions WHERE machine_id IN (SELECT id FROM machines WHERE app = ?1)",
+            [name],
+        )?;
+        tx.execute("DELETE FROM machines WHERE app = ?1", [name])?;
+        tx.execute("DELETE FROM tokens WHERE kind = 'app' AND app = ?1", [name])?;
+        tx.execute("DELETE FROM apps WHERE name = ?1", [name])?;
+        let revision = bump_revision(&tx)?;
+        tx.commit()?;
+        self.revision = revision;
+        Ok(())
+    }
+
+    // Hosts.
+
+    /// Registers (or re-registers) a host; it counts as seen now.
+    pub fn register_host(&mut self, req: &RegisterHostRequest) -> Result<(), ApiError> {
+        self.conn.execute(
+            "INSERT INTO hosts (id, region, address, cpus, memory_mb, last_heartbeat) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (id) DO UPDATE SET region = ?2, address = ?3, cpus = ?4, memory_mb = ?5, last_heartbeat = ?6",
+            params![req.id, req.region, req.address, req.cpus, req.memory_mb, now_rfc3339()],
+        )?;
+        let now = Instant::now();
+        match self.host_index.get(&req.id) {
+            Some(&i) => {
+                let host = &mut self.hosts[i];
+                host.region.clone_from(&req.region);
+                host.cpus = req.cpus;
+                host.memory_mb = req.memory_mb;
+                host.last_seen = now;
+            }
+            None => {
+                self.host_index.insert(req.id.clone(), self.hosts.len());
+                self.hosts.push(HostCapacity {
+                    id: req.id.clone(),
+                    region: req.region.clone(),
+                    cpus: req.cpus,
+                    memory_mb: req.memory_mb,
+                    used_cpus: 0,
+                    used_memory_mb: 0,
+                    last_seen: now,
+                });
+            }
+        }
+        self.refresh_host_usage(&req.id)?;
+        Ok(())
+    }
+
+    /// Records a heartbeat in memory (and the time in the database), or 404.
+    pub fn heartbeat(&mut self, id: &str) -> Result<(), ApiError> {
+        let i = *self
+            .host_index
+            .get(id)
+            .ok_or_else(|| ApiError::NotFound(format!("Host {id:?} is not registered")))?;
+        self.hosts[i].last_seen = Instant::now();
+        self.conn.execute(
+            "UPDATE hosts SET last_heartbeat = ?2 WHERE id = ?1",
+            params![id, now_rfc3339()],
+        )?;
+        Ok(())
+    }
+
+    /// Recomputes a host's used CPUs and memory from its non-destroyed machines.
+    pub fn refresh_host_usage(&mut self, id: &str) -> Result<(), StoreError> {
+        let (cpus, memory_mb): (i64, i64) = self.conn.query_row(
+            "SELECT coalesce(sum(cpus), 0), coalesce(sum(memory_mb), 0) FROM machines
+             WHERE host_id = ?1 AND state != 'destroyed'",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if let Some(&i) = self.host_index.get(id) {
+            self.hosts[i].used_cpus = cpus;
+            self.hosts[i].used_memory_mb = memory_mb;
+        }
+        Ok(())
+    }
+
+    /// `ok`, `unreachable`, or `unknown` (host not registered).
+    pub fn host_status(&self, id: &str, live_since: Instant) -> HostStatus {
+        match self.host_index.get(id) {
+            Some(&i) if self.hosts[i].last_seen >= live_since => HostStatus::Ok,
+            Some(_) => HostStatus::Unreachable,
+            None => HostStatus::Unknown,
+        }
+    }
+
+    /// A host as the API shows it, or 404.
+    pub fn host(&self, id: &str, live_since: Instant) -> Result<Host, ApiError> {
+        let (address, last_heartbeat): (String, String) = self
+            .conn
+            .query_row(
+                "SELECT address, last_heartbeat FROM hosts WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+            .ok_or_else(|| ApiError::NotFound(format!("Host {id:?} is not registered")))?;
+        let cap = self
+            .host_index
+            .get(id)
+            .map(|&i| &self.hosts[i])
+            .ok_or_else(|| ApiError::NotFound(format!("Host {id:?} is not registered")))?;
+        Ok(Host {
+            id: id.to_owned(),
+            region: cap.region.clone(),
+            address,
+            cpus: cap.cpus,
+            memory_mb: cap.memory_mb,
+            free_cpus: cap.free_cpus(),
+            free_memory_mb: cap.free_memory_mb(),
+            status: self.host_status(id, live_since),
+            last_heartbeat,
+        })
+    }
+}
