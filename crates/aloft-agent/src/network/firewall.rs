@@ -14,13 +14,26 @@
 use std::process::Stdio;
 
 use tokio::process::Command;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 
 use super::NetworkError;
 
-/// Serialises our own check-then-change sequences within this process; `-w` waits for other
-/// processes' xtables lock.
+/// Serialises our own check-then-change sequences (and the bridge creation they depend on)
+/// within this process; `-w` waits for other processes' xtables lock.
 static IPTABLES: Mutex<()> = Mutex::const_new(());
+
+/// Proof that the caller holds the firewall lock.
+pub(super) struct Locked {
+    _guard: MutexGuard<'static, ()>,
+}
+
+/// Takes the firewall lock. Hold it across "list or create bridges, then change rules" so a
+/// concurrent [`Firewall::ensure`] never rebuilds the chain without a bridge's rule.
+pub(super) async fn lock() -> Locked {
+    Locked {
+        _guard: IPTABLES.lock().await,
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Family {
@@ -140,8 +153,11 @@ impl Firewall {
 
     /// Rebuilds the chains of both families atomically (per family) for the given existing
     /// bridges, and makes sure `FORWARD` and `POSTROUTING` jump to them.
-    pub(super) async fn ensure(&self, bridges: &[String]) -> Result<(), NetworkError> {
-        let _guard = IPTABLES.lock().await;
+    pub(super) async fn ensure(
+        &self,
+        _locked: &Locked,
+        bridges: &[String],
+    ) -> Result<(), NetworkError> {
         for family in [Family::V4, Family::V6] {
             let mut script = format!("*filter\n:{} - [0:0]\n", self.forward_chain);
             for bridge in bridges {
@@ -195,8 +211,11 @@ impl Firewall {
     }
 
     /// Lets the machines on `bridge` reach each other (idempotent).
-    pub(super) async fn ensure_bridge(&self, bridge: &str) -> Result<(), NetworkError> {
-        let _guard = IPTABLES.lock().await;
+    pub(super) async fn ensure_bridge(
+        &self,
+        _locked: &Locked,
+        bridge: &str,
+    ) -> Result<(), NetworkError> {
         let rule = Self::bridge_rule(bridge);
         let rule: Vec<&str> = rule.split(' ').collect();
         for family in [Family::V4, Family::V6] {
@@ -210,8 +229,7 @@ impl Firewall {
     }
 
     /// Removes the jumps and chains of both families; missing ones are fine.
-    pub(super) async fn remove(&self) -> Result<(), NetworkError> {
-        let _guard = IPTABLES.lock().await;
+    pub(super) async fn remove(&self, _locked: &Locked) -> Result<(), NetworkError> {
         for family in [Family::V4, Family::V6] {
             while holds(family, &["-D", "FORWARD", "-j", &self.forward_chain]).await? {}
             if holds(family, &["-S", &self.forward_chain]).await? {

@@ -274,8 +274,10 @@ impl HostNetwork {
         write_sysctl("net.ipv4.ip_forward", "1")?;
         write_sysctl("net.ipv6.conf.all.forwarding", "1")?;
         let nl = Netlink::connect()?;
+        let locked = firewall::lock().await;
         let bridges = self.bridges(&nl).await?;
-        self.firewall().ensure(&bridges).await?;
+        self.firewall().ensure(&locked, &bridges).await?;
+        drop(locked);
         info!(pool = %self.options.ipv4_pool, bridges = bridges.len(), "host network ready");
         Ok(())
     }
@@ -349,6 +351,7 @@ impl HostNetwork {
         let netns_path = self.netns_path(&req.machine_id);
 
         let nl = Netlink::connect()?;
+        let locked = firewall::lock().await;
         let bridge_index = nl.ensure_bridge(&bridge).await?;
         nl.add_address(bridge_index, IpAddr::V4(gateway_v4), 32)
             .await?;
@@ -358,7 +361,8 @@ impl HostNetwork {
             addr::SIXPN_HOST_PREFIX_LEN,
         )
         .await?;
-        self.firewall().ensure_bridge(&bridge).await?;
+        self.firewall().ensure_bridge(&locked, &bridge).await?;
+        drop(locked);
 
         netns::create(&netns_path)?;
         nl.create_veth(&veth_host, &veth_peer).await?;
@@ -426,13 +430,24 @@ impl HostNetwork {
         Ok(())
     }
 
+    /// Whether the machine's namespace and host veth exist, e.g. to re-adopt a running
+    /// machine after an agent restart instead of setting its network up again.
+    pub async fn is_set_up(&self, machine_id: &str) -> Result<bool, NetworkError> {
+        if !netns::exists(&self.netns_path(machine_id)) {
+            return Ok(false);
+        }
+        let (veth_host, _) = Self::veth_names(machine_id);
+        Ok(Netlink::connect()?.index(&veth_host).await?.is_some())
+    }
+
     /// Removes this host's bridges and firewall chains (for uninstalling, and for tests).
     /// Machines must have been torn down first.
     pub async fn teardown_host(&self) -> Result<(), NetworkError> {
         let nl = Netlink::connect()?;
+        let locked = firewall::lock().await;
         for bridge in self.bridges(&nl).await? {
             nl.delete_link(&bridge).await?;
         }
-        self.firewall().remove().await
+        self.firewall().remove(&locked).await
     }
 }

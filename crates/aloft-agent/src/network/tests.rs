@@ -23,6 +23,8 @@ fn random_u64() -> u64 {
 /// One test's private slice of the host.
 struct Fixture {
     net: HostNetwork,
+    /// The third octet of this test's IPv4 pool (`10.231.<third>.0/24`).
+    third: u8,
     suffix: String,
     machines: Vec<(String, Ipv4Addr)>,
     used_v4: HashSet<Ipv4Addr>,
@@ -46,6 +48,7 @@ impl Fixture {
         };
         Self {
             net: HostNetwork::new(options).unwrap(),
+            third,
             suffix,
             machines: Vec::new(),
             used_v4: HashSet::new(),
@@ -109,18 +112,19 @@ fn listen_in(net: &MachineNet, addr: IpAddr) -> (TcpListener, SocketAddr) {
 }
 
 /// Connects to `target` (from `from`'s namespace, or the host's when `None`) and checks a
-/// byte goes through both ways; an error means "unreachable".
+/// byte goes through both ways; returns the client address the server saw. An error means
+/// "unreachable".
 fn exchange(
     from: Option<&Path>,
     listener: &TcpListener,
     target: SocketAddr,
-) -> std::io::Result<()> {
+) -> std::io::Result<SocketAddr> {
     let connect = || TcpStream::connect_timeout(&target, CONNECT_TIMEOUT);
     let mut client = match from {
         Some(path) => netns::run_in(path, connect).unwrap()?,
         None => connect()?,
     };
-    let (mut server, _) = listener.accept()?;
+    let (mut server, peer) = listener.accept()?;
     client.write_all(b"x")?;
     let mut byte = [0u8; 1];
     server.read_exact(&mut byte)?;
@@ -128,7 +132,7 @@ fn exchange(
     client.set_read_timeout(Some(CONNECT_TIMEOUT))?;
     client.read_exact(&mut byte)?;
     assert_eq!(&byte, b"y");
-    Ok(())
+    Ok(peer)
 }
 
 fn reachable(from: Option<&MachineNet>, to: &MachineNet, v6: bool) -> bool {
@@ -139,6 +143,69 @@ fn reachable(from: Option<&MachineNet>, to: &MachineNet, v6: bool) -> bool {
     };
     let (listener, target) = listen_in(to, addr);
     exchange(from.map(|m| m.netns_path.as_path()), &listener, target).is_ok()
+}
+
+/// A namespace standing in for the internet: reached from the host over a plain veth, with no
+/// route back to the machines' pool, so machines reach it only through NAT.
+struct Outside {
+    path: PathBuf,
+    host_veth: String,
+    host_addr: Ipv4Addr,
+    addr: Ipv4Addr,
+}
+
+impl Outside {
+    async fn new(fx: &Fixture) -> Self {
+        let path = fx
+            .net
+            .options()
+            .netns_dir
+            .join(format!("outside-{}", fx.suffix));
+        let (host_veth, peer) = (format!("x{}", fx.suffix), format!("y{}", fx.suffix));
+        let host_addr = Ipv4Addr::new(10, 233, fx.third, 1);
+        let addr = Ipv4Addr::new(10, 233, fx.third, 2);
+        netns::create(&path).unwrap();
+        let outside = Self {
+            path: path.clone(),
+            host_veth: host_veth.clone(),
+            host_addr,
+            addr,
+        };
+        let nl = Netlink::connect().unwrap();
+        nl.create_veth(&host_veth, &peer).await.unwrap();
+        let index = nl.index(&host_veth).await.unwrap().unwrap();
+        nl.add_address(index, IpAddr::V4(host_addr), 30)
+            .await
+            .unwrap();
+        nl.set_up(index, &host_veth).await.unwrap();
+        nl.move_to(&peer, &std::fs::File::open(&path).unwrap())
+            .await
+            .unwrap();
+        netns::run_async_in(path, move || async move {
+            let nl = Netlink::connect()?;
+            let eth0 = nl.rename_up(&peer, "eth0").await?;
+            nl.add_address(eth0, IpAddr::V4(addr), 30).await
+        })
+        .await
+        .unwrap();
+        outside
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let (path, veth) = (self.path.clone(), self.host_veth.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async { Netlink::connect()?.delete_link(&veth).await })
+                .unwrap();
+            netns::delete(&path).unwrap();
+        })
+        .join();
+    }
 }
 
 #[tokio::test]
@@ -367,4 +434,54 @@ fn options_reject_names_that_do_not_fit_interfaces_or_chains() {
     assert!(host.len() <= 15 && peer.len() <= 15);
     assert_ne!(host, HostNetwork::veth_names("e286065f969387").0);
     assert_eq!(net.netns_path("m1"), Path::new("/run/netns/aloft-m1"));
+}
+
+#[tokio::test]
+async fn machines_reach_the_outside_through_nat() {
+    let mut fx = Fixture::new();
+    fx.net.ensure_host().await.unwrap();
+    let req = fx.request("out", fx.network(1));
+    let machine = fx.setup(&req).await;
+    let outside = Outside::new(&fx).await;
+
+    let listener = netns::run_in(&outside.path, || TcpListener::bind((outside.addr, 0)))
+        .unwrap()
+        .unwrap();
+    let target = listener.local_addr().unwrap();
+    let peer = exchange(Some(&machine.netns_path), &listener, target)
+        .expect("the machine reaches the outside");
+    // The outside sees the host's address, not the machine's private one.
+    assert_eq!(peer.ip(), IpAddr::V4(outside.host_addr));
+}
+
+#[tokio::test]
+async fn concurrent_setups_of_new_networks_all_work() {
+    let mut fx = Fixture::new();
+    fx.net.ensure_host().await.unwrap();
+    let (one, two) = (fx.network(1), fx.network(2));
+    let reqs: Vec<_> = [("c1", one), ("c2", one), ("c3", two), ("c4", two)]
+        .into_iter()
+        .map(|(name, network)| fx.request(name, network))
+        .collect();
+    fx.machines
+        .extend(reqs.iter().map(|r| (r.machine_id.clone(), r.ipv4)));
+    let nets: Vec<_> = futures::future::join_all(reqs.iter().map(|req| fx.net.setup_machine(req)))
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for req in &reqs {
+        assert!(fx.net.is_set_up(&req.machine_id).await.unwrap());
+    }
+    assert!(reachable(Some(&nets[0]), &nets[1], true));
+    assert!(reachable(Some(&nets[3]), &nets[2], false));
+    assert!(!reachable(Some(&nets[2]), &nets[0], true));
+    for net in &nets {
+        assert!(reachable(None, net, false));
+    }
+    fx.net
+        .teardown_machine(&reqs[0].machine_id, Some(reqs[0].ipv4))
+        .await
+        .unwrap();
+    assert!(!fx.net.is_set_up(&reqs[0].machine_id).await.unwrap());
 }
