@@ -245,6 +245,15 @@ mod tests {
         assert_eq!(gw.to_string(), "fdaa:1:2345:abcd:42::1");
         assert_eq!(parse_sixpn(gw).unwrap().machine, 0);
         assert!(parse_sixpn("fd00::2".parse().unwrap()).is_none());
+        // The example in docs/networking.md.
+        assert_eq!(
+            sixpn_address(0x12345, 0x2a, 0xbeef).to_string(),
+            "fdaa:1:2345:0:2a:0:beef:2"
+        );
+        assert_eq!(
+            sixpn_gateway(0x12345, 0x2a).to_string(),
+            "fdaa:1:2345:0:2a::1"
+        );
     }
 
     #[test]

@@ -96,7 +96,14 @@ impl Drop for Fixture {
                 }
                 net.teardown_host().await.unwrap();
             });
-            let _ = std::fs::remove_dir(&options.netns_dir);
+            if options.netns_dir.starts_with("/run")
+                && options
+                    .netns_dir
+                    .to_string_lossy()
+                    .starts_with("/run/aloft-test-netns-")
+            {
+                let _ = std::fs::remove_dir(&options.netns_dir);
+            }
         });
         let _ = cleanup.join();
     }
@@ -484,4 +491,31 @@ async fn concurrent_setups_of_new_networks_all_work() {
         .await
         .unwrap();
     assert!(!fx.net.is_set_up(&reqs[0].machine_id).await.unwrap());
+}
+
+#[tokio::test]
+async fn ip_netns_sees_machines_in_run_netns() {
+    let mut fx = Fixture::new();
+    let mut options = fx.net.options().clone();
+    options.netns_dir = PathBuf::from("/run/netns");
+    fx.net = HostNetwork::new(options).unwrap();
+    fx.net.ensure_host().await.unwrap();
+    let req = fx.request("ipn", fx.network(1));
+    let net = fx.setup(&req).await;
+
+    let name = format!("aloft-{}", req.machine_id);
+    let out = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &name, "ip", "-o", "addr", "show", "dev"])
+        .arg(MACHINE_INTERFACE)
+        .output()
+        .await
+        .expect("iproute2 is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("{}/24", net.ipv4)), "{text}");
+    assert!(text.contains(&format!("{}/96", net.ipv6)), "{text}");
 }
