@@ -8,7 +8,7 @@ use toml_edit::Document;
 use crate::diag::{ConfigError, Diagnostic, Warning};
 use crate::model::{
     AppConfig, Build, CpuKind, Deploy, MaxUnavailable, Metrics, Mount, Restart, RestartPolicy,
-    Static, Strategy, Vm,
+    Static, Strategy, Vm, DEFAULT_PROCESS_GROUP,
 };
 use crate::reader::{describe, Ctx, Tbl};
 use crate::sections::{check, check_processes, http_service, service};
@@ -138,11 +138,7 @@ fn read_root(ctx: &mut Ctx<'_>, root: &Tbl<'_>) -> AppConfig {
             .collect(),
         checks: BTreeMap::new(),
         deploy: Deploy::default(),
-        mounts: root
-            .tables_at(ctx, "mounts")
-            .iter()
-            .filter_map(|t| read_mount(ctx, t, &groups))
-            .collect(),
+        mounts: read_mounts(ctx, root, &groups),
         vm: root
             .tables_at(ctx, "vm")
             .iter()
@@ -192,8 +188,11 @@ pub fn valid_app_name(name: &str) -> bool {
 }
 
 fn read_processes(ctx: &mut Ctx<'_>, root: &Tbl<'_>) -> BTreeMap<String, String> {
-    let processes = root.string_map(ctx, "processes").unwrap_or_default();
-    if let Some(t) = root.table_at(ctx, "processes") {
+    let Some(t) = root.table_at(ctx, "processes") else {
+        return BTreeMap::new();
+    };
+    let processes = t.as_string_map(ctx);
+    {
         for (name, command) in &processes {
             let span = t.get(name).map_or_else(|| t.start(), |(_, s)| s);
             let valid = (1..=63).contains(&name.len())
@@ -236,8 +235,11 @@ fn read_build(ctx: &mut Ctx<'_>, t: &Tbl<'_>) -> Build {
 }
 
 fn read_env(ctx: &mut Ctx<'_>, root: &Tbl<'_>) -> BTreeMap<String, String> {
-    let env = root.string_map(ctx, "env").unwrap_or_default();
-    if let Some(t) = root.table_at(ctx, "env") {
+    let Some(t) = root.table_at(ctx, "env") else {
+        return BTreeMap::new();
+    };
+    let env = t.as_string_map(ctx);
+    {
         for name in env.keys() {
             let upper = name.to_ascii_uppercase();
             if upper.starts_with("FLY_") || upper.starts_with("ALOFT_") {
@@ -322,6 +324,37 @@ fn has_service_checks(config: &AppConfig) -> bool {
             .services
             .iter()
             .any(|s| !s.tcp_checks.is_empty() || !s.http_checks.is_empty())
+}
+
+/// Reads `[mounts]`; a machine mounts at most one volume, so each group may have one mount.
+fn read_mounts(ctx: &mut Ctx<'_>, root: &Tbl<'_>, groups: &[String]) -> Vec<Mount> {
+    let default_group = if groups.is_empty() || groups.iter().any(|g| g == DEFAULT_PROCESS_GROUP) {
+        DEFAULT_PROCESS_GROUP.to_owned()
+    } else {
+        groups[0].clone()
+    };
+    let mut taken: BTreeMap<String, String> = BTreeMap::new();
+    let mut mounts = Vec::new();
+    for t in root.tables_at(ctx, "mounts") {
+        let Some(mount) = read_mount(ctx, &t, groups) else {
+            continue;
+        };
+        let targets = if mount.processes.is_empty() {
+            vec![default_group.clone()]
+        } else {
+            mount.processes.clone()
+        };
+        for group in targets {
+            if let Some(other) = taken.insert(group.clone(), mount.source.clone()) {
+                let message = format!(
+                    "process group '{group}' already mounts volume '{other}'; a machine can mount only one volume"
+                );
+                ctx.error(&t.start(), format!("[{}]", t.path), message);
+            }
+        }
+        mounts.push(mount);
+    }
+    mounts
 }
 
 fn read_mount(ctx: &mut Ctx<'_>, t: &Tbl<'_>, groups: &[String]) -> Option<Mount> {

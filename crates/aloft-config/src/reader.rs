@@ -191,7 +191,7 @@ impl<'a> Tbl<'a> {
         match item.as_integer() {
             Some(n) if range.contains(&n) => Some(n),
             _ => {
-                let expected = if *range.end() == i64::MAX {
+                let expected = if *range.end() >= i64::from(u32::MAX) {
                     format!("an integer of at least {}", range.start())
                 } else {
                     format!("an integer {}..={}", range.start(), range.end())
@@ -262,18 +262,22 @@ impl<'a> Tbl<'a> {
 
     /// A table whose values are all strings, e.g. `[env]` or `headers`.
     pub fn string_map(&self, ctx: &mut Ctx<'_>, key: &str) -> Option<BTreeMap<String, String>> {
-        let table = self.table_at(ctx, key)?;
+        Some(self.table_at(ctx, key)?.as_string_map(ctx))
+    }
+
+    /// This table's entries, which must all be strings.
+    pub fn as_string_map(&self, ctx: &mut Ctx<'_>) -> BTreeMap<String, String> {
         let mut map = BTreeMap::new();
-        for (name, item) in table.table.iter() {
-            let span = item.span().unwrap_or_else(|| table.key_span(name));
+        for (name, item) in self.table.iter() {
+            let span = item.span().unwrap_or_else(|| self.key_span(name));
             match item.as_str() {
                 Some(s) => {
                     map.insert(name.to_owned(), s.to_owned());
                 }
-                None => table.mismatch(ctx, name, item, &span, "a string"),
+                None => self.mismatch(ctx, name, item, &span, "a string"),
             }
         }
-        Some(map)
+        map
     }
 
     /// A sub-table (`[a.b]` or `b = { … }`).

@@ -927,3 +927,99 @@ fn load_dir_prefers_aloft_toml_and_falls_back_to_fly_toml() {
         Some("from-aloft")
     );
 }
+
+// ---- edge cases --------------------------------------------------------------------------
+
+#[test]
+fn a_group_can_mount_only_one_volume() {
+    let e = err("[[mounts]]\nsource = \"a\"\ndestination = \"/a\"\n[[mounts]]\nsource = \"b\"\ndestination = \"/b\"\n");
+    assert_eq!(
+        e,
+        "aloft.toml:4:1: [mounts]: process group 'app' already mounts volume 'a'; a machine can mount only one volume"
+    );
+    let e = err("[processes]\nweb = \"w\"\n[[mounts]]\nsource = \"a\"\ndestination = \"/a\"\n[[mounts]]\nsource = \"b\"\ndestination = \"/b\"\nprocesses = [\"web\"]\n");
+    assert!(
+        e.contains("process group 'web' already mounts volume 'a'"),
+        "{e}"
+    );
+}
+
+#[test]
+fn service_check_type_must_match_its_section() {
+    ok("[[services]]\nports = [{port = 80}]\n[[services.tcp_checks]]\ntype = \"tcp\"\n");
+    assert_eq!(
+        err("[[services]]\nports = [{port = 80}]\n[[services.tcp_checks]]\ntype = \"http\"\n"),
+        "aloft.toml:4:8: [services.tcp_checks] type: expected one of \"tcp\", found \"http\""
+    );
+}
+
+#[test]
+fn dotted_and_inline_tables_are_located_too() {
+    assert_eq!(
+        err("app = \"hello\"\nhttp_service.internal_port = \"x\"\n"),
+        "aloft.toml:2:30: [http_service] internal_port: expected an integer 1..=65535, found \"x\""
+    );
+    assert_eq!(
+        err("[http_service]\nconcurrency = { type = \"requests\", soft_limit = \"many\" }\n"),
+        "aloft.toml:2:49: [http_service.concurrency] soft_limit: expected an integer of at least 1, found \"many\""
+    );
+    assert_eq!(
+        err("[[services]]\nports = [{ port = 80 }, 443]\n"),
+        "aloft.toml:2:25: [services] ports: expected a table, found 443"
+    );
+}
+
+#[test]
+fn wrong_section_shapes_are_errors() {
+    assert_eq!(
+        err("http_service = 8080\n"),
+        "aloft.toml:1:16: http_service: expected a table, found 8080"
+    );
+    assert_eq!(
+        err("services = \"web\"\n"),
+        "aloft.toml:1:12: services: expected a table or an array of tables, found \"web\""
+    );
+    assert_eq!(
+        err("env = [\"A=1\"]\n"),
+        "aloft.toml:1:7: env: expected a table, found an array"
+    );
+}
+
+#[test]
+fn crlf_files_and_comments_keep_positions() {
+    let text = "# comment\r\napp = \"hello\"\r\n[http_service]\r\ninternal_port = true\r\n";
+    assert_eq!(
+        err(text),
+        "aloft.toml:4:17: [http_service] internal_port: expected an integer 1..=65535, found true"
+    );
+}
+
+#[test]
+fn empty_file_is_a_valid_config_with_defaults() {
+    let c = ok("").config;
+    assert_eq!(c.app, None);
+    assert_eq!(c.http_service, None);
+    assert_eq!(c.kill_timeout, Duration::from_secs(5));
+    let configs = c.machine_configs("img");
+    assert_eq!(configs["app"].services, None);
+    assert_eq!(configs["app"].env, None);
+}
+
+#[test]
+fn app_names_follow_the_dns_label_rules() {
+    for good in ["ab", "hello-world", "a1", &"a".repeat(63)] {
+        assert!(valid_app_name(good), "{good}");
+    }
+    for bad in [
+        "a",
+        "-ab",
+        "ab-",
+        "Hello",
+        "a_b",
+        "a.b",
+        &"a".repeat(64),
+        "",
+    ] {
+        assert!(!valid_app_name(bad), "{bad}");
+    }
+}
