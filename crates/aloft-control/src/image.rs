@@ -42,6 +42,7 @@ pub fn parse_image_ref(reference: &str) -> Result<ImageRef, ImageRefError> {
         _ => (DEFAULT_REGISTRY.to_owned(), name),
     };
     let (repository, tag) = match rest.rsplit_once(':') {
+        Some((_, "")) => return Err(bad("tag after ':' is empty")),
         Some((repo, tag)) if !tag.contains('/') => (repo, tag.to_owned()),
         _ => (rest, String::new()),
     };

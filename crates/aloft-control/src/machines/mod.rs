@@ -1,15 +1,17 @@
 //! Machine operations on `Control`: each loads the machine, checks its lease, goes through
 //! the transition function, and saves row + events in one transaction.
 
+mod agent;
+mod leases;
+mod validate;
+
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use aloft_api::{
-    CheckStatus, CreateMachineRequest, DesiredState, Lease, Machine, MachineConfig, MachineEvent,
-    MachineState, MachineVersion, StartResponse, StatusReport, StopRequest,
+    CreateMachineRequest, DesiredState, Lease, Machine, MachineState, StartResponse, StopRequest,
 };
 use rusqlite::params;
-use serde_json::json;
 
 use crate::api::ApiError;
 use crate::control::Control;
@@ -18,32 +20,30 @@ use crate::placement::{place, PlacementRequest};
 use crate::state::{is_active, transition};
 use crate::store::{bump_revision, now_rfc3339, Inner, MachineRow, NewMachine, PendingEvent};
 
+pub use validate::validate_config;
+use validate::validate_signal;
+
 /// Events shown inside a machine object.
 const EVENTS_IN_MACHINE: i64 = 10;
 /// Default and largest lease TTL, in seconds.
-const DEFAULT_LEASE_TTL: u64 = 30;
+pub(crate) const DEFAULT_LEASE_TTL: u64 = 30;
 const MAX_LEASE_TTL: u64 = 86_400;
 /// Default and largest `wait` timeout, in seconds.
-const DEFAULT_WAIT: u64 = 60;
-const MAX_WAIT: u64 = 300;
-
-const SIGNALS: &[&str] = &[
-    "SIGABRT", "SIGALRM", "SIGHUP", "SIGINT", "SIGKILL", "SIGQUIT", "SIGTERM", "SIGUSR1",
-    "SIGUSR2", "SIGSTOP", "SIGCONT", "SIGTSTP", "SIGWINCH",
-];
+pub(crate) const DEFAULT_WAIT: u64 = 60;
+pub(crate) const MAX_WAIT: u64 = 300;
 
 /// Who is changing a machine: users must hold its lease (if any), agents need not.
 #[derive(Debug, Clone, Copy)]
-enum Caller<'a> {
+pub(crate) enum Caller<'a> {
     User(Option<&'a str>),
     Agent,
 }
 
-fn now_unix() -> i64 {
+pub(crate) fn now_unix() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-fn event(kind: &str, status: &str, source: &'static str) -> PendingEvent {
+pub(crate) fn event(kind: &str, status: &str, source: &'static str) -> PendingEvent {
     PendingEvent {
         kind: kind.to_owned(),
         status: status.to_owned(),
@@ -53,7 +53,7 @@ fn event(kind: &str, status: &str, source: &'static str) -> PendingEvent {
 }
 
 /// Moves a machine to `to` through the transition function, recording an event.
-fn go(
+pub(crate) fn go(
     row: &mut MachineRow,
     extra: &mut NewMachine,
     to: MachineState,
@@ -66,7 +66,7 @@ fn go(
     Ok(())
 }
 
-fn check_lease(row: &MachineRow, nonce: Option<&str>) -> Result<(), ApiError> {
+pub(crate) fn check_lease(row: &MachineRow, nonce: Option<&str>) -> Result<(), ApiError> {
     match row.active_lease(now_unix()) {
         Some(lease) if nonce != Some(lease.nonce.as_str()) => Err(ApiError::Conflict(format!(
             "Machine {} is leased by {} until {}; send its nonce in the fly-machine-lease-nonce header",
@@ -76,78 +76,6 @@ fn check_lease(row: &MachineRow, nonce: Option<&str>) -> Result<(), ApiError> {
         ))),
         _ => Ok(()),
     }
-}
-
-fn validate_signal(signal: &str) -> Result<(), ApiError> {
-    if SIGNALS.contains(&signal) {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest(format!(
-            "Unknown signal {signal:?}; use one of {}",
-            SIGNALS.join(", ")
-        )))
-    }
-}
-
-/// Checks a config and returns its guest size (cpus, memory_mb).
-pub fn validate_config(config: &MachineConfig) -> Result<(i64, i64), ApiError> {
-    if config.image.trim().is_empty() {
-        return Err(ApiError::BadRequest("config.image is required".to_owned()));
-    }
-    parse_image_ref(&config.image)?;
-    let guest = config.guest.clone().unwrap_or_default();
-    if !(1..=64).contains(&guest.cpus) {
-        return Err(ApiError::BadRequest(format!(
-            "config.guest.cpus {} must be between 1 and 64",
-            guest.cpus
-        )));
-    }
-    if !(128..=262_144).contains(&guest.memory_mb) {
-        return Err(ApiError::BadRequest(format!(
-            "config.guest.memory_mb {} must be between 128 and 262144",
-            guest.memory_mb
-        )));
-    }
-    if !matches!(guest.cpu_kind.as_str(), "shared" | "performance") {
-        return Err(ApiError::BadRequest(format!(
-            "config.guest.cpu_kind {:?} must be \"shared\" or \"performance\"",
-            guest.cpu_kind
-        )));
-    }
-    for (i, service) in config.services.iter().flatten().enumerate() {
-        if !(1..=65_535).contains(&service.internal_port) {
-            return Err(ApiError::BadRequest(format!(
-                "config.services[{i}].internal_port {} must be between 1 and 65535",
-                service.internal_port
-            )));
-        }
-    }
-    if let Some(policy) = config.restart.as_ref().and_then(|r| r.policy.as_deref()) {
-        if !matches!(policy, "" | "no" | "always" | "on-failure") {
-            return Err(ApiError::BadRequest(format!(
-                "config.restart.policy {policy:?} must be \"no\", \"always\" or \"on-failure\""
-            )));
-        }
-    }
-    if let Some(signal) = config
-        .stop_config
-        .as_ref()
-        .and_then(|s| s.signal.as_deref())
-    {
-        validate_signal(signal)?;
-    }
-    if let Some(key) = config
-        .env
-        .iter()
-        .flatten()
-        .map(|(k, _)| k)
-        .find(|k| k.is_empty() || k.contains('='))
-    {
-        return Err(ApiError::BadRequest(format!(
-            "config.env name {key:?} is not a valid variable name"
-        )));
-    }
-    Ok((guest.cpus, guest.memory_mb))
 }
 
 impl Control {
@@ -556,269 +484,9 @@ impl Control {
         })?;
         Ok(())
     }
-
-    pub fn get_lease(&self, app: &str, id: &str) -> Result<Lease, ApiError> {
-        let inner = self.lock();
-        let row = MachineRow::load(&inner.conn, app, id)?;
-        row.active_lease(now_unix())
-            .cloned()
-            .ok_or_else(|| ApiError::NotFound(format!("Machine {id} has no active lease")))
-    }
-
-    /// Takes a lease, or extends it when `nonce` is the current one.
-    pub fn acquire_lease(
-        &self,
-        app: &str,
-        id: &str,
-        ttl: Option<u64>,
-        description: Option<String>,
-        owner: &str,
-        nonce: Option<&str>,
-    ) -> Result<Lease, ApiError> {
-        let ttl = checked_ttl(ttl.unwrap_or(DEFAULT_LEASE_TTL))?;
-        let (lease, _) = self.mutate(app, id, Caller::User(nonce), |row, _, _| {
-            let lease = match row.active_lease(now_unix()) {
-                Some(current) => Lease {
-                    expires_at: now_unix() + ttl as i64,
-                    description: description.unwrap_or_else(|| current.description.clone()),
-                    ..current.clone()
-                },
-                None => new_lease(row, ttl, owner, description.as_deref().unwrap_or("")),
-            };
-            row.lease = Some(lease.clone());
-            Ok(lease)
-        })?;
-        Ok(lease)
-    }
-
-    pub fn release_lease(&self, app: &str, id: &str, nonce: Option<&str>) -> Result<(), ApiError> {
-        self.mutate(app, id, Caller::User(nonce), |row, _, _| {
-            if row.active_lease(now_unix()).is_none() {
-                return Err(ApiError::NotFound(format!(
-                    "Machine {id} has no active lease"
-                )));
-            }
-            row.lease = None;
-            Ok(())
-        })?;
-        Ok(())
-    }
-
-    pub fn metadata(&self, app: &str, id: &str) -> Result<BTreeMap<String, String>, ApiError> {
-        let inner = self.lock();
-        let row = MachineRow::load(&inner.conn, app, id)?;
-        Ok(row.config.metadata.unwrap_or_default())
-    }
-
-    /// Sets (`Some`) or removes (`None`) a metadata key without a new version.
-    pub fn set_metadata(
-        &self,
-        app: &str,
-        id: &str,
-        key: &str,
-        value: Option<String>,
-        nonce: Option<&str>,
-    ) -> Result<(), ApiError> {
-        if key.is_empty() || key.len() > 256 {
-            return Err(ApiError::BadRequest(format!(
-                "Metadata key {key:?} must be 1-256 characters"
-            )));
-        }
-        self.mutate(app, id, Caller::User(nonce), |row, _, _| {
-            let metadata = row.config.metadata.get_or_insert_with(BTreeMap::new);
-            match value {
-                Some(value) => {
-                    metadata.insert(key.to_owned(), value);
-                }
-                None => {
-                    metadata.remove(key);
-                }
-            }
-            Ok(())
-        })?;
-        Ok(())
-    }
-
-    pub fn events(&self, app: &str, id: &str) -> Result<Vec<MachineEvent>, ApiError> {
-        let inner = self.lock();
-        MachineRow::load(&inner.conn, app, id)?;
-        MachineRow::events(&inner.conn, id, 1000)
-    }
-
-    pub fn versions(&self, app: &str, id: &str) -> Result<Vec<MachineVersion>, ApiError> {
-        let inner = self.lock();
-        MachineRow::load(&inner.conn, app, id)?;
-        MachineRow::versions(&inner.conn, id)
-    }
-
-    /// Returns once the machine is in `state` (and at `instance_id`), 408 after `timeout`.
-    pub async fn wait(
-        &self,
-        app: &str,
-        id: &str,
-        state: Option<&str>,
-        timeout: Option<u64>,
-        instance_id: Option<&str>,
-    ) -> Result<(), ApiError> {
-        let target = match state.unwrap_or("started") {
-            name @ ("started" | "stopped" | "suspended" | "destroyed") => {
-                MachineState::parse(name).unwrap_or(MachineState::Started)
-            }
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "Cannot wait for state {other:?}; use started, stopped, suspended or destroyed"
-                )))
-            }
-        };
-        let timeout = timeout.unwrap_or(DEFAULT_WAIT);
-        if timeout > MAX_WAIT {
-            return Err(ApiError::BadRequest(format!(
-                "Wait timeout {timeout} is more than {MAX_WAIT} seconds"
-            )));
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
-        let mut revisions = self.subscribe();
-        let mut shutdown = self.shutdown_signal();
-        loop {
-            revisions.borrow_and_update();
-            let (current, current_instance) = {
-                let inner = self.lock();
-                let row = MachineRow::load(&inner.conn, app, id)?;
-                (row.state, row.instance_id)
-            };
-            let instance_ok = instance_id.is_none_or(|want| want == current_instance);
-            if current == target && instance_ok {
-                return Ok(());
-            }
-            if current == MachineState::Destroyed {
-                return Err(ApiError::Precondition(format!(
-                    "Machine {id} was destroyed while waiting for {target}"
-                )));
-            }
-            tokio::select! {
-                changed = revisions.changed() => {
-                    if changed.is_err() {
-                        return Err(ApiError::Unavailable("Server is shutting down".to_owned()));
-                    }
-                }
-                () = crate::control::shutting_down(&mut shutdown) => return Err(ApiError::Unavailable("Server is shutting down".to_owned())),
-                () = tokio::time::sleep_until(deadline) => {
-                    return Err(ApiError::Timeout(format!(
-                        "Machine {id} did not reach state {target} within {timeout}s (it is {current})"
-                    )));
-                }
-            }
-        }
-    }
-
-    /// Applies an agent's status report through the transition function.
-    pub fn report_status(
-        &self,
-        host: &str,
-        id: &str,
-        report: StatusReport,
-    ) -> Result<(), ApiError> {
-        let app = {
-            let inner = self.lock();
-            let row = MachineRow::load_by_id(&inner.conn, id)?
-                .ok_or_else(|| ApiError::NotFound(format!("Machine {id:?} not found")))?;
-            if row.host_id != host {
-                return Err(ApiError::NotFound(format!(
-                    "Machine {id} is not assigned to host {host:?}"
-                )));
-            }
-            if row.instance_id != report.instance_id {
-                return Err(ApiError::Conflict(format!(
-                    "Report names instance {} but machine {id} is at instance {}",
-                    report.instance_id, row.instance_id
-                )));
-            }
-            row.app
-        };
-        self.mutate(&app, id, Caller::Agent, |row, extra, _| {
-            agent_update(row, extra, report)
-        })?;
-        Ok(())
-    }
 }
 
-/// Applies a report: a state change (through `transition`), an event, an exit code, checks.
-fn agent_update(
-    row: &mut MachineRow,
-    extra: &mut NewMachine,
-    report: StatusReport,
-) -> Result<(), ApiError> {
-    let exit = report
-        .exit_code
-        .map(|code| json!({"exit_event": {"exit_code": code}}));
-    if report.state != row.state {
-        row.state = transition(row.state, report.state)
-            .map_err(|e| ApiError::Precondition(format!("Machine {}: {e}", row.id)))?;
-        let kind = report.event.as_ref().map_or_else(
-            || default_event_kind(report.state).to_owned(),
-            |e| e.kind.clone(),
-        );
-        extra.events.push(PendingEvent {
-            kind,
-            status: report.state.as_str().to_owned(),
-            source: "flyd",
-            request: merge_request(exit, report.event.as_ref().and_then(|e| e.message.clone())),
-        });
-        if report.state == MachineState::Destroyed {
-            row.lease = None;
-        }
-    } else if let Some(ev) = &report.event {
-        extra.events.push(PendingEvent {
-            kind: ev.kind.clone(),
-            status: ev.status.clone(),
-            source: "flyd",
-            request: merge_request(exit, ev.message.clone()),
-        });
-    }
-    if let Some(checks) = report.checks {
-        let updated_at = now_rfc3339();
-        row.checks = checks
-            .into_iter()
-            .map(|c| CheckStatus {
-                name: c.name,
-                status: c.status,
-                output: c.output,
-                updated_at: updated_at.clone(),
-            })
-            .collect();
-    }
-    Ok(())
-}
-
-fn merge_request(
-    exit: Option<serde_json::Value>,
-    message: Option<String>,
-) -> Option<serde_json::Value> {
-    match (exit, message) {
-        (None, None) => None,
-        (exit, message) => {
-            let mut value = exit.unwrap_or_else(|| json!({}));
-            if let (Some(map), Some(message)) = (value.as_object_mut(), message) {
-                map.insert("message".to_owned(), json!(message));
-            }
-            Some(value)
-        }
-    }
-}
-
-fn default_event_kind(state: MachineState) -> &'static str {
-    match state {
-        MachineState::Starting | MachineState::Started => "start",
-        MachineState::Stopping | MachineState::Stopped => "exit",
-        MachineState::Suspending | MachineState::Suspended => "suspend",
-        MachineState::Destroying | MachineState::Destroyed => "destroy",
-        MachineState::Replacing => "update",
-        MachineState::Created => "launch",
-        MachineState::Failed => "failed",
-    }
-}
-
-fn checked_ttl(ttl: u64) -> Result<u64, ApiError> {
+pub(crate) fn checked_ttl(ttl: u64) -> Result<u64, ApiError> {
     if (1..=MAX_LEASE_TTL).contains(&ttl) {
         Ok(ttl)
     } else {
@@ -828,7 +496,7 @@ fn checked_ttl(ttl: u64) -> Result<u64, ApiError> {
     }
 }
 
-fn new_lease(row: &MachineRow, ttl: u64, owner: &str, description: &str) -> Lease {
+pub(crate) fn new_lease(row: &MachineRow, ttl: u64, owner: &str, description: &str) -> Lease {
     Lease {
         nonce: crate::ids::short_id()[..12].to_owned(),
         expires_at: now_unix() + ttl as i64,
@@ -839,7 +507,11 @@ fn new_lease(row: &MachineRow, ttl: u64, owner: &str, description: &str) -> Leas
 }
 
 /// The region of the app's oldest live machine, else the first region with a live host.
-fn default_region(inner: &Inner, app: &str, live_since: Instant) -> Result<String, ApiError> {
+pub(crate) fn default_region(
+    inner: &Inner,
+    app: &str,
+    live_since: Instant,
+) -> Result<String, ApiError> {
     let existing: Option<String> = inner
         .conn
         .query_row(
@@ -868,7 +540,10 @@ fn default_region(inner: &Inner, app: &str, live_since: Instant) -> Result<Strin
         })
 }
 
-fn app_machines_per_host(inner: &Inner, app: &str) -> Result<HashMap<String, u32>, ApiError> {
+pub(crate) fn app_machines_per_host(
+    inner: &Inner,
+    app: &str,
+) -> Result<HashMap<String, u32>, ApiError> {
     let mut stmt = inner
         .conn
         .prepare_cached("SELECT host_id, count(*) FROM machines WHERE app = ?1 AND state != 'destroyed' GROUP BY host_id")?;

@@ -1,0 +1,179 @@
+//! Waiting for states, and applying agents' status reports.
+
+use std::time::Duration;
+
+use aloft_api::{CheckStatus, MachineState, StatusReport};
+use serde_json::json;
+
+use super::{Caller, DEFAULT_WAIT, MAX_WAIT};
+use crate::api::ApiError;
+use crate::control::Control;
+use crate::state::transition;
+use crate::store::{now_rfc3339, MachineRow, NewMachine, PendingEvent};
+
+impl Control {
+    pub async fn wait(
+        &self,
+        app: &str,
+        id: &str,
+        state: Option<&str>,
+        timeout: Option<u64>,
+        instance_id: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let target = match state.unwrap_or("started") {
+            name @ ("started" | "stopped" | "suspended" | "destroyed") => {
+                MachineState::parse(name).unwrap_or(MachineState::Started)
+            }
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "Cannot wait for state {other:?}; use started, stopped, suspended or destroyed"
+                )))
+            }
+        };
+        let timeout = timeout.unwrap_or(DEFAULT_WAIT);
+        if timeout > MAX_WAIT {
+            return Err(ApiError::BadRequest(format!(
+                "Wait timeout {timeout} is more than {MAX_WAIT} seconds"
+            )));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+        let mut revisions = self.subscribe();
+        let mut shutdown = self.shutdown_signal();
+        loop {
+            revisions.borrow_and_update();
+            let (current, current_instance) = {
+                let inner = self.lock();
+                let row = MachineRow::load(&inner.conn, app, id)?;
+                (row.state, row.instance_id)
+            };
+            let instance_ok = instance_id.is_none_or(|want| want == current_instance);
+            if current == target && instance_ok {
+                return Ok(());
+            }
+            if current == MachineState::Destroyed {
+                return Err(ApiError::Precondition(format!(
+                    "Machine {id} was destroyed while waiting for {target}"
+                )));
+            }
+            tokio::select! {
+                changed = revisions.changed() => {
+                    if changed.is_err() {
+                        return Err(ApiError::Unavailable("Server is shutting down".to_owned()));
+                    }
+                }
+                () = crate::control::shutting_down(&mut shutdown) => return Err(ApiError::Unavailable("Server is shutting down".to_owned())),
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(ApiError::Timeout(format!(
+                        "Machine {id} did not reach state {target} within {timeout}s (it is {current})"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Applies an agent's status report through the transition function.
+    pub fn report_status(
+        &self,
+        host: &str,
+        id: &str,
+        report: StatusReport,
+    ) -> Result<(), ApiError> {
+        let app = {
+            let inner = self.lock();
+            let row = MachineRow::load_by_id(&inner.conn, id)?
+                .ok_or_else(|| ApiError::NotFound(format!("Machine {id:?} not found")))?;
+            if row.host_id != host {
+                return Err(ApiError::NotFound(format!(
+                    "Machine {id} is not assigned to host {host:?}"
+                )));
+            }
+            if row.instance_id != report.instance_id {
+                return Err(ApiError::Conflict(format!(
+                    "Report names instance {} but machine {id} is at instance {}",
+                    report.instance_id, row.instance_id
+                )));
+            }
+            row.app
+        };
+        self.mutate(&app, id, Caller::Agent, |row, extra, _| {
+            agent_update(row, extra, report)
+        })?;
+        Ok(())
+    }
+}
+
+/// Applies a report: a state change (through `transition`), an event, an exit code, checks.
+fn agent_update(
+    row: &mut MachineRow,
+    extra: &mut NewMachine,
+    report: StatusReport,
+) -> Result<(), ApiError> {
+    let exit = report
+        .exit_code
+        .map(|code| json!({"exit_event": {"exit_code": code}}));
+    if report.state != row.state {
+        row.state = transition(row.state, report.state)
+            .map_err(|e| ApiError::Precondition(format!("Machine {}: {e}", row.id)))?;
+        let kind = report.event.as_ref().map_or_else(
+            || default_event_kind(report.state).to_owned(),
+            |e| e.kind.clone(),
+        );
+        extra.events.push(PendingEvent {
+            kind,
+            status: report.state.as_str().to_owned(),
+            source: "flyd",
+            request: merge_request(exit, report.event.as_ref().and_then(|e| e.message.clone())),
+        });
+        if report.state == MachineState::Destroyed {
+            row.lease = None;
+        }
+    } else if let Some(ev) = &report.event {
+        extra.events.push(PendingEvent {
+            kind: ev.kind.clone(),
+            status: ev.status.clone(),
+            source: "flyd",
+            request: merge_request(exit, ev.message.clone()),
+        });
+    }
+    if let Some(checks) = report.checks {
+        let updated_at = now_rfc3339();
+        row.checks = checks
+            .into_iter()
+            .map(|c| CheckStatus {
+                name: c.name,
+                status: c.status,
+                output: c.output,
+                updated_at: updated_at.clone(),
+            })
+            .collect();
+    }
+    Ok(())
+}
+
+fn merge_request(
+    exit: Option<serde_json::Value>,
+    message: Option<String>,
+) -> Option<serde_json::Value> {
+    match (exit, message) {
+        (None, None) => None,
+        (exit, message) => {
+            let mut value = exit.unwrap_or_else(|| json!({}));
+            if let (Some(map), Some(message)) = (value.as_object_mut(), message) {
+                map.insert("message".to_owned(), json!(message));
+            }
+            Some(value)
+        }
+    }
+}
+
+fn default_event_kind(state: MachineState) -> &'static str {
+    match state {
+        MachineState::Starting | MachineState::Started => "start",
+        MachineState::Stopping | MachineState::Stopped => "exit",
+        MachineState::Suspending | MachineState::Suspended => "suspend",
+        MachineState::Destroying | MachineState::Destroyed => "destroy",
+        MachineState::Replacing => "update",
+        MachineState::Created => "launch",
+        MachineState::Failed => "failed",
+    }
+}
