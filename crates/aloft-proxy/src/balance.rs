@@ -1,0 +1,380 @@
+//! Per-machine load accounting and the choice of a machine for a request: healthy first, then
+//! under the soft limit, then nearest (same host, same region, then by RTT), then least loaded,
+//! then at random.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::seq::SliceRandom;
+use tokio::sync::Notify;
+
+use crate::routes::{Concurrency, MachineRoute, MachineState};
+
+/// In-flight work per machine, and when each machine was last busy.
+#[derive(Debug, Default)]
+pub(crate) struct Loads {
+    inner: Mutex<HashMap<String, MachineLoad>>,
+    /// Woken whenever a slot is released, so queued requests can look again.
+    pub released: Notify,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct MachineLoad {
+    inflight: u32,
+    last_active: Instant,
+}
+
+impl Loads {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, MachineLoad>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn load(&self, machine: &str) -> u32 {
+        self.lock().get(machine).map_or(0, |l| l.inflight)
+    }
+
+    /// Takes a slot on `machine` unless it is at `hard_limit`.
+    pub fn try_acquire(
+        self: &Arc<Self>,
+        machine: &str,
+        hard_limit: Option<u32>,
+    ) -> Option<SlotGuard> {
+        let mut map = self.lock();
+        let entry = map.entry(machine.to_string()).or_insert(MachineLoad {
+            inflight: 0,
+            last_active: Instant::now(),
+        });
+        if hard_limit.is_some_and(|h| entry.inflight >= h) {
+            return None;
+        }
+        entry.inflight += 1;
+        entry.last_active = Instant::now();
+        Some(SlotGuard {
+            loads: self.clone(),
+            machine: machine.to_string(),
+        })
+    }
+
+    /// How long `machine` has had nothing in flight; zero while it is busy. A machine never seen
+    /// before starts its idle clock now.
+    pub fn idle_for(&self, machine: &str) -> Duration {
+        let mut map = self.lock();
+        let entry = map.entry(machine.to_string()).or_insert(MachineLoad {
+            inflight: 0,
+            last_active: Instant::now(),
+        });
+        if entry.inflight > 0 {
+            Duration::ZERO
+        } else {
+            entry.last_active.elapsed()
+        }
+    }
+
+    /// Restarts the idle clock of `machine` (after it was woken).
+    pub fn touch(&self, machine: &str) {
+        let mut map = self.lock();
+        let entry = map.entry(machine.to_string()).or_insert(MachineLoad {
+            inflight: 0,
+            last_active: Instant::now(),
+        });
+        entry.last_active = Instant::now();
+    }
+
+    fn release(&self, machine: &str) {
+        if let Some(l) = self.lock().get_mut(machine) {
+            l.inflight = l.inflight.saturating_sub(1);
+            l.last_active = Instant::now();
+        }
+        self.released.notify_waiters();
+    }
+}
+
+/// One unit of load on a machine, given back on drop.
+#[derive(Debug)]
+pub(crate) struct SlotGuard {
+    loads: Arc<Loads>,
+    machine: String,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.loads.release(&self.machine);
+    }
+}
+
+/// Where the edge stands, for nearness.
+#[derive(Debug, Clone)]
+pub(crate) struct Locality<'a> {
+    pub region: &'a str,
+    pub host_id: &'a str,
+    pub rtts: &'a HashMap<String, Duration>,
+}
+
+impl Locality<'_> {
+    /// Lower is nearer: same host, then same region, then other regions by RTT (unknown last).
+    fn distance(&self, m: &MachineRoute) -> (u8, Duration) {
+        if !self.host_id.is_empty() && m.host_id == self.host_id {
+            (0, Duration::ZERO)
+        } else if m.region == self.region {
+            (1, Duration::ZERO)
+        } else {
+            (
+                2,
+                self.rtts.get(&m.region).copied().unwrap_or(Duration::MAX),
+            )
+        }
+    }
+}
+
+/// Constraints from request headers and replay answers.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Steering {
+    pub force_instance: Option<String>,
+    pub prefer_instance: Option<String>,
+    pub prefer_regions: Vec<String>,
+    pub exclude: HashSet<String>,
+}
+
+/// The machines that may take the request now, best first. `state` gives each machine's
+/// current state (the route table's, or the edge's own newer knowledge).
+pub(crate) fn rank<'a>(
+    machines: &'a [MachineRoute],
+    state: &dyn Fn(&MachineRoute) -> MachineState,
+    loads: &Loads,
+    limits: &Concurrency,
+    here: &Locality<'_>,
+    steer: &Steering,
+) -> Vec<&'a MachineRoute> {
+    let mut pool: Vec<(&MachineRoute, u32)> = machines
+        .iter()
+        .filter(|m| state(m) == MachineState::Started && m.healthy && !m.cordoned)
+        .filter(|m| !steer.exclude.contains(&m.id))
+        .filter(|m| steer.force_instance.as_ref().is_none_or(|f| *f == m.id))
+        .map(|m| (m, loads.load(&m.id)))
+        .filter(|(_, load)| limits.hard_limit.is_none_or(|h| *load < h))
+        .collect();
+    if let Some(first) = steer
+        .prefer_regions
+        .iter()
+        .find(|r| pool.iter().any(|(m, _)| &m.region == *r))
+    {
+        pool.retain(|(m, _)| &m.region == first);
+    }
+    pool.shuffle(&mut rand::rng());
+    pool.sort_by_key(|(m, load)| (*load >= limits.soft_limit, here.distance(m), *load));
+    if let Some(p) = &steer.prefer_instance {
+        if let Some(i) = pool.iter().position(|(m, _)| &m.id == p) {
+            let preferred = pool.remove(i);
+            pool.insert(0, preferred);
+        }
+    }
+    pool.into_iter().map(|(m, _)| m).collect()
+}
+
+/// Whether `ranked` (from [`rank`]) leaves the request without a machine under its soft limit.
+pub(crate) fn needs_wake(ranked: &[&MachineRoute], loads: &Loads, limits: &Concurrency) -> bool {
+    ranked
+        .first()
+        .is_none_or(|m| loads.load(&m.id) >= limits.soft_limit)
+}
+
+/// The nearest machine the edge could wake for this request.
+pub(crate) fn wake_candidate<'a>(
+    machines: &'a [MachineRoute],
+    state: &dyn Fn(&MachineRoute) -> MachineState,
+    here: &Locality<'_>,
+    steer: &Steering,
+) -> Option<&'a MachineRoute> {
+    let mut pool: Vec<&MachineRoute> = machines
+        .iter()
+        .filter(|m| state(m).is_wakeable() && !m.cordoned)
+        .filter(|m| !steer.exclude.contains(&m.id))
+        .filter(|m| steer.force_instance.as_ref().is_none_or(|f| *f == m.id))
+        .collect();
+    if let Some(first) = steer
+        .prefer_regions
+        .iter()
+        .find(|r| pool.iter().any(|m| &m.region == *r))
+    {
+        pool.retain(|m| &m.region == first);
+    }
+    pool.shuffle(&mut rand::rng());
+    pool.sort_by_key(|m| {
+        (
+            steer.prefer_instance.as_ref() != Some(&m.id),
+            here.distance(m),
+        )
+    });
+    pool.first().copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::ConcurrencyKind;
+
+    fn machine(id: &str, region: &str, host: &str) -> MachineRoute {
+        MachineRoute {
+            id: id.into(),
+            region: region.into(),
+            host_id: host.into(),
+            address: "127.0.0.1".parse().unwrap(),
+            state: MachineState::Started,
+            healthy: true,
+            cordoned: false,
+        }
+    }
+
+    fn limits(soft: u32, hard: Option<u32>) -> Concurrency {
+        Concurrency {
+            kind: ConcurrencyKind::Requests,
+            soft_limit: soft,
+            hard_limit: hard,
+        }
+    }
+
+    fn ids(v: &[&MachineRoute]) -> Vec<String> {
+        v.iter().map(|m| m.id.clone()).collect()
+    }
+
+    #[test]
+    fn nearness_orders_host_region_then_rtt() {
+        let ms = vec![
+            machine("far", "syd", "h9"),
+            machine("mid", "fra", "h8"),
+            machine("region", "ams", "h2"),
+            machine("host", "ams", "h1"),
+            machine("unknown", "xyz", "h7"),
+        ];
+        let rtts = HashMap::from([
+            ("syd".to_string(), Duration::from_millis(250)),
+            ("fra".to_string(), Duration::from_millis(9)),
+        ]);
+        let here = Locality {
+            region: "ams",
+            host_id: "h1",
+            rtts: &rtts,
+        };
+        let loads = Arc::new(Loads::default());
+        let r = rank(
+            &ms,
+            &|m| m.state,
+            &loads,
+            &limits(20, None),
+            &here,
+            &Steering::default(),
+        );
+        assert_eq!(ids(&r), ["host", "region", "mid", "far", "unknown"]);
+    }
+
+    #[test]
+    fn unhealthy_cordoned_and_stopped_machines_are_skipped() {
+        let mut ms = vec![
+            machine("a", "ams", ""),
+            machine("b", "ams", ""),
+            machine("c", "ams", ""),
+            machine("d", "ams", ""),
+        ];
+        ms[0].healthy = false;
+        ms[1].cordoned = true;
+        ms[2].state = MachineState::Stopped;
+        let rtts = HashMap::new();
+        let here = Locality {
+            region: "ams",
+            host_id: "",
+            rtts: &rtts,
+        };
+        let loads = Arc::new(Loads::default());
+        let r = rank(
+            &ms,
+            &|m| m.state,
+            &loads,
+            &limits(20, None),
+            &here,
+            &Steering::default(),
+        );
+        assert_eq!(ids(&r), ["d"]);
+        let w = wake_candidate(&ms, &|m| m.state, &here, &Steering::default()).unwrap();
+        assert_eq!(w.id, "c");
+    }
+
+    #[test]
+    fn soft_limit_beats_nearness_and_hard_limit_excludes() {
+        let ms = vec![machine("local", "ams", ""), machine("remote", "fra", "")];
+        let rtts = HashMap::new();
+        let here = Locality {
+            region: "ams",
+            host_id: "",
+            rtts: &rtts,
+        };
+        let loads = Arc::new(Loads::default());
+        let l = limits(1, Some(2));
+        let g1 = loads.try_acquire("local", l.hard_limit).unwrap();
+        let r = rank(&ms, &|m| m.state, &loads, &l, &here, &Steering::default());
+        assert_eq!(ids(&r), ["remote", "local"]);
+        assert!(!needs_wake(&r, &loads, &l));
+        let _g2 = loads.try_acquire("remote", l.hard_limit).unwrap();
+        let r = rank(&ms, &|m| m.state, &loads, &l, &here, &Steering::default());
+        assert_eq!(ids(&r), ["local", "remote"]);
+        assert!(needs_wake(&r, &loads, &l));
+        let _g3 = loads.try_acquire("local", l.hard_limit).unwrap();
+        assert!(loads.try_acquire("local", l.hard_limit).is_none());
+        let r = rank(&ms, &|m| m.state, &loads, &l, &here, &Steering::default());
+        assert_eq!(ids(&r), ["remote"]);
+        drop(g1);
+        assert_eq!(loads.load("local"), 1);
+    }
+
+    #[test]
+    fn steering_forces_prefers_and_excludes() {
+        let ms = vec![
+            machine("a", "ams", ""),
+            machine("b", "fra", ""),
+            machine("c", "fra", ""),
+        ];
+        let rtts = HashMap::new();
+        let here = Locality {
+            region: "ams",
+            host_id: "",
+            rtts: &rtts,
+        };
+        let loads = Arc::new(Loads::default());
+        let l = limits(20, None);
+        let st = |s: Steering| ids(&rank(&ms, &|m| m.state, &loads, &l, &here, &s));
+        assert_eq!(
+            st(Steering {
+                force_instance: Some("b".into()),
+                ..Default::default()
+            }),
+            ["b"]
+        );
+        assert_eq!(
+            st(Steering {
+                prefer_instance: Some("c".into()),
+                ..Default::default()
+            })[0],
+            "c"
+        );
+        let fra = st(Steering {
+            prefer_regions: vec!["nrt".into(), "fra".into()],
+            ..Default::default()
+        });
+        assert_eq!(fra.len(), 2);
+        assert!(fra.iter().all(|id| id != "a"));
+        let ex = st(Steering {
+            exclude: HashSet::from(["a".to_string()]),
+            ..Default::default()
+        });
+        assert!(!ex.contains(&"a".to_string()));
+    }
+
+    #[test]
+    fn idle_clock_is_zero_while_busy() {
+        let loads = Arc::new(Loads::default());
+        let g = loads.try_acquire("m", None).unwrap();
+        assert_eq!(loads.idle_for("m"), Duration::ZERO);
+        drop(g);
+        assert_eq!(loads.load("m"), 0);
+    }
+}

@@ -1,0 +1,443 @@
+//! The edge itself: options, listeners, route updates and graceful drain.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::body::Incoming;
+use hyper::Request;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::balance::Loads;
+use crate::metrics::Metrics;
+use crate::proxy::{self, ConnInfo, ProxyBody};
+use crate::routes::{MachineRoute, MachineState, RouteStore, RouteStoreError, RouteTable, Routing};
+use crate::tls::{self, Ca, CertResolver, TlsError};
+use crate::wake::{self, Waker};
+
+/// Errors starting or updating the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("Cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Store(#[from] RouteStoreError),
+}
+
+/// How to run an edge. [`EdgeOptions::new`] fills in the defaults.
+#[derive(Clone)]
+pub struct EdgeOptions {
+    pub http_listen: SocketAddr,
+    pub https_listen: Option<SocketAddr>,
+    /// Serves `/metrics` in Prometheus text format.
+    pub admin_listen: Option<SocketAddr>,
+    /// Apps answer at `<app>.<domain>`.
+    pub domain: String,
+    pub region: String,
+    pub host_id: String,
+    /// The public port the HTTP listener stands for (matched against services' ports).
+    pub http_port: u16,
+    /// The public port the HTTPS listener stands for.
+    pub https_port: u16,
+    /// Issues certificates for app hostnames; without it only user certificates are served.
+    pub ca: Option<Arc<Ca>>,
+    pub waker: Option<Arc<dyn Waker>>,
+    /// Where the latest route table is kept; loaded at start.
+    pub route_store: Option<RouteStore>,
+    /// How long a request waits for a slot when every machine is at its hard limit.
+    pub queue_timeout: Duration,
+    /// How long a woken machine has to accept connections.
+    pub start_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub header_read_timeout: Duration,
+    /// Idle keep-alive connections to machines are closed after this.
+    pub idle_timeout: Duration,
+    pub autostop_interval: Duration,
+    /// A machine with nothing in flight for this long may be stopped.
+    pub idle_period: Duration,
+    /// Request bodies up to this size are buffered so they can be retried and replayed.
+    pub max_buffered_body: usize,
+    pub drain_timeout: Duration,
+    /// Machines tried for one request when connecting fails.
+    pub max_attempts: usize,
+}
+
+impl EdgeOptions {
+    pub fn new(http_listen: SocketAddr, domain: &str, region: &str, host_id: &str) -> Self {
+        EdgeOptions {
+            http_listen,
+            https_listen: None,
+            admin_listen: None,
+            domain: domain.trim_matches('.').to_ascii_lowercase(),
+            region: region.to_string(),
+            host_id: host_id.to_string(),
+            http_port: 80,
+            https_port: 443,
+            ca: None,
+            waker: None,
+            route_store: None,
+            queue_timeout: Duration::from_secs(5),
+            start_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(2),
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            autostop_interval: Duration::from_secs(60),
+            idle_period: Duration::from_secs(300),
+            max_buffered_body: 1 << 20,
+            drain_timeout: Duration::from_secs(10),
+            max_attempts: 3,
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub opts: EdgeOptions,
+    pub routes: Arc<ArcSwap<Routing>>,
+    pub loads: Arc<Loads>,
+    pub rtts: RwLock<Arc<HashMap<String, Duration>>>,
+    /// Machine states the edge learnt itself (it woke or stopped them) since the last table.
+    overlay: Mutex<HashMap<String, MachineState>>,
+    pub wake_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub waker: Option<Arc<dyn Waker>>,
+    pub client: Client<HttpConnector, ProxyBody>,
+    pub h2_client: Client<HttpConnector, ProxyBody>,
+    pub metrics: Metrics,
+    certs: Arc<CertResolver>,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+    update_lock: Mutex<()>,
+}
+
+impl Inner {
+    pub fn state_of(&self, m: &MachineRoute) -> MachineState {
+        let overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
+        overlay.get(&m.id).copied().unwrap_or(m.state)
+    }
+
+    pub fn set_state(&self, machine: &str, state: MachineState) {
+        self.overlay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(machine.to_string(), state);
+    }
+}
+
+/// A running edge proxy. Cloning gives another handle to the same edge.
+#[derive(Clone)]
+pub struct Edge {
+    inner: Arc<Inner>,
+    http_addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
+}
+
+impl Edge {
+    /// Binds the listeners, loads the persisted route table (if a store is set) and starts
+    /// serving. Must be called inside a tokio runtime.
+    pub async fn new(opts: EdgeOptions) -> Result<Edge, EdgeError> {
+        let table = match &opts.route_store {
+            Some(store) => store.load()?.unwrap_or_default(),
+            None => RouteTable::default(),
+        };
+        let routes = Arc::new(ArcSwap::from_pointee(Routing::new(table, &opts.domain)));
+        let certs = Arc::new(CertResolver::new(opts.ca.clone(), routes.clone()));
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(opts.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(opts.idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .build(connector.clone());
+        let h2_client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(opts.idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .http2_only(true)
+            .build(connector);
+        let bind = |addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| EdgeError::Listen { addr, source })
+        };
+        let http = bind(opts.http_listen).await?;
+        let https = match opts.https_listen {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        let admin = match opts.admin_listen {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        let local = |l: &TcpListener, a| {
+            l.local_addr()
+                .map_err(|source| EdgeError::Listen { addr: a, source })
+        };
+        let http_addr = local(&http, opts.http_listen)?;
+        let https_addr = match (&https, opts.https_listen) {
+            (Some(l), Some(a)) => Some(local(l, a)?),
+            _ => None,
+        };
+        let admin_addr = match (&admin, opts.admin_listen) {
+            (Some(l), Some(a)) => Some(local(l, a)?),
+            _ => None,
+        };
+        let tls = match &https {
+            Some(_) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+                tls::server_config(certs.clone())?,
+            ))),
+            None => None,
+        };
+        let inner = Arc::new(Inner {
+            waker: opts.waker.clone(),
+            opts,
+            routes,
+            loads: Arc::default(),
+            rtts: RwLock::default(),
+            overlay: Mutex::default(),
+            wake_locks: Mutex::default(),
+            client,
+            h2_client,
+            metrics: Metrics::default(),
+            certs,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            update_lock: Mutex::new(()),
+        });
+        let port = inner.opts.http_port;
+        inner
+            .tracker
+            .spawn(accept_loop(inner.clone(), http, None, port));
+        if let Some(l) = https {
+            let port = inner.opts.https_port;
+            inner
+                .tracker
+                .spawn(accept_loop(inner.clone(), l, tls, port));
+        }
+        if let Some(l) = admin {
+            inner.tracker.spawn(admin_loop(inner.clone(), l));
+        }
+        wake::spawn_autostop(&inner);
+        tracing::info!(%http_addr, ?https_addr, ?admin_addr, region = %inner.opts.region, "edge listening");
+        Ok(Edge {
+            inner,
+            http_addr,
+            https_addr,
+            admin_addr,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Installs `table` if it is newer than the current one (and persists it when a store is
+    /// set). Returns whether it was installed; an older or equal revision is ignored.
+    pub fn update_routes(&self, table: RouteTable) -> Result<bool, EdgeError> {
+        let _one_at_a_time = self
+            .inner
+            .update_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let current = self.inner.routes.load().table.revision;
+        if table.revision <= current && current != 0 {
+            return Ok(false);
+        }
+        if let Some(store) = &self.inner.opts.route_store {
+            store.save(&table)?;
+        }
+        tracing::info!(
+            revision = table.revision,
+            apps = table.apps.len(),
+            "route table updated"
+        );
+        self.inner
+            .routes
+            .store(Arc::new(Routing::new(table, &self.inner.opts.domain)));
+        self.inner
+            .overlay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        Ok(true)
+    }
+
+    /// The route table in use.
+    pub fn routes(&self) -> RouteTable {
+        self.inner.routes.load().table.clone()
+    }
+
+    /// Round-trip times from this edge to other regions, for nearness.
+    pub fn set_rtts(&self, rtts: HashMap<String, Duration>) {
+        *self.inner.rtts.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rtts);
+    }
+
+    /// Serves `cert_pem` (a chain) and `key_pem` for `host` (which may be `*.example.com`).
+    pub fn add_certificate(
+        &self,
+        host: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<(), EdgeError> {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let key = tls::certified_key(&host, cert_pem, key_pem)?;
+        let mut user = self
+            .inner
+            .certs
+            .user
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        user.insert(host, Arc::new(key));
+        Ok(())
+    }
+
+    /// Prometheus text exposition of the edge's metrics (also served on the admin listener).
+    pub fn metrics_text(&self) -> String {
+        self.inner.metrics.render()
+    }
+
+    /// Runs one autostop pass now (the periodic task runs the same).
+    pub async fn autostop_now(&self) {
+        self.inner.autostop_pass().await;
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish for up to the drain timeout,
+    /// then returns.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.tracker.close();
+        if tokio::time::timeout(self.inner.opts.drain_timeout, self.inner.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timeout passed with requests still in flight");
+        }
+    }
+}
+
+async fn accept_loop(
+    inner: Arc<Inner>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    port: u16,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = inner.shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = ConnInfo {
+            peer,
+            tls: tls.is_some(),
+            port,
+        };
+        let watcher = graceful.watcher();
+        let inner2 = inner.clone();
+        let tls = tls.clone();
+        inner.tracker.spawn(async move {
+            inner2
+                .metrics
+                .open_connections
+                .fetch_add(1, Ordering::Relaxed);
+            match tls {
+                None => serve_conn(inner2.clone(), stream, conn, watcher).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(
+                        inner2.opts.header_read_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => serve_conn(inner2.clone(), s, conn, watcher).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+            inner2
+                .metrics
+                .open_connections
+                .fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(inner.opts.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain timeout");
+    }
+}
+
+async fn serve_conn<I>(inner: Arc<Inner>, io: I, conn: ConnInfo, watcher: Watcher)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let header_timeout = inner.opts.header_read_timeout;
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let inner = inner.clone();
+        let conn = conn.clone();
+        async move { Ok::<_, std::convert::Infallible>(proxy::handle(inner, req, conn).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    if let Err(e) = watcher.watch(served).await {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
+
+async fn admin_loop(inner: Arc<Inner>, listener: TcpListener) {
+    loop {
+        let stream = tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+        };
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let inner = inner.clone();
+                async move { Ok::<_, std::convert::Infallible>(proxy::admin(&inner, &req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,208 @@
+//! The edge's Prometheus metrics, kept in memory and rendered as text exposition format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+const BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// Counters and gauges of one edge.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    requests: Mutex<BTreeMap<(String, String, &'static str), u64>>,
+    latency: Mutex<BTreeMap<String, Histogram>>,
+    autostarts: Mutex<BTreeMap<String, u64>>,
+    autostops: Mutex<BTreeMap<String, u64>>,
+    replays: Mutex<BTreeMap<String, u64>>,
+    pub open_connections: AtomicI64,
+    pub autostop_cycles: AtomicU64,
+}
+
+fn bump(map: &Mutex<BTreeMap<String, u64>>, app: &str) {
+    *map.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(app.to_string())
+        .or_default() += 1;
+}
+
+fn class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    /// One answered request. `machine` is empty when the edge answered by itself.
+    pub fn request(&self, app: &str, machine: &str, status: u16, elapsed: Duration) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((app.to_string(), machine.to_string(), class(status)))
+            .or_default() += 1;
+        let mut lat = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        let h = lat.entry(app.to_string()).or_default();
+        let secs = elapsed.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                h.counts[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += secs;
+    }
+
+    pub fn autostart(&self, app: &str) {
+        bump(&self.autostarts, app);
+    }
+
+    pub fn autostop(&self, app: &str) {
+        bump(&self.autostops, app);
+    }
+
+    pub fn replay(&self, app: &str) {
+        bump(&self.replays, app);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP aloft_edge_requests_total Requests answered, by app, machine and status class.\n");
+        out.push_str("# TYPE aloft_edge_requests_total counter\n");
+        for ((app, machine, class), n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "aloft_edge_requests_total{{app=\"{}\",machine=\"{}\",status=\"{class}\"}} {n}",
+                esc(app),
+                esc(machine)
+            );
+        }
+        out.push_str(
+            "# HELP aloft_edge_request_duration_seconds Time to response headers, by app.\n",
+        );
+        out.push_str("# TYPE aloft_edge_request_duration_seconds histogram\n");
+        for (app, h) in self
+            .latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let app = esc(app);
+            for (b, c) in BUCKETS.iter().zip(h.counts) {
+                let _ = writeln!(
+                    out,
+                    "aloft_edge_request_duration_seconds_bucket{{app=\"{app}\",le=\"{b}\"}} {c}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "aloft_edge_request_duration_seconds_bucket{{app=\"{app}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "aloft_edge_request_duration_seconds_sum{{app=\"{app}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "aloft_edge_request_duration_seconds_count{{app=\"{app}\"}} {}",
+                h.count
+            );
+        }
+        for (name, help, map) in [
+            (
+                "aloft_edge_autostarts_total",
+                "Machines woken by the edge.",
+                &self.autostarts,
+            ),
+            (
+                "aloft_edge_autostops_total",
+                "Idle machines stopped by the edge.",
+                &self.autostops,
+            ),
+            (
+                "aloft_edge_replays_total",
+                "Requests replayed on a fly-replay answer.",
+                &self.replays,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (app, n) in map.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                let _ = writeln!(out, "{name}{{app=\"{}\"}} {n}", esc(app));
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP aloft_edge_open_connections Client connections open now.\n# TYPE aloft_edge_open_connections gauge\naloft_edge_open_connections {}",
+            self.open_connections.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP aloft_edge_autostop_cycles_total Autostop passes run.\n# TYPE aloft_edge_autostop_cycles_total counter\naloft_edge_autostop_cycles_total {}",
+            self.autostop_cycles.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histogram() {
+        let m = Metrics::default();
+        m.request("shop", "m1", 200, Duration::from_millis(3));
+        m.request("shop", "m1", 204, Duration::from_millis(30));
+        m.request("shop", "", 404, Duration::from_millis(1));
+        m.replay("shop");
+        let t = m.render();
+        assert!(
+            t.contains("aloft_edge_requests_total{app=\"shop\",machine=\"m1\",status=\"2xx\"} 2"),
+            "{t}"
+        );
+        assert!(
+            t.contains("aloft_edge_requests_total{app=\"shop\",machine=\"\",status=\"4xx\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("aloft_edge_request_duration_seconds_bucket{app=\"shop\",le=\"0.005\"} 2"),
+            "{t}"
+        );
+        assert!(
+            t.contains("aloft_edge_request_duration_seconds_count{app=\"shop\"} 3"),
+            "{t}"
+        );
+        assert!(
+            t.contains("aloft_edge_replays_total{app=\"shop\"} 1"),
+            "{t}"
+        );
+    }
+}

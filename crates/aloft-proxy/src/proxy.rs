@@ -1,0 +1,554 @@
+//! One request through the edge: find the app, pick a machine, forward with the platform's
+//! headers, retry failed connects, follow replay answers, and tunnel upgrades.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
+use tracing::Instrument;
+
+use crate::balance::{self, Locality, SlotGuard, Steering};
+use crate::edge::Inner;
+use crate::replay::{Replay, REPLAY_HEADERS};
+use crate::routes::{self, AppRoutes, MachineRoute, ServiceRoutes};
+
+/// The body type the edge sends and answers with.
+pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// The client connection a request arrived on.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    /// The public port the listener stands for.
+    pub port: u16,
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+const MAX_REPLAYS: usize = 3;
+
+pub(crate) fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut r = Response::new(
+        Full::new(body.into())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Answers the admin listener: `/metrics` only.
+pub(crate) fn admin(inner: &Inner, req: &Request<Incoming>) -> Response<ProxyBody> {
+    if req.uri().path() == "/metrics" {
+        let mut r = full(StatusCode::OK, inner.metrics.render());
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        r
+    } else {
+        full(StatusCode::NOT_FOUND, "not found\n")
+    }
+}
+
+/// Serves one request and records it in the metrics.
+pub(crate) async fn handle(
+    inner: Arc<Inner>,
+    req: Request<Incoming>,
+    conn: ConnInfo,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let request_id = format!("{:032x}", rand::random::<u128>());
+    let span = tracing::debug_span!("request", request_id = %request_id, peer = %conn.peer);
+    let mut out = Outcome::default();
+    let mut resp = route(&inner, req, &conn, &request_id, &mut out)
+        .instrument(span)
+        .await;
+    inner.metrics.request(
+        &out.app,
+        &out.machine,
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
+    let h = resp.headers_mut();
+    h.insert(header::SERVER, HeaderValue::from_static("aloft"));
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        h.insert("fly-request-id", v.clone());
+        h.insert("aloft-request-id", v);
+    }
+    resp
+}
+
+#[derive(Default)]
+struct Outcome {
+    app: String,
+    machine: String,
+}
+
+fn host_of(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+}
+
+fn header_str<'a>(h: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
+    names
+        .iter()
+        .find_map(|n| h.get(*n).and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+fn steering(h: &HeaderMap) -> Steering {
+    Steering {
+        force_instance: header_str(h, &["fly-force-instance-id", "aloft-force-instance-id"])
+            .map(String::from),
+        prefer_instance: header_str(h, &["fly-prefer-instance-id", "aloft-prefer-instance-id"])
+            .map(String::from),
+        prefer_regions: header_str(h, &["fly-prefer-region", "aloft-prefer-region"])
+            .map(|v| {
+                v.split(',')
+                    .map(|r| r.trim().to_string())
+                    .filter(|r| !r.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        exclude: HashSet::new(),
+    }
+}
+
+async fn route(
+    inner: &Arc<Inner>,
+    mut req: Request<Incoming>,
+    conn: &ConnInfo,
+    request_id: &str,
+    out: &mut Outcome,
+) -> Response<ProxyBody> {
+    let Some(host) = host_of(&req) else {
+        return full(StatusCode::BAD_REQUEST, "the request has no Host header\n");
+    };
+    let routing = inner.routes.load_full();
+    let Some(app) = routing.app_for_host(&host) else {
+        return full(
+            StatusCode::NOT_FOUND,
+            format!("no app is configured for host {host}\n"),
+        );
+    };
+    out.app = app.app.clone();
+    let Some(svc) = routes::service_for_port(app, conn.port) else {
+        return full(
+            StatusCode::NOT_FOUND,
+            format!("app {} has no service on port {}\n", app.app, conn.port),
+        );
+    };
+    if !conn.tls && svc.port(conn.port).is_some_and(|p| p.force_https) {
+        return redirect_https(inner, &host, req.uri());
+    }
+    let mut steer = steering(req.headers());
+    let upgrade = req.headers().contains_key(header::UPGRADE) && req.version() == Version::HTTP_11;
+    let mut client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let mut headers = forward_headers(
+        inner,
+        &parts.headers,
+        &host,
+        conn,
+        request_id,
+        parts.version,
+        upgrade,
+    );
+    let limit = inner.opts.max_buffered_body;
+    let mut streamed: Option<ProxyBody> = None;
+    let buffered: Option<Bytes> = if upgrade || body.is_end_stream() {
+        Some(Bytes::new())
+    } else if body.size_hint().upper().is_some_and(|u| u <= limit as u64) {
+        match Limited::new(body, limit).collect().await {
+            Ok(b) => Some(b.to_bytes()),
+            Err(_) => return full(StatusCode::BAD_REQUEST, "cannot read the request body\n"),
+        }
+    } else {
+        streamed = Some(body.boxed());
+        None
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let (mut attempts, mut replays) = (0, 0);
+    loop {
+        let (m, guard) = match acquire(inner, app, svc, &steer).await {
+            Ok(x) => x,
+            Err(_) if attempts > 0 => {
+                return full(
+                    StatusCode::BAD_GATEWAY,
+                    format!("no machine of app {} accepted a connection\n", app.app),
+                )
+            }
+            Err(resp) => return resp,
+        };
+        out.machine = m.id.clone();
+        let body = match (&buffered, streamed.take()) {
+            (Some(b), _) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
+            (None, Some(s)) => s,
+            (None, None) => Empty::new().map_err(|never| match never {}).boxed(),
+        };
+        let uri: Uri = match format!(
+            "http://{}{}",
+            SocketAddr::new(m.address, svc.internal_port),
+            path
+        )
+        .parse()
+        {
+            Ok(u) => u,
+            Err(_) => return full(StatusCode::BAD_REQUEST, "the request path is not valid\n"),
+        };
+        let mut fwd = Request::new(body);
+        *fwd.method_mut() = parts.method.clone();
+        *fwd.uri_mut() = uri;
+        *fwd.headers_mut() = headers.clone();
+        let client = if svc.h2_backend && !upgrade {
+            *fwd.version_mut() = Version::HTTP_2;
+            &inner.h2_client
+        } else {
+            &inner.client
+        };
+        let mut resp = match client.request(fwd).await {
+            Ok(r) => r,
+            Err(e)
+                if e.is_connect()
+                    && buffered.is_some()
+                    && attempts + 1 < inner.opts.max_attempts =>
+            {
+                tracing::warn!(app = %app.app, machine = %m.id, error = %e, "connect failed, trying another machine");
+                attempts += 1;
+                steer.exclude.insert(m.id.clone());
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(app = %app.app, machine = %m.id, error = %e, "forwarding failed");
+                return full(
+                    StatusCode::BAD_GATEWAY,
+                    format!("machine {} of app {} did not answer\n", m.id, app.app),
+                );
+            }
+        };
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let Some(client_upgrade) = client_upgrade.take().filter(|_| switching) {
+            let backend_upgrade = hyper::upgrade::on(&mut resp);
+            inner
+                .tracker
+                .spawn(tunnel(client_upgrade, backend_upgrade, guard));
+            let (parts, _) = resp.into_parts();
+            return Response::from_parts(
+                parts,
+                Empty::new().map_err(|never| match never {}).boxed(),
+            );
+        }
+        let replay = REPLAY_HEADERS
+            .iter()
+            .find_map(|n| resp.headers().get(*n))
+            .and_then(|v| v.to_str().ok())
+            .and_then(Replay::parse);
+        if let Some(replay) = replay.filter(|_| buffered.is_some()) {
+            replays += 1;
+            if replays > MAX_REPLAYS {
+                return full(
+                    StatusCode::BAD_GATEWAY,
+                    format!("too many replays for app {}\n", app.app),
+                );
+            }
+            inner.metrics.replay(&app.app);
+            tracing::debug!(app = %app.app, machine = %m.id, ?replay, "replaying");
+            if let Ok(v) = HeaderValue::from_str(&replay.source(&m.id, &m.region)) {
+                headers.insert("fly-replay-src", v.clone());
+                headers.insert("aloft-replay-src", v);
+            }
+            steer = Steering {
+                force_instance: replay.instance.clone(),
+                prefer_instance: replay.prefer_instance.clone(),
+                prefer_regions: replay.regions.clone(),
+                exclude: HashSet::new(),
+            };
+            if replay.elsewhere
+                || (!replay.regions.is_empty() && !replay.regions.contains(&m.region))
+            {
+                steer.exclude.insert(m.id.clone());
+            }
+            drop(guard);
+            continue;
+        }
+        strip_hop_by_hop(resp.headers_mut());
+        let (parts, body) = resp.into_parts();
+        return Response::from_parts(
+            parts,
+            Tracked {
+                inner: body,
+                guard: Some(guard),
+            }
+            .boxed(),
+        );
+    }
+}
+
+fn redirect_https(inner: &Inner, host: &str, uri: &Uri) -> Response<ProxyBody> {
+    let name = routes::strip_port(host);
+    let name = if name.contains(':') {
+        format!("[{name}]")
+    } else {
+        name.to_string()
+    };
+    let port = match inner.opts.https_port {
+        443 => String::new(),
+        p => format!(":{p}"),
+    };
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{name}{port}{pq}");
+    let mut r = full(
+        StatusCode::MOVED_PERMANENTLY,
+        format!("moved to {location}\n"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+/// Picks a machine and takes a slot on it: wakes one when none is under its soft limit, and
+/// queues (up to the queue timeout) when all are at their hard limit.
+async fn acquire(
+    inner: &Arc<Inner>,
+    app: &AppRoutes,
+    svc: &ServiceRoutes,
+    steer: &Steering,
+) -> Result<(MachineRoute, SlotGuard), Response<ProxyBody>> {
+    let deadline = tokio::time::Instant::now() + inner.opts.queue_timeout;
+    let mut wake_failed: HashSet<String> = HashSet::new();
+    loop {
+        let released = inner.loads.released.notified();
+        tokio::pin!(released);
+        released.as_mut().enable();
+        let rtts = inner.rtts.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let here = Locality {
+            region: &inner.opts.region,
+            host_id: &inner.opts.host_id,
+            rtts: &rtts,
+        };
+        let state = |m: &MachineRoute| inner.state_of(m);
+        let limits = &svc.concurrency;
+        let ranked = balance::rank(&app.machines, &state, &inner.loads, limits, &here, steer);
+        if svc.autostart
+            && inner.waker.is_some()
+            && balance::needs_wake(&ranked, &inner.loads, limits)
+        {
+            let mut wake_steer = steer.clone();
+            wake_steer.exclude.extend(wake_failed.iter().cloned());
+            if let Some(m) = balance::wake_candidate(&app.machines, &state, &here, &wake_steer) {
+                let m = m.clone();
+                match inner.wake(&app.app, svc, &m).await {
+                    Ok(()) => continue,
+                    Err(e) => {
+                        tracing::warn!(app = %app.app, error = %e, "cannot wake a machine");
+                        wake_failed.insert(m.id.clone());
+                        continue;
+                    }
+                }
+            }
+        }
+        for m in &ranked {
+            if let Some(g) = inner.loads.try_acquire(&m.id, limits.hard_limit) {
+                return Ok(((*m).clone(), g));
+            }
+        }
+        let any_at_hard = app.machines.iter().any(|m| {
+            inner.state_of(m) == crate::routes::MachineState::Started
+                && m.healthy
+                && !m.cordoned
+                && !steer.exclude.contains(&m.id)
+                && steer.force_instance.as_ref().is_none_or(|f| *f == m.id)
+                && limits
+                    .hard_limit
+                    .is_some_and(|h| inner.loads.load(&m.id) >= h)
+        });
+        if !any_at_hard {
+            return Err(full(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "no machine of app {} is available to take the request\n",
+                    app.app
+                ),
+            ));
+        }
+        if tokio::time::timeout_at(deadline, released).await.is_err() {
+            return Err(full(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("every machine of app {} is at its hard limit\n", app.app),
+            ));
+        }
+    }
+}
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect();
+    for n in listed {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+    h.remove(header::UPGRADE);
+}
+
+fn forward_headers(
+    inner: &Inner,
+    incoming: &HeaderMap,
+    host: &str,
+    conn: &ConnInfo,
+    request_id: &str,
+    version: Version,
+    upgrade: bool,
+) -> HeaderMap {
+    let mut h = incoming.clone();
+    let upgrade_value = h.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut h);
+    if upgrade {
+        if let Some(v) = upgrade_value {
+            h.insert(header::UPGRADE, v);
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(host) {
+        h.insert(header::HOST, v);
+    }
+    let ip = conn.peer.ip().to_canonical().to_string();
+    let port = conn.port.to_string();
+    let set = |h: &mut HeaderMap, names: &[&'static str], value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            for n in names {
+                h.insert(*n, v.clone());
+            }
+        }
+    };
+    set(&mut h, &["fly-client-ip", "aloft-client-ip"], &ip);
+    set(
+        &mut h,
+        &[
+            "fly-forwarded-port",
+            "aloft-forwarded-port",
+            "x-forwarded-port",
+        ],
+        &port,
+    );
+    set(&mut h, &["fly-region", "aloft-region"], &inner.opts.region);
+    set(&mut h, &["fly-request-id", "aloft-request-id"], request_id);
+    set(
+        &mut h,
+        &["x-forwarded-proto"],
+        if conn.tls { "https" } else { "http" },
+    );
+    set(
+        &mut h,
+        &["x-forwarded-ssl"],
+        if conn.tls { "on" } else { "off" },
+    );
+    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip.clone(),
+    };
+    set(&mut h, &["x-forwarded-for"], &xff);
+    let hop = if version == Version::HTTP_2 {
+        "2 aloft"
+    } else {
+        "1.1 aloft"
+    };
+    let via = match h.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {hop}"),
+        _ => hop.to_string(),
+    };
+    set(&mut h, &["via"], &via);
+    h
+}
+
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    guard: SlotGuard,
+) {
+    let (client, backend) = match tokio::try_join!(client, backend) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let (mut c, mut b) = (TokioIo::new(client), TokioIo::new(backend));
+    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut b).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+    drop(guard);
+}
+
+/// A machine's response body that holds the machine's slot until it is fully sent.
+struct Tracked {
+    inner: Incoming,
+    guard: Option<SlotGuard>,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.guard.take();
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

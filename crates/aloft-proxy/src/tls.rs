@@ -1,0 +1,276 @@
+//! TLS termination: the cluster's own certificate authority, which issues a certificate for each
+//! app hostname on first use, and user certificates chosen by SNI. TLS 1.2 and 1.3 only.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use arc_swap::ArcSwap;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::routes::Routing;
+
+/// Errors of the certificate authority and of certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("Cannot read or write the certificate authority in {path}")]
+    CaIo {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("Cannot create or load the certificate authority key in {path}")]
+    CaKey { path: PathBuf, source: rcgen::Error },
+    #[error("Cannot issue a certificate for {host}")]
+    Issue { host: String, source: rcgen::Error },
+    #[error("The certificate for {host} is not valid PEM")]
+    CertPem { host: String },
+    #[error("The private key for {host} is not valid PEM or not a supported key type")]
+    KeyPem { host: String },
+    #[error("Cannot build the TLS configuration")]
+    Config(#[source] rustls::Error),
+}
+
+const CA_CERT_FILE: &str = "ca.pem";
+const CA_KEY_FILE: &str = "ca-key.pem";
+
+/// The cluster's certificate authority. Its key and certificate live in a directory so every
+/// edge of the cluster (and `aloft certs root`) agrees on the same root.
+pub struct Ca {
+    key: KeyPair,
+    root_pem: String,
+    root_der: CertificateDer<'static>,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca").finish_non_exhaustive()
+    }
+}
+
+fn ca_params() -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name.push(DnType::OrganizationName, "Aloft");
+    p.distinguished_name
+        .push(DnType::CommonName, "Aloft cluster CA");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p
+}
+
+impl Ca {
+    /// Loads the CA from `dir`, creating a new key and self-signed root there if it has none.
+    pub fn load_or_create(dir: impl AsRef<Path>) -> Result<Ca, TlsError> {
+        let dir = dir.as_ref();
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| TlsError::CaIo { path, source }
+        };
+        let (cert_path, key_path) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
+        let (key, root_pem) = if key_path.exists() && cert_path.exists() {
+            let key_pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
+            let key = KeyPair::from_pem(&key_pem).map_err(|source| TlsError::CaKey {
+                path: key_path.clone(),
+                source,
+            })?;
+            (
+                key,
+                std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?,
+            )
+        } else {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+            let key = KeyPair::generate().map_err(|source| TlsError::CaKey {
+                path: key_path.clone(),
+                source,
+            })?;
+            let cert = ca_params()
+                .self_signed(&key)
+                .map_err(|source| TlsError::CaKey {
+                    path: key_path.clone(),
+                    source,
+                })?;
+            write_private(&key_path, key.serialize_pem().as_bytes()).map_err(io(&key_path))?;
+            std::fs::write(&cert_path, cert.pem()).map_err(io(&cert_path))?;
+            (key, cert.pem())
+        };
+        let root_der =
+            CertificateDer::from_pem_slice(root_pem.as_bytes()).map_err(|_| TlsError::CertPem {
+                host: cert_path.display().to_string(),
+            })?;
+        Ok(Ca {
+            key,
+            root_pem,
+            root_der,
+        })
+    }
+
+    /// The root certificate, PEM-encoded, for clients to trust.
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    /// Issues a certificate for `host` signed by this CA.
+    pub fn issue(&self, host: &str) -> Result<CertifiedKey, TlsError> {
+        let err = |source| TlsError::Issue {
+            host: host.to_string(),
+            source,
+        };
+        let issuer = Issuer::new(ca_params(), &self.key);
+        let leaf_key = KeyPair::generate().map_err(err)?;
+        let mut params = CertificateParams::new(vec![host.to_string()]).map_err(err)?;
+        params.distinguished_name.push(DnType::CommonName, host);
+        let cert = params.signed_by(&leaf_key, &issuer).map_err(err)?;
+        let key = PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+        let signing =
+            rustls::crypto::ring::sign::any_supported_type(&key).map_err(|_| TlsError::KeyPem {
+                host: host.to_string(),
+            })?;
+        Ok(CertifiedKey::new(
+            vec![cert.der().clone(), self.root_der.clone()],
+            signing,
+        ))
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Parses a user certificate chain and key for `host`.
+pub(crate) fn certified_key(
+    host: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<CertifiedKey, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|_| TlsError::CertPem {
+            host: host.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::CertPem {
+            host: host.to_string(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|_| TlsError::KeyPem {
+        host: host.to_string(),
+    })?;
+    let signing =
+        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|_| TlsError::KeyPem {
+            host: host.to_string(),
+        })?;
+    Ok(CertifiedKey::new(chain, signing))
+}
+
+/// Picks the certificate for a TLS handshake by SNI: a user certificate (exact name, then
+/// wildcard), else one issued by the cluster CA for a hostname in the route table.
+pub(crate) struct CertResolver {
+    pub user: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    issued: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    ca: Option<Arc<Ca>>,
+    routes: Arc<ArcSwap<Routing>>,
+}
+
+impl std::fmt::Debug for CertResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertResolver").finish_non_exhaustive()
+    }
+}
+
+impl CertResolver {
+    pub fn new(ca: Option<Arc<Ca>>, routes: Arc<ArcSwap<Routing>>) -> Self {
+        CertResolver {
+            user: RwLock::default(),
+            issued: Mutex::default(),
+            ca,
+            routes,
+        }
+    }
+
+    fn user_cert(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let user = self.user.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = user.get(name) {
+            return Some(c.clone());
+        }
+        let (_, parent) = name.split_once('.')?;
+        user.get(&format!("*.{parent}")).cloned()
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello
+            .server_name()?
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        if let Some(c) = self.user_cert(&name) {
+            return Some(c);
+        }
+        let ca = self.ca.as_ref()?;
+        self.routes.load().app_for_host(&name)?;
+        let mut issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = issued.get(&name) {
+            return Some(c.clone());
+        }
+        match ca.issue(&name) {
+            Ok(c) => {
+                tracing::info!(host = %name, "issued a certificate from the cluster CA");
+                let c = Arc::new(c);
+                issued.insert(name, c.clone());
+                Some(c)
+            }
+            Err(e) => {
+                tracing::error!(host = %name, error = %e, "cannot issue a certificate");
+                None
+            }
+        }
+    }
+}
+
+/// The server-side TLS configuration: TLS 1.2 and 1.3, ALPN h2 then http/1.1.
+pub(crate) fn server_config(resolver: Arc<CertResolver>) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::Config)?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_persists_and_issues_leafs() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(dir.path()).unwrap();
+        let again = Ca::load_or_create(dir.path()).unwrap();
+        assert_eq!(ca.root_pem(), again.root_pem());
+        assert!(ca.root_pem().starts_with("-----BEGIN CERTIFICATE-----"));
+        let leaf = again.issue("shop.aloft.test").unwrap();
+        assert_eq!(leaf.cert.len(), 2);
+        assert!(matches!(
+            certified_key("x", "nope", "nope"),
+            Err(TlsError::CertPem { .. })
+        ));
+    }
+}
