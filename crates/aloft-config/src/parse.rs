@@ -192,22 +192,20 @@ fn read_processes(ctx: &mut Ctx<'_>, root: &Tbl<'_>) -> BTreeMap<String, String>
         return BTreeMap::new();
     };
     let processes = t.as_string_map(ctx);
-    {
-        for (name, command) in &processes {
-            let span = t.get(name).map_or_else(|| t.start(), |(_, s)| s);
-            let valid = (1..=63).contains(&name.len())
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-            if !valid {
-                let message =
-                    "expected a group name of lowercase letters, digits, dashes or underscores";
-                ctx.error(&t.key_span(name), t.label(name), message.to_owned());
-            }
-            if shlex::split(command).is_none() {
-                let message = format!("could not split {command:?} into words (unbalanced quote?)");
-                ctx.error(&span, t.label(name), message);
-            }
+    for (name, command) in &processes {
+        let span = t.get(name).map_or_else(|| t.start(), |(_, s)| s);
+        let valid = (1..=63).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !valid {
+            let message =
+                "expected a group name of lowercase letters, digits, dashes or underscores";
+            ctx.error(&t.key_span(name), t.label(name), message.to_owned());
+        }
+        if shlex::split(command).is_none() {
+            let message = format!("could not split {command:?} into words (unbalanced quote?)");
+            ctx.error(&span, t.label(name), message);
         }
     }
     processes
@@ -217,14 +215,7 @@ fn read_build(ctx: &mut Ctx<'_>, t: &Tbl<'_>) -> Build {
     t.check_keys(
         ctx,
         &["image", "dockerfile", "build-target", "args"],
-        &[
-            "builder",
-            "buildpacks",
-            "ignorefile",
-            "build_target",
-            "settings",
-            "buildpacks",
-        ],
+        &["builder", "buildpacks", "ignorefile", "settings"],
     );
     Build {
         image: t.str(ctx, "image"),
@@ -239,16 +230,14 @@ fn read_env(ctx: &mut Ctx<'_>, root: &Tbl<'_>) -> BTreeMap<String, String> {
         return BTreeMap::new();
     };
     let env = t.as_string_map(ctx);
-    {
-        for name in env.keys() {
-            let upper = name.to_ascii_uppercase();
-            if upper.starts_with("FLY_") || upper.starts_with("ALOFT_") {
-                let message = "names starting with FLY_ or ALOFT_ are reserved for the platform";
-                ctx.error(&t.key_span(name), t.label(name), message.to_owned());
-            } else if name.is_empty() || name.contains('=') {
-                let message = "expected a variable name without '='";
-                ctx.error(&t.key_span(name), t.label(name), message.to_owned());
-            }
+    for name in env.keys() {
+        let upper = name.to_ascii_uppercase();
+        if upper.starts_with("FLY_") || upper.starts_with("ALOFT_") {
+            let message = "names starting with FLY_ or ALOFT_ are reserved for the platform";
+            ctx.error(&t.key_span(name), t.label(name), message.to_owned());
+        } else if name.is_empty() || name.contains('=') {
+            let message = "expected a variable name without '='";
+            ctx.error(&t.key_span(name), t.label(name), message.to_owned());
         }
     }
     env

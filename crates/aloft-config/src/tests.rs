@@ -1023,3 +1023,11 @@ fn app_names_follow_the_dns_label_rules() {
         assert!(!valid_app_name(bad), "{bad}");
     }
 }
+
+#[test]
+fn build_target_with_an_underscore_gets_a_suggestion() {
+    assert_eq!(
+        warnings("[build]\nbuild_target = \"x\"\n"),
+        ["aloft.toml:2:1: warning: unknown key 'build_target' (did you mean 'build-target'?)"]
+    );
+}
