@@ -79,6 +79,11 @@ impl Control {
         });
     }
 
+    /// How many `wait` requests and watch streams are listening for changes.
+    pub fn listeners(&self) -> usize {
+        self.revision.receiver_count()
+    }
+
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.revision.subscribe()
     }

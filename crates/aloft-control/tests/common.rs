@@ -21,20 +21,35 @@ pub struct Env {
 pub async fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::open(ServerOptions::new(dir.path())).await.unwrap();
-    let admin = server.admin_token_created.clone().expect("first start creates an admin token");
+    let admin = server
+        .admin_token_created
+        .clone()
+        .expect("first start creates an admin token");
     let router = server.router();
-    Env { dir, server, router, admin }
+    Env {
+        dir,
+        server,
+        router,
+        admin,
+    }
 }
 
 /// Reopens the same data dir (after dropping the old server) with another heartbeat timeout.
 pub async fn reopen(env: Env, heartbeat_timeout: Duration) -> Env {
-    let Env { dir, server, admin, .. } = env;
+    let Env {
+        dir, server, admin, ..
+    } = env;
     drop(server);
     let mut options = ServerOptions::new(dir.path());
     options.heartbeat_timeout = heartbeat_timeout;
     let server = Server::open(options).await.unwrap();
     let router = server.router();
-    Env { dir, server, router, admin }
+    Env {
+        dir,
+        server,
+        router,
+        admin,
+    }
 }
 
 pub struct Call<'a> {
@@ -72,7 +87,11 @@ impl Env {
 
     /// Creates an app and registers host(s); returns nothing, panics on failure.
     pub async fn app(&self, name: &str) {
-        let (status, body) = self.post("/v1/apps").json(json!({"app_name": name, "org_slug": "personal"})).send().await;
+        let (status, body) = self
+            .post("/v1/apps")
+            .json(json!({"app_name": name, "org_slug": "personal"}))
+            .send()
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
 
@@ -87,9 +106,14 @@ impl Env {
 
     /// Creates a machine from a small config and returns its JSON.
     pub async fn machine(&self, app: &str, extra: Value) -> Value {
-        let mut body = json!({"config": {"image": "nginx:1.25", "guest": {"cpus": 1, "memory_mb": 256}}});
+        let mut body =
+            json!({"config": {"image": "nginx:1.25", "guest": {"cpus": 1, "memory_mb": 256}}});
         merge(&mut body, extra);
-        let (status, machine) = self.post(format!("/v1/apps/{app}/machines")).json(body).send().await;
+        let (status, machine) = self
+            .post(format!("/v1/apps/{app}/machines"))
+            .json(body)
+            .send()
+            .await;
         assert_eq!(status, StatusCode::OK, "{machine}");
         machine
     }
@@ -97,7 +121,11 @@ impl Env {
     /// An agent report for a machine's current instance.
     pub async fn report(&self, host: &str, machine: &Value, state: &str) -> (StatusCode, Value) {
         let id = machine["id"].as_str().unwrap();
-        let current = self.get(format!("/v1/apps/{}/machines/{id}", app_of(machine))).send().await.1;
+        let current = self
+            .get(format!("/v1/apps/{}/machines/{id}", app_of(machine)))
+            .send()
+            .await
+            .1;
         self.post(format!("/v1/hosts/{host}/machines/{id}/status"))
             .json(json!({"instance_id": current["instance_id"], "state": state}))
             .send()
@@ -105,7 +133,10 @@ impl Env {
     }
 
     pub async fn state(&self, app: &str, id: &str) -> String {
-        let (status, m) = self.get(format!("/v1/apps/{app}/machines/{id}")).send().await;
+        let (status, m) = self
+            .get(format!("/v1/apps/{app}/machines/{id}"))
+            .send()
+            .await;
         assert_eq!(status, StatusCode::OK, "{m}");
         m["state"].as_str().unwrap().to_owned()
     }
@@ -113,7 +144,13 @@ impl Env {
 
 /// Test machines are named `<app>-...` by default; tests pass `"name"` only with that prefix.
 pub fn app_of(machine: &Value) -> String {
-    machine["name"].as_str().unwrap().split('-').next().unwrap().to_owned()
+    machine["name"]
+        .as_str()
+        .unwrap()
+        .split('-')
+        .next()
+        .unwrap()
+        .to_owned()
 }
 
 pub fn merge(base: &mut Value, extra: Value) {
@@ -164,7 +201,9 @@ impl Call<'_> {
         for (k, v) in self.headers {
             builder = builder.header(k, v);
         }
-        let request = builder.body(Body::from(self.body.unwrap_or_default())).unwrap();
+        let request = builder
+            .body(Body::from(self.body.unwrap_or_default()))
+            .unwrap();
         (self.router.clone(), request)
     }
 
@@ -177,7 +216,8 @@ impl Call<'_> {
         let value = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("body is not JSON: {}", String::from_utf8_lossy(&bytes)))
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| panic!("body is not JSON: {}", String::from_utf8_lossy(&bytes)))
         };
         (status, value)
     }
@@ -194,7 +234,10 @@ impl Lines {
         let (router, request) = call.request();
         let response = router.oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
-        Lines { body: response.into_body(), buf: Vec::new() }
+        Lines {
+            body: response.into_body(),
+            buf: Vec::new(),
+        }
     }
 
     /// The next line, failing the test if none arrives within 10 s.

@@ -515,7 +515,7 @@ pub(crate) fn default_region(
     let existing: Option<String> = inner
         .conn
         .query_row(
-            "SELECT region FROM machines WHERE app = ?1 AND state != 'destroyed' ORDER BY created_at, id LIMIT 1",
+            "SELECT region FROM machines WHERE app = ?1 AND state != 'destroyed' ORDER BY rowid LIMIT 1",
             [app],
             |r| r.get(0),
         )

@@ -158,7 +158,7 @@ impl MachineRow {
         include_destroyed: bool,
     ) -> Result<Vec<MachineRow>, ApiError> {
         let mut stmt = conn.prepare(&format!(
-            "SELECT {COLUMNS} FROM machines WHERE app = ?1 AND (?2 OR state != 'destroyed') ORDER BY created_at, id"
+            "SELECT {COLUMNS} FROM machines WHERE app = ?1 AND (?2 OR state != 'destroyed') ORDER BY rowid"
         ))?;
         let rows = stmt.query_map(params![app, include_destroyed], from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -278,7 +278,7 @@ impl MachineRow {
     pub fn versions(conn: &Connection, id: &str) -> Result<Vec<MachineVersion>, ApiError> {
         let mut stmt = conn.prepare(
             "SELECT version, config, created_at FROM machine_versions WHERE machine_id = ?1
-             ORDER BY created_at DESC, version DESC",
+             ORDER BY rowid DESC",
         )?;
         let rows = stmt.query_map([id], |r| {
             Ok(MachineVersion {
