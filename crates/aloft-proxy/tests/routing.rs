@@ -5,17 +5,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aloft_proxy::{Edge, EdgeOptions, RouteTable};
+use aloft_proxy::RouteTable;
 use common::*;
 use hyper::StatusCode;
-
-async fn edge_with(apps: Vec<aloft_proxy::AppRoutes>, f: impl FnOnce(&mut EdgeOptions)) -> Edge {
-    let mut o = EdgeOptions::new("127.0.0.1:0".parse().unwrap(), DOMAIN, "ams", "h1");
-    f(&mut o);
-    let e = Edge::new(o).await.expect("edge starts");
-    assert!(e.update_routes(RouteTable { revision: 1, apps }).unwrap());
-    e
-}
 
 #[tokio::test]
 async fn routes_by_host_and_answers_404_for_unknown_hosts() {

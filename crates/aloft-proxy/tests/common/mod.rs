@@ -322,3 +322,17 @@ impl Waker for RecordingWaker {
         })
     }
 }
+
+/// An edge in region `ams` on host `h1` serving `apps` at revision 1.
+pub async fn edge_with(
+    apps: Vec<AppRoutes>,
+    f: impl FnOnce(&mut aloft_proxy::EdgeOptions),
+) -> aloft_proxy::Edge {
+    let mut o = aloft_proxy::EdgeOptions::new("127.0.0.1:0".parse().unwrap(), DOMAIN, "ams", "h1");
+    f(&mut o);
+    let e = aloft_proxy::Edge::new(o).await.expect("edge starts");
+    assert!(e
+        .update_routes(aloft_proxy::RouteTable { revision: 1, apps })
+        .unwrap());
+    e
+}

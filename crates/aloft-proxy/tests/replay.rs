@@ -1,0 +1,88 @@
+//! `fly-replay` answers through a real edge to real backend servers.
+
+mod common;
+
+use common::*;
+use hyper::StatusCode;
+
+async fn three_machines() -> (aloft_proxy::Edge, Vec<Backend>) {
+    let port = shared_port().await;
+    let backends = vec![
+        Backend::start((ip(2), port).into(), "near").await,
+        Backend::start((ip(3), port).into(), "fra1").await,
+        Backend::start((ip(4), port).into(), "syd1").await,
+    ];
+    let ms = vec![
+        machine("near", "ams", "h1", 2),
+        machine("fra1", "fra", "h2", 3),
+        machine("syd1", "syd", "h3", 4),
+    ];
+    let edge = edge_with(vec![app("alpha", port, ms)], |_| {}).await;
+    (edge, backends)
+}
+
+async fn replay(edge: &aloft_proxy::Edge, header: &str, ask: &str) -> Reply {
+    send(
+        edge.http_addr(),
+        "POST",
+        "alpha.aloft.test",
+        "/replay",
+        &[(header, ask)],
+        b"the body".to_vec(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn replays_to_an_instance_with_the_source_and_body() {
+    let (edge, backends) = three_machines().await;
+    let r = replay(&edge, "x-test-replay", "instance=syd1;state=cart-42").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.body
+            .starts_with("machine=syd1 src=instance=near;region=ams;t="),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.ends_with(";state=cart-42 body=the body"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        backends[0].hits.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert!(edge
+        .metrics_text()
+        .contains("aloft_edge_replays_total{app=\"alpha\"} 1"));
+}
+
+#[tokio::test]
+async fn replays_to_a_region_or_elsewhere() {
+    let (edge, _backends) = three_machines().await;
+    let r = replay(&edge, "x-test-replay", "region=fra").await;
+    assert!(
+        r.body
+            .starts_with("machine=fra1 src=instance=near;region=ams"),
+        "{}",
+        r.body
+    );
+    let r = replay(&edge, "x-test-replay", "region=nrt,syd").await;
+    assert!(r.body.starts_with("machine=syd1 "), "{}", r.body);
+    let r = replay(&edge, "x-test-replay", "elsewhere=true").await;
+    assert!(
+        r.body.contains("src=instance=near;") && !r.body.starts_with("machine=near"),
+        "{}",
+        r.body
+    );
+    let r = replay(&edge, "x-test-replay", "prefer_instance=fra1").await;
+    assert!(r.body.starts_with("machine=fra1 "), "{}", r.body);
+}
+
+#[tokio::test]
+async fn replay_to_a_missing_instance_is_503() {
+    let (edge, _backends) = three_machines().await;
+    let r = replay(&edge, "x-test-replay", "instance=ghost").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+}
