@@ -92,6 +92,7 @@ impl AppConfig {
             vm: Vec::new(),
             restart: Vec::new(),
             metrics: Vec::new(),
+            experimental: Experimental::default(),
             statics: Vec::new(),
         }
     }

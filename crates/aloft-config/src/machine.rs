@@ -89,8 +89,13 @@ impl AppConfig {
             env.entry("PRIMARY_REGION".to_owned())
                 .or_insert_with(|| region.clone());
         }
+        let nonempty = |words: &Vec<String>| (!words.is_empty()).then(|| words.clone());
         let init = MachineInit {
-            cmd: self.command_for(group),
+            cmd: self
+                .command_for(group)
+                .or_else(|| nonempty(&self.experimental.cmd)),
+            entrypoint: nonempty(&self.experimental.entrypoint),
+            exec: nonempty(&self.experimental.exec),
             swap_size_mb: self.swap_size_mb.map(i64::from),
             ..MachineInit::default()
         };

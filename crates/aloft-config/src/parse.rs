@@ -3,12 +3,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use toml_edit::Document;
+use toml_edit::{Document, Value};
 
 use crate::diag::{ConfigError, Diagnostic, Warning};
 use crate::model::{
-    AppConfig, Build, CpuKind, Deploy, MaxUnavailable, Metrics, Mount, Restart, RestartPolicy,
-    Static, Strategy, Vm, DEFAULT_PROCESS_GROUP,
+    AppConfig, Build, CpuKind, Deploy, Experimental, MaxUnavailable, Metrics, Mount, Restart,
+    RestartPolicy, Static, Strategy, Vm, DEFAULT_PROCESS_GROUP,
 };
 use crate::reader::{describe, Ctx, Tbl};
 use crate::sections::{check, check_processes, http_service, service};
@@ -32,16 +32,12 @@ const ROOT_KEYS: &[&str] = &[
     "restart",
     "metrics",
     "statics",
+    "experimental",
+    "mount",
 ];
 
 /// Fly keys Aloft reads past with a warning.
-const ROOT_IGNORED: &[&str] = &[
-    "console_command",
-    "host_dedication_id",
-    "experimental",
-    "files",
-    "compute",
-];
+const ROOT_IGNORED: &[&str] = &["console_command", "host_dedication_id", "files", "compute"];
 
 const SIGNALS: &[&str] = &[
     "SIGINT", "SIGTERM", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGKILL", "SIGSTOP", "SIGHUP",
@@ -68,6 +64,7 @@ pub(crate) fn parse_text(file: &str, text: &str) -> Result<(AppConfig, Vec<Warni
         span: None,
     };
     let config = read_root(&mut ctx, &root);
+    ctx.warnings.sort_by_key(|w| (w.line, w.column));
     if ctx.errors.is_empty() {
         Ok((config, ctx.warnings))
     } else {
@@ -154,6 +151,7 @@ fn read_root(ctx: &mut Ctx<'_>, root: &Tbl<'_>) -> AppConfig {
             .iter()
             .filter_map(|t| read_metrics(ctx, t, &groups))
             .collect(),
+        experimental: read_experimental(ctx, root),
         statics: root
             .tables_at(ctx, "statics")
             .iter()
@@ -188,6 +186,12 @@ pub fn valid_app_name(name: &str) -> bool {
 }
 
 fn read_processes(ctx: &mut Ctx<'_>, root: &Tbl<'_>) -> BTreeMap<String, String> {
+    // Old fly.toml files (and Fly's API) write `processes = []` for "no process groups".
+    if let Some((item, _)) = root.get("processes") {
+        if item.as_array().is_some_and(|a| a.is_empty()) {
+            return BTreeMap::new();
+        }
+    }
     let Some(t) = root.table_at(ctx, "processes") else {
         return BTreeMap::new();
     };
@@ -229,8 +233,27 @@ fn read_env(ctx: &mut Ctx<'_>, root: &Tbl<'_>) -> BTreeMap<String, String> {
     let Some(t) = root.table_at(ctx, "env") else {
         return BTreeMap::new();
     };
-    let env = t.as_string_map(ctx);
-    for name in env.keys() {
+    let mut env = BTreeMap::new();
+    for (name, item) in t.table.iter() {
+        let span = item.span().unwrap_or_else(|| t.key_span(name));
+        let value = match item.as_value() {
+            Some(Value::String(s)) => s.value().clone(),
+            // flyctl turns numbers and booleans into strings; so do we, with a warning.
+            Some(Value::Integer(_) | Value::Float(_) | Value::Boolean(_)) => {
+                let text = describe(item);
+                let message = format!(
+                    "{} is {text}, not a string; using \"{text}\" (quote it to silence this)",
+                    t.label(name)
+                );
+                ctx.warn(&span, message);
+                text
+            }
+            _ => {
+                let message = format!("expected a string, found {}", describe(item));
+                ctx.error(&span, t.label(name), message);
+                continue;
+            }
+        };
         let upper = name.to_ascii_uppercase();
         if upper.starts_with("FLY_") || upper.starts_with("ALOFT_") {
             let message = "names starting with FLY_ or ALOFT_ are reserved for the platform";
@@ -239,8 +262,38 @@ fn read_env(ctx: &mut Ctx<'_>, root: &Tbl<'_>) -> BTreeMap<String, String> {
             let message = "expected a variable name without '='";
             ctx.error(&t.key_span(name), t.label(name), message.to_owned());
         }
+        env.insert(name.to_owned(), value);
     }
     env
+}
+
+/// `[experimental]`: only `cmd`, `entrypoint` and `exec` are used.
+fn read_experimental(ctx: &mut Ctx<'_>, root: &Tbl<'_>) -> Experimental {
+    const IGNORED: &[&str] = &[
+        "auto_rollback",
+        "allowed_public_ports",
+        "private_network",
+        "enable_consul",
+        "enable_etcd",
+        "lazy_load_images",
+        "attached",
+        "machine_config",
+        "launch_plan",
+    ];
+    let Some(t) = root.table_at(ctx, "experimental") else {
+        return Experimental::default();
+    };
+    t.check_keys(ctx, &["cmd", "entrypoint", "exec"], IGNORED);
+    let mut words = |key: &str| match t.get(key) {
+        Some((item, _)) if item.is_str() => vec![item.as_str().unwrap_or_default().to_owned()],
+        Some(_) => t.strings(ctx, key).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    Experimental {
+        cmd: words("cmd"),
+        entrypoint: words("entrypoint"),
+        exec: words("exec"),
+    }
 }
 
 fn read_deploy(ctx: &mut Ctx<'_>, t: &Tbl<'_>, config: &AppConfig) -> Deploy {
@@ -324,7 +377,9 @@ fn read_mounts(ctx: &mut Ctx<'_>, root: &Tbl<'_>, groups: &[String]) -> Vec<Moun
     };
     let mut taken: BTreeMap<String, String> = BTreeMap::new();
     let mut mounts = Vec::new();
-    for t in root.tables_at(ctx, "mounts") {
+    let mut tables = root.tables_at(ctx, "mounts");
+    tables.extend(root.tables_at(ctx, "mount"));
+    for t in tables {
         let Some(mount) = read_mount(ctx, &t, groups) else {
             continue;
         };

@@ -208,7 +208,16 @@ impl<'a> Tbl<'a> {
     }
 
     /// A port number 1..=65535.
+    ///
+    /// A string of digits (`port = "80"`) is accepted too, as flyctl does.
     pub fn port(&self, ctx: &mut Ctx<'_>, key: &str) -> Option<u16> {
+        if let Some((item, _)) = self.get(key) {
+            if let Some(port) = item.as_str().and_then(|s| s.parse::<u16>().ok()) {
+                if port > 0 {
+                    return Some(port);
+                }
+            }
+        }
         self.int(ctx, key, 1..=65535).map(|n| n as u16)
     }
 
@@ -231,17 +240,32 @@ impl<'a> Tbl<'a> {
 
     /// A duration: a Fly duration string (`"10s"`, `"1m30s"`) or an integer number of seconds.
     pub fn duration(&self, ctx: &mut Ctx<'_>, key: &str) -> Option<Duration> {
+        self.duration_in(ctx, key, Duration::from_secs(1), "whole seconds")
+    }
+
+    /// A check duration: a Fly duration string, or an integer number of milliseconds as old
+    /// `fly.toml` files write them (`interval = 10000`).
+    pub fn check_duration(&self, ctx: &mut Ctx<'_>, key: &str) -> Option<Duration> {
+        self.duration_in(ctx, key, Duration::from_millis(1), "whole milliseconds")
+    }
+
+    fn duration_in(
+        &self,
+        ctx: &mut Ctx<'_>,
+        key: &str,
+        unit: Duration,
+        unit_words: &str,
+    ) -> Option<Duration> {
         let (item, span) = self.get(key)?;
         let parsed = match item {
-            Item::Value(Value::Integer(n)) => {
-                u64::try_from(*n.value()).ok().map(Duration::from_secs)
-            }
+            Item::Value(Value::Integer(n)) => u32::try_from(*n.value()).ok().map(|n| unit * n),
             Item::Value(Value::String(s)) => parse_duration(s.value()),
             _ => None,
         };
         if parsed.is_none() {
-            let expected = "a duration such as \"10s\", \"1m30s\" or \"500ms\", or whole seconds";
-            self.mismatch(ctx, key, item, &span, expected);
+            let expected =
+                format!("a duration such as \"10s\", \"1m30s\" or \"500ms\", or {unit_words}");
+            self.mismatch(ctx, key, item, &span, &expected);
         }
         parsed
     }

@@ -1,6 +1,7 @@
 //! Readers for the sections that describe services: `[http_service]`, `[[services]]` and their
 //! ports, concurrency, options and checks.
 
+use crate::model::DEFAULT_PROCESS_GROUP;
 use crate::model::{
     AutoStop, Check, CheckKind, Concurrency, ConcurrencyKind, Handler, HttpOptions,
     HttpResponseOptions, HttpService, Port, Protocol, ProxyProtoOptions, Service, TlsOptions,
@@ -11,6 +12,15 @@ use crate::reader::{describe, Ctx, Tbl};
 pub(crate) fn check_processes(ctx: &mut Ctx<'_>, t: &Tbl<'_>, groups: &[String]) -> Vec<String> {
     let processes = t.strings(ctx, "processes").unwrap_or_default();
     if groups.is_empty() {
+        // Without [processes] the only group is `app`; other names select no machines.
+        for name in processes.iter().filter(|p| *p != DEFAULT_PROCESS_GROUP) {
+            let span = t.get("processes").map_or_else(|| t.start(), |(_, s)| s);
+            let message = format!(
+                "{} names process group '{name}', but without [processes] the only group is 'app'",
+                t.label("processes")
+            );
+            ctx.warn(&span, message);
+        }
         return processes;
     }
     for name in &processes {
@@ -45,6 +55,29 @@ fn auto_stop(ctx: &mut Ctx<'_>, t: &Tbl<'_>) -> Option<AutoStop> {
 
 pub(crate) fn concurrency(ctx: &mut Ctx<'_>, parent: &Tbl<'_>) -> Concurrency {
     let mut c = Concurrency::default();
+    // Old fly.toml files write `concurrency = "20,25"` (soft,hard; counted in requests).
+    if let Some((item, span)) = parent.get("concurrency") {
+        if let Some(text) = item.as_str() {
+            let limits = text.split_once(',').and_then(|(soft, hard)| {
+                Some((soft.trim().parse().ok()?, hard.trim().parse().ok()?))
+            });
+            match limits {
+                Some((soft, hard)) if soft <= hard && soft > 0 => {
+                    c.kind = ConcurrencyKind::Requests;
+                    c.soft_limit = soft;
+                    c.hard_limit = Some(hard);
+                }
+                _ => {
+                    let message = format!(
+                        "expected a table or \"soft,hard\" limits, found {}",
+                        describe(item)
+                    );
+                    ctx.error(&span, parent.label("concurrency"), message);
+                }
+            }
+            return c;
+        }
+    }
     let Some(t) = parent.table_at(ctx, "concurrency") else {
         return c;
     };
@@ -163,9 +196,9 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, t: &Tbl<'_>, kind: Option<CheckKind>) -> 
     };
     let mut c = Check::new(kind);
     c.port = t.port(ctx, "port");
-    c.grace_period = t.duration(ctx, "grace_period");
-    c.interval = t.duration(ctx, "interval");
-    c.timeout = t.duration(ctx, "timeout");
+    c.grace_period = t.check_duration(ctx, "grace_period");
+    c.interval = t.check_duration(ctx, "interval");
+    c.timeout = t.check_duration(ctx, "timeout");
     c.method = t.str(ctx, "method");
     c.path = t.str(ctx, "path");
     c.protocol = t.word(ctx, "protocol", &["http", "https"]);

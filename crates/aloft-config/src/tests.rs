@@ -174,7 +174,7 @@ fn fly_keys_aloft_ignores_warn_without_failing() {
         w,
         [
             "aloft.toml:2:1: warning: key console_command is not supported by Aloft and is ignored",
-            "aloft.toml:3:2: warning: key experimental is not supported by Aloft and is ignored",
+            "aloft.toml:4:1: warning: key [experimental] auto_rollback is not supported by Aloft and is ignored",
         ]
     );
 }
@@ -230,9 +230,26 @@ fn env_is_strings_with_reserved_prefixes_refused() {
     let c = ok("[env]\nLOG_LEVEL = \"debug\"\nPORT = \"8080\"\n").config;
     assert_eq!(c.env["LOG_LEVEL"], "debug");
     assert_eq!(c.env["PORT"], "8080");
+    // flyctl stringifies numbers and booleans; Aloft does too, and says so.
+    let loaded = ok("[env]\nPORT = 8080\nDEBUG = true\n");
     assert_eq!(
-        err("[env]\nPORT = 8080\n"),
-        "aloft.toml:2:8: [env] PORT: expected a string, found 8080"
+        (
+            loaded.config.env["PORT"].as_str(),
+            loaded.config.env["DEBUG"].as_str()
+        ),
+        ("8080", "true")
+    );
+    let w: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        w,
+        [
+            "aloft.toml:2:8: warning: [env] PORT is 8080, not a string; using \"8080\" (quote it to silence this)",
+            "aloft.toml:3:9: warning: [env] DEBUG is true, not a string; using \"true\" (quote it to silence this)",
+        ]
+    );
+    assert_eq!(
+        err("[env]\nPATHS = [\"/a\"]\n"),
+        "aloft.toml:2:9: [env] PATHS: expected a string, found an array"
     );
     assert_eq!(
         err("[env]\n  FLY_REGION = \"ams\"\n"),
@@ -1030,4 +1047,111 @@ fn build_target_with_an_underscore_gets_a_suggestion() {
         warnings("[build]\nbuild_target = \"x\"\n"),
         ["aloft.toml:2:1: warning: unknown key 'build_target' (did you mean 'build-target'?)"]
     );
+}
+
+// ---- old fly.toml forms ------------------------------------------------------------------
+
+#[test]
+fn old_fly_toml_forms_are_read_as_flyctl_reads_them() {
+    let text = r#"
+app = "toly-gpt"
+kill_signal = "SIGINT"
+kill_timeout = 5
+processes = []
+
+[env]
+  PORT = "8080"
+
+[experimental]
+  auto_rollback = true
+
+[[services]]
+  http_checks = []
+  internal_port = "8080"
+  processes = ["app"]
+  protocol = "tcp"
+  script_checks = []
+  concurrency = "20,25"
+
+  [[services.ports]]
+    force_https = true
+    handlers = ["http"]
+    port = "80"
+
+  [[services.tcp_checks]]
+    grace_period = "1s"
+    interval = 15000
+    restart_limit = 0
+    timeout = 2000
+
+[mount]
+  source = "data"
+  destination = "/data"
+"#;
+    let loaded = ok(text);
+    let c = &loaded.config;
+    assert!(c.processes.is_empty());
+    assert_eq!(c.kill_timeout, Duration::from_secs(5));
+    let s = &c.services[0];
+    assert_eq!((s.internal_port, s.ports[0].port), (8080, Some(80)));
+    assert_eq!(
+        s.concurrency,
+        Concurrency {
+            kind: ConcurrencyKind::Requests,
+            soft_limit: 20,
+            hard_limit: Some(25)
+        }
+    );
+    let check = &s.tcp_checks[0];
+    assert_eq!(check.interval, Some(Duration::from_secs(15)));
+    assert_eq!(check.timeout, Some(Duration::from_secs(2)));
+    assert_eq!(check.grace_period, Some(Duration::from_secs(1)));
+    assert_eq!(c.mounts[0].source, "data");
+    let w: Vec<&str> = loaded.warnings.iter().map(|w| w.message.as_str()).collect();
+    assert_eq!(
+        w,
+        [
+            "key [experimental] auto_rollback is not supported by Aloft and is ignored",
+            "key [services] script_checks is not supported by Aloft and is ignored",
+            "key [services.tcp_checks] restart_limit is not supported by Aloft and is ignored",
+        ]
+    );
+    assert!(err("[[services]]\nconcurrency = \"lots\"\n")
+        .contains("expected a table or \"soft,hard\" limits"));
+    assert!(err("[[services]]\nconcurrency = \"30,20\"\n").contains("found \"30,20\""));
+}
+
+#[test]
+fn experimental_commands_become_the_machine_init() {
+    let text =
+        "[experimental]\ncmd = [\"serve\", \"--port\", \"8080\"]\nentrypoint = \"/bin/app\"\n";
+    let c = ok(text).config;
+    assert_eq!(c.experimental.entrypoint, ["/bin/app"]);
+    let init = c.machine_configs("img")["app"].init.clone().unwrap();
+    assert_eq!(init.cmd.unwrap(), ["serve", "--port", "8080"]);
+    assert_eq!(init.entrypoint.unwrap(), ["/bin/app"]);
+    // A [processes] command wins over experimental.cmd.
+    let c = ok(&format!("{text}[processes]\napp = \"worker --fast\"\n")).config;
+    let init = c.machine_configs("img")["app"].init.clone().unwrap();
+    assert_eq!(init.cmd.unwrap(), ["worker", "--fast"]);
+}
+
+#[test]
+fn process_names_without_a_processes_table_warn_unless_app() {
+    assert!(warnings("[http_service]\nprocesses = [\"app\"]\n").is_empty());
+    assert_eq!(
+        warnings("[http_service]\nprocesses = [\"web\"]\n"),
+        ["aloft.toml:2:13: warning: [http_service] processes names process group 'web', but without [processes] the only group is 'app'"]
+    );
+}
+
+#[test]
+fn check_durations_take_milliseconds_and_other_durations_seconds() {
+    let c =
+        ok("[checks.a]\ntype = \"tcp\"\nport = 1\ninterval = 500\n[deploy]\nwait_timeout = 120\n")
+            .config;
+    assert_eq!(c.checks["a"].interval, Some(Duration::from_millis(500)));
+    assert_eq!(c.deploy.wait_timeout, Some(Duration::from_secs(120)));
+    assert!(err("[checks.a]\ntype = \"tcp\"\ninterval = -1\n")
+        .contains("or whole milliseconds, found -1"));
 }

@@ -70,6 +70,9 @@ pub struct AppConfig {
     /// `[metrics]` / `[[metrics]]`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub metrics: Vec<Metrics>,
+    /// `[experimental]`: `cmd`, `entrypoint` and `exec` overrides for every group.
+    #[serde(skip_serializing_if = "Experimental::is_empty")]
+    pub experimental: Experimental,
     /// `[[statics]]`: stored, not served by Aloft.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub statics: Vec<Static>,
@@ -261,6 +264,28 @@ pub struct Metrics {
     /// Process groups; empty means the default group.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub processes: Vec<String>,
+}
+
+/// `[experimental]`: overrides of the image's ENTRYPOINT and CMD.
+///
+/// A `[processes]` command takes precedence over `cmd` for its group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Experimental {
+    /// Replaces the image's CMD.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cmd: Vec<String>,
+    /// Replaces the image's ENTRYPOINT.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
+    /// Replaces both.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exec: Vec<String>,
+}
+
+impl Experimental {
+    fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 /// `[[statics]]`: kept so the file round-trips; Aloft does not serve static files.
