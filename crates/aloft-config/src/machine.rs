@@ -317,6 +317,7 @@ fn http_service(s: &HttpService) -> MachineService {
         handlers: vec![crate::model::Handler::Http],
         force_https: s.force_https,
         http_options: s.http_options.clone(),
+        proxy_proto_options: s.proxy_proto_options.clone(),
         ..Port::default()
     };
     let https = Port {
@@ -324,6 +325,7 @@ fn http_service(s: &HttpService) -> MachineService {
         handlers: vec![crate::model::Handler::Tls, crate::model::Handler::Http],
         http_options: s.http_options.clone(),
         tls_options: s.tls_options.clone(),
+        proxy_proto_options: s.proxy_proto_options.clone(),
         ..Port::default()
     };
     let checks: Vec<MachineCheck> = s.checks.iter().map(|c| check(c, None)).collect();

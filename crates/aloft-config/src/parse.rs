@@ -219,7 +219,7 @@ fn read_build(ctx: &mut Ctx<'_>, t: &Tbl<'_>) -> Build {
     t.check_keys(
         ctx,
         &["image", "dockerfile", "build-target", "args"],
-        &["builder", "buildpacks", "ignorefile", "settings"],
+        &["builder", "builtin", "buildpacks", "ignorefile", "settings"],
     );
     Build {
         image: t.str(ctx, "image"),

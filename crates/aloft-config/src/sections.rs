@@ -1,10 +1,13 @@
 //! Readers for the sections that describe services: `[http_service]`, `[[services]]` and their
 //! ports, concurrency, options and checks.
 
+use std::collections::BTreeMap;
+
 use crate::model::DEFAULT_PROCESS_GROUP;
 use crate::model::{
     AutoStop, Check, CheckKind, Concurrency, ConcurrencyKind, Handler, HttpOptions,
-    HttpResponseOptions, HttpService, Port, Protocol, ProxyProtoOptions, Service, TlsOptions,
+    HttpResponseOptions, HttpService, Port, Protocol, ProxyProtoOptions, ResponseHeader, Service,
+    TlsOptions,
 };
 use crate::reader::{describe, Ctx, Tbl};
 
@@ -110,7 +113,11 @@ pub(crate) fn concurrency(ctx: &mut Ctx<'_>, parent: &Tbl<'_>) -> Concurrency {
 
 fn http_options(ctx: &mut Ctx<'_>, parent: &Tbl<'_>) -> Option<HttpOptions> {
     let t = parent.table_at(ctx, "http_options")?;
-    t.check_keys(ctx, &["h2_backend", "idle_timeout", "response"], &[]);
+    t.check_keys(
+        ctx,
+        &["h2_backend", "idle_timeout", "response"],
+        &["compress"],
+    );
     let mut options = HttpOptions {
         h2_backend: t.bool(ctx, "h2_backend"),
         idle_timeout: t.int(ctx, "idle_timeout", 1..=86_400).map(|n| n as u32),
@@ -119,9 +126,49 @@ fn http_options(ctx: &mut Ctx<'_>, parent: &Tbl<'_>) -> Option<HttpOptions> {
     if let Some(response) = t.table_at(ctx, "response") {
         response.check_keys(ctx, &["pristine", "headers"], &[]);
         options.response.pristine = response.bool(ctx, "pristine");
-        options.response.headers = response.string_map(ctx, "headers").unwrap_or_default();
+        if let Some(headers) = response.table_at(ctx, "headers") {
+            options.response.headers = response_headers(ctx, &headers);
+        }
     }
     Some(options)
+}
+
+fn response_headers(ctx: &mut Ctx<'_>, t: &Tbl<'_>) -> BTreeMap<String, ResponseHeader> {
+    let mut headers = BTreeMap::new();
+    for (name, item) in t.table.iter() {
+        let rule = if item.as_bool() == Some(false) {
+            Some(ResponseHeader::Remove)
+        } else if let Some(value) = item.as_str() {
+            Some(ResponseHeader::Set(vec![value.to_owned()]))
+        } else if let Some(values) = item.as_array().and_then(|a| {
+            a.iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+        }) {
+            Some(ResponseHeader::Set(values))
+        } else {
+            let span = item.span().unwrap_or_else(|| t.key_span(name));
+            let message = format!(
+                "expected a string, an array of strings or false, found {}",
+                describe(item)
+            );
+            ctx.error(&span, t.label(name), message);
+            None
+        };
+        if let Some(rule) = rule {
+            headers.insert(name.to_owned(), rule);
+        }
+    }
+    headers
+}
+
+fn proxy_proto_options(ctx: &mut Ctx<'_>, parent: &Tbl<'_>) -> Option<ProxyProtoOptions> {
+    let options = parent.table_at(ctx, "proxy_proto_options")?;
+    options.check_keys(ctx, &["version"], &[]);
+    let version = options
+        .word(ctx, "version", &["v1", "v2"])
+        .unwrap_or_else(|| "v1".to_owned());
+    Some(ProxyProtoOptions { version })
 }
 
 fn tls_options(ctx: &mut Ctx<'_>, parent: &Tbl<'_>) -> Option<TlsOptions> {
@@ -227,6 +274,7 @@ const HTTP_SERVICE_KEYS: &[&str] = &[
     "concurrency",
     "http_options",
     "tls_options",
+    "proxy_proto_options",
     "checks",
 ];
 
@@ -241,6 +289,7 @@ pub(crate) fn http_service(ctx: &mut Ctx<'_>, t: &Tbl<'_>, groups: &[String]) ->
     s.concurrency = concurrency(ctx, t);
     s.http_options = http_options(ctx, t);
     s.tls_options = tls_options(ctx, t);
+    s.proxy_proto_options = proxy_proto_options(ctx, t);
     s.checks = t
         .tables_at(ctx, "checks")
         .iter()
@@ -337,13 +386,7 @@ fn port(ctx: &mut Ctx<'_>, t: &Tbl<'_>) -> Port {
             }
         }
     }
-    if let Some(options) = t.table_at(ctx, "proxy_proto_options") {
-        options.check_keys(ctx, &["version"], &[]);
-        let version = options
-            .word(ctx, "version", &["v1", "v2"])
-            .unwrap_or_else(|| "v1".to_owned());
-        p.proxy_proto_options = Some(ProxyProtoOptions { version });
-    }
+    p.proxy_proto_options = proxy_proto_options(ctx, t);
     let has_range = t.get("start_port").is_some() || t.get("end_port").is_some();
     let has_port = t.get("port").is_some();
     let range_error = match (has_port, has_range) {

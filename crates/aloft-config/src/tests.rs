@@ -309,7 +309,10 @@ fn http_service_full() {
     let o = s.http_options.unwrap();
     assert_eq!((o.h2_backend, o.idle_timeout), (Some(true), Some(120)));
     assert_eq!(o.response.pristine, Some(true));
-    assert_eq!(o.response.headers["X-Frame-Options"], "DENY");
+    assert_eq!(
+        o.response.headers["X-Frame-Options"],
+        ResponseHeader::Set(vec!["DENY".to_owned()])
+    );
     let t = s.tls_options.unwrap();
     assert_eq!(t.alpn, ["h2", "http/1.1"]);
     assert_eq!(t.versions, ["TLSv1.2", "TLSv1.3"]);
@@ -1154,4 +1157,36 @@ fn check_durations_take_milliseconds_and_other_durations_seconds() {
     assert_eq!(c.deploy.wait_timeout, Some(Duration::from_secs(120)));
     assert!(err("[checks.a]\ntype = \"tcp\"\ninterval = -1\n")
         .contains("or whole milliseconds, found -1"));
+}
+
+#[test]
+fn response_headers_can_set_several_values_or_remove() {
+    let text = "[http_service]\n[http_service.proxy_proto_options]\nversion = \"v2\"\n[http_service.http_options]\ncompress = true\n[http_service.http_options.response.headers]\nfly-request-id = false\nx-one = \"1\"\nx-many = [\"a\", \"b\"]\n";
+    let loaded = ok(text);
+    let w: Vec<&str> = loaded.warnings.iter().map(|w| w.message.as_str()).collect();
+    assert_eq!(
+        w,
+        ["key [http_service.http_options] compress is not supported by Aloft and is ignored"]
+    );
+    let s = loaded.config.http_service.clone().unwrap();
+    let headers = &s.http_options.as_ref().unwrap().response.headers;
+    assert_eq!(headers["fly-request-id"], ResponseHeader::Remove);
+    assert_eq!(
+        headers["x-many"],
+        ResponseHeader::Set(vec!["a".to_owned(), "b".to_owned()])
+    );
+    let m = &loaded.config.machine_configs("img")["app"];
+    let ports =
+        serde_json::to_value(m.services.as_ref().unwrap()[0].ports.as_ref().unwrap()).unwrap();
+    for port in [&ports[0], &ports[1]] {
+        assert_eq!(
+            port["http_options"]["response"]["headers"],
+            serde_json::json!({"fly-request-id": false, "x-many": ["a", "b"], "x-one": "1"})
+        );
+        assert_eq!(port["proxy_proto_options"]["version"], "v2");
+    }
+    assert_eq!(
+        err("[http_service.http_options.response.headers]\nx = 1\n"),
+        "aloft.toml:2:5: [http_service.http_options.response.headers] x: expected a string, an array of strings or false, found 1"
+    );
 }

@@ -84,9 +84,28 @@ pub struct HttpResponseOptions {
     /// Do not add `Server` / `Fly-Request-Id` headers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pristine: Option<bool>,
-    /// Headers added to every response.
+    /// Headers set on (or, with `false`, removed from) every response.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, ResponseHeader>,
+}
+
+/// A response header rule: `name = "value"`, `name = ["a", "b"]`, or `name = false` to remove it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseHeader {
+    /// Set the header to these values.
+    Set(Vec<String>),
+    /// Remove the header.
+    Remove,
+}
+
+impl Serialize for ResponseHeader {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ResponseHeader::Set(values) if values.len() == 1 => s.serialize_str(&values[0]),
+            ResponseHeader::Set(values) => values.serialize(s),
+            ResponseHeader::Remove => s.serialize_bool(false),
+        }
+    }
 }
 
 impl HttpResponseOptions {
@@ -211,6 +230,9 @@ pub struct HttpService {
     /// `[http_service.tls_options]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_options: Option<TlsOptions>,
+    /// `[http_service.proxy_proto_options]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_proto_options: Option<ProxyProtoOptions>,
     /// `[[http_service.checks]]`: they decide routing.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<Check>,
@@ -229,6 +251,7 @@ impl HttpService {
             concurrency: Concurrency::default(),
             http_options: None,
             tls_options: None,
+            proxy_proto_options: None,
             checks: Vec::new(),
         }
     }
