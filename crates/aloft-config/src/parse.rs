@@ -8,10 +8,10 @@ use toml_edit::{Document, Value};
 use crate::diag::{ConfigError, Diagnostic, Warning};
 use crate::model::{
     AppConfig, Build, CpuKind, Deploy, Experimental, MaxUnavailable, Metrics, Mount, Restart,
-    RestartPolicy, Static, Strategy, Vm, DEFAULT_PROCESS_GROUP,
+    RestartPolicy, Static, Strategy, Vm,
 };
 use crate::reader::{describe, Ctx, Tbl};
-use crate::sections::{check, check_processes, http_service, service};
+use crate::sections::{check, check_processes, default_group, http_service, service, PortClaims};
 use crate::units::{parse_size_mb, preset_named, PRESETS};
 
 const ROOT_KEYS: &[&str] = &[
@@ -116,6 +116,7 @@ fn read_root(ctx: &mut Ctx<'_>, root: &Tbl<'_>) -> AppConfig {
     let processes = read_processes(ctx, root);
     let groups: Vec<String> = processes.keys().cloned().collect();
 
+    let mut claims = PortClaims::default();
     let mut config = AppConfig {
         app,
         primary_region,
@@ -127,11 +128,11 @@ fn read_root(ctx: &mut Ctx<'_>, root: &Tbl<'_>) -> AppConfig {
         processes,
         http_service: root
             .table_at(ctx, "http_service")
-            .map(|t| http_service(ctx, &t, &groups)),
+            .map(|t| http_service(ctx, &t, &groups, &mut claims)),
         services: root
             .tables_at(ctx, "services")
             .iter()
-            .map(|t| service(ctx, t, &groups))
+            .map(|t| service(ctx, t, &groups, &mut claims))
             .collect(),
         checks: BTreeMap::new(),
         deploy: Deploy::default(),
@@ -370,11 +371,7 @@ fn has_service_checks(config: &AppConfig) -> bool {
 
 /// Reads `[mounts]`; a machine mounts at most one volume, so each group may have one mount.
 fn read_mounts(ctx: &mut Ctx<'_>, root: &Tbl<'_>, groups: &[String]) -> Vec<Mount> {
-    let default_group = if groups.is_empty() || groups.iter().any(|g| g == DEFAULT_PROCESS_GROUP) {
-        DEFAULT_PROCESS_GROUP.to_owned()
-    } else {
-        groups[0].clone()
-    };
+    let default_group = default_group(groups);
     let mut taken: BTreeMap<String, String> = BTreeMap::new();
     let mut mounts = Vec::new();
     let mut tables = root.tables_at(ctx, "mounts");

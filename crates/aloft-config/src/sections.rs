@@ -37,6 +37,73 @@ pub(crate) fn check_processes(ctx: &mut Ctx<'_>, t: &Tbl<'_>, groups: &[String])
     processes
 }
 
+/// The group that sections without `processes` belong to: `app` if it exists, else the first.
+pub(crate) fn default_group(groups: &[String]) -> String {
+    if groups.is_empty() || groups.iter().any(|g| g == DEFAULT_PROCESS_GROUP) {
+        DEFAULT_PROCESS_GROUP.to_owned()
+    } else {
+        groups[0].clone()
+    }
+}
+
+fn targets(processes: &[String], groups: &[String]) -> Vec<String> {
+    if processes.is_empty() {
+        vec![default_group(groups)]
+    } else {
+        processes.to_vec()
+    }
+}
+
+/// Public ports already served, so two services of one process group cannot share a port.
+#[derive(Default)]
+pub(crate) struct PortClaims {
+    claims: Vec<Claim>,
+}
+
+struct Claim {
+    group: String,
+    protocol: Protocol,
+    ports: (u16, u16),
+    owner: String,
+}
+
+impl PortClaims {
+    fn claim(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        t: &Tbl<'_>,
+        owner: &str,
+        groups: &[String],
+        protocol: Protocol,
+        (start, end): (u16, u16),
+    ) {
+        for group in groups {
+            let taken = self.claims.iter().find(|c| {
+                &c.group == group
+                    && c.protocol == protocol
+                    && start <= c.ports.1
+                    && c.ports.0 <= end
+            });
+            match taken {
+                Some(c) => {
+                    let port = start.max(c.ports.0);
+                    let message = format!(
+                        "port {port} is already served by {} for process group '{group}'",
+                        c.owner
+                    );
+                    ctx.error(&t.start(), format!("[{}]", t.path), message);
+                }
+                None => self.claims.push(Claim {
+                    group: group.clone(),
+                    protocol,
+                    ports: (start, end),
+                    owner: owner.to_owned(),
+                }),
+            }
+        }
+    }
+}
+
 /// `auto_stop_machines`: `"off"`, `"stop"`, `"suspend"`, or a boolean.
 fn auto_stop(ctx: &mut Ctx<'_>, t: &Tbl<'_>) -> Option<AutoStop> {
     let (item, span) = t.get("auto_stop_machines")?;
@@ -278,7 +345,12 @@ const HTTP_SERVICE_KEYS: &[&str] = &[
     "checks",
 ];
 
-pub(crate) fn http_service(ctx: &mut Ctx<'_>, t: &Tbl<'_>, groups: &[String]) -> HttpService {
+pub(crate) fn http_service(
+    ctx: &mut Ctx<'_>,
+    t: &Tbl<'_>,
+    groups: &[String],
+    claims: &mut PortClaims,
+) -> HttpService {
     t.check_keys(ctx, HTTP_SERVICE_KEYS, &["machine_checks"]);
     let mut s = HttpService::new(t.port(ctx, "internal_port").unwrap_or(8080));
     s.force_https = t.bool(ctx, "force_https").unwrap_or(false);
@@ -290,6 +362,17 @@ pub(crate) fn http_service(ctx: &mut Ctx<'_>, t: &Tbl<'_>, groups: &[String]) ->
     s.http_options = http_options(ctx, t);
     s.tls_options = tls_options(ctx, t);
     s.proxy_proto_options = proxy_proto_options(ctx, t);
+    let served_by = targets(&s.processes, groups);
+    for port in [80, 443] {
+        claims.claim(
+            ctx,
+            t,
+            "[http_service]",
+            &served_by,
+            Protocol::Tcp,
+            (port, port),
+        );
+    }
     s.checks = t
         .tables_at(ctx, "checks")
         .iter()
@@ -311,24 +394,42 @@ const SERVICE_KEYS: &[&str] = &[
     "http_checks",
 ];
 
-pub(crate) fn service(ctx: &mut Ctx<'_>, t: &Tbl<'_>, groups: &[String]) -> Service {
+pub(crate) fn service(
+    ctx: &mut Ctx<'_>,
+    t: &Tbl<'_>,
+    groups: &[String],
+    claims: &mut PortClaims,
+) -> Service {
     t.check_keys(ctx, SERVICE_KEYS, &["script_checks", "machine_checks"]);
     let protocol = match t.word(ctx, "protocol", &["tcp", "udp"]).as_deref() {
         Some("udp") => Protocol::Udp,
         _ => Protocol::Tcp,
     };
+    let internal_port = t.port(ctx, "internal_port").unwrap_or(8080);
+    let processes = check_processes(ctx, t, groups);
+    let served_by = targets(&processes, groups);
+    let owner = format!("the [[services]] entry for internal port {internal_port}");
+    let mut ports = Vec::new();
+    for table in t.tables_at(ctx, "ports") {
+        let p = port(ctx, &table);
+        let range = match (p.port, p.start_port, p.end_port) {
+            (Some(n), None, None) => Some((n, n)),
+            (None, Some(start), Some(end)) if start <= end => Some((start, end)),
+            _ => None,
+        };
+        if let Some(range) = range {
+            claims.claim(ctx, &table, &owner, &served_by, protocol, range);
+        }
+        ports.push(p);
+    }
     Service {
-        internal_port: t.port(ctx, "internal_port").unwrap_or(8080),
+        internal_port,
         protocol,
         auto_stop_machines: auto_stop(ctx, t),
         auto_start_machines: t.bool(ctx, "auto_start_machines").unwrap_or(true),
         min_machines_running: t.u32(ctx, "min_machines_running").unwrap_or(0),
-        processes: check_processes(ctx, t, groups),
-        ports: t
-            .tables_at(ctx, "ports")
-            .iter()
-            .map(|p| port(ctx, p))
-            .collect(),
+        processes,
+        ports,
         concurrency: concurrency(ctx, t),
         tcp_checks: t
             .tables_at(ctx, "tcp_checks")

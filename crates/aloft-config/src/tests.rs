@@ -1190,3 +1190,19 @@ fn response_headers_can_set_several_values_or_remove() {
         "aloft.toml:2:5: [http_service.http_options.response.headers] x: expected a string, an array of strings or false, found 1"
     );
 }
+
+#[test]
+fn two_services_of_one_group_cannot_share_a_public_port() {
+    assert_eq!(
+        err("[http_service]\n[[services]]\ninternal_port = 9000\n[[services.ports]]\nport = 443\n"),
+        "aloft.toml:4:1: [services.ports]: port 443 is already served by [http_service] for process group 'app'"
+    );
+    let e = err("[[services]]\ninternal_port = 1\nports = [{ start_port = 100, end_port = 200 }]\n[[services]]\ninternal_port = 2\nports = [{ port = 150 }]\n");
+    assert_eq!(
+        e,
+        "aloft.toml:6:10: [services.ports]: port 150 is already served by the [[services]] entry for internal port 1 for process group 'app'"
+    );
+    // Different groups, or TCP and UDP, may use the same port.
+    ok("[processes]\nweb = \"w\"\nadmin = \"a\"\n[http_service]\nprocesses = [\"web\"]\n[[services]]\nprocesses = [\"admin\"]\nports = [{ port = 443 }]\n");
+    ok("[[services]]\nports = [{ port = 53 }]\n[[services]]\nprotocol = \"udp\"\nports = [{ port = 53 }]\n");
+}
