@@ -1206,3 +1206,24 @@ fn two_services_of_one_group_cannot_share_a_public_port() {
     ok("[processes]\nweb = \"w\"\nadmin = \"a\"\n[http_service]\nprocesses = [\"web\"]\n[[services]]\nprocesses = [\"admin\"]\nports = [{ port = 443 }]\n");
     ok("[[services]]\nports = [{ port = 53 }]\n[[services]]\nprotocol = \"udp\"\nports = [{ port = 53 }]\n");
 }
+
+#[test]
+fn every_truncation_of_the_example_parses_or_fails_with_a_position_inside_the_text() {
+    let text = include_str!("../../../examples/aloft.toml");
+    let line_count = text.lines().count() + 1;
+    let mut failures = 0;
+    for (offset, _) in text.char_indices() {
+        let prefix = &text[..offset];
+        if let Err(e) = parse("aloft.toml", prefix) {
+            failures += 1;
+            assert!(!e.diagnostics().is_empty(), "{offset}: {e}");
+            for d in e.diagnostics() {
+                assert!(d.line >= 1 && d.line <= line_count, "{offset}: {d}");
+                assert!(d.column >= 1, "{offset}: {d}");
+                assert!(!d.message.is_empty(), "{offset}: {d}");
+            }
+        }
+    }
+    // Cutting a file mid-value must be caught somewhere, not silently accepted everywhere.
+    assert!(failures > 0);
+}
