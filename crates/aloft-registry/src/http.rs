@@ -75,6 +75,7 @@ fn respond(status: StatusCode, headers: Vec<(&'static str, String)>, body: Body)
     response
 }
 
+#[tracing::instrument(name = "registry", skip_all, fields(%method, path = %rest))]
 async fn dispatch(
     State(st): State<AppState>,
     method: Method,

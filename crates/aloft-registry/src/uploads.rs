@@ -1,7 +1,7 @@
 //! Blob uploads: monolithic pushes and chunked upload sessions kept on disk.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -70,6 +70,81 @@ async fn hash_file(path: PathBuf, algorithm: Algorithm) -> Result<Digest, Regist
     })
     .await
     .map_err(RegistryError::Task)?
+}
+
+/// Appends `body` to an upload's data file while its progress lock is held. A chunk
+/// that does not arrive whole leaves the file and the running hash as they were.
+async fn append_locked<S, E>(
+    uuid: &str,
+    data: &Path,
+    progress: &mut UploadProgress,
+    range: Option<(u64, u64)>,
+    body: S,
+) -> Result<u64, RegistryError>
+where
+    S: Stream<Item = Result<Bytes, E>>,
+    E: std::fmt::Display,
+{
+    let file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .open(&data)
+        .await
+        .map_err(|_| RegistryError::BlobUploadUnknown(uuid.to_owned()))?;
+    let size = file
+        .metadata()
+        .await
+        .map_err(|e| RegistryError::io("stat upload data", e))?
+        .len();
+    if let Some((start, end)) = range {
+        if start != size {
+            return Err(RegistryError::RangeInvalid {
+                expected: size,
+                got: start,
+            });
+        }
+        if end < start {
+            return Err(RegistryError::BlobUploadInvalid(format!(
+                "Content-Range {start}-{end} is empty"
+            )));
+        }
+    }
+    let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
+    out.seek(std::io::SeekFrom::Start(size))
+        .await
+        .map_err(|e| RegistryError::io("seek upload data", e))?;
+    let before = progress.hasher.clone();
+    let hasher = match &mut progress.hasher {
+        Some((h, hashed)) if *hashed == size => Some(h),
+        _ => None,
+    };
+    let result = copy_body(&mut out, hasher, body).await;
+    let result = match (result, range) {
+        (Ok(n), Some((start, end))) if n != end - start + 1 => {
+            Err(RegistryError::SizeInvalid(format!(
+                "Chunk has {n} bytes but Content-Range {start}-{end} announces {}",
+                end - start + 1
+            )))
+        }
+        (r, _) => r,
+    };
+    match result {
+        Ok(n) => {
+            if let Some((_, hashed)) = &mut progress.hasher {
+                if *hashed == size {
+                    *hashed += n;
+                }
+            }
+            Ok(size + n)
+        }
+        Err(e) => {
+            progress.hasher = before;
+            let file = out.into_inner();
+            file.set_len(size)
+                .await
+                .map_err(|e| RegistryError::io("truncate upload data", e))?;
+            Err(e)
+        }
+    }
 }
 
 pub(crate) async fn blocking<T: Send + 'static>(
@@ -163,66 +238,7 @@ impl Registry {
         let data = self.upload_data(name, uuid)?;
         let progress = self.progress(uuid);
         let mut progress = progress.lock().await;
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(&data)
-            .await
-            .map_err(|_| RegistryError::BlobUploadUnknown(uuid.to_owned()))?;
-        let size = file
-            .metadata()
-            .await
-            .map_err(|e| RegistryError::io("stat upload data", e))?
-            .len();
-        if let Some((start, end)) = range {
-            if start != size {
-                return Err(RegistryError::RangeInvalid {
-                    expected: size,
-                    got: start,
-                });
-            }
-            if end < start {
-                return Err(RegistryError::BlobUploadInvalid(format!(
-                    "Content-Range {start}-{end} is empty"
-                )));
-            }
-        }
-        let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
-        out.seek(std::io::SeekFrom::Start(size))
-            .await
-            .map_err(|e| RegistryError::io("seek upload data", e))?;
-        let before = progress.hasher.clone();
-        let hasher = match &mut progress.hasher {
-            Some((h, hashed)) if *hashed == size => Some(h),
-            _ => None,
-        };
-        let result = copy_body(&mut out, hasher, body).await;
-        let result = match (result, range) {
-            (Ok(n), Some((start, end))) if n != end - start + 1 => {
-                Err(RegistryError::SizeInvalid(format!(
-                    "Chunk has {n} bytes but Content-Range {start}-{end} announces {}",
-                    end - start + 1
-                )))
-            }
-            (r, _) => r,
-        };
-        match result {
-            Ok(n) => {
-                if let Some((_, hashed)) = &mut progress.hasher {
-                    if *hashed == size {
-                        *hashed += n;
-                    }
-                }
-                Ok(size + n)
-            }
-            Err(e) => {
-                progress.hasher = before;
-                let file = out.into_inner();
-                file.set_len(size)
-                    .await
-                    .map_err(|e| RegistryError::io("truncate upload data", e))?;
-                Err(e)
-            }
-        }
+        append_locked(uuid, &data, &mut progress, range, body).await
     }
 
     /// Appends the final chunk (possibly empty), verifies the digest of everything
@@ -238,10 +254,10 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>>,
         E: std::fmt::Display,
     {
-        let size = self.append_upload(name, uuid, None, body).await?;
         let data = self.upload_data(name, uuid)?;
         let progress = self.progress(uuid);
-        let progress = progress.lock().await;
+        let mut progress = progress.lock().await;
+        let size = append_locked(uuid, &data, &mut progress, None, body).await?;
         let actual = match &progress.hasher {
             Some((h, hashed)) if *hashed == size && h.algorithm() == digest.algorithm() => {
                 h.clone().finish()
