@@ -185,11 +185,17 @@ impl Control {
         self.lock().list_apps(org, only)
     }
 
+    /// Deletes an app without machines, and revokes its app tokens at once.
     pub fn delete_app(&self, name: &str) -> Result<(), ApiError> {
         let mut inner = self.lock();
         inner.delete_app(name)?;
+        let tokens = inner.load_tokens()?;
         let revision = inner.revision;
         drop(inner);
+        *self
+            .tokens
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = tokens;
         self.notify(revision);
         Ok(())
     }

@@ -62,6 +62,14 @@ async fn missing_or_bad_tokens_are_401_and_scoped_tokens_get_403_outside_their_s
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");
         assert!(body["error"].as_str().unwrap().contains("oken"), "{body}");
     }
+    let fly_scheme = format!("FlyV1 {}", env.admin);
+    let (status, _) = env
+        .get("/v1/apps")
+        .token(None)
+        .header("authorization", &fly_scheme)
+        .send()
+        .await;
+    assert_eq!(status, StatusCode::OK, "Fly's FlyV1 scheme is accepted too");
     let (status, body) = env
         .post("/v1/tokens")
         .json(json!({"app": "web"}))
@@ -202,6 +210,12 @@ async fn apps_are_created_listed_fetched_and_deleted_with_fly_shapes() {
     .send()
     .await;
     env.report("h1", &m, "destroyed").await;
+    let (_, token) = env
+        .post("/v1/tokens")
+        .json(json!({"app": "web"}))
+        .send()
+        .await;
+    let web = token["token"].as_str().unwrap().to_owned();
     assert_eq!(
         env.delete("/v1/apps/web").send().await.0,
         StatusCode::ACCEPTED
@@ -209,6 +223,17 @@ async fn apps_are_created_listed_fetched_and_deleted_with_fly_shapes() {
     let (status, body) = env.get("/v1/apps/web").send().await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"], "App \"web\" not found");
+    assert_eq!(
+        env.get("/v1/apps").token(Some(&web)).send().await.0,
+        StatusCode::UNAUTHORIZED,
+        "app tokens die with their app"
+    );
+    env.app("web").await;
+    assert_eq!(
+        env.get("/v1/apps/web").token(Some(&web)).send().await.0,
+        StatusCode::UNAUTHORIZED,
+        "and do not come back with a new app of the same name"
+    );
 }
 
 #[tokio::test]

@@ -250,8 +250,9 @@ async fn authenticate(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
+            ["Bearer ", "bearer ", "FlyV1 "]
+                .iter()
+                .find_map(|scheme| v.strip_prefix(scheme))
         })
         .map(str::trim);
     let Some(bearer) = bearer else {
