@@ -34,12 +34,13 @@ struct AppState {
 type Query_ = Query<HashMap<String, String>>;
 
 /// The registry's routes, all under `/v2` (merge this router, do not nest it):
-/// `/v2/`, `/v2/token` and `/v2/<name>/{manifests,blobs,blobs/uploads,tags/list,referrers}/...`.
+/// `/v2/`, `/v2/token`, `/v2/_catalog` and `/v2/<name>/{manifests,blobs,blobs/uploads,tags/list,referrers}/...`.
 pub fn router(registry: Registry, auth: Arc<dyn RegistryAuth>) -> Router {
     Router::new()
         .route("/v2/", any(base))
         .route("/v2", any(base))
         .route("/v2/token", get(token))
+        .route("/v2/_catalog", get(catalog))
         .route("/v2/{*rest}", any(dispatch))
         .layer(middleware::map_response(
             |mut response: Response| async move {
@@ -376,41 +377,66 @@ async fn serve_blob(
     Ok(respond(status, headers, Body::from_stream(stream)))
 }
 
-async fn tags_list(
-    reg: Registry,
-    name: String,
+/// One page of a sorted list after `last`, at most `n` long, with the `Link` header
+/// pointing at the next page when there is one.
+fn paginate(
+    all: Vec<String>,
     query: &HashMap<String, String>,
-) -> Result<Response, RegistryError> {
+    path: &str,
+) -> Result<(Vec<String>, Vec<(&'static str, String)>), RegistryError> {
     let n = match query.get("n") {
         Some(v) => Some(v.parse::<usize>().map_err(|_| {
             RegistryError::PaginationInvalid(format!("Page size n={v:?} is not a number"))
         })?),
         None => None,
     };
-    let last = query.get("last").cloned();
+    let last = query.get("last");
+    let mut after = all
+        .into_iter()
+        .filter(|t| last.is_none_or(|l| t.as_str() > l.as_str()));
+    let page: Vec<String> = after.by_ref().take(n.unwrap_or(usize::MAX)).collect();
+    let mut headers = vec![("content-type", "application/json".to_owned())];
+    if let (Some(n), Some(last_shown)) = (n, page.last()) {
+        if after.next().is_some() {
+            headers.push((
+                "link",
+                format!("<{path}?n={n}&last={last_shown}>; rel=\"next\""),
+            ));
+        }
+    }
+    Ok((page, headers))
+}
+
+async fn tags_list(
+    reg: Registry,
+    name: String,
+    query: &HashMap<String, String>,
+) -> Result<Response, RegistryError> {
     let all = {
         let name = name.clone();
         blocking(move || reg.tags(&name)).await?
     };
-    let after: Vec<String> = all
-        .into_iter()
-        .filter(|t| last.as_ref().is_none_or(|l| t.as_str() > l.as_str()))
-        .collect();
-    let page: Vec<String> = after
-        .iter()
-        .take(n.unwrap_or(usize::MAX))
-        .cloned()
-        .collect();
-    let mut headers = vec![("content-type", "application/json".to_owned())];
-    if let (Some(n), Some(last_shown)) = (n, page.last()) {
-        if after.len() > page.len() {
-            headers.push((
-                "link",
-                format!("</v2/{name}/tags/list?n={n}&last={last_shown}>; rel=\"next\""),
-            ));
-        }
-    }
+    let (page, headers) = paginate(all, query, &format!("/v2/{name}/tags/list"))?;
     let body = json!({ "name": name, "tags": page });
+    Ok(respond(
+        StatusCode::OK,
+        headers,
+        Body::from(body.to_string()),
+    ))
+}
+
+/// `GET /v2/_catalog`: the repositories the caller may pull, paginated like tags.
+async fn catalog(
+    State(st): State<AppState>,
+    Query(query): Query_,
+    headers: HeaderMap,
+) -> Result<Response, RegistryError> {
+    let identity = authorize(st.auth.as_ref(), &headers, None, Access::Pull)?;
+    let reg = st.registry.clone();
+    let mut all = blocking(move || reg.repositories()).await?;
+    all.retain(|name| identity.allows(name, Access::Pull));
+    let (page, headers) = paginate(all, &query, "/v2/_catalog")?;
+    let body = json!({ "repositories": page });
     Ok(respond(
         StatusCode::OK,
         headers,

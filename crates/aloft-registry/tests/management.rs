@@ -396,6 +396,37 @@ async fn bad_input_gets_spec_errors_and_stores_nothing() {
         assert!(text.contains("NAME_INVALID"), "{path}: {text}");
     }
 
+    // Completing an upload needs a digest; over-long names are refused.
+    let r = c
+        .post(s.url("/v2/web/app/blobs/uploads/"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    let upload = s.url(r.headers()["location"].to_str().unwrap());
+    let r = c
+        .put(&upload)
+        .bearer_auth(ADMIN)
+        .body(b"x".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), error_code(r).await.as_str()),
+        (400, "DIGEST_INVALID")
+    );
+    let long = format!("web/{}", "a".repeat(260));
+    let r = c
+        .get(s.url(&format!("/v2/{long}/tags/list")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), error_code(r).await.as_str()),
+        (400, "NAME_INVALID")
+    );
+
     // Unknown things.
     let r = c
         .get(s.url("/v2/web/app/manifests/nope"))
@@ -547,8 +578,14 @@ async fn restart_keeps_content_metadata_and_uploads_in_flight() {
         .unwrap();
     assert_eq!(r.status(), 202);
     s.stop().await;
+    // A write interrupted by a crash leaves a temp file; reopening clears it.
+    std::fs::write(dir.path().join("tmp/interrupted"), b"half a blob").unwrap();
 
     let s = Server::start(dir.path()).await;
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+        0
+    );
     let r = c
         .get(s.url("/v2/web/app/sub/manifests/v1"))
         .bearer_auth(ADMIN)
@@ -630,4 +667,131 @@ async fn router_answers_without_a_socket() {
     assert_eq!(response.status(), 200);
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body.as_ref(), b"{}");
+}
+
+/// Makes a stored blob look older than any grace period.
+fn age_blob(root: &std::path::Path, digest: &str) {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let path = root.join("blobs/sha256").join(&hex[..2]).join(hex);
+    let old = std::time::SystemTime::now() - Duration::from_secs(24 * 60 * 60);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_racing_gc_is_either_refused_or_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path()).await;
+    let c = client();
+    let (mut accepted, mut refused) = (0, 0);
+    for i in 0..20 {
+        // Blobs pushed long ago and never referenced: gc may take them at any moment.
+        let config = format!("{{\"n\":{i}}}");
+        let layer = format!("layer {i}").repeat(1000);
+        let digests = [
+            push_blob(&s, "web/app", config.as_bytes()).await,
+            push_blob(&s, "web/app", layer.as_bytes()).await,
+        ];
+        for d in &digests {
+            age_blob(dir.path(), d);
+        }
+        let m = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digests[0], "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digests[1], "size": layer.len()}]});
+        let tag = format!("t{i}");
+        let body = bytes::Bytes::from(m.to_string());
+        // Both through the library on blocking threads, so neither has a head start.
+        let (registry, t) = (s.registry.clone(), tag.clone());
+        let put = tokio::task::spawn_blocking(move || {
+            registry.put_manifest("web/app", &t, Some(OCI_MANIFEST), body)
+        });
+        let registry = s.registry.clone();
+        let gc = tokio::task::spawn_blocking(move || registry.gc());
+        let (gc, put) = (gc.await, put.await.unwrap());
+        gc.unwrap().unwrap();
+        let tag_status = c
+            .get(s.url(&format!("/v2/web/app/manifests/{tag}")))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if put.is_ok() {
+            accepted += 1;
+            assert_eq!(tag_status, 200);
+            // Whatever gc does next, the accepted manifest's blobs stay.
+            s.registry.gc().unwrap();
+            for d in &digests {
+                let r = c
+                    .get(s.url(&format!("/v2/web/app/blobs/{d}")))
+                    .bearer_auth(ADMIN)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    r.status(),
+                    200,
+                    "{tag}: {d} collected under an accepted manifest"
+                );
+                assert_eq!(&sha256(&r.bytes().await.unwrap()), d);
+            }
+        } else {
+            refused += 1;
+            let err = put.unwrap_err();
+            assert!(
+                matches!(err, aloft_registry::RegistryError::ManifestBlobUnknown(_)),
+                "{err}"
+            );
+            assert_eq!(tag_status, 404, "a refused manifest left its tag");
+        }
+    }
+    eprintln!("{accepted} manifests won the race against gc, {refused} lost it");
+}
+
+#[tokio::test]
+async fn gc_removes_abandoned_uploads_after_their_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = RegistryOptions {
+        upload_expiry: Duration::ZERO,
+        ..RegistryOptions::default()
+    };
+    let s = Server::start_with(dir.path(), options).await;
+    let c = client();
+    let r = c
+        .post(s.url("/v2/web/app/blobs/uploads/"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    let upload = s.url(r.headers()["location"].to_str().unwrap());
+    let r = c
+        .patch(&upload)
+        .bearer_auth(ADMIN)
+        .body(b"abandoned".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let report = s.registry.gc().unwrap();
+    assert_eq!(report.uploads_removed, 1);
+    let r = c.get(&upload).bearer_auth(ADMIN).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    // The default expiry keeps an idle upload.
+    let dir2 = tempfile::tempdir().unwrap();
+    let s2 = Server::start(dir2.path()).await;
+    let r = c
+        .post(s2.url("/v2/web/app/blobs/uploads/"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    let upload = s2.url(r.headers()["location"].to_str().unwrap());
+    assert_eq!(s2.registry.gc().unwrap().uploads_removed, 0);
+    let r = c.get(&upload).bearer_auth(ADMIN).send().await.unwrap();
+    assert_eq!(r.status(), 204);
 }

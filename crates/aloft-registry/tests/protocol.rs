@@ -616,3 +616,46 @@ async fn referrers_are_indexed_on_push_and_filterable_by_artifact_type() {
     let index: Value = r.json().await.unwrap();
     assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn catalog_lists_only_repositories_the_caller_may_pull() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path()).await;
+    let c = client();
+    for repo in ["web/a", "web/b/c", "api/x", "web"] {
+        push_blob(&s, repo, repo.as_bytes()).await;
+    }
+    let r = c
+        .get(s.url("/v2/_catalog?n=3"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["link"],
+        "</v2/_catalog?n=3&last=web/a>; rel=\"next\""
+    );
+    let page: Value = r.json().await.unwrap();
+    assert_eq!(page["repositories"], json!(["api/x", "web", "web/a"]));
+    let r = c
+        .get(s.url("/v2/_catalog?n=3&last=web/a"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("link").is_none());
+    let page: Value = r.json().await.unwrap();
+    assert_eq!(page["repositories"], json!(["web/b/c"]));
+
+    let r = c
+        .get(s.url("/v2/_catalog"))
+        .bearer_auth(WEB)
+        .send()
+        .await
+        .unwrap();
+    let page: Value = r.json().await.unwrap();
+    assert_eq!(page["repositories"], json!(["web", "web/a", "web/b/c"]));
+    let r = c.get(s.url("/v2/_catalog")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+}
