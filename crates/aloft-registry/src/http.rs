@@ -33,6 +33,9 @@ struct AppState {
 
 type Query_ = Query<HashMap<String, String>>;
 
+/// Response headers as (lowercase name, value) pairs.
+type Headers = Vec<(&'static str, String)>;
+
 /// The registry's routes, all under `/v2` (merge this router, do not nest it):
 /// `/v2/`, `/v2/token`, `/v2/_catalog` and `/v2/<name>/{manifests,blobs,blobs/uploads,tags/list,referrers}/...`.
 pub fn router(registry: Registry, auth: Arc<dyn RegistryAuth>) -> Router {
@@ -63,7 +66,7 @@ async fn token(State(st): State<AppState>, headers: HeaderMap) -> Result<Respons
     Ok(Json(issue_token(st.auth.as_ref(), &headers)?).into_response())
 }
 
-fn respond(status: StatusCode, headers: Vec<(&'static str, String)>, body: Body) -> Response {
+fn respond(status: StatusCode, headers: Headers, body: Body) -> Response {
     let mut response = Response::new(body);
     *response.status_mut() = status;
     for (name, value) in headers {
@@ -383,7 +386,7 @@ fn paginate(
     all: Vec<String>,
     query: &HashMap<String, String>,
     path: &str,
-) -> Result<(Vec<String>, Vec<(&'static str, String)>), RegistryError> {
+) -> Result<(Vec<String>, Headers), RegistryError> {
     let n = match query.get("n") {
         Some(v) => Some(v.parse::<usize>().map_err(|_| {
             RegistryError::PaginationInvalid(format!("Page size n={v:?} is not a number"))
