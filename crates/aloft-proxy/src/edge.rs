@@ -368,21 +368,7 @@ async fn accept_loop(
                 .metrics
                 .open_connections
                 .fetch_add(1, Ordering::Relaxed);
-            match tls {
-                None => serve_conn(inner2.clone(), stream, conn, watcher).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(
-                        inner2.opts.header_read_timeout,
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(s)) => serve_conn(inner2.clone(), s, conn, watcher).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                }
-            }
+            client_conn(&inner2, stream, tls, conn, watcher).await;
             inner2
                 .metrics
                 .open_connections
@@ -398,7 +384,37 @@ async fn accept_loop(
     }
 }
 
-async fn serve_conn<I>(inner: Arc<Inner>, io: I, conn: ConnInfo, watcher: Watcher)
+async fn client_conn(
+    inner: &Arc<Inner>,
+    stream: tokio::net::TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    conn: ConnInfo,
+    watcher: Watcher,
+) {
+    let limit = inner.opts.header_read_timeout;
+    let peer = conn.peer;
+    match tls {
+        None => {
+            // Protocol detection reads before hyper's header timer starts, so a client that
+            // never sends a byte is cut off here.
+            let mut first = [0u8; 1];
+            if let Ok(Ok(1..)) = tokio::time::timeout(limit, stream.peek(&mut first)).await {
+                serve_conn(inner.clone(), stream, conn, watcher, None).await;
+            }
+        }
+        Some(acceptor) => match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+            Ok(Ok(s)) => {
+                let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+                serve_conn(inner.clone(), s, conn, watcher, Some(h2)).await;
+            }
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        },
+    }
+}
+
+/// Serves HTTP on one client connection; `h2` is what ALPN chose, `None` to detect it.
+async fn serve_conn<I>(inner: Arc<Inner>, io: I, conn: ConnInfo, watcher: Watcher, h2: Option<bool>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -417,6 +433,11 @@ where
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)));
+    let builder = match h2 {
+        Some(true) => builder.http2_only(),
+        Some(false) => builder.http1_only(),
+        None => builder,
+    };
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     if let Err(e) = watcher.watch(served).await {
         tracing::debug!(error = %e, "client connection ended with an error");

@@ -20,7 +20,7 @@ struct Histogram {
 /// Counters and gauges of one edge.
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
-    requests: Mutex<BTreeMap<(String, String, &'static str), u64>>,
+    requests: Mutex<BTreeMap<String, BTreeMap<String, [u64; 5]>>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
     autostarts: Mutex<BTreeMap<String, u64>>,
     autostops: Mutex<BTreeMap<String, u64>>,
@@ -36,13 +36,15 @@ fn bump(map: &Mutex<BTreeMap<String, u64>>, app: &str) {
         .or_default() += 1;
 }
 
-fn class(status: u16) -> &'static str {
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn class(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }
 
@@ -55,14 +57,26 @@ fn esc(v: &str) -> String {
 impl Metrics {
     /// One answered request. `machine` is empty when the edge answered by itself.
     pub fn request(&self, app: &str, machine: &str, status: u16, elapsed: Duration) {
-        *self
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((app.to_string(), machine.to_string(), class(status)))
-            .or_default() += 1;
+        {
+            let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+            // Look up by reference first: only a new app or machine allocates its key.
+            if !requests.contains_key(app) {
+                requests.insert(app.to_string(), BTreeMap::new());
+            }
+            if let Some(per_machine) = requests.get_mut(app) {
+                if !per_machine.contains_key(machine) {
+                    per_machine.insert(machine.to_string(), [0; 5]);
+                }
+                if let Some(counts) = per_machine.get_mut(machine) {
+                    counts[class(status)] += 1;
+                }
+            }
+        }
         let mut lat = self.latency.lock().unwrap_or_else(|e| e.into_inner());
-        let h = lat.entry(app.to_string()).or_default();
+        if !lat.contains_key(app) {
+            lat.insert(app.to_string(), Histogram::default());
+        }
+        let Some(h) = lat.get_mut(app) else { return };
         let secs = elapsed.as_secs_f64();
         for (i, b) in BUCKETS.iter().enumerate() {
             if secs <= *b {
@@ -90,18 +104,22 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# HELP aloft_edge_requests_total Requests answered, by app, machine and status class.\n");
         out.push_str("# TYPE aloft_edge_requests_total counter\n");
-        for ((app, machine, class), n) in self
+        for (app, per_machine) in self
             .requests
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
         {
-            let _ = writeln!(
-                out,
-                "aloft_edge_requests_total{{app=\"{}\",machine=\"{}\",status=\"{class}\"}} {n}",
-                esc(app),
-                esc(machine)
-            );
+            for (machine, counts) in per_machine {
+                for (class, n) in CLASSES.iter().zip(counts).filter(|(_, n)| **n > 0) {
+                    let _ = writeln!(
+                        out,
+                        "aloft_edge_requests_total{{app=\"{}\",machine=\"{}\",status=\"{class}\"}} {n}",
+                        esc(app),
+                        esc(machine)
+                    );
+                }
+            }
         }
         out.push_str(
             "# HELP aloft_edge_request_duration_seconds Time to response headers, by app.\n",

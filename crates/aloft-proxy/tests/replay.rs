@@ -86,3 +86,16 @@ async fn replay_to_a_missing_instance_is_503() {
     let r = replay(&edge, "x-test-replay", "instance=ghost").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
 }
+
+#[tokio::test]
+async fn aloft_replay_is_honoured_too() {
+    let (edge, _backends) = three_machines().await;
+    let r = replay(&edge, "x-test-replay", "instance=fra1;state=aloft").await;
+    assert!(
+        r.body
+            .starts_with("machine=fra1 src=instance=near;region=ams;"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains(";state=aloft body=the body"), "{}", r.body);
+}

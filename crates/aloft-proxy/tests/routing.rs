@@ -468,3 +468,52 @@ async fn shutdown_finishes_in_flight_requests_and_stops_accepting() {
     assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "machine=a1"));
     draining.await.unwrap();
 }
+
+async fn read_to_close(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read = s.read_to_end(&mut got);
+    // A reset instead of a clean close is a close too.
+    let _ = tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the edge closes the connection");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn idle_client_connections_are_closed_after_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let port = shared_port().await;
+    let _a = Backend::start((ip(2), port).into(), "a1").await;
+    let edge = edge_with(
+        vec![app("alpha", port, vec![machine("a1", "ams", "h1", 2)])],
+        |o| o.header_read_timeout = Duration::from_millis(100),
+    )
+    .await;
+    // Silent from the start.
+    let mut s = tokio::net::TcpStream::connect(edge.http_addr())
+        .await
+        .unwrap();
+    assert_eq!(read_to_close(&mut s).await, "");
+    // Idle after one request on a keep-alive connection.
+    let mut s = tokio::net::TcpStream::connect(edge.http_addr())
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: alpha.aloft.test\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_to_close(&mut s).await;
+    assert!(
+        got.starts_with("HTTP/1.1 200") && got.contains("machine=a1"),
+        "{got}"
+    );
+    // Stalled in the middle of the headers.
+    let mut s = tokio::net::TcpStream::connect(edge.http_addr())
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: alpha.aloft.test\r\n")
+        .await
+        .unwrap();
+    let got = read_to_close(&mut s).await;
+    assert!(got.is_empty() || got.starts_with("HTTP/1.1 408"), "{got}");
+}

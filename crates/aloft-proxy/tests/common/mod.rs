@@ -132,7 +132,12 @@ async fn answer(
             match (src, ask) {
                 (None, Some(ask)) => {
                     let mut r = Response::new(Full::new(Bytes::from("replay me")));
-                    r.headers_mut().insert("fly-replay", ask);
+                    let name = if ask.to_str().unwrap().contains("aloft") {
+                        "aloft-replay"
+                    } else {
+                        "fly-replay"
+                    };
+                    r.headers_mut().insert(name, ask);
                     r
                 }
                 (src, _) => Response::new(Full::new(Bytes::from(format!(

@@ -1,0 +1,49 @@
+//! A standalone edge serving a static route table from a JSON file (used by `bench/edge`).
+//!
+//! ```text
+//! cargo run --release -p aloft-proxy --example edge -- ROUTES.json [LISTEN] [DOMAIN] [REGION]
+//! ```
+//! `LISTEN` defaults to `127.0.0.1:8080`, `DOMAIN` to `aloft.test`, `REGION` to `local`.
+//! `ALOFT_EDGE_THREADS` sets the number of runtime worker threads (default 1).
+
+use anyhow::Context;
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let path = args
+        .first()
+        .context("usage: edge ROUTES.json [LISTEN] [DOMAIN] [REGION]")?;
+    let listen = args
+        .get(1)
+        .map_or("127.0.0.1:8080", String::as_str)
+        .parse()
+        .context("LISTEN is not an address")?;
+    let domain = args.get(2).map_or("aloft.test", String::as_str);
+    let region = args.get(3).map_or("local", String::as_str);
+    let threads = std::env::var("ALOFT_EDGE_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1);
+    let table: aloft_proxy::RouteTable = serde_json::from_slice(
+        &std::fs::read(path).with_context(|| format!("cannot read {path}"))?,
+    )
+    .with_context(|| format!("{path} is not a route table"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let opts = aloft_proxy::EdgeOptions::new(listen, domain, region, "bench");
+        let edge = aloft_proxy::Edge::new(opts).await?;
+        edge.update_routes(table)?;
+        println!("edge listening on {}", edge.http_addr());
+        tokio::signal::ctrl_c().await?;
+        edge.shutdown().await;
+        anyhow::Ok(())
+    })
+}
