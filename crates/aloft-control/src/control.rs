@@ -254,6 +254,13 @@ impl Control {
                 "Host {host:?} is not registered"
             )));
         }
+        if inner
+            .host_revision
+            .get(host)
+            .is_none_or(|&last| last <= since)
+        {
+            return Ok((Vec::new(), inner.revision.max(since)));
+        }
         let rows = MachineRow::changed_on_host(&inner.conn, host, since)?;
         let mut orgs: BTreeMap<String, String> = BTreeMap::new();
         let mut events = Vec::with_capacity(rows.len());

@@ -392,3 +392,39 @@ async fn openapi_document_matches_the_routes_exactly() {
         doc["paths"].as_object().unwrap().len()
     );
 }
+
+#[tokio::test]
+async fn state_survives_a_server_that_never_closed_its_database() {
+    let env = env().await;
+    env.app("web").await;
+    env.host("h1", "ams", 2, 2048).await;
+    let m = env.machine("web", json!({"skip_launch": true})).await;
+    let common::Env {
+        dir,
+        server,
+        admin,
+        router,
+    } = env;
+    // Like kill -9: the connection is never closed and the WAL is never checkpointed.
+    std::mem::forget(server);
+    std::mem::forget(router);
+    let server = aloft_control::Server::open(aloft_control::ServerOptions::new(dir.path()))
+        .await
+        .unwrap();
+    let env = common::Env {
+        router: server.router(),
+        dir,
+        server,
+        admin,
+    };
+    let (status, again) = env
+        .get(format!(
+            "/v1/apps/web/machines/{}",
+            m["id"].as_str().unwrap()
+        ))
+        .send()
+        .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["state"], "created");
+    assert_eq!(again["events"], m["events"]);
+}

@@ -1,4 +1,15 @@
 //! The HTTP API: routing, authentication, extractors and the one place errors become statuses.
+//!
+//! Status codes (every error body is `{"error": "..."}`):
+//! - 400: malformed or mistyped JSON, bad query, invalid config (image reference, guest size
+//!   outside cpus 1..=64 / memory_mb 128..=262144, signal), a region no host has ever joined.
+//! - 401: no bearer token or an unknown one; 403: a token used outside its scope.
+//! - 404: unknown app, machine, host or route; also a lease `GET` when none is held.
+//! - 408: `wait` timed out. 409: the machine is leased and the request lacks its nonce; an
+//!   agent report naming an old instance. 413: a body over 1 MiB.
+//! - 412: the machine's state does not allow the action (an invalid transition, deleting a
+//!   running machine without `force=true`), or no live host in the region has room.
+//! - 500: internal failures, logged with detail and answered with a generic message.
 
 mod apps;
 mod hosts;

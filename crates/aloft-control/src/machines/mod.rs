@@ -11,7 +11,6 @@ use std::time::Instant;
 use aloft_api::{
     CreateMachineRequest, DesiredState, Lease, Machine, MachineState, StartResponse, StopRequest,
 };
-use rusqlite::params;
 
 use crate::api::ApiError;
 use crate::control::Control;
@@ -112,7 +111,9 @@ impl Control {
         Ok((out, machine))
     }
 
-    /// Places and creates a machine; starts it unless `skip_launch`.
+    /// Places and creates a machine; starts it unless `skip_launch`. Without a region, the
+    /// app's oldest live machine's region is used, else the alphabetically first region
+    /// with a live host.
     pub fn create_machine(
         &self,
         app: &str,
@@ -130,7 +131,8 @@ impl Control {
             Some(region) => region.to_owned(),
             None => default_region(inner, app, live_since)?,
         };
-        let counts = app_machines_per_host(inner, app)?;
+        let no_machines = HashMap::new();
+        let counts = inner.app_hosts.get(app).unwrap_or(&no_machines);
         let host = place(
             &inner.hosts,
             &PlacementRequest {
@@ -138,7 +140,7 @@ impl Control {
                 cpus,
                 memory_mb,
                 live_since,
-                app_machines: &counts,
+                app_machines: counts,
             },
         )?
         .id
@@ -538,17 +540,4 @@ pub(crate) fn default_region(
                 "No region given and no host is live to place the machine on".to_owned(),
             )
         })
-}
-
-pub(crate) fn app_machines_per_host(
-    inner: &Inner,
-    app: &str,
-) -> Result<HashMap<String, u32>, ApiError> {
-    let mut stmt = inner
-        .conn
-        .prepare_cached("SELECT host_id, count(*) FROM machines WHERE app = ?1 AND state != 'destroyed' GROUP BY host_id")?;
-    let rows = stmt.query_map(params![app], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u32))
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
 }

@@ -74,6 +74,12 @@ pub struct Inner {
     pub hosts: Vec<HostCapacity>,
     pub host_index: HashMap<String, usize>,
     pub revision: u64,
+    /// Per app, how many non-destroyed machines each host runs (for spreading).
+    pub app_hosts: HashMap<String, HashMap<String, u32>>,
+    /// Per host, the apps counted in `app_hosts` (so a refresh can undo them).
+    host_apps: HashMap<String, Vec<String>>,
+    /// Per host, the revision of its latest machine change (watchers skip quiet hosts).
+    pub host_revision: HashMap<String, u64>,
 }
 
 /// Current time as RFC 3339 (seconds precision, `Z`).
@@ -140,6 +146,9 @@ impl Inner {
             hosts: Vec::new(),
             host_index: HashMap::new(),
             revision: revision as u64,
+            app_hosts: HashMap::new(),
+            host_apps: HashMap::new(),
+            host_revision: HashMap::new(),
         };
         let now = Instant::now();
         let rows: Vec<(String, String, i64, i64)> = {
@@ -380,18 +389,46 @@ impl Inner {
         Ok(())
     }
 
-    /// Recomputes a host's used CPUs and memory from its non-destroyed machines.
+    /// Recomputes a host's used CPUs and memory, its per-app machine counts and its latest
+    /// revision from its machines (an indexed range, no JSON).
     pub fn refresh_host_usage(&mut self, id: &str) -> Result<(), StoreError> {
-        let (cpus, memory_mb): (i64, i64) = self.conn.query_row(
-            "SELECT coalesce(sum(cpus), 0), coalesce(sum(memory_mb), 0) FROM machines
-             WHERE host_id = ?1 AND state != 'destroyed'",
+        let (cpus, memory_mb, revision): (i64, i64, i64) = self.conn.query_row(
+            "SELECT coalesce(sum(cpus) FILTER (WHERE state != 'destroyed'), 0),
+                    coalesce(sum(memory_mb) FILTER (WHERE state != 'destroyed'), 0),
+                    coalesce(max(revision), 0)
+             FROM machines WHERE host_id = ?1",
             [id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         if let Some(&i) = self.host_index.get(id) {
             self.hosts[i].used_cpus = cpus;
             self.hosts[i].used_memory_mb = memory_mb;
         }
+        self.host_revision.insert(id.to_owned(), revision as u64);
+        for app in self.host_apps.remove(id).unwrap_or_default() {
+            if let Some(per_host) = self.app_hosts.get_mut(&app) {
+                per_host.remove(id);
+                if per_host.is_empty() {
+                    self.app_hosts.remove(&app);
+                }
+            }
+        }
+        let counts: Vec<(String, i64)> = {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT app, count(*) FROM machines WHERE host_id = ?1 AND state != 'destroyed' GROUP BY app",
+            )?;
+            let rows = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut apps = Vec::with_capacity(counts.len());
+        for (app, count) in counts {
+            self.app_hosts
+                .entry(app.clone())
+                .or_default()
+                .insert(id.to_owned(), count as u32);
+            apps.push(app);
+        }
+        self.host_apps.insert(id.to_owned(), apps);
         Ok(())
     }
 
