@@ -720,7 +720,14 @@ async fn a_manifest_racing_gc_is_either_refused_or_complete() {
             .await
             .unwrap()
             .status();
-        if put.is_ok() {
+        if let Err(err) = put {
+            refused += 1;
+            assert!(
+                matches!(err, aloft_registry::RegistryError::ManifestBlobUnknown(_)),
+                "{err}"
+            );
+            assert_eq!(tag_status, 404, "a refused manifest left its tag");
+        } else {
             accepted += 1;
             assert_eq!(tag_status, 200);
             // Whatever gc does next, the accepted manifest's blobs stay.
@@ -739,14 +746,6 @@ async fn a_manifest_racing_gc_is_either_refused_or_complete() {
                 );
                 assert_eq!(&sha256(&r.bytes().await.unwrap()), d);
             }
-        } else {
-            refused += 1;
-            let err = put.unwrap_err();
-            assert!(
-                matches!(err, aloft_registry::RegistryError::ManifestBlobUnknown(_)),
-                "{err}"
-            );
-            assert_eq!(tag_status, 404, "a refused manifest left its tag");
         }
     }
     eprintln!("{accepted} manifests won the race against gc, {refused} lost it");
