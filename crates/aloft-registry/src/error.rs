@@ -23,7 +23,14 @@ pub enum RegistryError {
     #[error("{0}")]
     BlobUploadInvalid(String),
     #[error("Chunk starts at byte {got} but the upload has {expected} bytes")]
-    RangeInvalid { expected: u64, got: u64 },
+    RangeInvalid {
+        /// The upload's URL path, sent back as `Location` with its current `Range`.
+        location: String,
+        expected: u64,
+        got: u64,
+    },
+    #[error("{0}")]
+    ContentRangeInvalid(String),
     #[error("Requested range {0:?} cannot be served")]
     RangeNotSatisfiable(String),
     #[error("{0}")]
@@ -81,7 +88,9 @@ impl RegistryError {
             E::BlobUnknown { .. } => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
             E::BlobUploadUnknown(_) => (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
             E::BlobUploadInvalid(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
-            E::RangeInvalid { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
+            E::RangeInvalid { .. } | E::ContentRangeInvalid(_) => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID")
+            }
             E::RangeNotSatisfiable(_) => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN"),
             E::DigestInvalid(_) => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
             E::SizeInvalid(_) => (StatusCode::BAD_REQUEST, "SIZE_INVALID"),
@@ -122,6 +131,20 @@ impl IntoResponse for RegistryError {
         };
         let body = json!({ "errors": [{ "code": code, "message": message, "detail": null }] });
         let mut response = (status, axum::Json(body)).into_response();
+        if let RegistryError::RangeInvalid {
+            location, expected, ..
+        } = &self
+        {
+            let range = format!("0-{}", expected.saturating_sub(1));
+            for (name, value) in [
+                (header::LOCATION, location.as_str()),
+                (header::RANGE, range.as_str()),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(value) {
+                    response.headers_mut().insert(name, v);
+                }
+            }
+        }
         if let RegistryError::Unauthorized { realm, scope } = &self {
             let mut value = format!("Bearer realm=\"{realm}\",service=\"aloft\"");
             if let Some(scope) = scope {

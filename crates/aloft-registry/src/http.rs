@@ -303,8 +303,9 @@ async fn start_upload(
 /// Parses an upload chunk's `Content-Range: <start>-<end>` (a `bytes` prefix is tolerated).
 fn parse_content_range(value: &HeaderValue) -> Result<(u64, u64), RegistryError> {
     let text = value.to_str().unwrap_or("");
-    let bad =
-        || RegistryError::BlobUploadInvalid(format!("Content-Range {text:?} is not <start>-<end>"));
+    let bad = || {
+        RegistryError::ContentRangeInvalid(format!("Content-Range {text:?} is not <start>-<end>"))
+    };
     let trimmed = text
         .trim()
         .trim_start_matches("bytes")

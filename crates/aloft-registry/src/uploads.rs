@@ -75,6 +75,7 @@ async fn hash_file(path: PathBuf, algorithm: Algorithm) -> Result<Digest, Regist
 /// Appends `body` to an upload's data file while its progress lock is held. A chunk
 /// that does not arrive whole leaves the file and the running hash as they were.
 async fn append_locked<S, E>(
+    name: &str,
     uuid: &str,
     data: &Path,
     progress: &mut UploadProgress,
@@ -98,6 +99,7 @@ where
     if let Some((start, end)) = range {
         if start != size {
             return Err(RegistryError::RangeInvalid {
+                location: format!("/v2/{name}/blobs/uploads/{uuid}"),
                 expected: size,
                 got: start,
             });
@@ -238,7 +240,7 @@ impl Registry {
         let data = self.upload_data(name, uuid)?;
         let progress = self.progress(uuid);
         let mut progress = progress.lock().await;
-        append_locked(uuid, &data, &mut progress, range, body).await
+        append_locked(name, uuid, &data, &mut progress, range, body).await
     }
 
     /// Appends the final chunk (possibly empty), verifies the digest of everything
@@ -257,7 +259,7 @@ impl Registry {
         let data = self.upload_data(name, uuid)?;
         let progress = self.progress(uuid);
         let mut progress = progress.lock().await;
-        let size = append_locked(uuid, &data, &mut progress, None, body).await?;
+        let size = append_locked(name, uuid, &data, &mut progress, None, body).await?;
         let actual = match &progress.hasher {
             Some((h, hashed)) if *hashed == size && h.algorithm() == digest.algorithm() => {
                 h.clone().finish()

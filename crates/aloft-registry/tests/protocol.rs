@@ -284,6 +284,10 @@ async fn chunked_upload_checks_ranges_reports_status_and_can_be_cancelled() {
     // Out of order: starts past the end, or overlaps.
     let r = patch("15-19", &data[15..20]).await.unwrap();
     assert_eq!(r.status(), 416);
+    assert_eq!(r.headers()["range"], "0-9", "a 416 tells where to resume");
+    assert_eq!(r.headers()["location"].to_str().unwrap(), location);
+    let r = patch("ten-twenty", &data[10..20]).await.unwrap();
+    assert_eq!(r.status(), 416);
     let r = patch("5-14", &data[5..15]).await.unwrap();
     assert_eq!(r.status(), 416);
     // Announced range longer than the body: refused, and the upload is unchanged.
