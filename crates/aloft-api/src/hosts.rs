@@ -67,7 +67,8 @@ pub struct AssignedMachine {
     pub desired_state: DesiredState,
     /// The state the control plane last recorded.
     pub state: MachineState,
-    /// Grows on every restart request: an agent restarts when it sees a higher value.
+    /// Grows on every restart request and on every start of a machine that was not running
+    /// (including a failed one): an agent (re)starts when it sees a higher value.
     #[serde(default)]
     pub restart_seq: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,6 +123,11 @@ pub struct ReportedCheck {
 }
 
 /// Body of `POST /v1/hosts/{id}/machines/{machine_id}/status`.
+///
+/// A state different from the recorded one goes through the control plane's transition
+/// function (412 if not allowed). `destroyed` is also accepted from a non-destroying state
+/// (auto_destroy): the control plane records `destroying` then `destroyed`. A report naming
+/// an old `instance_id` gets 409.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct StatusReport {
     pub instance_id: String,

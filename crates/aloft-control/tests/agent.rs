@@ -140,11 +140,11 @@ async fn agent_reports_drive_state_through_the_transition_function() {
         .send()
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    let (status, body) = env.report(&host, &m, "destroyed").await;
+    let (status, body) = env.report(&host, &m, "suspended").await;
     assert_eq!(status, StatusCode::PRECONDITION_FAILED);
     assert_eq!(
         body["error"],
-        format!("Machine {id}: Machine cannot go from starting to destroyed")
+        format!("Machine {id}: Machine cannot go from starting to suspended")
     );
 
     let (status, _) = env
@@ -377,4 +377,53 @@ async fn host_registration_validates_its_input() {
             "{answer}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_failed_machine_restarts_on_start_and_auto_destroy_is_recorded() {
+    let env = env().await;
+    env.app("web").await;
+    env.host("h1", "ams", 2, 2048).await;
+    let m = env
+        .machine("web", json!({"config": {"auto_destroy": true}}))
+        .await;
+    let id = m["id"].as_str().unwrap().to_owned();
+    let mut watch = Lines::open(env.get("/v1/hosts/h1/watch?since=0")).await;
+    let before = watch.next().await["machine"]["restart_seq"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(env.report("h1", &m, "failed").await.0, StatusCode::OK);
+    watch.next().await;
+    let (status, started) = env
+        .post(format!("/v1/apps/web/machines/{id}/start"))
+        .send()
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(started["previous_state"], "failed");
+    let order = watch.next().await;
+    assert_eq!(order["machine"]["state"], "starting");
+    assert!(
+        order["machine"]["restart_seq"].as_u64().unwrap() > before,
+        "the agent needs a new sequence number to retry a failed machine: {order}"
+    );
+
+    assert_eq!(env.report("h1", &m, "started").await.0, StatusCode::OK);
+    assert_eq!(env.report("h1", &m, "stopped").await.0, StatusCode::OK);
+    let (status, body) = env.report("h1", &m, "destroyed").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(env.state("web", &id).await, "destroyed");
+    let (_, events) = env
+        .get(format!("/v1/apps/web/machines/{id}/events"))
+        .send()
+        .await;
+    let statuses: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(2)
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["destroyed", "destroying"]);
+    let (_, hosts) = env.get("/v1/hosts").send().await;
+    assert_eq!(hosts[0]["free_cpus"], 2);
 }

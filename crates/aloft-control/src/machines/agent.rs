@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use aloft_api::{CheckStatus, MachineState, StatusReport};
+use aloft_api::{CheckStatus, DesiredState, MachineState, StatusReport};
 use serde_json::json;
 
 use super::{Caller, DEFAULT_WAIT, MAX_WAIT};
@@ -111,6 +111,18 @@ fn agent_update(
     let exit = report
         .exit_code
         .map(|code| json!({"exit_event": {"exit_code": code}}));
+    if report.state == MachineState::Destroyed && row.state != MachineState::Destroying {
+        // The agent destroyed it by itself (auto_destroy): record the destroying step too.
+        row.state = transition(row.state, MachineState::Destroying)
+            .map_err(|e| ApiError::Precondition(format!("Machine {}: {e}", row.id)))?;
+        row.desired = DesiredState::Destroyed;
+        extra.events.push(PendingEvent {
+            kind: "destroy".to_owned(),
+            status: MachineState::Destroying.as_str().to_owned(),
+            source: "flyd",
+            request: None,
+        });
+    }
     if report.state != row.state {
         row.state = transition(row.state, report.state)
             .map_err(|e| ApiError::Precondition(format!("Machine {}: {e}", row.id)))?;

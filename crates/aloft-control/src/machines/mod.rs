@@ -327,6 +327,9 @@ impl Control {
             row.desired = DesiredState::Started;
             if !matches!(row.state, MachineState::Started | MachineState::Starting) {
                 go(row, extra, MachineState::Starting, "start", "user")?;
+                // A failed machine already wants to be started: the new sequence number is
+                // what tells its agent to try again.
+                row.restart_seq += 1;
             }
             Ok(previous)
         })?;
