@@ -109,6 +109,14 @@ pub struct PutManifest {
     pub subject: Option<Digest>,
 }
 
+/// Makes a rename into `path`'s directory durable.
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) => fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
 pub(crate) fn random_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
@@ -219,7 +227,8 @@ impl Registry {
             if let Some(parent) = target.parent() {
                 fs::create_dir_all(parent)?;
             }
-            fs::rename(&tmp, target)
+            fs::rename(&tmp, target)?;
+            sync_parent(target)
         };
         write().map_err(|e| {
             let _ = fs::remove_file(&tmp);
@@ -272,7 +281,8 @@ impl Registry {
             fs::File::options()
                 .write(true)
                 .open(&target)?
-                .set_modified(SystemTime::now())
+                .set_modified(SystemTime::now())?;
+            sync_parent(&target)
         };
         place().map_err(|e| RegistryError::io(format!("store blob {digest}"), e))?;
         self.update_meta(name, |meta| {
