@@ -350,9 +350,6 @@ async fn acquire(
     let deadline = tokio::time::Instant::now() + inner.opts.queue_timeout;
     let mut wake_failed: HashSet<String> = HashSet::new();
     loop {
-        let released = inner.loads.released.notified();
-        tokio::pin!(released);
-        released.as_mut().enable();
         let rtts = inner.rtts.read().unwrap_or_else(|e| e.into_inner()).clone();
         let here = Locality {
             region: &inner.opts.region,
@@ -403,6 +400,15 @@ async fn acquire(
                     app.app
                 ),
             ));
+        }
+        // Arm the wait, then look once more so a slot freed in between is not missed.
+        let released = inner.loads.released.notified();
+        tokio::pin!(released);
+        released.as_mut().enable();
+        for m in &ranked {
+            if let Some(g) = inner.loads.try_acquire(&m.id, limits.hard_limit) {
+                return Ok(((*m).clone(), g));
+            }
         }
         if tokio::time::timeout_at(deadline, released).await.is_err() {
             return Err(full(

@@ -283,10 +283,7 @@ async fn soft_limit_spills_over_and_hard_limit_queues_then_503s() {
     );
     alpha.services[0].concurrency.soft_limit = 1;
     alpha.services[0].concurrency.hard_limit = Some(2);
-    let edge = edge_with(vec![alpha], |o| {
-        o.queue_timeout = Duration::from_millis(300)
-    })
-    .await;
+    let edge = edge_with(vec![alpha], |o| o.queue_timeout = Duration::from_secs(1)).await;
     let addr = edge.http_addr();
     let hold = || tokio::spawn(async move { get(addr, "alpha.aloft.test", "/hold").await });
 
