@@ -474,3 +474,35 @@ async fn lifecycle_endpoints_follow_the_transition_rules() {
         assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
     }
 }
+
+#[tokio::test]
+async fn an_expired_lease_no_longer_blocks_anyone() {
+    let env = env().await;
+    env.app("web").await;
+    env.host("h1", "ams", 2, 2048).await;
+    let m = env.machine("web", json!({})).await;
+    let base = format!("/v1/apps/web/machines/{}", m["id"].as_str().unwrap());
+    let (status, first) = env.post(format!("{base}/lease?ttl=1")).send().await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        env.post(format!("{base}/cordon")).send().await.0,
+        StatusCode::CONFLICT
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let second = loop {
+        let (status, body) = env.post(format!("{base}/lease?ttl=60")).send().await;
+        if status == StatusCode::OK {
+            break body;
+        }
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the 1 s lease never expired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_ne!(
+        second["data"]["nonce"], first["data"]["nonce"],
+        "a fresh lease gets a fresh nonce"
+    );
+}

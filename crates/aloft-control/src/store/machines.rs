@@ -124,9 +124,10 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String, ApiError> {
 }
 
 impl MachineRow {
-    /// Whether the lease is held and not expired at `now` (Unix seconds).
+    /// The lease, if held at `now` (Unix seconds); it lasts through its `expires_at` second,
+    /// so a lease never lasts less than its TTL.
     pub fn active_lease(&self, now: i64) -> Option<&Lease> {
-        self.lease.as_ref().filter(|l| l.expires_at > now)
+        self.lease.as_ref().filter(|l| l.expires_at >= now)
     }
 
     /// Loads one machine of an app, or 404.
