@@ -133,7 +133,18 @@ pub(crate) struct Steering {
     pub force_instance: Option<String>,
     pub prefer_instance: Option<String>,
     pub prefer_regions: Vec<String>,
+    /// Only machines in these regions (when not empty).
+    pub force_regions: Vec<String>,
     pub exclude: HashSet<String>,
+}
+
+impl Steering {
+    /// Whether `m` may take the request at all under these constraints.
+    pub fn admits(&self, m: &MachineRoute) -> bool {
+        !self.exclude.contains(&m.id)
+            && self.force_instance.as_ref().is_none_or(|f| *f == m.id)
+            && (self.force_regions.is_empty() || self.force_regions.contains(&m.region))
+    }
 }
 
 /// The machines that may take the request now, best first. `state` gives each machine's
@@ -149,8 +160,7 @@ pub(crate) fn rank<'a>(
     let mut pool: Vec<(&MachineRoute, u32)> = machines
         .iter()
         .filter(|m| state(m) == MachineState::Started && m.healthy && !m.cordoned)
-        .filter(|m| !steer.exclude.contains(&m.id))
-        .filter(|m| steer.force_instance.as_ref().is_none_or(|f| *f == m.id))
+        .filter(|m| steer.admits(m))
         .map(|m| (m, loads.load(&m.id)))
         .filter(|(_, load)| limits.hard_limit.is_none_or(|h| *load < h))
         .collect();
@@ -189,8 +199,7 @@ pub(crate) fn wake_candidate<'a>(
     let mut pool: Vec<&MachineRoute> = machines
         .iter()
         .filter(|m| state(m).is_wakeable() && !m.cordoned)
-        .filter(|m| !steer.exclude.contains(&m.id))
-        .filter(|m| steer.force_instance.as_ref().is_none_or(|f| *f == m.id))
+        .filter(|m| steer.admits(m))
         .collect();
     if let Some(first) = steer
         .prefer_regions
@@ -362,6 +371,13 @@ mod tests {
         });
         assert_eq!(fra.len(), 2);
         assert!(fra.iter().all(|id| id != "a"));
+        let forced = st(Steering {
+            force_regions: vec!["fra".into()],
+            prefer_regions: vec!["ams".into()],
+            ..Default::default()
+        });
+        assert_eq!(forced.len(), 2);
+        assert!(forced.iter().all(|id| id != "a"));
         let ex = st(Steering {
             exclude: HashSet::from(["a".to_string()]),
             ..Default::default()

@@ -138,6 +138,14 @@ fn steering(h: &HeaderMap) -> Steering {
                     .collect()
             })
             .unwrap_or_default(),
+        force_regions: header_str(h, &["fly-force-region", "aloft-force-region"])
+            .map(|v| {
+                v.split(',')
+                    .map(|r| r.trim().to_string())
+                    .filter(|r| !r.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
         exclude: HashSet::new(),
     }
 }
@@ -293,6 +301,7 @@ async fn route(
                 force_instance: replay.instance.clone(),
                 prefer_instance: replay.prefer_instance.clone(),
                 prefer_regions: replay.regions.clone(),
+                force_regions: Vec::new(),
                 exclude: HashSet::new(),
             };
             if replay.elsewhere
@@ -386,8 +395,7 @@ async fn acquire(
             inner.state_of(m) == crate::routes::MachineState::Started
                 && m.healthy
                 && !m.cordoned
-                && !steer.exclude.contains(&m.id)
-                && steer.force_instance.as_ref().is_none_or(|f| *f == m.id)
+                && steer.admits(m)
                 && limits
                     .hard_limit
                     .is_some_and(|h| inner.loads.load(&m.id) >= h)

@@ -264,6 +264,12 @@ async fn request_headers_force_and_prefer_machines() {
         with("fly-prefer-region", "nrt,fra").await.body,
         "machine=fra1"
     );
+    assert_eq!(with("fly-force-region", "fra").await.body, "machine=fra1");
+    assert_eq!(with("aloft-force-region", "syd").await.body, "machine=syd1");
+    assert_eq!(
+        with("fly-force-region", "nrt").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     let r = with("fly-force-instance-id", "missing").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
 }
