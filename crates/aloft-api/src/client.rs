@@ -545,3 +545,34 @@ impl Client {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_keep_a_base_path_and_escape_segments() {
+        let client = Client::new("http://127.0.0.1:4280/", "t").unwrap();
+        assert_eq!(
+            client.url(&["v1", "apps"]).as_str(),
+            "http://127.0.0.1:4280/v1/apps"
+        );
+        let prefixed = Client::new("https://cp.example/api", "t").unwrap();
+        assert_eq!(
+            prefixed
+                .machine_url("web", "m1", &["metadata", "a/b c"])
+                .as_str(),
+            "https://cp.example/api/v1/apps/web/machines/m1/metadata/a%2Fb%20c"
+        );
+    }
+
+    #[test]
+    fn bad_base_urls_are_refused() {
+        for bad in ["", "127.0.0.1:4280", "ftp://x", "mailto:a@b"] {
+            assert!(
+                matches!(Client::new(bad, "t"), Err(ClientError::BadBaseUrl(_))),
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -225,11 +225,16 @@ pub struct StopConfig {
     pub extra: Extra,
 }
 
-/// Parses a Fly duration (`"10s"`, `"1m30s"`, `"500ms"`, or a number of nanoseconds).
+/// Parses a Fly duration: `"10s"`, `"1m30s"`, `"500ms"`, a number of nanoseconds, or the
+/// `{"time.Duration": nanoseconds}` object of Fly's OpenAPI description.
 pub fn parse_fly_duration(value: &Value) -> Option<std::time::Duration> {
     match value {
         Value::Number(n) => n.as_u64().map(std::time::Duration::from_nanos),
         Value::String(s) => parse_duration_str(s),
+        Value::Object(map) => map
+            .get("time.Duration")
+            .and_then(|v| v.as_u64())
+            .map(std::time::Duration::from_nanos),
         _ => None,
     }
 }
@@ -312,6 +317,12 @@ mod tests {
             parse_fly_duration(&json!(2_000_000_000u64)),
             Some(std::time::Duration::from_secs(2))
         );
+        assert_eq!(
+            parse_fly_duration(&json!({"time.Duration": 3_000_000_000u64})),
+            Some(std::time::Duration::from_secs(3))
+        );
         assert_eq!(parse_fly_duration(&json!("ten")), None);
+        assert_eq!(parse_fly_duration(&json!("")), None);
+        assert_eq!(parse_fly_duration(&json!("5x")), None);
     }
 }
