@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full, Limited};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tracing::Instrument;
@@ -194,14 +194,18 @@ async fn route(
     let mut streamed: Option<ProxyBody> = None;
     let buffered: Option<Bytes> = if upgrade || body.is_end_stream() {
         Some(Bytes::new())
-    } else if body.size_hint().upper().is_some_and(|u| u <= limit as u64) {
-        match Limited::new(body, limit).collect().await {
-            Ok(b) => Some(b.to_bytes()),
-            Err(_) => return full(StatusCode::BAD_REQUEST, "cannot read the request body\n"),
-        }
-    } else {
+    } else if body.size_hint().lower() > limit as u64 {
         streamed = Some(body.boxed());
         None
+    } else {
+        match buffer_body(body, limit).await {
+            Ok(Ok(bytes)) => Some(bytes),
+            Ok(Err(rest)) => {
+                streamed = Some(rest);
+                None
+            }
+            Err(_) => return full(StatusCode::BAD_REQUEST, "cannot read the request body\n"),
+        }
     };
     let path = parts
         .uri
@@ -535,6 +539,51 @@ async fn tunnel(
         tracing::debug!(error = %e, "upgraded connection ended with an error");
     }
     drop(guard);
+}
+
+/// Reads a request body of unknown or small size into memory while it stays within `limit`
+/// (`Ok(Ok(bytes))`); past the limit, gives back a body that replays what was read and streams
+/// the rest (`Ok(Err(body))`). Trailers of buffered bodies are dropped.
+async fn buffer_body(
+    mut body: Incoming,
+    limit: usize,
+) -> Result<Result<Bytes, ProxyBody>, hyper::Error> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            buf.extend_from_slice(&data);
+            if buf.len() > limit {
+                let read = Some(buf.freeze());
+                return Ok(Err(Prefixed { read, rest: body }.boxed()));
+            }
+        }
+    }
+    Ok(Ok(buf.freeze()))
+}
+
+/// A request body whose first bytes were already read.
+struct Prefixed {
+    read: Option<Bytes>,
+    rest: Incoming,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(read) = self.read.take() {
+            return Poll::Ready(Some(Ok(Frame::data(read))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.is_none() && self.rest.is_end_stream()
+    }
 }
 
 /// A machine's response body that holds the machine's slot until it is fully sent.

@@ -520,3 +520,59 @@ async fn idle_client_connections_are_closed_after_the_header_timeout() {
     let got = read_to_close(&mut s).await;
     assert!(got.is_empty() || got.starts_with("HTTP/1.1 408"), "{got}");
 }
+
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut got))
+        .await
+        .expect("the edge answers and closes")
+        .unwrap();
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn chunked_bodies_are_buffered_for_retry_up_to_the_limit_then_streamed() {
+    let port = shared_port().await;
+    let _live = Backend::start((ip(3), port).into(), "live").await;
+    // "dead" is nearest but refuses connections, so the request has to be retried.
+    let ms = vec![
+        machine("dead", "ams", "h1", 9),
+        machine("live", "syd", "h7", 3),
+    ];
+    let edge = edge_with(vec![app("alpha", port, ms)], |o| o.max_buffered_body = 1024).await;
+    let head = b"POST /echo HTTP/1.1\r\nHost: alpha.aloft.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    let mut small = head.to_vec();
+    small.extend_from_slice(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+    let got = raw_exchange(edge.http_addr(), &small).await;
+    assert!(
+        got.starts_with("HTTP/1.1 200") && got.ends_with("hello world"),
+        "{got}"
+    );
+
+    // Over the limit: streamed with what was already read in front, to the live machine only.
+    let ms = vec![machine("live", "syd", "h7", 3)];
+    edge.update_routes(RouteTable {
+        revision: 2,
+        apps: vec![app("alpha", port, ms)],
+    })
+    .unwrap();
+    let mut big = head.to_vec();
+    let mut expected = String::new();
+    for i in 0..3u8 {
+        let chunk = vec![b'a' + i; 1000];
+        big.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        big.extend_from_slice(&chunk);
+        big.extend_from_slice(b"\r\n");
+        expected.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    big.extend_from_slice(b"0\r\n\r\n");
+    let got = raw_exchange(edge.http_addr(), &big).await;
+    assert!(
+        got.starts_with("HTTP/1.1 200") && got.ends_with(&expected),
+        "{}",
+        &got[..200.min(got.len())]
+    );
+}
