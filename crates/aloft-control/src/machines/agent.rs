@@ -95,6 +95,7 @@ impl Control {
             }
             row.app
         };
+        tracing::debug!(app = %app, machine = id, host, state = %report.state, "agent status report");
         self.mutate(&app, id, Caller::Agent, |row, extra, _| {
             agent_update(row, extra, report)
         })?;

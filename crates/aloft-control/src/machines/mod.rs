@@ -91,6 +91,7 @@ impl Control {
         caller: Caller<'_>,
         change: impl FnOnce(&mut MachineRow, &mut NewMachine, &Inner) -> Result<T, ApiError>,
     ) -> Result<(T, Machine), ApiError> {
+        let _span = tracing::debug_span!("machine", app, machine = id).entered();
         let mut guard = self.lock();
         let inner = &mut *guard;
         let mut row = MachineRow::load(&inner.conn, app, id)?;
@@ -123,6 +124,7 @@ impl Control {
         let (cpus, memory_mb) = validate_config(&req.config)?;
         let image_ref = parse_image_ref(&req.config.image)?;
         let lease_ttl = req.lease_ttl.map(checked_ttl).transpose()?;
+        let _span = tracing::debug_span!("create_machine", app).entered();
         let mut guard = self.lock();
         let inner = &mut *guard;
         inner.get_app(app)?;
