@@ -401,9 +401,13 @@ impl ImageStore {
             fs::write(&meta_tmp, bytes).map_err(ImageError::io(&meta_tmp))?;
             let parent = dir.parent().unwrap_or(&dir);
             fs::create_dir_all(parent).map_err(ImageError::io(parent))?;
-            fs::rename(&work_dir, &dir).map_err(ImageError::io(&dir))?;
             let mut work = work;
-            work.0 = None;
+            match fs::rename(&work_dir, &dir) {
+                Ok(()) => work.0 = None,
+                // Another process sharing this root finished first; keep its copy.
+                Err(_) if meta_path.exists() => {}
+                Err(e) => return Err(ImageError::io(&dir)(e)),
+            }
             tracing::info!(%digest, diff_id = %meta.diff_id, "layer unpacked");
             Ok(LayerRef {
                 digest: digest.to_string(),

@@ -72,7 +72,7 @@ pub(crate) fn unpack_layer(
         tracing::debug!(%digest, media_type, "layer compression differs from its media type, using magic bytes");
     }
 
-    let tar_stream = HashingReader::new(&mut stream, Algorithm::Sha256);
+    let tar_stream = PadToBlock::new(HashingReader::new(&mut stream, Algorithm::Sha256));
     let mut archive = tar::Archive::new(tar_stream);
     let mut extractor = Extractor {
         root: dest,
@@ -89,6 +89,7 @@ pub(crate) fn unpack_layer(
     extractor.finish()?;
     let (diff_id, _) = archive
         .into_inner()
+        .inner
         .drain_and_finish()
         .map_err(|e| malformed(digest, e))?;
     let (actual, _) = stream
@@ -120,6 +121,46 @@ pub(crate) fn check_implicit_dirs(
         }
     }
     Ok(())
+}
+
+/// Some writers (umoci among them) end a layer right after the last file's data, without
+/// padding it to a 512-byte block or writing the end-of-archive blocks. The tar reader
+/// would fail skipping the padding, so supply zeros up to the block boundary after EOF.
+/// The diff id is computed below this reader, over the real bytes only.
+struct PadToBlock<R> {
+    inner: R,
+    total: u64,
+    at_eof: bool,
+}
+
+impl<R: Read> PadToBlock<R> {
+    fn new(inner: R) -> Self {
+        PadToBlock {
+            inner,
+            total: 0,
+            at_eof: false,
+        }
+    }
+}
+
+impl<R: Read> Read for PadToBlock<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.at_eof {
+            let n = self.inner.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                self.total += n as u64;
+                return Ok(n);
+            }
+            self.at_eof = true;
+        }
+        let missing = (512 - self.total % 512) % 512;
+        let n = buf
+            .len()
+            .min(usize::try_from(missing).unwrap_or(usize::MAX));
+        buf[..n].fill(0);
+        self.total += n as u64;
+        Ok(n)
+    }
 }
 
 enum Decompressed<R: BufRead> {
@@ -339,7 +380,14 @@ impl Extractor<'_> {
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&path)
                     .map_err(ImageError::io(&path))?;
-                io::copy(&mut entry, &mut file).map_err(|e| malformed(self.digest, e))?;
+                let copied =
+                    io::copy(&mut entry, &mut file).map_err(|e| malformed(self.digest, e))?;
+                if copied != entry.size() {
+                    return Err(malformed(
+                        self.digest,
+                        format!("{} is truncated", raw.display()),
+                    ));
+                }
             }
             EntryType::Symlink => {
                 let target = entry

@@ -377,3 +377,52 @@ async fn a_directory_entry_may_replace_a_lower_symlink() {
         b"1"
     );
 }
+
+#[tokio::test]
+async fn a_cached_layer_is_checked_again_when_stacked_on_a_symlink() {
+    // `top` creates `etc/` implicitly. Over a real `etc/` it is fine; the same cached
+    // layer over `etc -> /` must be refused.
+    let tmp = tempfile::tempdir().unwrap();
+    let top = layer(
+        LayerTar::new().file("etc/evil", b"x", 0o644).finish(),
+        Compression::Gzip,
+    );
+    let good = image(
+        vec![
+            layer(
+                LayerTar::new().dir("etc", 0o755).finish(),
+                Compression::Gzip,
+            ),
+            top.clone(),
+        ],
+        json!({}),
+    );
+    let bad = image(
+        vec![
+            layer(
+                LayerTar::new().symlink("etc", "/").finish(),
+                Compression::Gzip,
+            ),
+            top.clone(),
+        ],
+        json!({}),
+    );
+    write_oci_layout(
+        &tmp.path().join("layout"),
+        &[(&good, Some("good")), (&bad, Some("bad"))],
+    );
+    let store = store(tmp.path());
+    store
+        .import_oci_layout(&tmp.path().join("layout"), Some("good"))
+        .await
+        .unwrap();
+    let err = store
+        .import_oci_layout(&tmp.path().join("layout"), Some("bad"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ImageError::HostileLayer { ref digest, .. } if *digest == top.digest),
+        "{err:?}"
+    );
+    assert_eq!(store.get("bad").unwrap(), None);
+}
