@@ -78,9 +78,14 @@ impl Reference {
         } else {
             tag
         };
+        let repository = if host == "docker.io" && !repository.contains('/') {
+            format!("library/{repository}")
+        } else {
+            repository.to_owned()
+        };
         Ok(Reference {
             registry: host,
-            repository: repository.to_owned(),
+            repository,
             tag,
             digest,
         })
@@ -165,12 +170,14 @@ impl RegistryClient {
         opts: &PullOptions,
     ) -> RegistryClient {
         let scheme = if opts.plain_http { "http" } else { "https" };
+        // Docker Hub's canonical name is not its API host.
+        let host = match reference.registry.as_str() {
+            "docker.io" | "index.docker.io" => "registry-1.docker.io",
+            other => other,
+        };
         RegistryClient {
             http,
-            base: format!(
-                "{scheme}://{}/v2/{}",
-                reference.registry, reference.repository
-            ),
+            base: format!("{scheme}://{host}/v2/{}", reference.repository),
             registry: reference.registry.clone(),
             repository: reference.repository.clone(),
             credentials: opts.credentials.clone(),
@@ -419,6 +426,8 @@ mod tests {
         let r = Reference::parse(&format!("localhost/app@{d}"), None).unwrap();
         assert_eq!(r.manifest_ref(), d);
         assert!(Reference::parse("app", None).is_err());
+        let hub = Reference::parse("docker.io/alpine", None).unwrap();
+        assert_eq!(hub.to_string(), "docker.io/library/alpine:latest");
         assert!(Reference::parse("host.io/App", None).is_err());
     }
 

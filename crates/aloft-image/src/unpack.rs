@@ -354,6 +354,9 @@ impl Extractor<'_> {
                 tracing::debug!(digest = %self.digest, path = %raw.display(), "skipping special whiteout");
                 return Ok(());
             }
+            if hidden == b"." || hidden == b".." {
+                return Err(hostile(self.digest, &raw, "whiteout of . or .."));
+            }
             let target = path.with_file_name(OsStr::from_bytes(hidden));
             self.clear(&target, false)?;
             return nix::sys::stat::mknod(&target, SFlag::S_IFCHR, Mode::empty(), 0)
@@ -452,6 +455,9 @@ impl Extractor<'_> {
                 Ok(meta) if i + 1 == parts.len() => {
                     if meta.is_dir() {
                         return Err(hostile(self.digest, raw, "hard link to a directory"));
+                    }
+                    if meta.file_type().is_char_device() || meta.file_type().is_block_device() {
+                        return Err(hostile(self.digest, raw, "hard link to a whiteout device"));
                     }
                 }
                 Ok(meta) if meta.is_dir() => {}

@@ -426,3 +426,64 @@ async fn a_cached_layer_is_checked_again_when_stacked_on_a_symlink() {
     );
     assert_eq!(store.get("bad").unwrap(), None);
 }
+
+#[tokio::test]
+async fn sha512_blobs_are_verified_too() {
+    use sha2::{Digest as _, Sha512};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut l = layer(
+        LayerTar::new().file("big", b"sha512 layer", 0o644).finish(),
+        Compression::Gzip,
+    );
+    l.digest = format!("sha512:{}", hex::encode(Sha512::digest(&l.blob)));
+    let img = image(vec![l.clone()], json!({}));
+    let dir = tmp.path().join("layout");
+    write_oci_layout(&dir, &[(&img, None)]);
+    let store = store(tmp.path());
+    let got = store.import_oci_layout(&dir, None).await.unwrap();
+    assert_eq!(got.layers[0].digest, l.digest);
+    assert!(got.layers[0]
+        .path
+        .ends_with(format!("layers/sha512/{}/rootfs", &l.digest[7..])));
+    assert_eq!(
+        fs::read(got.layers[0].path.join("big")).unwrap(),
+        b"sha512 layer"
+    );
+
+    // Flip one byte of a fresh copy: refused, nothing kept.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let dir2 = tmp2.path().join("layout");
+    write_oci_layout(&dir2, &[(&img, None)]);
+    let blob = dir2.join("blobs/sha512").join(&l.digest[7..]);
+    let mut bytes = fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&blob, bytes).unwrap();
+    let store2 = ImageStore::open(tmp2.path().join("store")).unwrap();
+    let err = store2.import_oci_layout(&dir2, None).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::DigestMismatch { .. } | ImageError::MalformedLayer { .. }
+        ),
+        "{err:?}"
+    );
+    assert!(fs::read_dir(tmp2.path().join("store/layers"))
+        .unwrap()
+        .next()
+        .is_none());
+}
+
+#[tokio::test]
+async fn whiteout_tricks_are_refused() {
+    let dotdot = LayerTar::new()
+        .dir("a", 0o755)
+        .file("a/.wh...", b"", 0o644)
+        .finish();
+    assert_hostile(vec![dotdot], "whiteout").await;
+    let linked = LayerTar::new()
+        .file("a/.wh.gone", b"", 0o644)
+        .hardlink("a/also", "a/gone")
+        .finish();
+    assert_hostile(vec![linked], "whiteout").await;
+}
