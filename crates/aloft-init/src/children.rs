@@ -2,11 +2,13 @@
 //! particular child (exec) read its status from this registry instead of calling `wait`.
 
 use std::collections::HashMap;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use nix::sys::signal::SigSet;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
@@ -31,8 +33,10 @@ pub struct Children {
 }
 
 impl Children {
-    /// Spawn `cmd` and register it before the reaper can see it exit.
+    /// Spawn `cmd` with an empty signal mask and register it before the reaper can see it
+    /// exit.
     pub fn spawn(&self, cmd: &mut Command, main: bool) -> std::io::Result<Child> {
+        unblock_signals_in_child(cmd);
         let mut table = self.lock();
         let child = cmd.spawn()?;
         let pid = child.id() as i32;
@@ -114,5 +118,22 @@ impl Children {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Init blocks the signals it handles in every thread (they are taken with sigwait), and a
+/// forked child inherits that mask; std does not reset it on every libc (musl keeps it), so
+/// the child would never see SIGTERM. Give the child an empty mask before exec.
+#[allow(unsafe_code)]
+fn unblock_signals_in_child(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // pthread_sigmask (through nix), which is async-signal-safe; it allocates nothing and
+    // touches no locks.
+    unsafe {
+        cmd.pre_exec(|| {
+            SigSet::empty()
+                .thread_set_mask()
+                .map_err(std::io::Error::from)
+        });
     }
 }

@@ -8,7 +8,7 @@
 //!
 //! Usage: `aloft-init [RUN_CONFIG]` (default `/.aloft/run.json`). It must stay synchronous and
 //! statically linkable; it knows nothing of the host.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod children;
 mod exec;

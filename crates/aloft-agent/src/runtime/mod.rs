@@ -1,1 +1,725 @@
-//! Sandbox runtime driver.
+//! Sandbox runtime driver: runs each machine as an OCI container under `runc`.
+//!
+//! Per machine the driver keeps a directory `<root>/machines/<id>/` holding the bundle
+//! (`bundle/config.json`), the overlay `rootfs/` over the image layers with its `upper/` and
+//! `work/`, the `log/` and `run/` directories shared with `aloft-init`, and the generated
+//! `hosts`, `resolv.conf` and `run.json`. Runc's state lives in `<root>/runc`, apart from any
+//! other runc user. The driver keeps no state in memory: after an agent restart a new driver
+//! over the same root finds machines with [`SandboxDriver::list`] and
+//! [`SandboxDriver::state`].
+//!
+//! The container's stdio is `/dev/null` and runc detaches it, so machines keep running when
+//! the agent dies; `aloft-init` (PID 1 in the machine) captures app output into a bounded log
+//! and serves exec and signals over a unix socket in `run/`.
+//!
+//! The public surface ([`SandboxDriver`]'s async methods and the plain data types) is what a
+//! future `microvm` driver implements too; it must not grow runc-specific types. This module
+//! does not touch networking: it only joins the network namespace it is given.
+
+mod bundle;
+mod rootfs;
+mod runc;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aloft_init::protocol::{
+    self as wire, ExitRecord, InitRequest, RunConfig, SignalRequest, SignalResponse,
+};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tracing::{info, warn};
+
+pub use bundle::UserError;
+
+/// How often lifecycle waits poll runc.
+const POLL: Duration = Duration::from_millis(20);
+/// How long to wait for a container to stop after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long `start` waits for init to serve its socket.
+const INIT_READY_WAIT: Duration = Duration::from_secs(10);
+
+/// Errors of the sandbox runtime driver.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("Machine id {0:?} is invalid (use 1-64 letters, digits, '-' or '_')")]
+    InvalidId(String),
+    #[error("Machine {0} does not exist")]
+    NotFound(String),
+    #[error("Machine {0} is already running")]
+    AlreadyRunning(String),
+    #[error("Machine has no image layers")]
+    NoLayers,
+    #[error("Layer path {0:?} contains ',' or ':' which overlayfs cannot take")]
+    BadLayerPath(PathBuf),
+    #[error("Cannot resolve user {user:?} of machine {id}")]
+    User {
+        id: String,
+        user: String,
+        #[source]
+        source: UserError,
+    },
+    #[error("Filesystem operation on {path} failed")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Mount operation on {path} failed")]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("{0} is still mounted")]
+    StillMounted(PathBuf),
+    #[error("Cannot run {program}")]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("runc {command} of machine {id} failed: {message}")]
+    Runc {
+        command: String,
+        id: String,
+        message: String,
+    },
+    #[error("Cannot build the OCI spec of machine {id}")]
+    Spec {
+        id: String,
+        #[source]
+        source: oci_spec::OciSpecError,
+    },
+    #[error("Init of machine {id} did not answer: {message}")]
+    Init { id: String, message: String },
+    #[error("Machine {id} did not stop within {waited:?} of SIGKILL")]
+    StopTimeout { id: String, waited: Duration },
+}
+
+/// Driver configuration.
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    /// The OCI runtime binary.
+    pub runc: PathBuf,
+    /// The driver's data directory.
+    pub root: PathBuf,
+    /// Host path of the static `aloft-init` binary.
+    pub init_binary: PathBuf,
+    /// Maximum number of processes in one machine.
+    pub pids_limit: i64,
+    /// Apply the seccomp profile.
+    pub seccomp: bool,
+}
+
+impl SandboxOptions {
+    /// Defaults: `/usr/sbin/runc`, 4096 pids, seccomp on.
+    pub fn new(root: impl Into<PathBuf>, init_binary: impl Into<PathBuf>) -> Self {
+        Self {
+            runc: PathBuf::from("/usr/sbin/runc"),
+            root: root.into(),
+            init_binary: init_binary.into(),
+            pids_limit: 4096,
+            seccomp: true,
+        }
+    }
+}
+
+/// What to run and how to confine it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    pub id: String,
+    pub hostname: String,
+    /// Unpacked image layers, bottom-most first.
+    pub layers: Vec<PathBuf>,
+    /// Keep the writable layer across stops.
+    pub persist_rootfs: bool,
+    pub process: ProcessSpec,
+    pub cpus: u32,
+    pub memory_mb: u64,
+    /// A bind-mounted network namespace to join; `None` gives a fresh, empty one.
+    pub netns_path: Option<PathBuf>,
+    /// Content of the machine's `/etc/hosts`.
+    pub hosts_file: String,
+    /// Content of the machine's `/etc/resolv.conf`.
+    pub resolv_conf: String,
+    /// Signal `stop` sends first (Fly's `stop_config.signal`).
+    pub stop_signal: i32,
+    /// How long `stop` waits before SIGKILL (Fly's `stop_config.timeout`).
+    pub kill_timeout: Duration,
+    /// Extra bind mounts (volumes).
+    pub mounts: Vec<BindMount>,
+}
+
+/// The machine's main process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    /// Entrypoint + cmd, resolved.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+    /// Image user: `""`, `uid`, `uid:gid`, `name` or `name:group` (resolved in the rootfs).
+    pub user: String,
+}
+
+/// A host directory or file bind-mounted into the machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub destination: String,
+    pub read_only: bool,
+}
+
+/// A started machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Started {
+    /// Host pid of the machine's init.
+    pub pid: u32,
+    /// Unique per start of the machine.
+    pub instance_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RuntimeStatus {
+    /// Created but not yet started (only between the two halves of `start`).
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeState {
+    pub status: RuntimeStatus,
+    /// Host pid of init while it runs.
+    pub pid: Option<u32>,
+    /// Exit code of the main process once it has ended (when init recorded it).
+    pub exit_code: Option<i32>,
+}
+
+/// How a machine's main process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// Exit code (128 + signal when killed); `None` when unknown.
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+/// A command to run inside a running machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRequest {
+    pub cmd: Vec<String>,
+    pub stdin: Option<Vec<u8>>,
+    pub timeout: Duration,
+    pub env: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub timed_out: bool,
+}
+
+/// Paths of one machine on the host.
+#[derive(Debug, Clone)]
+pub(crate) struct MachinePaths {
+    pub dir: PathBuf,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub log: PathBuf,
+    pub run: PathBuf,
+    pub hosts: PathBuf,
+    pub resolv_conf: PathBuf,
+    pub run_config: PathBuf,
+    pub spec: PathBuf,
+    pub pid_file: PathBuf,
+    pub runc_log: PathBuf,
+    pub instance: PathBuf,
+}
+
+impl MachinePaths {
+    fn new(dir: PathBuf) -> Self {
+        Self {
+            bundle: dir.join("bundle"),
+            rootfs: dir.join("rootfs"),
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            log: dir.join("log"),
+            run: dir.join("run"),
+            hosts: dir.join("hosts"),
+            resolv_conf: dir.join("resolv.conf"),
+            run_config: dir.join("run.json"),
+            spec: dir.join("machine.json"),
+            pid_file: dir.join("init.pid"),
+            runc_log: dir.join("runc.log"),
+            instance: dir.join("instance"),
+            dir,
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.run.join(wire::SOCKET_NAME)
+    }
+
+    fn exit_file(&self) -> PathBuf {
+        self.log.join(wire::EXIT_FILE)
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
+    move |source| RuntimeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn validate_id(id: &str) -> Result<(), RuntimeError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::InvalidId(id.to_string()))
+    }
+}
+
+/// Runs machines as runc containers. See the module docs.
+#[derive(Debug, Clone)]
+pub struct SandboxDriver {
+    options: SandboxOptions,
+    runc: runc::Runc,
+}
+
+impl SandboxDriver {
+    pub fn new(options: SandboxOptions) -> Self {
+        let runc = runc::Runc {
+            binary: options.runc.clone(),
+            root: options.root.join("runc"),
+        };
+        Self { options, runc }
+    }
+
+    fn paths(&self, id: &str) -> MachinePaths {
+        MachinePaths::new(self.options.root.join("machines").join(id))
+    }
+
+    /// Ids of every machine the driver has a directory for (running or not).
+    pub fn list(&self) -> Vec<String> {
+        let mut ids: Vec<String> = std::fs::read_dir(self.options.root.join("machines"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Host path of the machine's current app log (JSON lines of
+    /// [`aloft_init::protocol::LogRecord`]; the previous one is `app.log.1` beside it).
+    pub fn logs(&self, id: &str) -> PathBuf {
+        self.paths(id).log.join(wire::LOG_FILE)
+    }
+
+    /// Prepare the rootfs and bundle and start the machine, detached from the caller.
+    pub async fn start(&self, spec: &SandboxSpec) -> Result<Started, RuntimeError> {
+        validate_id(&spec.id)?;
+        let id = spec.id.as_str();
+        let paths = self.paths(id);
+        if let Some(state) = self.runc.state(id).await? {
+            if state.status != "stopped" {
+                return Err(RuntimeError::AlreadyRunning(id.to_string()));
+            }
+        }
+        // Leftovers of a previous run that ended on its own.
+        self.cleanup(id, &paths, true).await?;
+        for dir in [
+            &paths.bundle,
+            &paths.rootfs,
+            &paths.upper,
+            &paths.work,
+            &paths.log,
+            &paths.run,
+        ] {
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        std::fs::create_dir_all(&self.runc.root).map_err(io_err(&self.runc.root))?;
+        for stale in [paths.exit_file(), paths.socket(), paths.pid_file.clone()] {
+            let _ = std::fs::remove_file(stale);
+        }
+        if !spec.persist_rootfs {
+            rootfs::reset_dir(&paths.upper)?;
+            rootfs::reset_dir(&paths.work)?;
+        }
+        write(
+            &paths.spec,
+            &serde_json::to_vec_pretty(spec).unwrap_or_default(),
+        )?;
+
+        rootfs::mount_overlay(&spec.layers, &paths.upper, &paths.work, &paths.rootfs)?;
+        let started = self.create_and_start(spec, &paths).await;
+        if started.is_err() {
+            let _ = self.runc.delete(id).await;
+            let _ = rootfs::unmount(&paths.rootfs);
+        }
+        started
+    }
+
+    async fn create_and_start(
+        &self,
+        spec: &SandboxSpec,
+        paths: &MachinePaths,
+    ) -> Result<Started, RuntimeError> {
+        let id = spec.id.as_str();
+        let (uid, gid) =
+            bundle::resolve_user(&paths.rootfs, &spec.process.user).map_err(|source| {
+                RuntimeError::User {
+                    id: id.to_string(),
+                    user: spec.process.user.clone(),
+                    source,
+                }
+            })?;
+        write(&paths.hosts, spec.hosts_file.as_bytes())?;
+        write(&paths.resolv_conf, spec.resolv_conf.as_bytes())?;
+        let mut run = RunConfig::new(spec.process.args.clone());
+        run.env = spec.process.env.clone();
+        run.cwd = if spec.process.cwd.is_empty() {
+            "/".into()
+        } else {
+            spec.process.cwd.clone()
+        };
+        run.uid = uid;
+        run.gid = gid;
+        write(
+            &paths.run_config,
+            &serde_json::to_vec_pretty(&run).unwrap_or_default(),
+        )?;
+
+        let oci = bundle::build_spec(
+            spec,
+            paths,
+            &self.options.init_binary,
+            self.options.pids_limit,
+            self.options.seccomp,
+        )
+        .map_err(|source| RuntimeError::Spec {
+            id: id.to_string(),
+            source,
+        })?;
+        let config = paths.bundle.join("config.json");
+        oci.save(&config).map_err(|source| RuntimeError::Spec {
+            id: id.to_string(),
+            source,
+        })?;
+
+        self.runc
+            .create(id, &paths.bundle, &paths.pid_file, &paths.runc_log)
+            .await?;
+        self.runc.start(id).await?;
+        let pid_text = std::fs::read_to_string(&paths.pid_file).map_err(io_err(&paths.pid_file))?;
+        let pid = pid_text.trim().parse().unwrap_or(0);
+        self.wait_init_ready(id, paths).await?;
+        let instance_id = new_instance_id(pid);
+        write(&paths.instance, instance_id.as_bytes())?;
+        info!(machine = id, pid, instance = %instance_id, "machine started");
+        Ok(Started { pid, instance_id })
+    }
+
+    /// Current state; `None` when the driver has never seen the machine.
+    pub async fn state(&self, id: &str) -> Result<Option<RuntimeState>, RuntimeError> {
+        validate_id(id)?;
+        let paths = self.paths(id);
+        if !paths.dir.exists() {
+            return Ok(None);
+        }
+        let runc_state = self.runc.state(id).await?;
+        let (status, pid) = match runc_state {
+            Some(s) => {
+                let status = match s.status.as_str() {
+                    "created" | "creating" => RuntimeStatus::Created,
+                    "running" => RuntimeStatus::Running,
+                    "paused" | "pausing" => RuntimeStatus::Paused,
+                    _ => RuntimeStatus::Stopped,
+                };
+                let pid = (status != RuntimeStatus::Stopped && s.pid > 0).then_some(s.pid as u32);
+                (status, pid)
+            }
+            None => (RuntimeStatus::Stopped, None),
+        };
+        let exit_code = if status == RuntimeStatus::Stopped {
+            read_exit(&paths).map(|r| r.exit_code)
+        } else {
+            None
+        };
+        Ok(Some(RuntimeState {
+            status,
+            pid,
+            exit_code,
+        }))
+    }
+
+    /// Wait until the machine's main process has ended (the machine is stopped) and return
+    /// how. The container is left for `stop` or `start` to clean up.
+    pub async fn wait_exit(&self, id: &str) -> Result<ExitStatus, RuntimeError> {
+        loop {
+            match self.state(id).await? {
+                None => return Err(RuntimeError::NotFound(id.to_string())),
+                Some(s) if s.status == RuntimeStatus::Stopped => {
+                    return Ok(exit_status(read_exit(&self.paths(id)), false))
+                }
+                Some(_) => tokio::time::sleep(POLL).await,
+            }
+        }
+    }
+
+    /// Deliver `signal` to the machine's main process group through init. Returns whether
+    /// it was delivered (false when the main process has already ended).
+    pub async fn signal(&self, id: &str, signal: i32) -> Result<bool, RuntimeError> {
+        validate_id(id)?;
+        let line = self
+            .request(
+                id,
+                &InitRequest::Signal(SignalRequest { signal }),
+                Duration::from_secs(5),
+            )
+            .await?;
+        let resp: SignalResponse = serde_json::from_str(&line).map_err(|e| RuntimeError::Init {
+            id: id.to_string(),
+            message: format!("unreadable answer: {e}"),
+        })?;
+        Ok(resp.delivered)
+    }
+
+    /// Stop the machine: `signal` to the main process (through init), SIGKILL to the whole
+    /// machine after `timeout`, then delete the container, unmount the rootfs and reset the
+    /// writable layer unless the machine persists it.
+    pub async fn stop(
+        &self,
+        id: &str,
+        signal: i32,
+        timeout: Duration,
+    ) -> Result<ExitStatus, RuntimeError> {
+        validate_id(id)?;
+        let paths = self.paths(id);
+        if !paths.dir.exists() {
+            return Err(RuntimeError::NotFound(id.to_string()));
+        }
+        let mut killed = false;
+        if let Some(state) = self.runc.state(id).await? {
+            if state.status == "running" {
+                let delivered = self.signal(id, signal).await.unwrap_or(false);
+                if !delivered {
+                    let _ = self.runc.kill(id, signal).await;
+                }
+                killed = !self.wait_stopped(id, timeout).await?;
+            } else if state.status != "stopped" {
+                killed = true;
+            }
+            if killed {
+                warn!(machine = id, "machine did not stop in time, killing it");
+                let _ = self.runc.kill(id, libc::SIGKILL).await;
+                if !self.wait_stopped(id, KILL_WAIT).await? {
+                    return Err(RuntimeError::StopTimeout {
+                        id: id.to_string(),
+                        waited: KILL_WAIT,
+                    });
+                }
+            }
+        }
+        let record = read_exit(&paths);
+        let persist = read_spec(&paths).is_some_and(|s| s.persist_rootfs);
+        self.cleanup(id, &paths, persist).await?;
+        info!(machine = id, "machine stopped");
+        Ok(exit_status(record, killed))
+    }
+
+    /// Stop the machine at once (SIGKILL) and remove everything the driver keeps for it.
+    pub async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
+        validate_id(id)?;
+        let paths = self.paths(id);
+        if self.runc.state(id).await?.is_some() {
+            let _ = self.runc.kill(id, libc::SIGKILL).await;
+            self.wait_stopped(id, KILL_WAIT).await?;
+        }
+        self.cleanup(id, &paths, false).await?;
+        if rootfs::is_mounted(&paths.rootfs) {
+            return Err(RuntimeError::StillMounted(paths.rootfs));
+        }
+        match std::fs::remove_dir_all(&paths.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&paths.dir)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Run a command in a running machine.
+    pub async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecOutput, RuntimeError> {
+        validate_id(id)?;
+        let wire_req = InitRequest::Exec(wire::ExecRequest {
+            cmd: req.cmd.clone(),
+            env: req.env.iter().cloned().collect(),
+            stdin: req.stdin.clone(),
+            timeout_ms: u64::try_from(req.timeout.as_millis()).unwrap_or(u64::MAX),
+        });
+        let line = self
+            .request(id, &wire_req, req.timeout + Duration::from_secs(10))
+            .await?;
+        let resp: wire::ExecResponse =
+            serde_json::from_str(&line).map_err(|e| RuntimeError::Init {
+                id: id.to_string(),
+                message: format!("unreadable answer: {e}"),
+            })?;
+        Ok(ExecOutput {
+            exit_code: resp.exit_code,
+            stdout: resp.stdout,
+            stderr: resp.stderr,
+            timed_out: resp.timed_out,
+        })
+    }
+
+    /// One request/answer on the init socket.
+    async fn request(
+        &self,
+        id: &str,
+        req: &InitRequest,
+        limit: Duration,
+    ) -> Result<String, RuntimeError> {
+        let socket = self.paths(id).socket();
+        let init_err = |message: String| RuntimeError::Init {
+            id: id.to_string(),
+            message,
+        };
+        let exchange = async {
+            let mut stream = UnixStream::connect(&socket)
+                .await
+                .map_err(|e| init_err(format!("cannot connect to {}: {e}", socket.display())))?;
+            let mut bytes = serde_json::to_vec(req).map_err(|e| init_err(e.to_string()))?;
+            bytes.push(b'\n');
+            stream
+                .write_all(&bytes)
+                .await
+                .map_err(|e| init_err(e.to_string()))?;
+            let mut line = String::new();
+            BufReader::new(stream)
+                .read_line(&mut line)
+                .await
+                .map_err(|e| init_err(e.to_string()))?;
+            if line.is_empty() {
+                return Err(init_err("connection closed without an answer".into()));
+            }
+            Ok(line)
+        };
+        tokio::time::timeout(limit, exchange)
+            .await
+            .map_err(|_| init_err(format!("no answer within {limit:?}")))?
+    }
+
+    /// Wait until init serves its socket (or the machine has already ended), so exec and
+    /// signals work as soon as `start` returns.
+    async fn wait_init_ready(&self, id: &str, paths: &MachinePaths) -> Result<(), RuntimeError> {
+        let deadline = Instant::now() + INIT_READY_WAIT;
+        let socket = paths.socket();
+        while !socket.exists() {
+            if self
+                .runc
+                .state(id)
+                .await?
+                .is_none_or(|s| s.status == "stopped")
+            {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(RuntimeError::Init {
+                    id: id.to_string(),
+                    message: format!(
+                        "no socket at {} within {INIT_READY_WAIT:?}",
+                        socket.display()
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(())
+    }
+
+    /// Poll until runc reports the container stopped (or gone); false on timeout.
+    async fn wait_stopped(&self, id: &str, timeout: Duration) -> Result<bool, RuntimeError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.runc.state(id).await? {
+                None => return Ok(true),
+                Some(s) if s.status == "stopped" => return Ok(true),
+                Some(_) if Instant::now() >= deadline => return Ok(false),
+                Some(_) => tokio::time::sleep(POLL).await,
+            }
+        }
+    }
+
+    /// Delete the container, unmount the rootfs, and reset the writable layer unless kept.
+    async fn cleanup(
+        &self,
+        id: &str,
+        paths: &MachinePaths,
+        persist: bool,
+    ) -> Result<(), RuntimeError> {
+        self.runc.delete(id).await?;
+        rootfs::unmount(&paths.rootfs)?;
+        let _ = std::fs::remove_file(paths.socket());
+        if !persist && paths.upper.exists() {
+            rootfs::reset_dir(&paths.upper)?;
+            rootfs::reset_dir(&paths.work)?;
+        }
+        Ok(())
+    }
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
+    std::fs::write(path, bytes).map_err(io_err(path))
+}
+
+fn read_exit(paths: &MachinePaths) -> Option<ExitRecord> {
+    let bytes = std::fs::read(paths.exit_file()).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn read_spec(paths: &MachinePaths) -> Option<SandboxSpec> {
+    let bytes = std::fs::read(&paths.spec).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The exit status from init's record; a machine we had to SIGKILL has none.
+fn exit_status(record: Option<ExitRecord>, killed: bool) -> ExitStatus {
+    match record {
+        Some(r) => ExitStatus {
+            exit_code: Some(r.exit_code),
+            signal: r.signal,
+        },
+        None if killed => ExitStatus {
+            exit_code: Some(128 + libc::SIGKILL),
+            signal: Some(libc::SIGKILL),
+        },
+        None => ExitStatus {
+            exit_code: None,
+            signal: None,
+        },
+    }
+}
+
+fn new_instance_id(pid: u32) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:016x}{:08x}", nanos as u64, pid)
+}

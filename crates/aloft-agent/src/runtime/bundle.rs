@@ -1,0 +1,359 @@
+//! The OCI bundle of one machine: `config.json` built with `oci-spec`, and the image user
+//! resolved against the machine's rootfs.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use aloft_init::protocol::{INIT_PATH, LOG_DIR, RUN_CONFIG_PATH, RUN_DIR};
+use oci_spec::runtime::{
+    get_default_maskedpaths, get_default_mounts, get_default_namespaces,
+    get_default_readonly_paths, Arch, Capability, LinuxBuilder, LinuxCapabilitiesBuilder,
+    LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespace,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccomp, LinuxSeccompAction,
+    LinuxSeccompArgBuilder, LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder, Mount,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+use oci_spec::OciSpecError;
+
+use super::{MachinePaths, SandboxSpec};
+
+/// CFS period used for CPU quotas (100 ms).
+const CPU_PERIOD_US: u64 = 100_000;
+const CLONE_NEWUSER: u64 = 0x1000_0000;
+const EPERM: u32 = 1;
+const ENOSYS: u32 = 38;
+
+/// Docker's default capability set.
+pub(crate) fn default_capabilities() -> HashSet<Capability> {
+    use Capability::*;
+    [
+        Chown,
+        DacOverride,
+        Fsetid,
+        Fowner,
+        Mknod,
+        NetRaw,
+        Setgid,
+        Setuid,
+        Setfcap,
+        Setpcap,
+        NetBindService,
+        SysChroot,
+        Kill,
+        AuditWrite,
+    ]
+    .into_iter()
+    .collect()
+}
+
+/// Syscalls refused with EPERM: kernel modules, kexec, reboot, swap, clock changes, BPF,
+/// perf, keyrings, raw I/O ports, accounting, quotas, handle-based opens and userfaultfd.
+const DENIED_SYSCALLS: &[&str] = &[
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "get_kernel_syms",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "perf_event_open",
+    "pivot_root",
+    "query_module",
+    "quotactl",
+    "reboot",
+    "request_key",
+    "setns",
+    "settimeofday",
+    "stime",
+    "swapoff",
+    "swapon",
+    "sysfs",
+    "_sysctl",
+    "umount",
+    "umount2",
+    "mount",
+    "unshare",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+    "vm86",
+    "vm86old",
+];
+
+/// Default-allow seccomp profile: [`DENIED_SYSCALLS`] return EPERM, `clone` with a new user
+/// namespace returns EPERM, and `clone3` returns ENOSYS so libc falls back to `clone`.
+pub(crate) fn seccomp_profile() -> Result<LinuxSeccomp, OciSpecError> {
+    let denied = LinuxSyscallBuilder::default()
+        .names(
+            DENIED_SYSCALLS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .errno_ret(EPERM)
+        .build()?;
+    let clone_userns = LinuxSyscallBuilder::default()
+        .names(vec!["clone".to_string()])
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .errno_ret(EPERM)
+        .args(vec![LinuxSeccompArgBuilder::default()
+            .index(0usize)
+            .value(CLONE_NEWUSER)
+            .value_two(CLONE_NEWUSER)
+            .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+            .build()?])
+        .build()?;
+    let clone3 = LinuxSyscallBuilder::default()
+        .names(vec!["clone3".to_string()])
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .errno_ret(ENOSYS)
+        .build()?;
+    LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .architectures(vec![
+            Arch::ScmpArchX86_64,
+            Arch::ScmpArchX86,
+            Arch::ScmpArchX32,
+        ])
+        .syscalls(vec![denied, clone_userns, clone3])
+        .build()
+}
+
+fn bind(source: &Path, destination: &str, read_only: bool) -> Result<Mount, OciSpecError> {
+    let mut options = vec![
+        "rbind".to_string(),
+        "nosuid".to_string(),
+        "nodev".to_string(),
+    ];
+    options.push(if read_only { "ro" } else { "rw" }.to_string());
+    MountBuilder::default()
+        .destination(destination)
+        .typ("bind")
+        .source(source)
+        .options(options)
+        .build()
+}
+
+/// Build the OCI runtime spec of a machine. `init_binary` is the host path of `aloft-init`.
+pub(crate) fn build_spec(
+    spec: &SandboxSpec,
+    paths: &MachinePaths,
+    init_binary: &Path,
+    pids_limit: i64,
+    seccomp: bool,
+) -> Result<Spec, OciSpecError> {
+    let caps = default_capabilities();
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
+        .args(vec![INIT_PATH.to_string(), RUN_CONFIG_PATH.to_string()])
+        .env(vec![
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        ])
+        .cwd("/")
+        .no_new_privileges(true)
+        .capabilities(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(caps.clone())
+                .effective(caps.clone())
+                .permitted(caps)
+                .inheritable(HashSet::new())
+                .ambient(HashSet::new())
+                .build()?,
+        )
+        .build()?;
+
+    let mut mounts = get_default_mounts();
+    mounts.push(bind(init_binary, INIT_PATH, true)?);
+    mounts.push(bind(&paths.run_config, RUN_CONFIG_PATH, true)?);
+    mounts.push(bind(&paths.log, LOG_DIR, false)?);
+    mounts.push(bind(&paths.run, RUN_DIR, false)?);
+    mounts.push(bind(&paths.hosts, "/etc/hosts", true)?);
+    mounts.push(bind(&paths.resolv_conf, "/etc/resolv.conf", true)?);
+    for m in &spec.mounts {
+        mounts.push(bind(&m.source, &m.destination, m.read_only)?);
+    }
+
+    let namespaces: Vec<LinuxNamespace> = get_default_namespaces()
+        .into_iter()
+        .map(|mut ns| {
+            if ns.typ() == LinuxNamespaceType::Network {
+                ns.set_path(spec.netns_path.clone());
+            }
+            ns
+        })
+        .collect();
+
+    let memory_bytes =
+        i64::try_from(spec.memory_mb.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX);
+    let resources = LinuxResourcesBuilder::default()
+        .devices(vec![LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()?])
+        .memory(LinuxMemoryBuilder::default().limit(memory_bytes).build()?)
+        .cpu(
+            LinuxCpuBuilder::default()
+                .quota(i64::from(spec.cpus.max(1)) * CPU_PERIOD_US as i64)
+                .period(CPU_PERIOD_US)
+                .build()?,
+        )
+        .pids(LinuxPidsBuilder::default().limit(pids_limit).build()?)
+        .build()?;
+
+    let mut masked = get_default_maskedpaths();
+    for extra in [
+        "/proc/sched_debug",
+        "/proc/scsi",
+        "/sys/firmware",
+        "/sys/devices/virtual/powercap",
+    ] {
+        if !masked.iter().any(|p| p == extra) {
+            masked.push(extra.to_string());
+        }
+    }
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources)
+        .cgroups_path(format!("/aloft/{}", spec.id))
+        .masked_paths(masked)
+        .readonly_paths(get_default_readonly_paths());
+    if seccomp {
+        linux = linux.seccomp(seccomp_profile()?);
+    }
+
+    SpecBuilder::default()
+        .version("1.0.2")
+        .root(
+            RootBuilder::default()
+                .path(&paths.rootfs)
+                .readonly(false)
+                .build()?,
+        )
+        .hostname(spec.hostname.clone())
+        .process(process)
+        .mounts(mounts)
+        .linux(linux.build()?)
+        .build()
+}
+
+/// Why an image user could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("User {0:?} is not in the image's /etc/passwd")]
+    UnknownUser(String),
+    #[error("Group {0:?} is not in the image's /etc/group")]
+    UnknownGroup(String),
+}
+
+/// Resolve an image `user` (`""`, `uid`, `uid:gid`, `name`, `name:group`) to numeric ids,
+/// looking names up in the rootfs's `/etc/passwd` and `/etc/group` (symlinks are not
+/// followed, so an image cannot point these at host files).
+pub(crate) fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32), UserError> {
+    let (user_part, group_part) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd = read_plain(&rootfs.join("etc/passwd"));
+    // passwd entries: name:x:uid:gid:...
+    let entry = |pred: &dyn Fn(&str, u32) -> bool| -> Option<(u32, u32)> {
+        passwd.lines().find_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            let (uid, gid) = (f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?);
+            pred(f[0], uid).then_some((uid, gid))
+        })
+    };
+    let (uid, mut gid) = if user_part.is_empty() {
+        (0, 0)
+    } else if let Ok(uid) = user_part.parse::<u32>() {
+        entry(&|_, u| u == uid).unwrap_or((uid, 0))
+    } else {
+        entry(&|name, _| name == user_part)
+            .ok_or_else(|| UserError::UnknownUser(user_part.to_string()))?
+    };
+    if let Some(group) = group_part.filter(|g| !g.is_empty()) {
+        gid = match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => read_plain(&rootfs.join("etc/group"))
+                .lines()
+                .find_map(|line| {
+                    let f: Vec<&str> = line.split(':').collect();
+                    (f.first() == Some(&group)).then(|| f.get(2)?.parse().ok())?
+                })
+                .ok_or_else(|| UserError::UnknownGroup(group.to_string()))?,
+        };
+    }
+    Ok((uid, gid))
+}
+
+/// Contents of a regular file, or empty when it is missing, a symlink, or its parent is one.
+fn read_plain(path: &Path) -> String {
+    let regular = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .map(|m| !m.file_type().is_symlink())
+            .unwrap_or(false)
+    };
+    if path.parent().is_some_and(|p| !regular(p)) || !regular(path) {
+        return String::new();
+    }
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    fn rootfs() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+        dir
+    }
+
+    #[test]
+    fn users_resolve_by_number_and_name() {
+        let root = rootfs();
+        let r = |u: &str| resolve_user(root.path(), u);
+        assert_eq!(r("").unwrap(), (0, 0));
+        assert_eq!(r("app").unwrap(), (1000, 1001));
+        assert_eq!(r("1000").unwrap(), (1000, 1001));
+        assert_eq!(r("4242").unwrap(), (4242, 0));
+        assert_eq!(r("app:staff").unwrap(), (1000, 50));
+        assert_eq!(r("7:8").unwrap(), (7, 8));
+        assert!(matches!(r("nobody"), Err(UserError::UnknownUser(u)) if u == "nobody"));
+        assert!(matches!(r("app:wheel"), Err(UserError::UnknownGroup(g)) if g == "wheel"));
+    }
+
+    #[test]
+    fn passwd_symlinks_are_not_followed() {
+        let root = rootfs();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("passwd"), "evil:x:5:5::/:/bin/sh\n").unwrap();
+        std::fs::remove_file(root.path().join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("passwd"),
+            root.path().join("etc/passwd"),
+        )
+        .unwrap();
+        assert!(resolve_user(root.path(), "evil").is_err());
+    }
+}

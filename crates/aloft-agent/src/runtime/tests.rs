@@ -1,0 +1,586 @@
+//! Tests against real runc with a busybox rootfs. They need root, runc and busybox-static.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aloft_init::protocol::LogRecord;
+
+use super::*;
+
+const APPLETS: &[&str] = &[
+    "sh", "sleep", "cat", "echo", "id", "hostname", "env", "ls", "nc", "wget", "grep", "touch",
+    "mount", "unshare", "true", "false", "kill", "ps", "rm", "mkdir", "insmod", "test",
+];
+
+/// The static `aloft-init` binary: `$ALOFT_INIT_BINARY`, or built once for musl (falling
+/// back to a static glibc build) in its own target dir so it never waits on this build.
+fn init_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(path) = std::env::var("ALOFT_INIT_BINARY") {
+            return PathBuf::from(path);
+        }
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let target_dir = workspace.join("target/aloft-init-static");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        for (target, rustflags) in [
+            ("x86_64-unknown-linux-musl", ""),
+            ("x86_64-unknown-linux-gnu", "-C target-feature=+crt-static"),
+        ] {
+            let status = Command::new(&cargo)
+                .current_dir(&workspace)
+                .args([
+                    "build",
+                    "-q",
+                    "-p",
+                    "aloft-init",
+                    "--bin",
+                    "aloft-init",
+                    "--target",
+                    target,
+                ])
+                .arg("--target-dir")
+                .arg(&target_dir)
+                .env("RUSTFLAGS", rustflags)
+                .status()
+                .expect("cargo runs");
+            if status.success() {
+                return target_dir.join(target).join("debug/aloft-init");
+            }
+        }
+        panic!("cannot build a static aloft-init");
+    })
+    .clone()
+}
+
+/// A one-layer busybox rootfs with an unprivileged `app` user (uid 1000).
+fn busybox_layer(dir: &Path) -> PathBuf {
+    let layer = dir.join("layer");
+    for sub in ["bin", "etc", "proc", "sys", "dev", "tmp", "mnt", "root"] {
+        std::fs::create_dir_all(layer.join(sub)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", layer.join("bin/busybox")).unwrap();
+    for applet in APPLETS {
+        symlink("busybox", layer.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(
+        layer.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/tmp:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(layer.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
+    let mut perms = std::fs::metadata(layer.join("tmp")).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o1777);
+    std::fs::set_permissions(layer.join("tmp"), perms).unwrap();
+    layer
+}
+
+/// A driver over a temporary root; on drop, deletes every container and unmounts every
+/// rootfs it made, even when the test failed.
+struct Fixture {
+    driver: SandboxDriver,
+    layer: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = busybox_layer(dir.path());
+        let driver =
+            SandboxDriver::new(SandboxOptions::new(dir.path().join("root"), init_binary()));
+        Self { driver, layer, dir }
+    }
+
+    fn spec(&self, name: &str, script: &str) -> SandboxSpec {
+        let id = format!("t{}-{name}", std::process::id());
+        SandboxSpec {
+            hostname: id.clone(),
+            id,
+            layers: vec![self.layer.clone()],
+            persist_rootfs: false,
+            process: ProcessSpec {
+                args: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    script.into(),
+                    "arg0".into(),
+                    "first arg".into(),
+                ],
+                env: vec![("GREETING".into(), "hello there".into())],
+                cwd: "/".into(),
+                user: String::new(),
+            },
+            cpus: 1,
+            memory_mb: 64,
+            netns_path: None,
+            hosts_file: "127.0.0.1 localhost\n".into(),
+            resolv_conf: "nameserver 127.0.0.53\n".into(),
+            stop_signal: libc::SIGTERM,
+            kill_timeout: Duration::from_secs(5),
+            mounts: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let runc_root = self.dir.path().join("root/runc");
+        for id in self.driver.list() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&runc_root)
+                .args(["delete", "--force", &id])
+                .output();
+            let _ = rootfs::unmount(&self.driver.paths(&id).rootfs);
+        }
+    }
+}
+
+fn log_lines(driver: &SandboxDriver, id: &str) -> Vec<LogRecord> {
+    std::fs::read_to_string(driver.logs(id))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn exec(driver: &SandboxDriver, id: &str, cmd: &[&str]) -> ExecOutput {
+    driver
+        .exec(
+            id,
+            &ExecRequest {
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                stdin: None,
+                timeout: Duration::from_secs(10),
+                env: Vec::new(),
+            },
+        )
+        .await
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// An app that handles SIGUSR1 by exiting 0; it logs `ready` once the trap is set.
+const IDLE: &str =
+    "trap 'echo got-usr1; exit 0' USR1; echo ready; while :; do sleep 1 & wait $!; done";
+
+async fn wait_ready(driver: &SandboxDriver, id: &str) {
+    wait_for("the app to log ready", || {
+        log_lines(driver, id).iter().any(|r| r.line == "ready")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn output_env_args_and_exit_code_reach_the_host() {
+    let fx = Fixture::new();
+    let spec = fx.spec(
+        "exit",
+        r#"echo "args=$0|$1"; echo "greeting=$GREETING"; echo oops >&2; exit 3"#,
+    );
+    fx.driver.start(&spec).await.unwrap();
+    let exit = fx.driver.wait_exit(&spec.id).await.unwrap();
+    assert_eq!(
+        exit,
+        ExitStatus {
+            exit_code: Some(3),
+            signal: None
+        }
+    );
+    let lines: Vec<(String, String)> = log_lines(&fx.driver, &spec.id)
+        .into_iter()
+        .filter(|r| r.stream != "init")
+        .map(|r| (r.stream, r.line))
+        .collect();
+    assert!(
+        lines.contains(&("stdout".into(), "args=arg0|first arg".into())),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&("stdout".into(), "greeting=hello there".into())),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&("stderr".into(), "oops".into())),
+        "{lines:?}"
+    );
+    let state = fx.driver.state(&spec.id).await.unwrap().unwrap();
+    assert_eq!(
+        (state.status, state.exit_code),
+        (RuntimeStatus::Stopped, Some(3))
+    );
+    // A machine that ended on its own can be started again.
+    fx.driver.start(&spec).await.unwrap();
+    assert_eq!(
+        fx.driver.wait_exit(&spec.id).await.unwrap().exit_code,
+        Some(3)
+    );
+    fx.driver.destroy(&spec.id).await.unwrap();
+    assert!(fx.driver.state(&spec.id).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn stop_delivers_the_configured_signal() {
+    let fx = Fixture::new();
+    let spec = fx.spec("stopsig", IDLE);
+    fx.driver.start(&spec).await.unwrap();
+    wait_ready(&fx.driver, &spec.id).await;
+    let exit = fx
+        .driver
+        .stop(&spec.id, libc::SIGUSR1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let lines = log_lines(&fx.driver, &spec.id);
+    assert_eq!(
+        exit,
+        ExitStatus {
+            exit_code: Some(0),
+            signal: None
+        },
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|r| r.line == "got-usr1"), "{lines:?}");
+    assert!(!rootfs::is_mounted(&fx.driver.paths(&spec.id).rootfs));
+    assert_eq!(
+        fx.driver.state(&spec.id).await.unwrap().unwrap().status,
+        RuntimeStatus::Stopped
+    );
+}
+
+#[tokio::test]
+async fn stop_kills_a_machine_that_ignores_its_signal() {
+    let fx = Fixture::new();
+    let spec = fx.spec("stopkill", "trap '' TERM; while :; do sleep 1; done");
+    fx.driver.start(&spec).await.unwrap();
+    let exit = fx
+        .driver
+        .stop(&spec.id, libc::SIGTERM, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(exit.signal, Some(libc::SIGKILL));
+    assert_eq!(
+        fx.driver.state(&spec.id).await.unwrap().unwrap().status,
+        RuntimeStatus::Stopped
+    );
+}
+
+/// Host pids whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/status"))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l == format!("PPid:\t{pid}"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn orphans_are_reaped_by_init() {
+    let fx = Fixture::new();
+    let spec = fx.spec("reap", IDLE);
+    let started = fx.driver.start(&spec).await.unwrap();
+    wait_for("the main process", || children_of(started.pid).len() == 1).await;
+    let out = exec(
+        &fx.driver,
+        &spec.id,
+        &[
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5; do (sleep 2 >/dev/null 2>&1 &); done",
+        ],
+    )
+    .await;
+    assert_eq!(out.exit_code, 0, "{}", text(&out.stderr));
+    // The orphans are re-parented to init, then must disappear entirely (not linger as
+    // zombies) once they exit.
+    wait_for("orphans under init", || children_of(started.pid).len() >= 6).await;
+    wait_for("orphans reaped", || children_of(started.pid).len() == 1).await;
+    fx.driver.destroy(&spec.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn exec_returns_output_feeds_stdin_and_times_out() {
+    let fx = Fixture::new();
+    let spec = fx.spec("exec", IDLE);
+    fx.driver.start(&spec).await.unwrap();
+    let out = exec(
+        &fx.driver,
+        &spec.id,
+        &["sh", "-c", "echo out; echo err >&2; exit 4"],
+    )
+    .await;
+    assert_eq!(
+        (out.exit_code, text(&out.stdout), text(&out.stderr)),
+        (4, "out\n".into(), "err\n".into())
+    );
+    assert!(!out.timed_out);
+
+    let req = ExecRequest {
+        cmd: vec![
+            "sh".into(),
+            "-c".into(),
+            "cat; echo \"$EXTRA $GREETING\"".into(),
+        ],
+        stdin: Some(b"from stdin\n".to_vec()),
+        timeout: Duration::from_secs(10),
+        env: vec![("EXTRA".into(), "extra".into())],
+    };
+    let out = fx.driver.exec(&spec.id, &req).await.unwrap();
+    assert_eq!(text(&out.stdout), "from stdin\nextra hello there\n");
+
+    let req = ExecRequest {
+        cmd: vec!["sleep".into(), "30".into()],
+        stdin: None,
+        timeout: Duration::from_millis(200),
+        env: Vec::new(),
+    };
+    let out = fx.driver.exec(&spec.id, &req).await.unwrap();
+    assert!(out.timed_out);
+    assert_eq!(out.exit_code, 128 + libc::SIGKILL);
+
+    let out = exec(&fx.driver, &spec.id, &["/no/such/program"]).await;
+    assert_eq!(out.exit_code, 127);
+    fx.driver.destroy(&spec.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn machine_is_confined() {
+    let fx = Fixture::new();
+    let spec = fx.spec("confined", IDLE);
+    fx.driver.start(&spec).await.unwrap();
+    let id = spec.id.as_str();
+
+    assert_eq!(
+        text(&exec(&fx.driver, id, &["hostname"]).await.stdout).trim(),
+        id
+    );
+    let mount = exec(&fx.driver, id, &["mount", "-t", "tmpfs", "x", "/mnt"]).await;
+    assert_ne!(mount.exit_code, 0, "mount succeeded");
+    let userns = exec(&fx.driver, id, &["unshare", "-U", "true"]).await;
+    assert_ne!(userns.exit_code, 0, "user namespace created");
+    let insmod = exec(&fx.driver, id, &["insmod", "/bin/busybox"]).await;
+    assert_ne!(insmod.exit_code, 0, "module load accepted");
+
+    let status = text(
+        &exec(&fx.driver, id, &["cat", "/proc/self/status"])
+            .await
+            .stdout,
+    );
+    assert!(status.lines().any(|l| l == "NoNewPrivs:\t1"), "{status}");
+    // Docker's default capability set, nothing more.
+    assert!(
+        status.lines().any(|l| l == "CapEff:\t00000000a80425fb"),
+        "{status}"
+    );
+
+    assert_eq!(
+        text(
+            &exec(&fx.driver, id, &["cat", "/etc/resolv.conf"])
+                .await
+                .stdout
+        ),
+        spec.resolv_conf
+    );
+    assert_eq!(
+        text(&exec(&fx.driver, id, &["cat", "/etc/hosts"]).await.stdout),
+        spec.hosts_file
+    );
+    let ro = exec(&fx.driver, id, &["touch", "/etc/hosts"]).await;
+    assert_ne!(ro.exit_code, 0, "/etc/hosts is writable");
+    // A fresh network namespace has only loopback.
+    let links = text(&exec(&fx.driver, id, &["cat", "/proc/net/dev"]).await.stdout);
+    assert_eq!(links.lines().skip(2).count(), 1, "{links}");
+
+    let cgroup = |controller: &str, file: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{controller}/aloft/{id}/{file}"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        cgroup("memory", "memory.limit_in_bytes"),
+        (spec.memory_mb * 1024 * 1024).to_string()
+    );
+    assert_eq!(cgroup("cpu", "cpu.cfs_quota_us"), "100000");
+    assert_eq!(cgroup("pids", "pids.max"), "4096");
+    fx.driver.destroy(&spec.id).await.unwrap();
+    assert!(!Path::new(&format!("/sys/fs/cgroup/memory/aloft/{id}")).exists());
+}
+
+#[tokio::test]
+async fn image_user_is_resolved_and_used() {
+    let fx = Fixture::new();
+    let mut spec = fx.spec("user", "echo \"uid=$(id -u) gid=$(id -g)\"");
+    spec.process.user = "app".into();
+    fx.driver.start(&spec).await.unwrap();
+    assert_eq!(
+        fx.driver.wait_exit(&spec.id).await.unwrap().exit_code,
+        Some(0)
+    );
+    let lines = log_lines(&fx.driver, &spec.id);
+    assert!(
+        lines.iter().any(|r| r.line == "uid=1000 gid=1000"),
+        "{lines:?}"
+    );
+
+    spec.process.user = "ghost".into();
+    let err = fx.driver.start(&spec).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::User { .. }), "{err}");
+    assert!(!rootfs::is_mounted(&fx.driver.paths(&spec.id).rootfs));
+}
+
+#[tokio::test]
+async fn writable_layer_is_reset_on_stop_unless_persisted() {
+    let fx = Fixture::new();
+    for persist in [false, true] {
+        let mut spec = fx.spec(&format!("upper-{persist}"), IDLE);
+        spec.persist_rootfs = persist;
+        fx.driver.start(&spec).await.unwrap();
+        assert_eq!(
+            exec(&fx.driver, &spec.id, &["touch", "/marker"])
+                .await
+                .exit_code,
+            0
+        );
+        fx.driver
+            .stop(&spec.id, libc::SIGUSR1, Duration::from_secs(10))
+            .await
+            .unwrap();
+        fx.driver.start(&spec).await.unwrap();
+        let found = exec(&fx.driver, &spec.id, &["ls", "/marker"])
+            .await
+            .exit_code
+            == 0;
+        assert_eq!(found, persist, "persist_rootfs={persist}");
+        fx.driver.destroy(&spec.id).await.unwrap();
+    }
+    // The image layer itself is never written.
+    assert!(!fx.layer.join("marker").exists());
+}
+
+const HELPER_ROOT: &str = "ALOFT_TEST_HELPER_ROOT";
+
+/// Run by `machine_outlives_its_supervisor` in a child process: start a machine, say so,
+/// then wait to be killed.
+#[tokio::test]
+#[ignore = "helper process for machine_outlives_its_supervisor"]
+async fn helper_start_machine() {
+    let Ok(root) = std::env::var(HELPER_ROOT) else {
+        return;
+    };
+    let root = PathBuf::from(root);
+    let layer = PathBuf::from(std::env::var("ALOFT_TEST_HELPER_LAYER").unwrap());
+    let id = std::env::var("ALOFT_TEST_HELPER_ID").unwrap();
+    let driver = SandboxDriver::new(SandboxOptions::new(&root, init_binary()));
+    let fx_spec = SandboxSpec {
+        hostname: id.clone(),
+        id: id.clone(),
+        layers: vec![layer],
+        persist_rootfs: false,
+        process: ProcessSpec {
+            args: vec!["/bin/sh".into(), "-c".into(), IDLE.into()],
+            env: Vec::new(),
+            cwd: "/".into(),
+            user: String::new(),
+        },
+        cpus: 1,
+        memory_mb: 64,
+        netns_path: None,
+        hosts_file: String::new(),
+        resolv_conf: String::new(),
+        stop_signal: libc::SIGTERM,
+        kill_timeout: Duration::from_secs(5),
+        mounts: Vec::new(),
+    };
+    driver.start(&fx_spec).await.unwrap();
+    std::fs::write(root.join("helper-started"), b"").unwrap();
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+}
+
+#[tokio::test]
+async fn machine_outlives_its_supervisor_and_is_adopted() {
+    let fx = Fixture::new();
+    let root = fx.dir.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let id = fx.spec("adopt", IDLE).id;
+    let mut helper = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "runtime::tests::helper_start_machine",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(HELPER_ROOT, &root)
+        .env("ALOFT_TEST_HELPER_LAYER", &fx.layer)
+        .env("ALOFT_TEST_HELPER_ID", &id)
+        .env("ALOFT_INIT_BINARY", init_binary())
+        .spawn()
+        .unwrap();
+    let started = root.join("helper-started");
+    wait_for("the helper to start a machine", || started.exists()).await;
+    let helper_pid = helper.id();
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+
+    // A new driver over the same root adopts the machine.
+    let driver = SandboxDriver::new(SandboxOptions::new(&root, init_binary()));
+    assert_eq!(driver.list(), vec![id.clone()]);
+    let state = driver.state(&id).await.unwrap().unwrap();
+    assert_eq!(state.status, RuntimeStatus::Running);
+    let pid = state.pid.unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(!status.lines().any(|l| l == format!("PPid:\t{helper_pid}")));
+    assert_eq!(
+        text(&exec(&driver, &id, &["echo", "alive"]).await.stdout),
+        "alive\n"
+    );
+    let exit = driver
+        .stop(&id, libc::SIGUSR1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(exit.exit_code, Some(0));
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_before_touching_the_host() {
+    let fx = Fixture::new();
+    let mut spec = fx.spec("bad", IDLE);
+    spec.id = "../escape".into();
+    assert!(matches!(
+        fx.driver.start(&spec).await,
+        Err(RuntimeError::InvalidId(_))
+    ));
+    let mut spec = fx.spec("nolayers", IDLE);
+    spec.layers.clear();
+    assert!(matches!(
+        fx.driver.start(&spec).await,
+        Err(RuntimeError::NoLayers)
+    ));
+    assert!(matches!(
+        fx.driver.stop("missing", 15, Duration::ZERO).await,
+        Err(RuntimeError::NotFound(_))
+    ));
+    assert!(fx.driver.state("missing").await.unwrap().is_none());
+}
