@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::digest::{Algorithm, Digest, HashingReader};
 use crate::oci::{self, Parsed};
-use crate::store::{read_slice, Assembly, BlobSource};
+use crate::store::{read_slice, Assembly, BlobSource, LayerDesc};
 use crate::{Image, ImageError, ImageStore};
 
 /// Files of a layout or archive: a directory, or regular files inside a tar.
@@ -152,6 +152,7 @@ impl ImageStore {
     /// Import from an OCI image layout directory. `tag` selects the manifest whose
     /// `org.opencontainers.image.ref.name` annotation equals it; without one the index must
     /// hold a single image (or one linux/amd64 entry).
+    #[tracing::instrument(skip(self), err(Display))]
     pub async fn import_oci_layout(
         &self,
         dir: &Path,
@@ -162,6 +163,7 @@ impl ImageStore {
     }
 
     /// Import from a `docker save` (or `skopeo copy … docker-archive:`) tar file.
+    #[tracing::instrument(skip(self), err(Display))]
     pub async fn import_docker_archive(&self, tar: &Path) -> Result<Image, ImageError> {
         let path = tar.to_path_buf();
         let files = tokio::task::spawn_blocking(move || Files::scan_tar(path))
@@ -227,7 +229,11 @@ impl ImageStore {
             config_bytes,
             layers: layers
                 .iter()
-                .map(|(d, _)| (d.clone(), oci::OCI_LAYER_TAR.to_owned()))
+                .map(|(d, _)| LayerDesc {
+                    digest: d.clone(),
+                    media_type: oci::OCI_LAYER_TAR.to_owned(),
+                    size: None,
+                })
                 .collect(),
         };
         self.assemble(assembly, |i| files.source(&layers[i].1))
@@ -278,7 +284,13 @@ impl ImageStore {
         let config_bytes = files.read_blob(&config_digest)?;
         let layers = layers
             .iter()
-            .map(|l| Ok((l.digest()?, l.media_type.clone())))
+            .map(|l| {
+                Ok(LayerDesc {
+                    digest: l.digest()?,
+                    media_type: l.media_type.clone(),
+                    size: l.size,
+                })
+            })
             .collect::<Result<Vec<_>, ImageError>>()?;
         let assembly = Assembly {
             references,
@@ -288,7 +300,7 @@ impl ImageStore {
             config_bytes,
             layers: layers.clone(),
         };
-        self.assemble(assembly, |i| files.source(&blob_rel(&layers[i].0)))
+        self.assemble(assembly, |i| files.source(&blob_rel(&layers[i].digest)))
             .await
     }
 }

@@ -21,6 +21,8 @@ pub(crate) struct Descriptor {
     pub media_type: String,
     pub digest: String,
     #[serde(default)]
+    pub size: Option<u64>,
+    #[serde(default)]
     pub platform: Option<Platform>,
     #[serde(default)]
     pub annotations: HashMap<String, String>,

@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::digest::{Digest, Hasher};
 use crate::oci::{self, Parsed};
-use crate::store::{Assembly, BlobSource};
+use crate::store::{Assembly, BlobSource, LayerDesc};
 use crate::{Credentials, Image, ImageError, ImageStore, PullOptions};
 
 /// Manifests and configs larger than this are refused.
@@ -129,6 +129,16 @@ fn http_err(url: &str) -> impl FnOnce(reqwest::Error) -> ImageError + '_ {
         url: url.to_owned(),
         source,
     }
+}
+
+fn size_error(digest: &Digest, len: u64, size: Option<u64>) -> ImageError {
+    ImageError::invalid(
+        format!("blob {digest}"),
+        format!(
+            "the registry sent {len} bytes or more, the manifest says {}",
+            size.unwrap_or_default()
+        ),
+    )
 }
 
 /// Parse `Bearer realm="…",service="…",scope="…"` into its scheme and parameters.
@@ -333,11 +343,13 @@ impl RegistryClient {
         Ok(bytes)
     }
 
-    /// Stream a blob into `dest`, hashing as it arrives; on mismatch `dest` is removed.
+    /// Stream a blob into `dest`, hashing as it arrives; on a digest or size mismatch
+    /// `dest` is removed. A blob longer than `size` is cut off as soon as it overflows.
     pub(crate) async fn blob_to_file(
         &self,
         digest: &Digest,
         dest: &Path,
+        size: Option<u64>,
     ) -> Result<u64, ImageError> {
         let path = format!("/blobs/{digest}");
         let resp = self.get(&path, None).await?;
@@ -352,9 +364,15 @@ impl RegistryClient {
                 let chunk = chunk.map_err(http_err(&path))?;
                 hasher.update(&chunk);
                 len += chunk.len() as u64;
+                if size.is_some_and(|s| len > s) {
+                    return Err(size_error(digest, len, size));
+                }
                 file.write_all(&chunk).await.map_err(ImageError::io(dest))?;
             }
             file.flush().await.map_err(ImageError::io(dest))?;
+            if size.is_some_and(|s| len != s) {
+                return Err(size_error(digest, len, size));
+            }
             digest.check(&hasher.finish())?;
             Ok(len)
         }
@@ -369,6 +387,7 @@ impl RegistryClient {
 impl ImageStore {
     /// Pull `reference` (`[host[:port]/]name[:tag][@digest]`) from its registry: resolve an
     /// index to its linux/amd64 manifest, then fetch the config and every missing layer.
+    #[tracing::instrument(skip(self, opts), err(Display))]
     pub async fn pull(&self, reference: &str, opts: &PullOptions) -> Result<Image, ImageError> {
         let parsed = Reference::parse(reference, opts.default_registry.as_deref())?;
         let client = RegistryClient::new(self.inner.http.clone(), &parsed, opts);
@@ -389,7 +408,13 @@ impl ImageStore {
             .await?;
         let layers = layers
             .iter()
-            .map(|l| Ok((l.digest()?, l.media_type.clone())))
+            .map(|l| {
+                Ok(LayerDesc {
+                    digest: l.digest()?,
+                    media_type: l.media_type.clone(),
+                    size: l.size,
+                })
+            })
             .collect::<Result<Vec<_>, ImageError>>()?;
         let mut references = vec![parsed.to_string()];
         if reference != references[0] {

@@ -68,7 +68,23 @@ pub(crate) struct Assembly {
     pub manifest_bytes: Vec<u8>,
     pub config_digest: Digest,
     pub config_bytes: Vec<u8>,
-    pub layers: Vec<(Digest, String)>,
+    pub layers: Vec<LayerDesc>,
+}
+
+/// A layer as a manifest lists it.
+#[derive(Clone)]
+pub(crate) struct LayerDesc {
+    pub digest: Digest,
+    pub media_type: String,
+    /// The declared size; a blob of another size is refused.
+    pub size: Option<u64>,
+}
+
+fn size_mismatch(digest: &Digest, actual: u64, declared: u64) -> ImageError {
+    ImageError::invalid(
+        format!("blob {digest}"),
+        format!("it has {actual} bytes, the manifest says {declared}"),
+    )
 }
 
 #[derive(Serialize, Deserialize)]
@@ -338,11 +354,11 @@ impl ImageStore {
     /// The unpacked layer `digest`, unpacking it (once per host) from `source` if needed.
     async fn ensure_layer(
         &self,
-        digest: &Digest,
-        media_type: &str,
+        desc: &LayerDesc,
         source: &BlobSource<'_>,
         lowers: &[PathBuf],
     ) -> Result<LayerRef, ImageError> {
+        let (digest, media_type) = (&desc.digest, desc.media_type.as_str());
         let flight = self.flight(digest);
         let result = async {
             let _guard = flight.lock().await;
@@ -363,11 +379,14 @@ impl ImageStore {
             }
             let mut downloaded = TmpDir(None);
             let (file, offset, len) = match source {
-                BlobSource::File { path, offset, len } => (path.clone(), *offset, *len),
+                BlobSource::File { path, offset, len } => match desc.size {
+                    Some(size) if size != *len => return Err(size_mismatch(digest, *len, size)),
+                    _ => (path.clone(), *offset, *len),
+                },
                 BlobSource::Remote(client) => {
                     let tmp = self.tmp_path(digest);
                     downloaded.0 = Some(tmp.clone());
-                    let len = client.blob_to_file(digest, &tmp).await?;
+                    let len = client.blob_to_file(digest, &tmp, desc.size).await?;
                     (tmp, 0, len)
                 }
             };
@@ -428,7 +447,7 @@ impl ImageStore {
     ) -> Result<Image, ImageError> {
         let _pins: Vec<Pin> = [&a.manifest_digest, &a.config_digest]
             .into_iter()
-            .chain(a.layers.iter().map(|(d, _)| d))
+            .chain(a.layers.iter().map(|l| &l.digest))
             .map(|d| self.pin(d))
             .collect();
         let (config, diff_ids) = oci::parse_config(&a.config_bytes)?;
@@ -443,11 +462,10 @@ impl ImageStore {
             ));
         }
         let mut layers: Vec<LayerRef> = Vec::with_capacity(a.layers.len());
-        for (i, ((digest, media_type), expected)) in a.layers.iter().zip(&diff_ids).enumerate() {
+        for (i, (desc, expected)) in a.layers.iter().zip(&diff_ids).enumerate() {
+            let digest = &desc.digest;
             let lowers: Vec<PathBuf> = layers.iter().map(|l| l.path.clone()).collect();
-            let layer = self
-                .ensure_layer(digest, media_type, &source(i)?, &lowers)
-                .await?;
+            let layer = self.ensure_layer(desc, &source(i)?, &lowers).await?;
             if layer.diff_id != expected.to_string() {
                 return Err(ImageError::DiffIdMismatch {
                     digest: digest.to_string(),

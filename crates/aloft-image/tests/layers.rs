@@ -194,7 +194,7 @@ async fn a_blob_that_does_not_match_its_digest_is_refused_and_not_kept() {
     let tmp = tempfile::tempdir().unwrap();
     let good = layer(
         LayerTar::new().file("f", b"good", 0o644).finish(),
-        Compression::Gzip,
+        Compression::None,
     );
     let img = image(vec![good.clone()], json!({}));
     let dir = tmp.path().join("layout");
@@ -202,7 +202,7 @@ async fn a_blob_that_does_not_match_its_digest_is_refused_and_not_kept() {
     // Same digest name, different bytes (a valid layer, so only the digest can catch it).
     let evil = layer(
         LayerTar::new().file("f", b"evil", 0o644).finish(),
-        Compression::Gzip,
+        Compression::None,
     );
     fs::write(
         dir.join("blobs/sha256")
@@ -486,4 +486,33 @@ async fn whiteout_tricks_are_refused() {
         .hardlink("a/also", "a/gone")
         .finish();
     assert_hostile(vec![linked], "whiteout").await;
+}
+
+#[tokio::test]
+async fn leftovers_of_an_interrupted_unpack_are_discarded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = layer(
+        LayerTar::new().file("real", b"r", 0o644).finish(),
+        Compression::Gzip,
+    );
+    let img = image(vec![l.clone()], json!({}));
+    write_oci_layout(&tmp.path().join("layout"), &[(&img, None)]);
+    // What a crash could leave: a work dir, and a layer dir without its completion record.
+    let root = tmp.path().join("store");
+    fs::create_dir_all(root.join("tmp/partial/rootfs")).unwrap();
+    let half = root
+        .join("layers/sha256")
+        .join(&l.digest[7..])
+        .join("rootfs");
+    fs::create_dir_all(&half).unwrap();
+    fs::write(half.join("junk"), b"half").unwrap();
+
+    let store = ImageStore::open(&root).unwrap();
+    assert!(store_state(&root).1, "open empties tmp/");
+    let got = store
+        .import_oci_layout(&tmp.path().join("layout"), None)
+        .await
+        .unwrap();
+    assert!(!got.layers[0].path.join("junk").exists());
+    assert_eq!(fs::read(got.layers[0].path.join("real")).unwrap(), b"r");
 }

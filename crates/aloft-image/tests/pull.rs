@@ -345,3 +345,33 @@ async fn a_bearer_challenge_from_another_token_service_is_answered() {
         .unwrap();
     assert_eq!(got.manifest_digest, img.manifest_digest);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_longer_than_its_descriptor_says_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut img = app_image(&base_layer(), "size");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&img.manifest).unwrap();
+    manifest["layers"][1]["size"] = json!(img.layers[1].blob.len() - 1);
+    img.manifest = serde_json::to_vec(&manifest).unwrap();
+    img.manifest_digest = common::sha256(&img.manifest);
+    let mut content = Content::default();
+    content.add_image("web/app", "v1", &img);
+    let fixture = Fixture::start(content).await;
+
+    let store = ImageStore::open(tmp.path().join("store")).unwrap();
+    let o = PullOptions {
+        credentials: None,
+        ..opts()
+    };
+    let err = store
+        .pull(&format!("{}/web/app:v1", fixture.addr), &o)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ImageError::InvalidImage { ref reason, .. } if reason.contains("bytes")),
+        "{err:?}"
+    );
+    let (layers, tmp_empty) = store_state(store.root());
+    assert_eq!(layers.len(), 1, "only the base layer");
+    assert!(tmp_empty);
+}
