@@ -545,3 +545,54 @@ fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(String,
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pad_to_block_completes_the_last_block_only() {
+        let mut padded = Vec::new();
+        PadToBlock::new(&[1u8; 700][..])
+            .read_to_end(&mut padded)
+            .unwrap();
+        assert_eq!(padded.len(), 1024);
+        assert!(padded[700..].iter().all(|b| *b == 0));
+        let mut exact = Vec::new();
+        PadToBlock::new(&[1u8; 512][..])
+            .read_to_end(&mut exact)
+            .unwrap();
+        assert_eq!(exact.len(), 512);
+    }
+
+    #[test]
+    fn lower_kind_honours_whiteouts_and_opaque_dirs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (bottom, middle, top) = (
+            tmp.path().join("0"),
+            tmp.path().join("1"),
+            tmp.path().join("2"),
+        );
+        fs::create_dir_all(bottom.join("d")).unwrap();
+        std::os::unix::fs::symlink("/", bottom.join("d/link")).unwrap();
+        std::os::unix::fs::symlink("/", bottom.join("gone")).unwrap();
+        fs::create_dir_all(middle.join("d")).unwrap();
+        nix::sys::stat::mknod(&middle.join("gone"), SFlag::S_IFCHR, Mode::empty(), 0).unwrap();
+        fs::create_dir_all(&top).unwrap();
+        let lowers = [bottom.clone(), middle.clone()];
+        assert_eq!(
+            lower_kind(&lowers, Path::new("d/link")),
+            Some(Kind::Symlink)
+        );
+        assert_eq!(lower_kind(&lowers, Path::new("gone")), None, "whited out");
+        assert_eq!(lower_kind(&lowers, Path::new("d")), Some(Kind::Dir));
+        xattr::set(middle.join("d"), OPAQUE_XATTR, b"y").unwrap();
+        assert_eq!(
+            lower_kind(&lowers, Path::new("d/link")),
+            None,
+            "hidden by an opaque dir"
+        );
+        let with_top = [bottom, middle, top];
+        assert_eq!(lower_kind(&with_top, Path::new("d")), Some(Kind::Dir));
+    }
+}
