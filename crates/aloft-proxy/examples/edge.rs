@@ -4,7 +4,7 @@
 //! cargo run --release -p aloft-proxy --example edge -- ROUTES.json [LISTEN] [DOMAIN] [REGION]
 //! ```
 //! `LISTEN` defaults to `127.0.0.1:8080`, `DOMAIN` to `aloft.test`, `REGION` to `local`.
-//! `ALOFT_EDGE_THREADS` sets the number of runtime worker threads (default 1).
+//! `ALOFT_EDGE_THREADS` sets the number of runtime threads (default 1: a current-thread runtime).
 
 use anyhow::Context;
 
@@ -33,10 +33,17 @@ fn main() -> anyhow::Result<()> {
         &std::fs::read(path).with_context(|| format!("cannot read {path}"))?,
     )
     .with_context(|| format!("{path} is not a route table"))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()?;
+    // One thread means a current-thread runtime: a single event loop, like `nbthread 1`.
+    let rt = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
+    };
     rt.block_on(async {
         let opts = aloft_proxy::EdgeOptions::new(listen, domain, region, "bench");
         let edge = aloft_proxy::Edge::new(opts).await?;

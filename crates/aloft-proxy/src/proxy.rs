@@ -34,15 +34,46 @@ pub(crate) struct ConnInfo {
     pub port: u16,
 }
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
+/// Header names the edge reads and writes, parsed once at compile time.
+mod hdr {
+    use http::header::HeaderName;
+
+    pub const FLY_REQUEST_ID: HeaderName = HeaderName::from_static("fly-request-id");
+    pub const ALOFT_REQUEST_ID: HeaderName = HeaderName::from_static("aloft-request-id");
+    pub const FLY_FORCE_INSTANCE_ID: HeaderName = HeaderName::from_static("fly-force-instance-id");
+    pub const ALOFT_FORCE_INSTANCE_ID: HeaderName =
+        HeaderName::from_static("aloft-force-instance-id");
+    pub const FLY_PREFER_INSTANCE_ID: HeaderName =
+        HeaderName::from_static("fly-prefer-instance-id");
+    pub const ALOFT_PREFER_INSTANCE_ID: HeaderName =
+        HeaderName::from_static("aloft-prefer-instance-id");
+    pub const FLY_PREFER_REGION: HeaderName = HeaderName::from_static("fly-prefer-region");
+    pub const ALOFT_PREFER_REGION: HeaderName = HeaderName::from_static("aloft-prefer-region");
+    pub const FLY_FORCE_REGION: HeaderName = HeaderName::from_static("fly-force-region");
+    pub const ALOFT_FORCE_REGION: HeaderName = HeaderName::from_static("aloft-force-region");
+    pub const FLY_REPLAY_SRC: HeaderName = HeaderName::from_static("fly-replay-src");
+    pub const ALOFT_REPLAY_SRC: HeaderName = HeaderName::from_static("aloft-replay-src");
+    pub const FLY_CLIENT_IP: HeaderName = HeaderName::from_static("fly-client-ip");
+    pub const ALOFT_CLIENT_IP: HeaderName = HeaderName::from_static("aloft-client-ip");
+    pub const FLY_FORWARDED_PORT: HeaderName = HeaderName::from_static("fly-forwarded-port");
+    pub const ALOFT_FORWARDED_PORT: HeaderName = HeaderName::from_static("aloft-forwarded-port");
+    pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+    pub const FLY_REGION: HeaderName = HeaderName::from_static("fly-region");
+    pub const ALOFT_REGION: HeaderName = HeaderName::from_static("aloft-region");
+    pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    pub const X_FORWARDED_SSL: HeaderName = HeaderName::from_static("x-forwarded-ssl");
+    pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
 ];
 const MAX_REPLAYS: usize = 3;
 
@@ -96,8 +127,8 @@ pub(crate) async fn handle(
     let h = resp.headers_mut();
     h.insert(header::SERVER, HeaderValue::from_static("aloft"));
     if let Ok(v) = HeaderValue::from_str(&request_id) {
-        h.insert("fly-request-id", v.clone());
-        h.insert("aloft-request-id", v);
+        h.insert(hdr::FLY_REQUEST_ID, v.clone());
+        h.insert(hdr::ALOFT_REQUEST_ID, v);
     }
     resp
 }
@@ -116,21 +147,27 @@ fn host_of(req: &Request<Incoming>) -> Option<String> {
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
 }
 
-fn header_str<'a>(h: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
+fn header_str<'a>(h: &'a HeaderMap, names: &[HeaderName]) -> Option<&'a str> {
     names
         .iter()
-        .find_map(|n| h.get(*n).and_then(|v| v.to_str().ok()))
+        .find_map(|n| h.get(n).and_then(|v| v.to_str().ok()))
         .map(str::trim)
         .filter(|s| !s.is_empty())
 }
 
 fn steering(h: &HeaderMap) -> Steering {
     Steering {
-        force_instance: header_str(h, &["fly-force-instance-id", "aloft-force-instance-id"])
-            .map(String::from),
-        prefer_instance: header_str(h, &["fly-prefer-instance-id", "aloft-prefer-instance-id"])
-            .map(String::from),
-        prefer_regions: header_str(h, &["fly-prefer-region", "aloft-prefer-region"])
+        force_instance: header_str(
+            h,
+            &[hdr::FLY_FORCE_INSTANCE_ID, hdr::ALOFT_FORCE_INSTANCE_ID],
+        )
+        .map(String::from),
+        prefer_instance: header_str(
+            h,
+            &[hdr::FLY_PREFER_INSTANCE_ID, hdr::ALOFT_PREFER_INSTANCE_ID],
+        )
+        .map(String::from),
+        prefer_regions: header_str(h, &[hdr::FLY_PREFER_REGION, hdr::ALOFT_PREFER_REGION])
             .map(|v| {
                 v.split(',')
                     .map(|r| r.trim().to_string())
@@ -138,7 +175,7 @@ fn steering(h: &HeaderMap) -> Steering {
                     .collect()
             })
             .unwrap_or_default(),
-        force_regions: header_str(h, &["fly-force-region", "aloft-force-region"])
+        force_regions: header_str(h, &[hdr::FLY_FORCE_REGION, hdr::ALOFT_FORCE_REGION])
             .map(|v| {
                 v.split(',')
                     .map(|r| r.trim().to_string())
@@ -298,8 +335,8 @@ async fn route(
             inner.metrics.replay(&app.app);
             tracing::debug!(app = %app.app, machine = %m.id, ?replay, "replaying");
             if let Ok(v) = HeaderValue::from_str(&replay.source(&m.id, &m.region)) {
-                headers.insert("fly-replay-src", v.clone());
-                headers.insert("aloft-replay-src", v);
+                headers.insert(hdr::FLY_REPLAY_SRC, v.clone());
+                headers.insert(hdr::ALOFT_REPLAY_SRC, v);
             }
             steer = Steering {
                 force_instance: replay.instance.clone(),
@@ -475,40 +512,48 @@ fn forward_headers(
     }
     let ip = conn.peer.ip().to_canonical().to_string();
     let port = conn.port.to_string();
-    let set = |h: &mut HeaderMap, names: &[&'static str], value: &str| {
+    let set = |h: &mut HeaderMap, names: &[HeaderName], value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
             for n in names {
-                h.insert(*n, v.clone());
+                h.insert(n.clone(), v.clone());
             }
         }
     };
-    set(&mut h, &["fly-client-ip", "aloft-client-ip"], &ip);
+    set(&mut h, &[hdr::FLY_CLIENT_IP, hdr::ALOFT_CLIENT_IP], &ip);
     set(
         &mut h,
         &[
-            "fly-forwarded-port",
-            "aloft-forwarded-port",
-            "x-forwarded-port",
+            hdr::FLY_FORWARDED_PORT,
+            hdr::ALOFT_FORWARDED_PORT,
+            hdr::X_FORWARDED_PORT,
         ],
         &port,
     );
-    set(&mut h, &["fly-region", "aloft-region"], &inner.opts.region);
-    set(&mut h, &["fly-request-id", "aloft-request-id"], request_id);
     set(
         &mut h,
-        &["x-forwarded-proto"],
+        &[hdr::FLY_REGION, hdr::ALOFT_REGION],
+        &inner.opts.region,
+    );
+    set(
+        &mut h,
+        &[hdr::FLY_REQUEST_ID, hdr::ALOFT_REQUEST_ID],
+        request_id,
+    );
+    set(
+        &mut h,
+        &[hdr::X_FORWARDED_PROTO],
         if conn.tls { "https" } else { "http" },
     );
     set(
         &mut h,
-        &["x-forwarded-ssl"],
+        &[hdr::X_FORWARDED_SSL],
         if conn.tls { "on" } else { "off" },
     );
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match h.get(hdr::X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
         _ => ip.clone(),
     };
-    set(&mut h, &["x-forwarded-for"], &xff);
+    set(&mut h, &[hdr::X_FORWARDED_FOR], &xff);
     let hop = if version == Version::HTTP_2 {
         "2 aloft"
     } else {
@@ -518,7 +563,7 @@ fn forward_headers(
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {hop}"),
         _ => hop.to_string(),
     };
-    set(&mut h, &["via"], &via);
+    set(&mut h, &[header::VIA], &via);
     h
 }
 
