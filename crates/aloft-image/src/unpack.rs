@@ -488,12 +488,14 @@ impl Extractor<'_> {
     ) -> Result<(), ImageError> {
         let header = entry.header();
         let bad = |e: io::Error| malformed(self.digest, e);
-        let uid =
-            u32::try_from(header.uid().map_err(bad)?).map_err(|e| malformed(self.digest, e))?;
-        let gid =
-            u32::try_from(header.gid().map_err(bad)?).map_err(|e| malformed(self.digest, e))?;
-        let mode = header.mode().map_err(bad)? & 0o7777;
-        let mtime = FileTime::from_unix_time(header.mtime().map_err(bad)? as i64, 0);
+        let old = header.as_old();
+        let uid = numeric(&old.uid, header.uid()).map_err(bad)?;
+        let uid = u32::try_from(uid).map_err(|e| malformed(self.digest, e))?;
+        let gid = numeric(&old.gid, header.gid()).map_err(bad)?;
+        let gid = u32::try_from(gid).map_err(|e| malformed(self.digest, e))?;
+        let mode = numeric(&old.mode, header.mode().map(u64::from)).map_err(bad)? as u32 & 0o7777;
+        let mtime = numeric(&old.mtime, header.mtime()).map_err(bad)?;
+        let mtime = FileTime::from_unix_time(i64::try_from(mtime).unwrap_or(i64::MAX), 0);
         std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(ImageError::io(path))?;
         let xattrs = pax_xattrs(entry).map_err(bad)?;
         for (name, value) in xattrs {
@@ -528,6 +530,15 @@ impl Extractor<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// A numeric header field; an empty one (all NULs or spaces) reads as 0, as Go's
+/// archive/tar (which wrote most layers) reads it.
+fn numeric(raw: &[u8], parsed: io::Result<u64>) -> io::Result<u64> {
+    match parsed {
+        Err(_) if raw.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
+        other => other,
     }
 }
 

@@ -516,3 +516,34 @@ async fn leftovers_of_an_interrupted_unpack_are_discarded() {
     assert!(!got.layers[0].path.join("junk").exists());
     assert_eq!(fs::read(got.layers[0].path.join("real")).unwrap(), b"r");
 }
+
+#[tokio::test]
+async fn pax_xattrs_are_kept_except_trusted_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([
+        ("SCHILY.xattr.user.origin", &b"aloft"[..]),
+        ("SCHILY.xattr.trusted.overlay.opaque", &b"y"[..]),
+    ])
+    .unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(1);
+    b.append_data(&mut h, "tagged", &b"t"[..]).unwrap();
+    let img = image(
+        vec![layer(b.into_inner().unwrap(), Compression::None)],
+        json!({}),
+    );
+    write_oci_layout(&tmp.path().join("layout"), &[(&img, None)]);
+    let got = store(tmp.path())
+        .import_oci_layout(&tmp.path().join("layout"), None)
+        .await
+        .unwrap();
+    let file = got.layers[0].path.join("tagged");
+    assert_eq!(
+        xattr::get(&file, "user.origin").unwrap().as_deref(),
+        Some(&b"aloft"[..])
+    );
+    assert_eq!(xattr::get(&file, "trusted.overlay.opaque").unwrap(), None);
+}
