@@ -38,7 +38,11 @@ impl Children {
     pub fn spawn(&self, cmd: &mut Command, main: bool) -> std::io::Result<Child> {
         unblock_signals_in_child(cmd);
         let mut table = self.lock();
-        let child = cmd.spawn()?;
+        // When exec fails in the child, std waits for it itself; if our reaper got there
+        // first that wait fails and std panics. Turn that into an ordinary error.
+        let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cmd.spawn()));
+        let child = spawned
+            .unwrap_or_else(|_| Err(std::io::Error::other("the command could not be executed")))?;
         let pid = child.id() as i32;
         if main {
             table.main = Some(pid);

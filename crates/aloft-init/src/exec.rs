@@ -105,6 +105,9 @@ impl Server {
         let Some(program) = req.cmd.first() else {
             return failed("aloft-init: empty command\n".into());
         };
+        if !program_exists(program, &self.config.env) {
+            return failed(format!("aloft-init: {program}: not found\n"));
+        }
         let mut cmd = Command::new(program);
         cmd.args(&req.cmd[1..])
             .env_clear()
@@ -199,4 +202,19 @@ fn collect(
         let _ = done.send(());
     });
     buf
+}
+
+/// Whether `program` names an existing file, directly or through the machine's `PATH`
+/// (checked up front because a failed exec races with the reaper inside std's spawn).
+fn program_exists(program: &str, env: &[(String, String)]) -> bool {
+    if program.contains('/') {
+        return Path::new(program).is_file();
+    }
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    path.split(':')
+        .any(|dir| !dir.is_empty() && Path::new(dir).join(program).is_file())
 }

@@ -88,6 +88,10 @@ fn run(mut config: RunConfig) -> i32 {
     let config = Arc::new(config);
     let log = Arc::new(LogSink::open(&config.log_dir, config.log_max_bytes));
     let children = Arc::new(Children::default());
+    let panic_log = Arc::clone(&log);
+    std::panic::set_hook(Box::new(move |info| {
+        panic_log.init(&format!("panic: {info}"))
+    }));
 
     let mut cmd = Command::new(&config.args[0]);
     cmd.args(&config.args[1..])

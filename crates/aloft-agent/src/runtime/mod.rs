@@ -36,8 +36,8 @@ use tracing::{info, warn};
 
 pub use bundle::UserError;
 
-/// How often lifecycle waits poll runc.
-const POLL: Duration = Duration::from_millis(20);
+/// How often lifecycle waits look at init's pid.
+const PID_POLL: Duration = Duration::from_millis(2);
 /// How long to wait for a container to stop after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// How long `start` waits for init to serve its socket.
@@ -430,7 +430,7 @@ impl SandboxDriver {
         self.runc.start(id).await?;
         let pid_text = std::fs::read_to_string(&paths.pid_file).map_err(io_err(&paths.pid_file))?;
         let pid = pid_text.trim().parse().unwrap_or(0);
-        self.wait_init_ready(id, paths).await?;
+        self.wait_init_ready(id, paths, pid).await?;
         let instance_id = new_instance_id(pid);
         write(&paths.instance, instance_id.as_bytes())?;
         info!(machine = id, pid, instance = %instance_id, "machine started");
@@ -473,15 +473,13 @@ impl SandboxDriver {
     /// Wait until the machine's main process has ended (the machine is stopped) and return
     /// how. The container is left for `stop` or `start` to clean up.
     pub async fn wait_exit(&self, id: &str) -> Result<ExitStatus, RuntimeError> {
-        loop {
-            match self.state(id).await? {
-                None => return Err(RuntimeError::NotFound(id.to_string())),
-                Some(s) if s.status == RuntimeStatus::Stopped => {
-                    return Ok(exit_status(read_exit(&self.paths(id)), false))
-                }
-                Some(_) => tokio::time::sleep(POLL).await,
-            }
+        validate_id(id)?;
+        let paths = self.paths(id);
+        if !paths.dir.exists() {
+            return Err(RuntimeError::NotFound(id.to_string()));
         }
+        while !self.wait_stopped(id, Duration::from_secs(3600)).await? {}
+        Ok(exit_status(read_exit(&paths), false))
     }
 
     /// Deliver `signal` to the machine's main process group through init. Returns whether
@@ -627,18 +625,15 @@ impl SandboxDriver {
 
     /// Wait until init serves its socket (or the machine has already ended), so exec and
     /// signals work as soon as `start` returns.
-    async fn wait_init_ready(&self, id: &str, paths: &MachinePaths) -> Result<(), RuntimeError> {
+    async fn wait_init_ready(
+        &self,
+        id: &str,
+        paths: &MachinePaths,
+        pid: u32,
+    ) -> Result<(), RuntimeError> {
         let deadline = Instant::now() + INIT_READY_WAIT;
         let socket = paths.socket();
-        while !socket.exists() {
-            if self
-                .runc
-                .state(id)
-                .await?
-                .is_none_or(|s| s.status == "stopped")
-            {
-                break;
-            }
+        while !socket.exists() && pid_alive(pid) {
             if Instant::now() >= deadline {
                 return Err(RuntimeError::Init {
                     id: id.to_string(),
@@ -648,7 +643,7 @@ impl SandboxDriver {
                     ),
                 });
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         Ok(())
     }
@@ -657,11 +652,20 @@ impl SandboxDriver {
     async fn wait_stopped(&self, id: &str, timeout: Duration) -> Result<bool, RuntimeError> {
         let deadline = Instant::now() + timeout;
         loop {
-            match self.runc.state(id).await? {
+            let pid = match self.runc.state(id).await? {
                 None => return Ok(true),
                 Some(s) if s.status == "stopped" => return Ok(true),
-                Some(_) if Instant::now() >= deadline => return Ok(false),
-                Some(_) => tokio::time::sleep(POLL).await,
+                Some(s) => u32::try_from(s.pid).unwrap_or(0),
+            };
+            // Watching init's pid is far cheaper than asking runc again.
+            while pid_alive(pid) {
+                if Instant::now() >= deadline {
+                    return Ok(false);
+                }
+                tokio::time::sleep(PID_POLL).await;
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
             }
         }
     }
@@ -682,6 +686,20 @@ impl SandboxDriver {
         }
         Ok(())
     }
+}
+
+/// Whether host process `pid` exists and is not a zombie.
+fn pid_alive(pid: u32) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, rest) = stat.rsplit_once(')')?;
+            rest.trim_start().chars().next()
+        })
+        .is_some_and(|state| state != 'Z' && state != 'X')
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {

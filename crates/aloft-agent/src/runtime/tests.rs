@@ -168,7 +168,7 @@ async fn exec(driver: &SandboxDriver, id: &str, cmd: &[&str]) -> ExecOutput {
             },
         )
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}: {:?}", log_lines(driver, id)))
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -583,4 +583,74 @@ async fn bad_input_is_refused_before_touching_the_host() {
         Err(RuntimeError::NotFound(_))
     ));
     assert!(fx.driver.state("missing").await.unwrap().is_none());
+}
+
+/// Benchmark run by `bench/sandbox-start.sh`: start and stop `ALOFT_BENCH_MACHINES` machines
+/// (default 20) running `/bin/true` with the driver, then `runc run` the same bundle as many
+/// times, and print both totals and their ratio.
+#[tokio::test]
+#[ignore = "benchmark, run by bench/sandbox-start.sh"]
+async fn bench_start_stop() {
+    let n: usize = std::env::var("ALOFT_BENCH_MACHINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let fx = Fixture::new();
+    let specs: Vec<SandboxSpec> = (0..n)
+        .map(|i| {
+            let mut spec = fx.spec(&format!("bench{i}"), "");
+            spec.process.args = vec!["/bin/true".into()];
+            spec
+        })
+        .collect();
+    let began = Instant::now();
+    for spec in &specs {
+        fx.driver.start(spec).await.unwrap();
+        assert_eq!(
+            fx.driver.wait_exit(&spec.id).await.unwrap().exit_code,
+            Some(0)
+        );
+        fx.driver
+            .stop(&spec.id, libc::SIGTERM, Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+    let driver_total = began.elapsed();
+
+    // The same bundle (machine 0's, rootfs mounted again) under plain `runc run`.
+    let paths = fx.driver.paths(&specs[0].id);
+    rootfs::mount_overlay(&specs[0].layers, &paths.upper, &paths.work, &paths.rootfs).unwrap();
+    let runc_root = fx.dir.path().join("bench-runc");
+    let began = Instant::now();
+    for i in 0..n {
+        let status = Command::new("runc")
+            .arg("--root")
+            .arg(&runc_root)
+            .args(["run", "--bundle"])
+            .arg(&paths.bundle)
+            .arg(format!("bench-run-{}-{i}", std::process::id()))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let runc_total = began.elapsed();
+    rootfs::unmount(&paths.rootfs).unwrap();
+    let per = |d: Duration| d.as_secs_f64() * 1000.0 / n as f64;
+    println!("machines: {n}");
+    println!(
+        "aloft sandbox driver (start + wait exit + stop): {:.0} ms total, {:.1} ms per machine",
+        driver_total.as_secs_f64() * 1000.0,
+        per(driver_total)
+    );
+    println!(
+        "runc run (same bundle):                         {:.0} ms total, {:.1} ms per machine",
+        runc_total.as_secs_f64() * 1000.0,
+        per(runc_total)
+    );
+    println!(
+        "ratio driver / runc run: {:.2}",
+        driver_total.as_secs_f64() / runc_total.as_secs_f64()
+    );
 }
