@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Edge proxy throughput and tail latency: wrk straight to a backend, through HAProxy (1 thread),
-# and through the aloft edge (1 and 2 runtime threads), all on loopback on the same machine.
+# and through the aloft edge (one thread: a current-thread runtime; and two threads), all on loopback on the same machine.
 # Prints requests/s and p99 side by side with ratios. Not part of the test suite.
 #
-#   bench/edge/run.sh            # BACKEND=nginx (default) or BACKEND=hello, DURATION=10s
+#   bench/edge/run.sh            # BACKEND=nginx (default) or hello, DURATION=10s, ROUNDS=1
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -123,13 +123,22 @@ measure() {
     echo "$rps $p99"
 }
 
-read -r d_rps d_p99 < <(measure $P_BACKEND)
-read -r h_rps h_p99 < <(measure $P_HAPROXY)
-read -r e1_rps e1_p99 < <(measure $P_EDGE1)
-read -r e2_rps e2_p99 < <(measure $P_EDGE2)
+# ROUNDS runs interleave the four targets; the round with the median req/s is kept per target.
+ROUNDS=${ROUNDS:-1}
+declare -A runs
+for _ in $(seq 1 "$ROUNDS"); do
+    for port in $P_BACKEND $P_HAPROXY $P_EDGE1 $P_EDGE2; do
+        runs[$port]+="$(measure "$port")"$'\n'
+    done
+done
+median() { printf '%s' "${runs[$1]}" | sort -n | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
+read -r d_rps d_p99 < <(median $P_BACKEND)
+read -r h_rps h_p99 < <(median $P_HAPROXY)
+read -r e1_rps e1_p99 < <(median $P_EDGE1)
+read -r e2_rps e2_p99 < <(median $P_EDGE2)
 
 echo
-echo "wrk -t2 -c50 -d$DURATION, backend: $BACKEND, $(nproc) cores, loopback"
+echo "wrk -t2 -c50 -d$DURATION, backend: $BACKEND, $(nproc) cores, loopback, median of $ROUNDS round(s), load average $(cut -d' ' -f1 /proc/loadavg)"
 printf '%-24s %12s %10s %14s %14s\n' "path" "req/s" "p99 ms" "vs direct" "vs haproxy"
 row() {
     printf '%-24s %12.0f %10.2f %13.2fx %13.2fx\n' "$1" "$2" "$3" \

@@ -5,6 +5,42 @@
 //! the control-plane protocol (join, heartbeat, watch, status reports). It talks to the
 //! control plane only through the wire types in `aloft-api`, and never decides placement.
 
+mod agent;
+pub mod host;
 pub mod network;
 pub mod runtime;
 pub mod store;
+mod supervisor;
+
+pub use agent::{run, AgentOptions};
+
+/// What can stop the agent or fail a machine step.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("Agent store failed")]
+    Store(#[from] store::StoreError),
+    #[error("Control plane client cannot be built")]
+    Client(#[from] aloft_api::ClientError),
+    #[error("The control plane refused this host")]
+    Join(#[source] aloft_api::ClientError),
+    #[error("--host-id {flag} does not match {saved}, the id this data dir belongs to")]
+    HostIdMismatch { flag: String, saved: String },
+    #[error("I/O failed while {what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Image {reference} cannot be prepared")]
+    Image {
+        reference: String,
+        #[source]
+        source: aloft_image::ImageError,
+    },
+    #[error("Machine network failed")]
+    Network(#[from] network::NetworkError),
+    #[error("Sandbox runtime failed")]
+    Runtime(#[from] runtime::RuntimeError),
+    #[error("{0}")]
+    Invalid(String),
+}

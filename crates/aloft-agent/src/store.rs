@@ -127,8 +127,10 @@ impl AgentStore {
             source,
         };
         let mut conn = Connection::open(path).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(open_err)?;
@@ -138,7 +140,8 @@ impl AgentStore {
             for m in &MIGRATIONS[version..] {
                 tx.execute_batch(m).map_err(open_err)?;
             }
-            tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64).map_err(open_err)?;
+            tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
+                .map_err(open_err)?;
             tx.commit().map_err(open_err)?;
         }
         Ok(AgentStore {
@@ -146,15 +149,20 @@ impl AgentStore {
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut conn)
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.with(|c| {
-            Ok(c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-                .optional()?)
+            Ok(
+                c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                    .optional()?,
+            )
         })
     }
 

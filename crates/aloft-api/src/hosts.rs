@@ -138,4 +138,7 @@ pub struct StatusReport {
     pub exit_code: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checks: Option<Vec<ReportedCheck>>,
+    /// The machine's 6PN address, chosen by the host when it sets up the network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_ip: Option<String>,
 }

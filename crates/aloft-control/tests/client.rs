@@ -102,6 +102,7 @@ async fn the_typed_client_drives_every_kind_of_endpoint() {
                 event: None,
                 exit_code: None,
                 checks: None,
+                private_ip: None,
             },
         )
         .await

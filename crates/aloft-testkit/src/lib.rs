@@ -27,7 +27,9 @@ pub enum HarnessError {
     },
     #[error("{role} exited before it was ready; its output:\n{output}")]
     ExitedEarly { role: String, output: String },
-    #[error("{role} printed no line containing {marker:?} within {deadline:?}; its output:\n{output}")]
+    #[error(
+        "{role} printed no line containing {marker:?} within {deadline:?}; its output:\n{output}"
+    )]
     NotReady {
         role: String,
         marker: String,
@@ -96,7 +98,10 @@ impl Proc {
         let end = Instant::now() + deadline;
         loop {
             let left = end.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left.min(Duration::from_millis(200))) {
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
                 Ok(line) => {
                     self.seen.push(line.clone());
                     if line.contains(marker) {
@@ -264,12 +269,23 @@ impl Server {
 
     /// Runs the CLI against this server and returns its output.
     pub fn cli(&self, args: &[&str]) -> Output {
-        cli(&self.bin, args, &[("ALOFT_API_URL", &self.url), ("ALOFT_API_TOKEN", &self.token)])
+        cli(
+            &self.bin,
+            args,
+            &[
+                ("ALOFT_API_URL", &self.url),
+                ("ALOFT_API_TOKEN", &self.token),
+            ],
+        )
     }
 
     /// Runs the CLI with another token.
     pub fn cli_as(&self, token: &str, args: &[&str]) -> Output {
-        cli(&self.bin, args, &[("ALOFT_API_URL", &self.url), ("ALOFT_API_TOKEN", token)])
+        cli(
+            &self.bin,
+            args,
+            &[("ALOFT_API_URL", &self.url), ("ALOFT_API_TOKEN", token)],
+        )
     }
 }
 
@@ -311,5 +327,163 @@ pub fn wait_for<T>(
             });
         }
         thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a program to completion, failing with its output when it does not succeed.
+pub fn run(program: &str, args: &[&str]) -> Result<String, HarnessError> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| HarnessError::Spawn {
+            program: program.to_string(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(HarnessError::ExitedEarly {
+            role: format!("{program} {}", args.join(" ")),
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Builds an OCI image layout at `layout` tagged `tag` with umoci: Debian's static busybox
+/// as `/bin/busybox` plus applet links, a web root `/www/index.html` holding `page`, and
+/// `entrypoint` as its entrypoint.
+pub fn busybox_layout(
+    layout: &Path,
+    tag: &str,
+    page: &str,
+    entrypoint: &[&str],
+) -> Result<(), HarnessError> {
+    let work = layout.with_extension("rootfs");
+    let _ = std::fs::remove_dir_all(&work);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| HarnessError::Read { path, source }
+    };
+    let bin = work.join("bin");
+    std::fs::create_dir_all(&bin).map_err(io(&bin))?;
+    std::fs::create_dir_all(work.join("www")).map_err(io(&work))?;
+    std::fs::create_dir_all(work.join("tmp")).map_err(io(&work))?;
+    std::fs::copy("/bin/busybox", bin.join("busybox")).map_err(io(Path::new("/bin/busybox")))?;
+    for applet in [
+        "sh", "sleep", "cat", "echo", "env", "id", "hostname", "httpd", "ls", "wget", "nc", "true",
+        "false", "kill", "ps", "touch",
+    ] {
+        let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+    }
+    std::fs::write(work.join("www/index.html"), page).map_err(io(&work))?;
+    let image = format!("{}:{tag}", layout.display());
+    let work_s = work.to_string_lossy().to_string();
+    if !layout.join("index.json").exists() {
+        run("umoci", &["init", "--layout", &layout.to_string_lossy()])?;
+    }
+    run("umoci", &["new", "--image", &image])?;
+    run("umoci", &["insert", "--image", &image, &work_s, "/"])?;
+    let mut args = vec![
+        "config",
+        "--image",
+        &image,
+        "--clear=config.entrypoint",
+        "--clear=config.cmd",
+    ];
+    let entry: Vec<String> = entrypoint
+        .iter()
+        .map(|e| format!("--config.entrypoint={e}"))
+        .collect();
+    args.extend(entry.iter().map(String::as_str));
+    run("umoci", &args)?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// Pushes an OCI layout tag to `dest` (`host:port/repo:tag`) over plain HTTP with skopeo,
+/// authenticating with an Aloft token.
+pub fn skopeo_push(layout: &Path, tag: &str, dest: &str, token: &str) -> Result<(), HarnessError> {
+    let src = format!("oci:{}:{tag}", layout.display());
+    let dst = format!("docker://{dest}");
+    let creds = format!("aloft:{token}");
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &creds,
+            &src,
+            &dst,
+        ],
+    )
+    .map(drop)
+}
+
+/// A host agent (`aloft agent`) joined to a server, with its own data dir.
+#[derive(Debug)]
+pub struct Agent {
+    pub proc: Proc,
+    pub data_dir: PathBuf,
+    pub host_id: String,
+    args: Vec<String>,
+    bin: PathBuf,
+}
+
+impl Agent {
+    /// Starts an agent for `region` with a fresh host id, and waits until it has joined.
+    pub fn start(
+        bin: &Path,
+        server: &Server,
+        region: &str,
+        data_dir: &Path,
+    ) -> Result<Agent, HarnessError> {
+        let host_id = format!(
+            "t{:x}{:x}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or_default()
+        );
+        let args: Vec<String> = [
+            "agent",
+            "--control",
+            &server.url,
+            "--token",
+            &server.token,
+            "--region",
+            region,
+            "--data-dir",
+            &data_dir.to_string_lossy(),
+            "--host-id",
+            &host_id,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (proc, _) = Proc::spawn_until("aloft agent", bin, &refs, &[], " joined ")?;
+        Ok(Agent {
+            proc,
+            data_dir: data_dir.to_path_buf(),
+            host_id,
+            args,
+            bin: bin.to_path_buf(),
+        })
+    }
+
+    /// Kills the agent with SIGKILL and starts it again with the same arguments.
+    pub fn crash_and_restart(&mut self) -> Result<(), HarnessError> {
+        self.proc.kill9();
+        let refs: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let (proc, _) = Proc::spawn_until("aloft agent", &self.bin, &refs, &[], " joined ")?;
+        self.proc = proc;
+        Ok(())
     }
 }

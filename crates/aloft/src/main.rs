@@ -1,1 +1,109 @@
-fn main() {}
+//! The `aloft` binary: parses arguments and calls into the role crates. Nothing else lives here.
+
+#![forbid(unsafe_code)]
+
+mod cmd;
+mod context;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Aloft: run OCI images as machines close to your users.
+#[derive(Debug, Parser)]
+#[command(name = "aloft", version, about, propagate_version = true)]
+struct Cli {
+    /// Show the whole error chain on failure.
+    #[arg(long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the control plane (Machines API, registry, scheduler).
+    Server(cmd::server::ServerArgs),
+    /// Run the host agent that runs machines on this host.
+    Agent(cmd::agent::AgentArgs),
+    /// Manage apps.
+    #[command(subcommand)]
+    Apps(cmd::apps::AppsCommand),
+    /// Manage machines.
+    #[command(subcommand, alias = "machines", alias = "m")]
+    Machine(cmd::machine::MachineCommand),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Tokens(cmd::tokens::TokensCommand),
+    /// Log in to a control plane.
+    #[command(subcommand)]
+    Auth(cmd::auth::AuthCommand),
+    /// List regions that have live hosts.
+    #[command(subcommand)]
+    Regions(cmd::regions::RegionsCommand),
+    /// Print a shell completion script.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    output::init_logging(matches!(
+        cli.command,
+        Command::Server(_) | Command::Agent(_)
+    ));
+    let verbose = cli.verbose;
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            output::print_error(&err, verbose);
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Server(args) => cmd::server::run(args).await,
+        Command::Agent(args) => cmd::agent::run(args).await,
+        Command::Apps(c) => cmd::apps::run(c).await,
+        Command::Machine(c) => cmd::machine::run(c).await,
+        Command::Tokens(c) => cmd::tokens::run(c).await,
+        Command::Auth(c) => cmd::auth::run(c).await,
+        Command::Regions(c) => cmd::regions::run(c).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "aloft", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+/// The one place where errors become exit codes: 2 for bad usage or input the API refused,
+/// 3 for authentication and permission errors, 4 when something was not found, 1 otherwise.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<aloft_api::ClientError>() {
+            return match e.status() {
+                Some(401 | 403) => 3,
+                Some(404) => 4,
+                Some(400..=499) => 2,
+                _ => 1,
+            };
+        }
+        if cause.downcast_ref::<context::UsageError>().is_some() {
+            return 2;
+        }
+    }
+    1
+}

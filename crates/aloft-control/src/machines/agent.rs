@@ -41,14 +41,25 @@ impl Control {
         let mut shutdown = self.shutdown_signal();
         loop {
             revisions.borrow_and_update();
-            let (current, current_instance) = {
+            let (current, current_instance, last_event) = {
                 let inner = self.lock();
                 let row = MachineRow::load(&inner.conn, app, id)?;
-                (row.state, row.instance_id)
+                let last = MachineRow::events(&inner.conn, id, 1)?.into_iter().next();
+                (row.state, row.instance_id, last)
             };
             let instance_ok = instance_id.is_none_or(|want| want == current_instance);
             if current == target && instance_ok {
                 return Ok(());
+            }
+            if current == MachineState::Failed && target == MachineState::Started && instance_ok {
+                // Fail fast: a machine that failed to launch will not start by waiting.
+                let reason = last_event
+                    .and_then(|e| e.request)
+                    .and_then(|r| r.get("message").and_then(|m| m.as_str().map(str::to_owned)))
+                    .unwrap_or_else(|| "no reason was reported".to_owned());
+                return Err(ApiError::Precondition(format!(
+                    "Machine {id} failed while waiting for {target}: {reason}"
+                )));
             }
             if current == MachineState::Destroyed {
                 return Err(ApiError::Precondition(format!(
@@ -147,6 +158,12 @@ fn agent_update(
             source: "flyd",
             request: merge_request(exit, ev.message.clone()),
         });
+    }
+    if let Some(ip) = &report.private_ip {
+        let ip: std::net::Ipv6Addr = ip.parse().map_err(|_| {
+            ApiError::BadRequest(format!("Reported private_ip {ip:?} is not an IPv6 address"))
+        })?;
+        row.private_ip = ip.to_string();
     }
     if let Some(checks) = report.checks {
         let updated_at = now_rfc3339();

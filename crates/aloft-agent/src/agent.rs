@@ -1,0 +1,246 @@
+//! The agent's main loop: join the control plane, heartbeat, follow the watch stream and hand
+//! each assignment to its machine's supervisor.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aloft_api::{AssignedMachine, Client, RegisterHostRequest};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::host::{HostOptions, HostRuntime};
+use crate::store::{AgentStore, LocalMachine};
+use crate::supervisor::{self, Command, Reporter, Shared};
+use crate::AgentError;
+
+/// How often the agent heartbeats.
+const HEARTBEAT: Duration = Duration::from_secs(3);
+/// A watch stream silent for this long is presumed dead and reopened.
+const WATCH_SILENCE: Duration = Duration::from_secs(30);
+
+/// How to run an agent.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub control_url: String,
+    pub token: String,
+    pub region: String,
+    pub data_dir: PathBuf,
+    /// Kept in the store after the first start.
+    pub host_id: Option<String>,
+    pub address: String,
+    pub cpus: Option<i64>,
+    pub memory_mb: Option<i64>,
+    pub runc: PathBuf,
+    pub init_binary: PathBuf,
+}
+
+/// Runs the agent until `shutdown` resolves. Machines keep running after it returns.
+pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&opts.data_dir).map_err(|source| AgentError::Io {
+        what: format!("creating {}", opts.data_dir.display()),
+        source,
+    })?;
+    let store = AgentStore::open(&opts.data_dir.join("agent.db"))?;
+    let host_id = match (opts.host_id.clone(), store.meta("host_id")?) {
+        (Some(flag), Some(saved)) if flag != saved => {
+            return Err(AgentError::HostIdMismatch { flag, saved });
+        }
+        (_, Some(saved)) => saved,
+        (flag, None) => {
+            let id = flag.unwrap_or_else(new_host_id);
+            store.set_meta("host_id", &id)?;
+            id
+        }
+    };
+    let client = Client::new(&opts.control_url, opts.token.clone())?;
+    let (cpus, memory_mb) = capacity(&opts);
+    let runtime = Arc::new(
+        HostRuntime::open(HostOptions {
+            data_dir: opts.data_dir.clone(),
+            host_id: host_id.clone(),
+            runc: opts.runc.clone(),
+            init_binary: opts.init_binary.clone(),
+            control_url: opts.control_url.clone(),
+            token: opts.token.clone(),
+        })
+        .await?,
+    );
+
+    let register = RegisterHostRequest {
+        id: host_id.clone(),
+        region: opts.region.clone(),
+        address: opts.address.clone(),
+        cpus,
+        memory_mb,
+    };
+    tokio::pin!(shutdown);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        tokio::select! {
+            r = client.register_host(&register) => match r {
+                Ok(_) => break,
+                Err(e) if e.status().is_some_and(|s| (400..500).contains(&s)) => {
+                    return Err(AgentError::Join(e));
+                }
+                Err(e) => {
+                    warn!(error = %supervisor::error_chain(&e), "cannot reach the control plane; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            },
+            _ = &mut shutdown => return Ok(()),
+        }
+    }
+    println!(
+        "aloft agent {host_id} joined {} in region {} ({cpus} cpus, {memory_mb} MB)",
+        opts.control_url, opts.region
+    );
+
+    let heartbeat = {
+        let client = client.clone();
+        let host_id = host_id.clone();
+        let register = register.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT).await;
+                match client.heartbeat(&host_id).await {
+                    Ok(_) => {}
+                    Err(e) if e.status() == Some(404) => {
+                        let _ = client.register_host(&register).await;
+                    }
+                    Err(e) => warn!(error = %e, "heartbeat failed"),
+                }
+            }
+        })
+    };
+
+    let shared = Shared {
+        store: store.clone(),
+        runtime,
+        reporter: Reporter {
+            client: client.clone(),
+            host_id: host_id.clone(),
+        },
+    };
+    let mut supervisors: HashMap<String, mpsc::Sender<Command>> = HashMap::new();
+    for local in store.machines()? {
+        info!(machine = %local.assignment.id, phase = local.phase.as_str(), "adopting machine");
+        spawn_supervisor(&shared, &mut supervisors, local);
+    }
+
+    let result = tokio::select! {
+        r = follow(&client, &host_id, &shared, &mut supervisors) => r,
+        _ = &mut shutdown => Ok(()),
+    };
+    heartbeat.abort();
+    info!("agent stopping; machines keep running");
+    result
+}
+
+fn spawn_supervisor(
+    shared: &Shared,
+    supervisors: &mut HashMap<String, mpsc::Sender<Command>>,
+    local: LocalMachine,
+) {
+    let (tx, rx) = mpsc::channel(16);
+    supervisors.insert(local.assignment.id.clone(), tx);
+    tokio::spawn(supervisor::supervise(shared.clone(), local, rx));
+}
+
+/// Follows the watch stream forever, reopening it from the recorded revision.
+async fn follow(
+    client: &Client,
+    host_id: &str,
+    shared: &Shared,
+    supervisors: &mut HashMap<String, mpsc::Sender<Command>>,
+) -> Result<(), AgentError> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let since = shared.store.revision()?;
+        match client.watch(host_id, since).await {
+            Ok(stream) => {
+                delay = Duration::from_millis(200);
+                let mut stream = Box::pin(stream);
+                loop {
+                    let next = tokio::time::timeout(WATCH_SILENCE, stream.next()).await;
+                    let event = match next {
+                        Ok(Some(Ok(event))) => event,
+                        Ok(Some(Err(e))) => {
+                            warn!(error = %supervisor::error_chain(&e), "watch stream broke");
+                            break;
+                        }
+                        Ok(None) => break,
+                        Err(_) => {
+                            warn!("watch stream went silent; reopening");
+                            break;
+                        }
+                    };
+                    match event.machine {
+                        Some(m) => {
+                            shared.store.record_assignment(event.revision, &m)?;
+                            dispatch(shared, supervisors, m).await?;
+                        }
+                        None => shared.store.record_revision(event.revision)?,
+                    }
+                }
+            }
+            Err(e) => warn!(error = %supervisor::error_chain(&e), "cannot open the watch stream"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn dispatch(
+    shared: &Shared,
+    supervisors: &mut HashMap<String, mpsc::Sender<Command>>,
+    m: AssignedMachine,
+) -> Result<(), AgentError> {
+    if let Some(tx) = supervisors.get(&m.id) {
+        if tx
+            .send(Command::Assigned(Box::new(m.clone())))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+    }
+    // No live supervisor (new machine, or its supervisor finished after a destroy).
+    if let Some(local) = shared.store.machine(&m.id)? {
+        spawn_supervisor(shared, supervisors, local);
+    }
+    Ok(())
+}
+
+fn new_host_id() -> String {
+    use rand::Rng as _;
+    let mut rng = rand::rng();
+    (0..12)
+        .map(|_| format!("{:x}", rng.random_range(0..16u8)))
+        .collect()
+}
+
+fn capacity(opts: &AgentOptions) -> (i64, i64) {
+    let cpus = opts.cpus.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as i64)
+            .unwrap_or(1)
+    });
+    let memory = opts.memory_mb.unwrap_or_else(|| {
+        let total_kb = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<i64>().ok())
+            })
+            .unwrap_or(1024 * 1024);
+        total_kb / 1024 * 9 / 10
+    });
+    (cpus, memory)
+}

@@ -1,0 +1,403 @@
+//! The host side of running a machine: image, network, rootfs and sandbox, put together.
+//!
+//! Supervisors call this facade; it owns no machine state of its own (the supervisor records
+//! every step in the store) and can be replaced by a `microvm` flavour later without touching
+//! the supervisors.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aloft_api::AssignedMachine;
+use aloft_image::{Credentials, Image, ImageStore, PullOptions};
+use tracing::{debug, info};
+
+use crate::network::{self, HostNetwork, MachineNetRequest, NetworkOptions};
+use crate::runtime;
+use crate::store::LocalMachine;
+use crate::AgentError;
+
+/// What the agent tells the facade at start.
+#[derive(Debug, Clone)]
+pub struct HostOptions {
+    pub data_dir: PathBuf,
+    pub host_id: String,
+    pub runc: PathBuf,
+    pub init_binary: PathBuf,
+    /// The control plane, whose built-in registry serves images without a registry host.
+    pub control_url: String,
+    pub token: String,
+}
+
+/// What runs for a machine right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Running,
+    /// The sandbox exists and its process ended with this code.
+    Exited(i32),
+    /// No sandbox.
+    Missing,
+}
+
+/// Runs machines on this host.
+#[derive(Debug)]
+pub struct HostRuntime {
+    opts: HostOptions,
+    images: ImageStore,
+    network: HostNetwork,
+    sandbox: runtime::SandboxDriver,
+    host_index: u32,
+    pull: PullOptions,
+}
+
+/// FNV-1a, for stable numbers derived from names.
+fn fnv1a(data: &str) -> u32 {
+    data.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// The 6PN network of an org: a stable, nonzero 32-bit number derived from its slug.
+pub fn org_network(org: &str) -> u32 {
+    fnv1a(org).max(1)
+}
+
+impl HostRuntime {
+    pub async fn open(opts: HostOptions) -> Result<HostRuntime, AgentError> {
+        let images =
+            ImageStore::open(opts.data_dir.join("images")).map_err(|source| AgentError::Image {
+                reference: "(store)".into(),
+                source,
+            })?;
+        // Host index 1..=250: the third octet of the host's IPv4 pool and its 6PN host field.
+        let host_index = fnv1a(&opts.host_id) % 250 + 1;
+        let network = HostNetwork::new(NetworkOptions::for_host(host_index))?;
+        network.ensure_host().await?;
+        let mut sandbox_opts =
+            runtime::SandboxOptions::new(opts.data_dir.join("machines"), opts.init_binary.clone());
+        sandbox_opts.runc = opts.runc.clone();
+        let sandbox = runtime::SandboxDriver::new(sandbox_opts);
+        let (registry, plain_http) = registry_of(&opts.control_url);
+        let pull = PullOptions {
+            credentials: Some(Credentials {
+                username: "aloft".into(),
+                password: opts.token.clone(),
+            }),
+            plain_http,
+            default_registry: Some(registry),
+        };
+        Ok(HostRuntime {
+            opts,
+            images,
+            network,
+            sandbox,
+            host_index,
+            pull,
+        })
+    }
+
+    /// This host's 6PN host field.
+    pub fn host_index(&self) -> u32 {
+        self.host_index
+    }
+
+    pub async fn status(&self, id: &str) -> Result<RunStatus, AgentError> {
+        Ok(match self.sandbox.state(id).await? {
+            None => RunStatus::Missing,
+            Some(s)
+                if matches!(
+                    s.status,
+                    runtime::RuntimeStatus::Running | runtime::RuntimeStatus::Paused
+                ) =>
+            {
+                RunStatus::Running
+            }
+            Some(s) => RunStatus::Exited(s.exit_code.unwrap_or(-1)),
+        })
+    }
+
+    /// Pulls the image, sets up the network and starts the sandbox for the assignment's
+    /// current instance. Fills in the machine's addresses (the caller records them).
+    pub async fn start(&self, m: &mut LocalMachine) -> Result<(), AgentError> {
+        let a = m.assignment.clone();
+        let image = self.image(&a).await?;
+        let (ipv4, ipv6) = self.addresses(m)?;
+        m.ipv4 = Some(ipv4.to_string());
+        m.ipv6 = Some(ipv6.to_string());
+        // A leftover sandbox of an earlier instance goes first.
+        self.sandbox.destroy(&a.id).await?;
+        let net = self
+            .network
+            .setup_machine(&MachineNetRequest {
+                machine_id: a.id.clone(),
+                network: org_network(&a.org),
+                ipv4,
+                ipv6,
+            })
+            .await?;
+        let (stop_signal, kill_timeout) = crate::supervisor::stop_params(&a);
+        let spec = runtime::SandboxSpec {
+            id: a.id.clone(),
+            hostname: a.id.clone(),
+            layers: image.layers.iter().map(|l| l.path.clone()).collect(),
+            persist_rootfs: false,
+            process: process_spec(&a, &image, ipv6)?,
+            cpus: guest(&a).0,
+            memory_mb: guest(&a).1,
+            netns_path: Some(net.netns_path.clone()),
+            hosts_file: network::hosts_file(&a.id, ipv4, ipv6),
+            resolv_conf: network::resolv_conf(&[net.gateway_v4.into()], &[]),
+            stop_signal: signal_number(&stop_signal).unwrap_or(2),
+            kill_timeout,
+            mounts: Vec::new(),
+        };
+        let started = self.sandbox.start(&spec).await?;
+        info!(pid = started.pid, ip = %ipv4, "sandbox started");
+        Ok(())
+    }
+
+    pub async fn stop(
+        &self,
+        m: &LocalMachine,
+        signal: &str,
+        timeout: Duration,
+    ) -> Result<Option<i32>, AgentError> {
+        let sig = signal_number(signal)
+            .ok_or_else(|| AgentError::Invalid(format!("Unknown signal {signal:?}")))?;
+        let status = self.sandbox.stop(&m.assignment.id, sig, timeout).await?;
+        Ok(status.exit_code)
+    }
+
+    pub async fn signal(&self, id: &str, signal: &str) -> Result<(), AgentError> {
+        let sig = signal_number(signal)
+            .ok_or_else(|| AgentError::Invalid(format!("Unknown signal {signal:?}")))?;
+        self.sandbox.signal(id, sig).await?;
+        Ok(())
+    }
+
+    /// Removes the sandbox, rootfs and network. Idempotent.
+    pub async fn destroy(&self, m: &LocalMachine) -> Result<(), AgentError> {
+        let id = &m.assignment.id;
+        self.sandbox.destroy(id).await?;
+        let ipv4 = m.ipv4.as_deref().and_then(|s| s.parse().ok());
+        self.network.teardown_machine(id, ipv4).await?;
+        debug!(machine = %id, "machine removed from host");
+        Ok(())
+    }
+
+    async fn image(&self, a: &AssignedMachine) -> Result<Image, AgentError> {
+        let reference = a.config.image.clone();
+        if let Ok(Some(img)) = self.images.get(&reference) {
+            return Ok(img);
+        }
+        self.images
+            .pull(&reference, &self.pull)
+            .await
+            .map_err(|source| AgentError::Image { reference, source })
+    }
+
+    /// The machine's addresses: kept from an earlier start, else the next free ones.
+    fn addresses(&self, m: &LocalMachine) -> Result<(Ipv4Addr, Ipv6Addr), AgentError> {
+        let network = org_network(&m.assignment.org);
+        if let (Some(v4), Some(v6)) = (&m.ipv4, &m.ipv6) {
+            if let (Ok(v4), Ok(v6)) = (v4.parse(), v6.parse()) {
+                return Ok((v4, v6));
+            }
+        }
+        let _ = &self.opts;
+        let pool = network::Ipv4Pool::for_host(self.host_index);
+        let used = self.used_addresses()?;
+        let v4 = network::allocate(&used.0, &pool).ok_or_else(|| {
+            AgentError::Invalid("No free private IPv4 address on this host".into())
+        })?;
+        let machine = network::allocate_sixpn_machine(&used.1)
+            .ok_or_else(|| AgentError::Invalid("No free 6PN address on this host".into()))?;
+        Ok((
+            v4,
+            network::sixpn_address(network, self.host_index, machine),
+        ))
+    }
+
+    fn used_addresses(&self) -> Result<(HashSet<Ipv4Addr>, HashSet<u32>), AgentError> {
+        let store = crate::store::AgentStore::open(&self.opts.data_dir.join("agent.db"))?;
+        let mut v4 = HashSet::new();
+        let mut v6 = HashSet::new();
+        for m in store.machines()? {
+            if let Some(a) = m.ipv4.and_then(|s| s.parse().ok()) {
+                v4.insert(a);
+            }
+            if let Some(p) = m
+                .ipv6
+                .and_then(|s| s.parse().ok())
+                .and_then(network::parse_sixpn)
+            {
+                v6.insert(p.machine);
+            }
+        }
+        Ok((v4, v6))
+    }
+}
+
+/// The control plane's host:port and whether it speaks plain HTTP.
+fn registry_of(control_url: &str) -> (String, bool) {
+    let plain = control_url.starts_with("http://");
+    let rest = control_url
+        .trim_start_matches("http://")
+        .trim_start_matches("https://");
+    let host = rest.split('/').next().unwrap_or(rest).to_string();
+    (host, plain)
+}
+
+fn guest(a: &AssignedMachine) -> (u32, u64) {
+    let g = a.config.guest.clone().unwrap_or_default();
+    (
+        g.cpus.clamp(1, 64) as u32,
+        g.memory_mb.clamp(64, 262_144) as u64,
+    )
+}
+
+/// The environment a machine sees: the image's, then the config's, then the platform's.
+pub fn machine_env(a: &AssignedMachine, image: &Image, ipv6: Ipv6Addr) -> Vec<(String, String)> {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    for kv in &image.config.env {
+        if let Some((k, v)) = kv.split_once('=') {
+            env.insert(k.to_string(), v.to_string());
+        }
+    }
+    if let Some(cfg) = &a.config.env {
+        env.extend(cfg.clone());
+    }
+    let group = a
+        .config
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get("fly_process_group").cloned())
+        .unwrap_or_else(|| "app".to_string());
+    let primary = env
+        .get("PRIMARY_REGION")
+        .cloned()
+        .unwrap_or_else(|| a.region.clone());
+    let memory = guest(a).1.to_string();
+    let platform = [
+        ("APP_NAME", a.app.clone()),
+        ("MACHINE_ID", a.id.clone()),
+        ("ALLOC_ID", a.id.clone()),
+        ("REGION", a.region.clone()),
+        ("PUBLIC_IP", String::new()),
+        ("IMAGE_REF", a.config.image.clone()),
+        ("MACHINE_VERSION", a.version.clone()),
+        ("PRIVATE_IP", ipv6.to_string()),
+        ("PROCESS_GROUP", group),
+        ("VM_MEMORY_MB", memory),
+    ];
+    for (k, v) in platform {
+        env.insert(format!("FLY_{k}"), v.clone());
+        env.insert(format!("ALOFT_{k}"), v);
+    }
+    env.insert("PRIMARY_REGION".into(), primary);
+    env.entry("PATH".into())
+        .or_insert_with(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    env.into_iter().collect()
+}
+
+/// argv: `init.exec` as is; else entrypoint (config's or image's) + cmd (config's, or the
+/// image's unless the entrypoint was replaced).
+pub fn argv(a: &AssignedMachine, image: &Image) -> Result<Vec<String>, AgentError> {
+    let init = a.config.init.clone().unwrap_or_default();
+    if let Some(exec) = init.exec.filter(|e| !e.is_empty()) {
+        return Ok(exec);
+    }
+    let entry_overridden = init.entrypoint.is_some();
+    let entrypoint = init
+        .entrypoint
+        .unwrap_or_else(|| image.config.entrypoint.clone());
+    let cmd = match init.cmd {
+        Some(cmd) => cmd,
+        None if entry_overridden => Vec::new(),
+        None => image.config.cmd.clone(),
+    };
+    let argv: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if argv.is_empty() {
+        return Err(AgentError::Invalid(format!(
+            "Image {} has no entrypoint or cmd and the machine config sets none",
+            a.config.image
+        )));
+    }
+    Ok(argv)
+}
+
+fn process_spec(
+    a: &AssignedMachine,
+    image: &Image,
+    ipv6: Ipv6Addr,
+) -> Result<runtime::ProcessSpec, AgentError> {
+    Ok(runtime::ProcessSpec {
+        args: argv(a, image)?,
+        env: machine_env(a, image, ipv6),
+        cwd: image
+            .config
+            .working_dir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into()),
+        user: image.config.user.clone().unwrap_or_default(),
+    })
+}
+
+/// `SIGTERM`, `TERM` or `15` → 15.
+pub fn signal_number(name: &str) -> Option<i32> {
+    if let Ok(n) = name.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let upper = name.to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let n = match bare {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "ABRT" => 6,
+        "KILL" => 9,
+        "USR1" => 10,
+        "USR2" => 12,
+        "TERM" => 15,
+        "STOP" => 19,
+        "CONT" => 18,
+        "WINCH" => 28,
+        _ => return None,
+    };
+    Some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(signal_number("SIGINT"), Some(2));
+        assert_eq!(signal_number("term"), Some(15));
+        assert_eq!(signal_number("9"), Some(9));
+        assert_eq!(signal_number("SIGNOPE"), None);
+        assert_eq!(signal_number("0"), None);
+    }
+
+    #[test]
+    fn registry_comes_from_the_control_url() {
+        assert_eq!(
+            registry_of("http://127.0.0.1:4280"),
+            ("127.0.0.1:4280".into(), true)
+        );
+        assert_eq!(
+            registry_of("https://cp.example/"),
+            ("cp.example".into(), false)
+        );
+    }
+
+    #[test]
+    fn org_networks_are_stable_and_nonzero() {
+        assert_eq!(org_network("personal"), org_network("personal"));
+        assert_ne!(org_network("personal"), org_network("other"));
+        assert_ne!(org_network(""), 0);
+    }
+}

@@ -1,0 +1,73 @@
+//! `aloft agent`: runs the machines of one host.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The control plane's URL.
+    #[arg(long, env = "ALOFT_CONTROL_URL", default_value = crate::context::DEFAULT_API_URL)]
+    pub control: String,
+    /// A join (or admin) token.
+    #[arg(long, env = "ALOFT_JOIN_TOKEN")]
+    pub token: String,
+    /// The region this host is in (e.g. ams, iad, syd).
+    #[arg(long)]
+    pub region: String,
+    /// Where the agent keeps its store, images and machines.
+    #[arg(long, default_value = "/var/lib/aloft/agent")]
+    pub data_dir: PathBuf,
+    /// This host's id (kept in the data dir after the first start).
+    #[arg(long)]
+    pub host_id: Option<String>,
+    /// Address other hosts and the control plane reach this host at.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: String,
+    /// CPUs offered to machines (default: all).
+    #[arg(long)]
+    pub cpus: Option<i64>,
+    /// Memory offered to machines in MB (default: 90% of the host's).
+    #[arg(long)]
+    pub memory_mb: Option<i64>,
+    /// The runtime driver.
+    #[arg(long, default_value = "sandbox")]
+    pub runtime: String,
+    /// The OCI runtime binary.
+    #[arg(long, default_value = "runc")]
+    pub runc: PathBuf,
+    /// The `aloft-init` binary (default: next to this binary).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+}
+
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    if args.runtime != "sandbox" {
+        return Err(crate::context::UsageError(format!(
+            "Unknown runtime {:?}: this host supports `sandbox`",
+            args.runtime
+        ))
+        .into());
+    }
+    let init = match args.init {
+        Some(p) => p,
+        None => std::env::current_exe()?
+            .parent()
+            .map(|d| d.join("aloft-init"))
+            .unwrap_or_else(|| PathBuf::from("aloft-init")),
+    };
+    let opts = aloft_agent::AgentOptions {
+        control_url: args.control,
+        token: args.token,
+        region: args.region,
+        data_dir: args.data_dir,
+        host_id: args.host_id,
+        address: args.address,
+        cpus: args.cpus,
+        memory_mb: args.memory_mb,
+        runc: args.runc,
+        init_binary: init,
+    };
+    aloft_agent::run(opts, super::server::shutdown_signal()).await?;
+    Ok(())
+}

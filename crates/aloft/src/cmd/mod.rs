@@ -1,0 +1,9 @@
+//! One module per command group.
+
+pub mod agent;
+pub mod apps;
+pub mod auth;
+pub mod machine;
+pub mod regions;
+pub mod server;
+pub mod tokens;

@@ -1,0 +1,80 @@
+//! `aloft server`: the control plane.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::context;
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address to listen on (port 0 picks a free port; the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:4280")]
+    pub listen: SocketAddr,
+    /// Where the store, registry blobs and admin token live
+    /// (default /var/lib/aloft/server as root, ~/.local/share/aloft/server otherwise).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds without a heartbeat after which a host is unreachable.
+    #[arg(long, default_value_t = 15)]
+    pub heartbeat_timeout: u64,
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.unwrap_or_else(context::default_server_dir);
+    let server = aloft_control::Server::open(aloft_control::ServerOptions {
+        listen: args.listen,
+        data_dir: data_dir.clone(),
+        heartbeat_timeout: Duration::from_secs(args.heartbeat_timeout),
+    })
+    .await
+    .with_context(|| format!("Cannot open the control plane in {}", data_dir.display()))?;
+    let registry_dir = data_dir.join("registry");
+    let registry = aloft_registry::Registry::open(&registry_dir)
+        .with_context(|| format!("Cannot open the registry in {}", registry_dir.display()))?;
+    let tokens = Arc::new(ControlTokens(server.control()));
+    let server = server.merge_router(aloft_registry::router(registry, tokens));
+    if let Some(token) = &server.admin_token_created {
+        println!("admin token: {token}");
+        println!(
+            "(shown once; saved to {} with mode 0600)",
+            data_dir.join("admin-token").display()
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("Cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!("aloft server listening on http://{addr}");
+    server.serve(listener, shutdown_signal()).await?;
+    println!("aloft server stopped");
+    Ok(())
+}
+
+/// The registry trusts the control plane's tokens: an app token reaches its app's
+/// repositories, admin and join (host) tokens reach all of them.
+struct ControlTokens(Arc<aloft_control::Control>);
+
+impl aloft_registry::RegistryAuth for ControlTokens {
+    fn authenticate(&self, secret: &str) -> Option<aloft_registry::Identity> {
+        use aloft_control::TokenScope;
+        Some(match self.0.authenticate(secret)? {
+            TokenScope::Admin | TokenScope::Join => aloft_registry::Identity::Admin,
+            TokenScope::App(app) => aloft_registry::Identity::App(app),
+        })
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,118 @@
+//! Where the CLI finds the control plane: flags and environment first, then the file written
+//! by `aloft auth login`, then a local server's admin token.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+/// The default address of `aloft server`.
+pub const DEFAULT_API_URL: &str = "http://127.0.0.1:4280";
+
+/// Input the user has to fix (a missing app name, a malformed flag value).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// What `aloft auth login` stores.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SavedLogin {
+    pub api_url: String,
+    pub token: String,
+}
+
+/// The config file: `$ALOFT_CONFIG` or `$XDG_CONFIG_HOME/aloft/config.json` or
+/// `~/.config/aloft/config.json`.
+pub fn config_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("ALOFT_CONFIG") {
+        return PathBuf::from(p);
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("aloft").join("config.json")
+}
+
+fn saved_login() -> Option<SavedLogin> {
+    let text = std::fs::read_to_string(config_path()).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Writes the login file with mode 0600.
+pub fn save_login(login: &SavedLogin) -> anyhow::Result<PathBuf> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = config_path();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("Cannot create {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("Cannot write {}", tmp.display()))?;
+    f.write_all(serde_json::to_string_pretty(login)?.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("Cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+/// The default data dir of `aloft server` on this machine.
+pub fn default_server_dir() -> PathBuf {
+    if nix::unistd::Uid::effective().is_root() {
+        PathBuf::from("/var/lib/aloft/server")
+    } else {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".local/share/aloft/server")
+    }
+}
+
+/// The API URL and token to use.
+pub fn api() -> anyhow::Result<aloft_api::Client> {
+    let saved = saved_login();
+    let url = std::env::var("ALOFT_API_URL")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| saved.as_ref().map(|s| s.api_url.clone()))
+        .unwrap_or_else(|| DEFAULT_API_URL.to_string());
+    let token = std::env::var("ALOFT_API_TOKEN")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| saved.as_ref().map(|s| s.token.clone()))
+        .or_else(|| {
+            std::fs::read_to_string(default_server_dir().join("admin-token"))
+                .ok()
+                .map(|t| t.trim().to_string())
+        })
+        .ok_or_else(|| {
+            UsageError("No API token: set ALOFT_API_TOKEN or run `aloft auth login`".to_string())
+        })?;
+    Ok(aloft_api::Client::new(&url, token)?)
+}
+
+/// The app to act on: the flag, else `$ALOFT_APP`, else the `app` of `aloft.toml`/`fly.toml`
+/// in the current directory.
+pub fn app(flag: Option<String>) -> anyhow::Result<String> {
+    if let Some(app) = flag.or_else(|| std::env::var("ALOFT_APP").ok()) {
+        return Ok(app);
+    }
+    for name in ["aloft.toml", "fly.toml"] {
+        if let Ok(text) = std::fs::read_to_string(name) {
+            if let Ok(value) = text.parse::<toml::Table>() {
+                if let Some(app) = value.get("app").and_then(|v| v.as_str()) {
+                    return Ok(app.to_string());
+                }
+            }
+        }
+    }
+    Err(
+        UsageError("No app given: pass --app NAME (or run in a directory with aloft.toml)".into())
+            .into(),
+    )
+}

@@ -1,0 +1,164 @@
+//! End-to-end: a real server, a real agent running machines with runc, a real image pushed
+//! with skopeo into the built-in registry.
+
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use aloft_testkit::{busybox_layout, skopeo_push, stderr, stdout, wait_for, Agent, Server};
+use serde_json::Value;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_aloft"))
+}
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+fn machine(server: &Server, app: &str, id: &str) -> Value {
+    serde_json::from_str(&ok(
+        server.cli(&["machine", "status", id, "--app", app, "--json"])
+    ))
+    .unwrap()
+}
+
+/// `GET /` on the machine's private address, port 8080.
+fn get_page(ip: &str) -> Option<String> {
+    let ip: IpAddr = ip.parse().ok()?;
+    let addr = SocketAddr::new(ip, 8080);
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET / HTTP/1.0\r\nhost: x\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+fn pid_of_httpd() -> Vec<String> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read_to_string(entry.path().join("cmdline")) {
+            if cmd.contains("aloft-e2e-page") {
+                pids.push(entry.file_name().to_string_lossy().to_string());
+            }
+        }
+    }
+    pids
+}
+
+#[test]
+fn a_machine_runs_from_a_pushed_image_and_survives_its_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(bin()).unwrap();
+    let mut agent = Agent::start(bin(), &server, "ams", &dir.path().join("agent")).unwrap();
+
+    let layout = dir.path().join("layout");
+    busybox_layout(
+        &layout,
+        "1",
+        "hello from busybox\n",
+        &[
+            "/bin/busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "8080",
+            "-h",
+            "/www",
+            "-c",
+            "/aloft-e2e-page",
+        ],
+    )
+    .unwrap();
+    let registry = server.url.trim_start_matches("http://").to_string();
+    let image = format!("{registry}/web/busybox:1");
+    skopeo_push(&layout, "1", &image, &server.token).unwrap();
+
+    ok(server.cli(&["apps", "create", "web"]));
+    let run = ok(server.cli(&[
+        "machine", "run", &image, "--app", "web", "--region", "ams", "--json",
+    ]));
+    let m: Value = serde_json::from_str(&run).unwrap();
+    assert_eq!(m["state"], "started", "{m}");
+    let id = m["id"].as_str().unwrap().to_string();
+    let ip = m["private_ip"].as_str().unwrap().to_string();
+    let page = wait_for(
+        "the machine serves its page",
+        Duration::from_secs(20),
+        || get_page(&ip),
+    )
+    .unwrap();
+    assert!(page.contains("hello from busybox"), "{page}");
+    let before = pid_of_httpd();
+    assert_eq!(before.len(), 1, "one httpd runs: {before:?}");
+
+    // Killing the agent does not stop the machine; a new agent adopts it without a restart.
+    agent.crash_and_restart().unwrap();
+    assert!(get_page(&ip).is_some_and(|p| p.contains("hello from busybox")));
+    assert_eq!(pid_of_httpd(), before, "the same process still runs");
+    assert_eq!(machine(&server, "web", &id)["state"], "started");
+
+    // Stop and start through the CLI.
+    ok(server.cli(&["machine", "stop", &id, "--app", "web"]));
+    wait_for("stopped", Duration::from_secs(30), || {
+        (machine(&server, "web", &id)["state"] == "stopped").then_some(())
+    })
+    .unwrap();
+    assert!(pid_of_httpd().is_empty(), "httpd ended");
+    ok(server.cli(&["machine", "start", &id, "--app", "web"]));
+    wait_for("started again", Duration::from_secs(30), || {
+        (machine(&server, "web", &id)["state"] == "started").then_some(())
+    })
+    .unwrap();
+    wait_for("serving again", Duration::from_secs(20), || get_page(&ip)).unwrap();
+
+    // Destroy removes it from the host.
+    ok(server.cli(&["machine", "destroy", &id, "--app", "web", "--force"]));
+    wait_for("httpd gone", Duration::from_secs(30), || {
+        pid_of_httpd().is_empty().then_some(())
+    })
+    .unwrap();
+    let events = machine_events(&server, "web", &id);
+    assert!(events.iter().any(|e| e == "start"), "{events:?}");
+}
+
+fn machine_events(server: &Server, app: &str, id: &str) -> Vec<String> {
+    let out = server.cli(&["machine", "list", "--app", app, "--all", "--json"]);
+    let list: Value = serde_json::from_str(&ok(out)).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["id"] == id)
+        .flat_map(|m| m["events"].as_array().cloned().unwrap_or_default())
+        .map(|e| e["type"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn a_machine_whose_image_is_missing_fails_fast_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(bin()).unwrap();
+    let _agent = Agent::start(bin(), &server, "ams", &dir.path().join("agent")).unwrap();
+    ok(server.cli(&["apps", "create", "broken"]));
+    let registry = server.url.trim_start_matches("http://").to_string();
+    let image = format!("{registry}/broken/nothing:1");
+    let out = server.cli(&[
+        "machine", "run", &image, "--app", "broken", "--region", "ams",
+    ]);
+    assert!(!out.status.success());
+    // The wait ends as soon as the machine fails, and says why (not a 408 after a minute).
+    let err = stderr(&out);
+    assert!(
+        err.contains("failed") && err.contains("broken/nothing"),
+        "{err}"
+    );
+    assert!(!err.contains("408"), "{err}");
+}
