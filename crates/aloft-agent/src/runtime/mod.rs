@@ -19,6 +19,7 @@
 mod bundle;
 mod rootfs;
 mod runc;
+mod types;
 
 #[cfg(test)]
 mod tests;
@@ -29,12 +30,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use aloft_init::protocol::{
     self as wire, ExitRecord, InitRequest, RunConfig, SignalRequest, SignalResponse,
 };
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tracing::{info, warn};
 
 pub use bundle::UserError;
+pub(crate) use types::MachinePaths;
+use types::{io_err, validate_id};
+pub use types::{
+    BindMount, ExecOutput, ExecRequest, ExitStatus, ProcessSpec, RuntimeError, RuntimeState,
+    RuntimeStatus, SandboxOptions, SandboxSpec, Started,
+};
 
 /// How often lifecycle waits look at init's pid.
 const PID_POLL: Duration = Duration::from_millis(2);
@@ -42,257 +48,6 @@ const PID_POLL: Duration = Duration::from_millis(2);
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// How long `start` waits for init to serve its socket.
 const INIT_READY_WAIT: Duration = Duration::from_secs(10);
-
-/// Errors of the sandbox runtime driver.
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    #[error("Machine id {0:?} is invalid (use 1-64 letters, digits, '-' or '_')")]
-    InvalidId(String),
-    #[error("Machine {0} does not exist")]
-    NotFound(String),
-    #[error("Machine {0} is already running")]
-    AlreadyRunning(String),
-    #[error("Machine has no image layers")]
-    NoLayers,
-    #[error("Layer path {0:?} contains ',' or ':' which overlayfs cannot take")]
-    BadLayerPath(PathBuf),
-    #[error("Cannot resolve user {user:?} of machine {id}")]
-    User {
-        id: String,
-        user: String,
-        #[source]
-        source: UserError,
-    },
-    #[error("Filesystem operation on {path} failed")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("Mount operation on {path} failed")]
-    Mount {
-        path: PathBuf,
-        #[source]
-        source: nix::Error,
-    },
-    #[error("{0} is still mounted")]
-    StillMounted(PathBuf),
-    #[error("Cannot run {program}")]
-    Spawn {
-        program: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("runc {command} of machine {id} failed: {message}")]
-    Runc {
-        command: String,
-        id: String,
-        message: String,
-    },
-    #[error("Cannot build the OCI spec of machine {id}")]
-    Spec {
-        id: String,
-        #[source]
-        source: oci_spec::OciSpecError,
-    },
-    #[error("Init of machine {id} did not answer: {message}")]
-    Init { id: String, message: String },
-    #[error("Machine {id} did not stop within {waited:?} of SIGKILL")]
-    StopTimeout { id: String, waited: Duration },
-}
-
-/// Driver configuration.
-#[derive(Debug, Clone)]
-pub struct SandboxOptions {
-    /// The OCI runtime binary.
-    pub runc: PathBuf,
-    /// The driver's data directory.
-    pub root: PathBuf,
-    /// Host path of the static `aloft-init` binary.
-    pub init_binary: PathBuf,
-    /// Maximum number of processes in one machine.
-    pub pids_limit: i64,
-    /// Apply the seccomp profile.
-    pub seccomp: bool,
-}
-
-impl SandboxOptions {
-    /// Defaults: `/usr/sbin/runc`, 4096 pids, seccomp on.
-    pub fn new(root: impl Into<PathBuf>, init_binary: impl Into<PathBuf>) -> Self {
-        Self {
-            runc: PathBuf::from("/usr/sbin/runc"),
-            root: root.into(),
-            init_binary: init_binary.into(),
-            pids_limit: 4096,
-            seccomp: true,
-        }
-    }
-}
-
-/// What to run and how to confine it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SandboxSpec {
-    pub id: String,
-    pub hostname: String,
-    /// Unpacked image layers, bottom-most first.
-    pub layers: Vec<PathBuf>,
-    /// Keep the writable layer across stops.
-    pub persist_rootfs: bool,
-    pub process: ProcessSpec,
-    pub cpus: u32,
-    pub memory_mb: u64,
-    /// A bind-mounted network namespace to join; `None` gives a fresh, empty one.
-    pub netns_path: Option<PathBuf>,
-    /// Content of the machine's `/etc/hosts`.
-    pub hosts_file: String,
-    /// Content of the machine's `/etc/resolv.conf`.
-    pub resolv_conf: String,
-    /// Signal `stop` sends first (Fly's `stop_config.signal`).
-    pub stop_signal: i32,
-    /// How long `stop` waits before SIGKILL (Fly's `stop_config.timeout`).
-    pub kill_timeout: Duration,
-    /// Extra bind mounts (volumes).
-    pub mounts: Vec<BindMount>,
-}
-
-/// The machine's main process.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessSpec {
-    /// Entrypoint + cmd, resolved.
-    pub args: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub cwd: String,
-    /// Image user: `""`, `uid`, `uid:gid`, `name` or `name:group` (resolved in the rootfs).
-    pub user: String,
-}
-
-/// A host directory or file bind-mounted into the machine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BindMount {
-    pub source: PathBuf,
-    pub destination: String,
-    pub read_only: bool,
-}
-
-/// A started machine.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Started {
-    /// Host pid of the machine's init.
-    pub pid: u32,
-    /// Unique per start of the machine.
-    pub instance_id: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RuntimeStatus {
-    /// Created but not yet started (only between the two halves of `start`).
-    Created,
-    Running,
-    Paused,
-    Stopped,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuntimeState {
-    pub status: RuntimeStatus,
-    /// Host pid of init while it runs.
-    pub pid: Option<u32>,
-    /// Exit code of the main process once it has ended (when init recorded it).
-    pub exit_code: Option<i32>,
-}
-
-/// How a machine's main process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExitStatus {
-    /// Exit code (128 + signal when killed); `None` when unknown.
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-}
-
-/// A command to run inside a running machine.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecRequest {
-    pub cmd: Vec<String>,
-    pub stdin: Option<Vec<u8>>,
-    pub timeout: Duration,
-    pub env: Vec<(String, String)>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecOutput {
-    pub exit_code: i32,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    pub timed_out: bool,
-}
-
-/// Paths of one machine on the host.
-#[derive(Debug, Clone)]
-pub(crate) struct MachinePaths {
-    pub dir: PathBuf,
-    pub bundle: PathBuf,
-    pub rootfs: PathBuf,
-    pub upper: PathBuf,
-    pub work: PathBuf,
-    pub log: PathBuf,
-    pub run: PathBuf,
-    pub hosts: PathBuf,
-    pub resolv_conf: PathBuf,
-    pub run_config: PathBuf,
-    pub spec: PathBuf,
-    pub pid_file: PathBuf,
-    pub runc_log: PathBuf,
-    pub instance: PathBuf,
-}
-
-impl MachinePaths {
-    fn new(dir: PathBuf) -> Self {
-        Self {
-            bundle: dir.join("bundle"),
-            rootfs: dir.join("rootfs"),
-            upper: dir.join("upper"),
-            work: dir.join("work"),
-            log: dir.join("log"),
-            run: dir.join("run"),
-            hosts: dir.join("hosts"),
-            resolv_conf: dir.join("resolv.conf"),
-            run_config: dir.join("run.json"),
-            spec: dir.join("machine.json"),
-            pid_file: dir.join("init.pid"),
-            runc_log: dir.join("runc.log"),
-            instance: dir.join("instance"),
-            dir,
-        }
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.run.join(wire::SOCKET_NAME)
-    }
-
-    fn exit_file(&self) -> PathBuf {
-        self.log.join(wire::EXIT_FILE)
-    }
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
-    move |source| RuntimeError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-fn validate_id(id: &str) -> Result<(), RuntimeError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(RuntimeError::InvalidId(id.to_string()))
-    }
-}
 
 /// Runs machines as runc containers. See the module docs.
 #[derive(Debug, Clone)]
