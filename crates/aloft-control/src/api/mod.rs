@@ -186,9 +186,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
     }
 }
 
+/// Parses a JSON body; a type error names the field's path (`config.guest.cpus`).
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::BadRequest(format!("Invalid JSON body: {e}")))
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." {
+            ApiError::BadRequest(format!("Invalid JSON body: {inner}"))
+        } else {
+            ApiError::BadRequest(format!("Invalid JSON body at {path}: {inner}"))
+        }
+    })
 }
 
 /// Query parameters with JSON rejections.
