@@ -209,12 +209,17 @@ pub struct Server {
 impl Server {
     /// Starts a server on an empty data dir.
     pub fn start(bin: &Path) -> Result<Server, HarnessError> {
+        Server::start_with(bin, &[])
+    }
+
+    /// Starts a server on an empty data dir with extra arguments.
+    pub fn start_with(bin: &Path, extra: &[&str]) -> Result<Server, HarnessError> {
         let dir = tempfile::tempdir().map_err(|source| HarnessError::Read {
             path: std::env::temp_dir(),
             source,
         })?;
         let data_dir = dir.path().join("server");
-        let mut server = Server::start_in(bin, &data_dir, None)?;
+        let mut server = Server::start_in(bin, &data_dir, None, extra)?;
         server._dir = Some(dir);
         Ok(server)
     }
@@ -224,13 +229,16 @@ impl Server {
         bin: &Path,
         data_dir: &Path,
         listen: Option<&str>,
+        extra: &[&str],
     ) -> Result<Server, HarnessError> {
         let listen = listen.unwrap_or("127.0.0.1:0");
         let dir = data_dir.to_string_lossy().to_string();
+        let mut args = vec!["server", "--listen", listen, "--data-dir", &dir];
+        args.extend_from_slice(extra);
         let (proc, line) = Proc::spawn_until(
             "aloft server",
             bin,
-            &["server", "--listen", listen, "--data-dir", &dir],
+            &args,
             &[],
             "listening on http://",
         )?;
@@ -261,7 +269,7 @@ impl Server {
     pub fn crash_and_restart(&mut self) -> Result<(), HarnessError> {
         self.proc.kill9();
         let listen = self.url.trim_start_matches("http://").to_string();
-        let fresh = Server::start_in(&self.bin, &self.data_dir, Some(&listen))?;
+        let fresh = Server::start_in(&self.bin, &self.data_dir, Some(&listen), &[])?;
         self.proc = fresh.proc;
         self.token = fresh.token;
         Ok(())

@@ -162,3 +162,39 @@ fn a_machine_whose_image_is_missing_fails_fast_with_a_reason() {
     );
     assert!(!err.contains("408"), "{err}");
 }
+
+#[test]
+fn a_host_whose_agent_is_gone_becomes_unreachable_and_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(bin(), &["--heartbeat-timeout", "2"]).unwrap();
+    let mut agent = Agent::start(bin(), &server, "syd", &dir.path().join("agent")).unwrap();
+    ok(server.cli(&["apps", "create", "far"]));
+    let m: Value = serde_json::from_str(&ok(server.cli(&[
+        "machine", "run", "registry.example/far:1", "--app", "far", "--region", "syd",
+        "--skip-launch", "--json",
+    ])))
+    .unwrap();
+    let id = m["id"].as_str().unwrap().to_string();
+    assert_eq!(m["host_status"], "ok");
+    let regions = ok(server.cli(&["regions", "list"]));
+    assert!(regions.contains("syd"), "{regions}");
+
+    agent.proc.kill9();
+    wait_for("host unreachable", Duration::from_secs(20), || {
+        (machine(&server, "far", &id)["host_status"] == "unreachable").then_some(())
+    })
+    .unwrap();
+    let regions = ok(server.cli(&["regions", "list"]));
+    assert!(!regions.contains("syd"), "a region without live hosts is not offered: {regions}");
+    let refused = server.cli(&[
+        "machine", "run", "registry.example/far:1", "--app", "far", "--region", "syd", "--skip-launch",
+    ]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("syd"), "{}", stderr(&refused));
+
+    agent.crash_and_restart().unwrap();
+    wait_for("host back", Duration::from_secs(20), || {
+        (machine(&server, "far", &id)["host_status"] == "ok").then_some(())
+    })
+    .unwrap();
+}
