@@ -377,7 +377,7 @@ async fn serve_blob(
             .await
             .map_err(|e| RegistryError::io(format!("seek blob {digest}"), e))?;
     }
-    let stream = ReaderStream::with_capacity(file.take(len), 256 * 1024);
+    let stream = ReaderStream::with_capacity(file.take(len), 1 << 20);
     Ok(respond(status, headers, Body::from_stream(stream)))
 }
 

@@ -13,6 +13,30 @@
 //! `token`/`access_token`; registry requests then carry it as `Bearer` (or `Basic`
 //! directly). No second kind of token exists, so revoking the Aloft token revokes
 //! registry access at once.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use aloft_registry::{router, Identity, Registry, RegistryAuth};
+//!
+//! struct Tokens;
+//! impl RegistryAuth for Tokens {
+//!     fn authenticate(&self, secret: &str) -> Option<Identity> {
+//!         (secret == "admin-secret").then_some(Identity::Admin)
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let registry = Registry::open("/var/lib/aloft/registry")?;
+//! // The routes carry their `/v2` prefix: merge, do not nest. Uploads stream, so no
+//! // request body limit may sit in front of them.
+//! let app: axum::Router = axum::Router::new().merge(router(registry.clone(), Arc::new(Tokens)));
+//! # let _ = app;
+//! // Garbage collection is blocking file work.
+//! let report = tokio::task::spawn_blocking(move || registry.gc()).await??;
+//! println!("freed {} bytes", report.bytes_freed);
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 
 mod auth;
