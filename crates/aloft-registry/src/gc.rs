@@ -156,13 +156,21 @@ impl Registry {
             let touched = fs::metadata(entry.path().join("data")).and_then(|m| m.modified());
             if age(touched, now) > self.inner.options.upload_expiry {
                 let uuid = entry.file_name().to_string_lossy().into_owned();
-                let busy = {
-                    let map = self.inner.uploads.lock().unwrap_or_else(|p| p.into_inner());
-                    map.get(&uuid).is_some_and(|p| p.try_lock().is_err())
+                // Held while removing, so no chunk can be appended meanwhile.
+                let mut map = self.inner.uploads.lock().unwrap_or_else(|p| p.into_inner());
+                let progress = map.get(&uuid).cloned();
+                let guard = match &progress {
+                    Some(p) => match p.try_lock() {
+                        Ok(guard) => Some(guard),
+                        Err(_) => continue,
+                    },
+                    None => None,
                 };
-                if !busy && fs::remove_dir_all(entry.path()).is_ok() {
+                if fs::remove_dir_all(entry.path()).is_ok() {
                     report.uploads_removed += 1;
+                    map.remove(&uuid);
                 }
+                drop(guard);
             }
         }
         tracing::info!(?report, "Registry garbage collection finished");

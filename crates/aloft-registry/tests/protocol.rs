@@ -343,6 +343,41 @@ async fn chunked_upload_checks_ranges_reports_status_and_can_be_cancelled() {
     let r = c.get(&upload).bearer_auth(ADMIN).send().await.unwrap();
     assert_eq!(r.status(), 404);
 
+    // A sha512 digest over chunks.
+    use sha2::Digest as _;
+    let d512 = format!("sha512:{}", hex::encode(sha2::Sha512::digest(&data)));
+    let r = c
+        .post(s.url("/v2/web/app/blobs/uploads/"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    let upload = s.url(r.headers()["location"].to_str().unwrap());
+    let r = c
+        .patch(&upload)
+        .bearer_auth(ADMIN)
+        .header("content-range", "0-14")
+        .body(data[..15].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = c
+        .put(format!("{upload}?digest={d512}"))
+        .bearer_auth(ADMIN)
+        .body(data[15..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = c
+        .get(s.url(&format!("/v2/web/app/blobs/{d512}")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
+
     // An upload belongs to the repository it was started in.
     let r = c
         .post(s.url("/v2/web/app/blobs/uploads/"))
