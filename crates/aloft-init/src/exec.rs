@@ -33,8 +33,13 @@ pub struct Server {
 impl Server {
     /// Bind the socket (replacing a stale one) and serve connections on their own threads.
     pub fn serve(self: Arc<Self>, path: &Path) -> std::io::Result<()> {
+        // Bind under a temporary name and rename into place, so the socket only appears
+        // once it is listening (a client never sees it refuse connections).
+        let staging = path.with_extension("sock.tmp");
         let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path)?;
+        let _ = std::fs::remove_file(&staging);
+        let listener = UnixListener::bind(&staging)?;
+        std::fs::rename(&staging, path)?;
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };

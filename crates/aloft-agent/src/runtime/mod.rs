@@ -94,7 +94,9 @@ impl SandboxDriver {
         let id = spec.id.as_str();
         let paths = self.paths(id);
         if let Some(state) = self.runc.state(id).await? {
-            if state.status != "stopped" {
+            // "created" is a start that never finished (the agent died between create and
+            // start): nothing ran yet, so it is cleaned up below like a stopped one.
+            if state.status != "stopped" && state.status != "created" {
                 return Err(RuntimeError::AlreadyRunning(id.to_string()));
             }
         }

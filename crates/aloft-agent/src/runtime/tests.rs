@@ -12,7 +12,7 @@ use super::*;
 
 const APPLETS: &[&str] = &[
     "sh", "sleep", "cat", "echo", "id", "hostname", "env", "ls", "nc", "wget", "grep", "touch",
-    "mount", "unshare", "true", "false", "kill", "ps", "rm", "mkdir", "insmod", "test",
+    "mount", "unshare", "true", "false", "kill", "ps", "rm", "mkdir", "insmod", "test", "pidof",
 ];
 
 /// The static `aloft-init` binary: `$ALOFT_INIT_BINARY`, or built once for musl (falling
@@ -476,6 +476,97 @@ async fn writable_layer_is_reset_on_stop_unless_persisted() {
     }
     // The image layer itself is never written.
     assert!(!fx.layer.join("marker").exists());
+}
+
+#[tokio::test]
+async fn a_killed_app_reports_its_signal_and_a_running_machine_refuses_a_second_start() {
+    let fx = Fixture::new();
+    let spec = fx.spec("signalled", "echo ready; sleep 30 & wait $!; kill -9 $$");
+    fx.driver.start(&spec).await.unwrap();
+    wait_ready(&fx.driver, &spec.id).await;
+    let err = fx.driver.start(&spec).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::AlreadyRunning(_)), "{err}");
+    // The first machine is untouched by the refused start.
+    assert_eq!(
+        text(
+            &exec(&fx.driver, &spec.id, &["echo", "still here"])
+                .await
+                .stdout
+        ),
+        "still here\n"
+    );
+    exec(&fx.driver, &spec.id, &["sh", "-c", "kill $(pidof sleep)"]).await;
+    let exit = fx.driver.wait_exit(&spec.id).await.unwrap();
+    assert_eq!(
+        exit,
+        ExitStatus {
+            exit_code: Some(128 + libc::SIGKILL),
+            signal: Some(libc::SIGKILL)
+        }
+    );
+    // Stopping a machine that already ended returns the recorded status.
+    let again = fx
+        .driver
+        .stop(&spec.id, libc::SIGTERM, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(again, exit);
+}
+
+/// A network namespace made with `ip netns`, deleted on drop.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[tokio::test]
+async fn machine_joins_the_given_netns_and_sees_its_volume() {
+    let fx = Fixture::new();
+    let netns = Netns(format!("aloft-rt-{}", std::process::id()));
+    let made = Command::new("ip")
+        .args(["netns", "add", &netns.0])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let veth = Command::new("ip")
+        .args([
+            "-n", &netns.0, "link", "add", "mach0", "type", "veth", "peer", "name", "peer0",
+        ])
+        .status()
+        .unwrap();
+    assert!(veth.success());
+    let volume = fx.dir.path().join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    std::fs::write(volume.join("seed"), "from host").unwrap();
+
+    let mut spec = fx.spec("netns", IDLE);
+    spec.netns_path = Some(PathBuf::from(format!("/run/netns/{}", netns.0)));
+    spec.mounts.push(BindMount {
+        source: volume.clone(),
+        destination: "/data".into(),
+        read_only: false,
+    });
+    fx.driver.start(&spec).await.unwrap();
+    let links = text(
+        &exec(&fx.driver, &spec.id, &["cat", "/proc/net/dev"])
+            .await
+            .stdout,
+    );
+    assert!(links.contains("mach0:"), "{links}");
+    let seen = exec(
+        &fx.driver,
+        &spec.id,
+        &["sh", "-c", "cat /data/seed; echo hi > /data/out"],
+    )
+    .await;
+    assert_eq!(text(&seen.stdout), "from host");
+    assert_eq!(std::fs::read_to_string(volume.join("out")).unwrap(), "hi\n");
+    fx.driver.destroy(&spec.id).await.unwrap();
+    // The volume is the caller's: destroy leaves it alone.
+    assert!(volume.join("out").exists());
 }
 
 const HELPER_ROOT: &str = "ALOFT_TEST_HELPER_ROOT";
