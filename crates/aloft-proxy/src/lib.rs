@@ -10,7 +10,9 @@
 #![forbid(unsafe_code)]
 
 mod balance;
+mod body;
 mod edge;
+mod headers;
 mod metrics;
 mod proxy;
 mod replay;

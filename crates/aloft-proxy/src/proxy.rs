@@ -3,22 +3,22 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
 use crate::balance::{self, Locality, SlotGuard, Steering};
+use crate::body::{buffer_body, Tracked};
 use crate::edge::Inner;
+use crate::headers::{forward_headers, hdr, steering, strip_hop_by_hop};
 use crate::replay::{Replay, REPLAY_HEADERS};
 use crate::routes::{self, AppRoutes, MachineRoute, ServiceRoutes};
 
@@ -34,47 +34,6 @@ pub(crate) struct ConnInfo {
     pub port: u16,
 }
 
-/// Header names the edge reads and writes, parsed once at compile time.
-mod hdr {
-    use http::header::HeaderName;
-
-    pub const FLY_REQUEST_ID: HeaderName = HeaderName::from_static("fly-request-id");
-    pub const ALOFT_REQUEST_ID: HeaderName = HeaderName::from_static("aloft-request-id");
-    pub const FLY_FORCE_INSTANCE_ID: HeaderName = HeaderName::from_static("fly-force-instance-id");
-    pub const ALOFT_FORCE_INSTANCE_ID: HeaderName =
-        HeaderName::from_static("aloft-force-instance-id");
-    pub const FLY_PREFER_INSTANCE_ID: HeaderName =
-        HeaderName::from_static("fly-prefer-instance-id");
-    pub const ALOFT_PREFER_INSTANCE_ID: HeaderName =
-        HeaderName::from_static("aloft-prefer-instance-id");
-    pub const FLY_PREFER_REGION: HeaderName = HeaderName::from_static("fly-prefer-region");
-    pub const ALOFT_PREFER_REGION: HeaderName = HeaderName::from_static("aloft-prefer-region");
-    pub const FLY_FORCE_REGION: HeaderName = HeaderName::from_static("fly-force-region");
-    pub const ALOFT_FORCE_REGION: HeaderName = HeaderName::from_static("aloft-force-region");
-    pub const FLY_REPLAY_SRC: HeaderName = HeaderName::from_static("fly-replay-src");
-    pub const ALOFT_REPLAY_SRC: HeaderName = HeaderName::from_static("aloft-replay-src");
-    pub const FLY_CLIENT_IP: HeaderName = HeaderName::from_static("fly-client-ip");
-    pub const ALOFT_CLIENT_IP: HeaderName = HeaderName::from_static("aloft-client-ip");
-    pub const FLY_FORWARDED_PORT: HeaderName = HeaderName::from_static("fly-forwarded-port");
-    pub const ALOFT_FORWARDED_PORT: HeaderName = HeaderName::from_static("aloft-forwarded-port");
-    pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-    pub const FLY_REGION: HeaderName = HeaderName::from_static("fly-region");
-    pub const ALOFT_REGION: HeaderName = HeaderName::from_static("aloft-region");
-    pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-    pub const X_FORWARDED_SSL: HeaderName = HeaderName::from_static("x-forwarded-ssl");
-    pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-}
-
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
 const MAX_REPLAYS: usize = 3;
 
 pub(crate) fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
@@ -145,46 +104,6 @@ fn host_of(req: &Request<Incoming>) -> Option<String> {
         .and_then(|h| h.to_str().ok())
         .map(str::to_string)
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
-}
-
-fn header_str<'a>(h: &'a HeaderMap, names: &[HeaderName]) -> Option<&'a str> {
-    names
-        .iter()
-        .find_map(|n| h.get(n).and_then(|v| v.to_str().ok()))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-}
-
-fn steering(h: &HeaderMap) -> Steering {
-    Steering {
-        force_instance: header_str(
-            h,
-            &[hdr::FLY_FORCE_INSTANCE_ID, hdr::ALOFT_FORCE_INSTANCE_ID],
-        )
-        .map(String::from),
-        prefer_instance: header_str(
-            h,
-            &[hdr::FLY_PREFER_INSTANCE_ID, hdr::ALOFT_PREFER_INSTANCE_ID],
-        )
-        .map(String::from),
-        prefer_regions: header_str(h, &[hdr::FLY_PREFER_REGION, hdr::ALOFT_PREFER_REGION])
-            .map(|v| {
-                v.split(',')
-                    .map(|r| r.trim().to_string())
-                    .filter(|r| !r.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default(),
-        force_regions: header_str(h, &[hdr::FLY_FORCE_REGION, hdr::ALOFT_FORCE_REGION])
-            .map(|v| {
-                v.split(',')
-                    .map(|r| r.trim().to_string())
-                    .filter(|r| !r.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default(),
-        exclude: HashSet::new(),
-    }
 }
 
 async fn route(
@@ -468,105 +387,6 @@ async fn acquire(
     }
 }
 
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| {
-            v.split(',')
-                .map(|s| s.trim().to_ascii_lowercase())
-                .collect::<Vec<_>>()
-        })
-        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-        .collect();
-    for n in listed {
-        h.remove(n);
-    }
-    for n in HOP_BY_HOP {
-        h.remove(n);
-    }
-    h.remove(header::UPGRADE);
-}
-
-fn forward_headers(
-    inner: &Inner,
-    incoming: &HeaderMap,
-    host: &str,
-    conn: &ConnInfo,
-    request_id: &str,
-    version: Version,
-    upgrade: bool,
-) -> HeaderMap {
-    let mut h = incoming.clone();
-    let upgrade_value = h.get(header::UPGRADE).cloned();
-    strip_hop_by_hop(&mut h);
-    if upgrade {
-        if let Some(v) = upgrade_value {
-            h.insert(header::UPGRADE, v);
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-    }
-    if let Ok(v) = HeaderValue::from_str(host) {
-        h.insert(header::HOST, v);
-    }
-    let ip = conn.peer.ip().to_canonical().to_string();
-    let port = conn.port.to_string();
-    let set = |h: &mut HeaderMap, names: &[HeaderName], value: &str| {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            for n in names {
-                h.insert(n.clone(), v.clone());
-            }
-        }
-    };
-    set(&mut h, &[hdr::FLY_CLIENT_IP, hdr::ALOFT_CLIENT_IP], &ip);
-    set(
-        &mut h,
-        &[
-            hdr::FLY_FORWARDED_PORT,
-            hdr::ALOFT_FORWARDED_PORT,
-            hdr::X_FORWARDED_PORT,
-        ],
-        &port,
-    );
-    set(
-        &mut h,
-        &[hdr::FLY_REGION, hdr::ALOFT_REGION],
-        &inner.opts.region,
-    );
-    set(
-        &mut h,
-        &[hdr::FLY_REQUEST_ID, hdr::ALOFT_REQUEST_ID],
-        request_id,
-    );
-    set(
-        &mut h,
-        &[hdr::X_FORWARDED_PROTO],
-        if conn.tls { "https" } else { "http" },
-    );
-    set(
-        &mut h,
-        &[hdr::X_FORWARDED_SSL],
-        if conn.tls { "on" } else { "off" },
-    );
-    let xff = match h.get(hdr::X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip.clone(),
-    };
-    set(&mut h, &[hdr::X_FORWARDED_FOR], &xff);
-    let hop = if version == Version::HTTP_2 {
-        "2 aloft"
-    } else {
-        "1.1 aloft"
-    };
-    let via = match h.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {hop}"),
-        _ => hop.to_string(),
-    };
-    set(&mut h, &[header::VIA], &via);
-    h
-}
-
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     backend: hyper::upgrade::OnUpgrade,
@@ -584,79 +404,4 @@ async fn tunnel(
         tracing::debug!(error = %e, "upgraded connection ended with an error");
     }
     drop(guard);
-}
-
-/// Reads a request body of unknown or small size into memory while it stays within `limit`
-/// (`Ok(Ok(bytes))`); past the limit, gives back a body that replays what was read and streams
-/// the rest (`Ok(Err(body))`). Trailers of buffered bodies are dropped.
-async fn buffer_body(
-    mut body: Incoming,
-    limit: usize,
-) -> Result<Result<Bytes, ProxyBody>, hyper::Error> {
-    let mut buf = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            buf.extend_from_slice(&data);
-            if buf.len() > limit {
-                let read = Some(buf.freeze());
-                return Ok(Err(Prefixed { read, rest: body }.boxed()));
-            }
-        }
-    }
-    Ok(Ok(buf.freeze()))
-}
-
-/// A request body whose first bytes were already read.
-struct Prefixed {
-    read: Option<Bytes>,
-    rest: Incoming,
-}
-
-impl Body for Prefixed {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        if let Some(read) = self.read.take() {
-            return Poll::Ready(Some(Ok(Frame::data(read))));
-        }
-        Pin::new(&mut self.rest).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.read.is_none() && self.rest.is_end_stream()
-    }
-}
-
-/// A machine's response body that holds the machine's slot until it is fully sent.
-struct Tracked {
-    inner: Incoming,
-    guard: Option<SlotGuard>,
-}
-
-impl Body for Tracked {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            self.guard.take();
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }

@@ -1,0 +1,87 @@
+//! Body types: request bodies buffered for retry (or streamed past the limit) and response
+//! bodies that hold their machine's slot until sent.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::balance::SlotGuard;
+use crate::proxy::ProxyBody;
+
+/// Reads a request body of unknown or small size into memory while it stays within `limit`
+/// (`Ok(Ok(bytes))`); past the limit, gives back a body that replays what was read and streams
+/// the rest (`Ok(Err(body))`). Trailers of buffered bodies are dropped.
+pub(crate) async fn buffer_body(
+    mut body: Incoming,
+    limit: usize,
+) -> Result<Result<Bytes, ProxyBody>, hyper::Error> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            buf.extend_from_slice(&data);
+            if buf.len() > limit {
+                let read = Some(buf.freeze());
+                return Ok(Err(Prefixed { read, rest: body }.boxed()));
+            }
+        }
+    }
+    Ok(Ok(buf.freeze()))
+}
+
+/// A request body whose first bytes were already read.
+struct Prefixed {
+    read: Option<Bytes>,
+    rest: Incoming,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(read) = self.read.take() {
+            return Poll::Ready(Some(Ok(Frame::data(read))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.is_none() && self.rest.is_end_stream()
+    }
+}
+
+/// A machine's response body that holds the machine's slot until it is fully sent.
+pub(crate) struct Tracked {
+    pub inner: Incoming,
+    pub guard: Option<SlotGuard>,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.guard.take();
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

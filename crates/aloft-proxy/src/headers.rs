@@ -1,0 +1,191 @@
+//! Headers on the way to machines and back: the platform's forwarding headers, hop-by-hop
+//! removal, and the request headers that steer machine choice.
+
+use std::collections::HashSet;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Version;
+
+use crate::balance::Steering;
+use crate::edge::Inner;
+use crate::proxy::ConnInfo;
+
+/// Header names the edge reads and writes, parsed once at compile time.
+pub(crate) mod hdr {
+    use http::header::HeaderName;
+
+    pub const FLY_REQUEST_ID: HeaderName = HeaderName::from_static("fly-request-id");
+    pub const ALOFT_REQUEST_ID: HeaderName = HeaderName::from_static("aloft-request-id");
+    pub const FLY_FORCE_INSTANCE_ID: HeaderName = HeaderName::from_static("fly-force-instance-id");
+    pub const ALOFT_FORCE_INSTANCE_ID: HeaderName =
+        HeaderName::from_static("aloft-force-instance-id");
+    pub const FLY_PREFER_INSTANCE_ID: HeaderName =
+        HeaderName::from_static("fly-prefer-instance-id");
+    pub const ALOFT_PREFER_INSTANCE_ID: HeaderName =
+        HeaderName::from_static("aloft-prefer-instance-id");
+    pub const FLY_PREFER_REGION: HeaderName = HeaderName::from_static("fly-prefer-region");
+    pub const ALOFT_PREFER_REGION: HeaderName = HeaderName::from_static("aloft-prefer-region");
+    pub const FLY_FORCE_REGION: HeaderName = HeaderName::from_static("fly-force-region");
+    pub const ALOFT_FORCE_REGION: HeaderName = HeaderName::from_static("aloft-force-region");
+    pub const FLY_REPLAY_SRC: HeaderName = HeaderName::from_static("fly-replay-src");
+    pub const ALOFT_REPLAY_SRC: HeaderName = HeaderName::from_static("aloft-replay-src");
+    pub const FLY_CLIENT_IP: HeaderName = HeaderName::from_static("fly-client-ip");
+    pub const ALOFT_CLIENT_IP: HeaderName = HeaderName::from_static("aloft-client-ip");
+    pub const FLY_FORWARDED_PORT: HeaderName = HeaderName::from_static("fly-forwarded-port");
+    pub const ALOFT_FORWARDED_PORT: HeaderName = HeaderName::from_static("aloft-forwarded-port");
+    pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+    pub const FLY_REGION: HeaderName = HeaderName::from_static("fly-region");
+    pub const ALOFT_REGION: HeaderName = HeaderName::from_static("aloft-region");
+    pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    pub const X_FORWARDED_SSL: HeaderName = HeaderName::from_static("x-forwarded-ssl");
+    pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+fn header_str<'a>(h: &'a HeaderMap, names: &[HeaderName]) -> Option<&'a str> {
+    names
+        .iter()
+        .find_map(|n| h.get(n).and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+pub(crate) fn steering(h: &HeaderMap) -> Steering {
+    Steering {
+        force_instance: header_str(
+            h,
+            &[hdr::FLY_FORCE_INSTANCE_ID, hdr::ALOFT_FORCE_INSTANCE_ID],
+        )
+        .map(String::from),
+        prefer_instance: header_str(
+            h,
+            &[hdr::FLY_PREFER_INSTANCE_ID, hdr::ALOFT_PREFER_INSTANCE_ID],
+        )
+        .map(String::from),
+        prefer_regions: header_str(h, &[hdr::FLY_PREFER_REGION, hdr::ALOFT_PREFER_REGION])
+            .map(|v| {
+                v.split(',')
+                    .map(|r| r.trim().to_string())
+                    .filter(|r| !r.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        force_regions: header_str(h, &[hdr::FLY_FORCE_REGION, hdr::ALOFT_FORCE_REGION])
+            .map(|v| {
+                v.split(',')
+                    .map(|r| r.trim().to_string())
+                    .filter(|r| !r.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        exclude: HashSet::new(),
+    }
+}
+
+pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect();
+    for n in listed {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+    h.remove(header::UPGRADE);
+}
+
+pub(crate) fn forward_headers(
+    inner: &Inner,
+    incoming: &HeaderMap,
+    host: &str,
+    conn: &ConnInfo,
+    request_id: &str,
+    version: Version,
+    upgrade: bool,
+) -> HeaderMap {
+    let mut h = incoming.clone();
+    let upgrade_value = h.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut h);
+    if upgrade {
+        if let Some(v) = upgrade_value {
+            h.insert(header::UPGRADE, v);
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(host) {
+        h.insert(header::HOST, v);
+    }
+    let ip = conn.peer.ip().to_canonical().to_string();
+    let port = conn.port.to_string();
+    let set = |h: &mut HeaderMap, names: &[HeaderName], value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            for n in names {
+                h.insert(n.clone(), v.clone());
+            }
+        }
+    };
+    set(&mut h, &[hdr::FLY_CLIENT_IP, hdr::ALOFT_CLIENT_IP], &ip);
+    set(
+        &mut h,
+        &[
+            hdr::FLY_FORWARDED_PORT,
+            hdr::ALOFT_FORWARDED_PORT,
+            hdr::X_FORWARDED_PORT,
+        ],
+        &port,
+    );
+    set(
+        &mut h,
+        &[hdr::FLY_REGION, hdr::ALOFT_REGION],
+        &inner.opts.region,
+    );
+    set(
+        &mut h,
+        &[hdr::FLY_REQUEST_ID, hdr::ALOFT_REQUEST_ID],
+        request_id,
+    );
+    set(
+        &mut h,
+        &[hdr::X_FORWARDED_PROTO],
+        if conn.tls { "https" } else { "http" },
+    );
+    set(
+        &mut h,
+        &[hdr::X_FORWARDED_SSL],
+        if conn.tls { "on" } else { "off" },
+    );
+    let xff = match h.get(hdr::X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip.clone(),
+    };
+    set(&mut h, &[hdr::X_FORWARDED_FOR], &xff);
+    let hop = if version == Version::HTTP_2 {
+        "2 aloft"
+    } else {
+        "1.1 aloft"
+    };
+    let via = match h.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {hop}"),
+        _ => hop.to_string(),
+    };
+    set(&mut h, &[header::VIA], &via);
+    h
+}
