@@ -194,7 +194,11 @@ async fn dispatch(
                     )
                 })?
                 .parse()?;
-            reg.finish_upload(&name, &uuid, &digest, body.into_data_stream())
+            let range = match headers.get(header::CONTENT_RANGE) {
+                Some(v) => Some(parse_content_range(v)?),
+                None => None,
+            };
+            reg.finish_upload(&name, &uuid, &digest, range, body.into_data_stream())
                 .await?;
             Ok(blob_created(&name, &digest))
         }

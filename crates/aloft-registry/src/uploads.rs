@@ -243,13 +243,15 @@ impl Registry {
         append_locked(name, uuid, &data, &mut progress, range, body).await
     }
 
-    /// Appends the final chunk (possibly empty), verifies the digest of everything
+    /// Appends the final chunk (possibly empty; `range` as for [`Registry::append_upload`]),
+    /// verifies the digest of everything
     /// received and moves the blob into the store. A mismatch discards the upload.
     pub async fn finish_upload<S, E>(
         &self,
         name: &str,
         uuid: &str,
         digest: &Digest,
+        range: Option<(u64, u64)>,
         body: S,
     ) -> Result<(), RegistryError>
     where
@@ -259,7 +261,7 @@ impl Registry {
         let data = self.upload_data(name, uuid)?;
         let progress = self.progress(uuid);
         let mut progress = progress.lock().await;
-        let size = append_locked(name, uuid, &data, &mut progress, None, body).await?;
+        let size = append_locked(name, uuid, &data, &mut progress, range, body).await?;
         let actual = match &progress.hasher {
             Some((h, hashed)) if *hashed == size && h.algorithm() == digest.algorithm() => {
                 h.clone().finish()

@@ -300,9 +300,19 @@ async fn chunked_upload_checks_ranges_reports_status_and_can_be_cancelled() {
     assert_eq!(r.status(), 202);
     assert_eq!(r.headers()["range"], "0-19");
 
-    // Final chunk travels with the PUT.
+    // Final chunk travels with the PUT; its Content-Range is checked too.
     let r = c
         .put(format!("{upload}?digest={digest}"))
+        .bearer_auth(ADMIN)
+        .header("content-range", "25-29")
+        .body(data[25..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    let r = c
+        .put(format!("{upload}?digest={digest}"))
+        .header("content-range", "20-29")
         .bearer_auth(ADMIN)
         .body(data[20..].to_vec())
         .send()
