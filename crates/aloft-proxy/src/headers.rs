@@ -189,3 +189,41 @@ pub(crate) fn forward_headers(
     set(&mut h, &[header::VIA], &via);
     h
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steering_reads_fly_and_aloft_spellings() {
+        let mut h = HeaderMap::new();
+        h.insert("fly-prefer-region", HeaderValue::from_static(" ams , ,fra"));
+        h.insert("aloft-force-instance-id", HeaderValue::from_static("m1"));
+        h.insert("fly-prefer-instance-id", HeaderValue::from_static("  "));
+        let s = steering(&h);
+        assert_eq!(s.prefer_regions, ["ams", "fra"]);
+        assert_eq!(s.force_instance.as_deref(), Some("m1"));
+        assert_eq!(s.prefer_instance, None);
+        assert!(s.force_regions.is_empty());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Trace"),
+        );
+        h.insert("x-trace", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+    }
+}

@@ -64,6 +64,37 @@ async fn autostart_holds_the_request_until_the_machine_listens() {
 }
 
 #[tokio::test]
+async fn concurrent_requests_share_one_start() {
+    let port = shared_port().await;
+    let mut sleeper = machine("sleeper", "ams", "h1", 6);
+    sleeper.state = MachineState::Stopped;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let waker = Arc::new(RecordingWaker::default());
+    *waker.start_tx.lock().unwrap() = Some(tx);
+    let w: Arc<dyn Waker> = waker.clone();
+    let edge = edge_with(vec![app("alpha", port, vec![sleeper])], |o| {
+        o.waker = Some(w)
+    })
+    .await;
+    let addr = edge.http_addr();
+    let pending: Vec<_> = (0..6)
+        .map(|_| tokio::spawn(async move { get(addr, "alpha.aloft.test", "/").await }))
+        .collect();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+        "sleeper"
+    );
+    let _backend = Backend::start((ip(6), port).into(), "sleeper").await;
+    for p in pending {
+        assert_eq!(p.await.unwrap().body, "machine=sleeper");
+    }
+    assert_eq!(*waker.started.lock().unwrap(), ["sleeper"]);
+}
+
+#[tokio::test]
 async fn autostart_wakes_a_stopped_machine_when_started_ones_are_over_soft() {
     let port = shared_port().await;
     let busy = Backend::start((ip(2), port).into(), "busy").await;
