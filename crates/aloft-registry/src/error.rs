@@ -41,8 +41,8 @@ pub enum RegistryError {
     ManifestInvalid(String),
     #[error("Manifest is {0} bytes, more than the 4 MiB limit")]
     ManifestTooLarge(u64),
-    #[error("Manifest references {0}, which is not in the repository")]
-    ManifestBlobUnknown(String),
+    #[error("Manifest references {kind} {digest}, which is not in the repository")]
+    ManifestBlobUnknown { kind: &'static str, digest: String },
     #[error("{0}")]
     PaginationInvalid(String),
     #[error("Authentication required")]
@@ -96,7 +96,7 @@ impl RegistryError {
             E::SizeInvalid(_) => (StatusCode::BAD_REQUEST, "SIZE_INVALID"),
             E::ManifestInvalid(_) => (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"),
             E::ManifestTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
-            E::ManifestBlobUnknown(_) => (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
+            E::ManifestBlobUnknown { .. } => (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
             E::PaginationInvalid(_) => (StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"),
             E::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             E::Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
@@ -129,7 +129,14 @@ impl IntoResponse for RegistryError {
             tracing::debug!(error = %self, code, "Registry request rejected");
             self.to_string()
         };
-        let body = json!({ "errors": [{ "code": code, "message": message, "detail": null }] });
+        let detail = match &self {
+            RegistryError::ManifestBlobUnknown { digest, .. } => json!({ "digest": digest }),
+            RegistryError::BlobUnknown { digest, .. } => json!({ "digest": digest }),
+            RegistryError::ManifestUnknown { reference, .. } => json!({ "reference": reference }),
+            RegistryError::NameUnknown(name) => json!({ "name": name }),
+            _ => serde_json::Value::Null,
+        };
+        let body = json!({ "errors": [{ "code": code, "message": message, "detail": detail }] });
         let mut response = (status, axum::Json(body)).into_response();
         if let RegistryError::RangeInvalid {
             location, expected, ..

@@ -422,14 +422,18 @@ impl Registry {
                 let linked =
                     meta.blobs.contains(&blob.to_string()) && self.blob_path(blob).exists();
                 if !linked {
-                    return Err(RegistryError::ManifestBlobUnknown(format!("blob {blob}")));
+                    return Err(RegistryError::ManifestBlobUnknown {
+                        kind: "blob",
+                        digest: blob.to_string(),
+                    });
                 }
             }
             for child in &parsed.children {
                 if !meta.manifests.contains_key(&child.to_string()) {
-                    return Err(RegistryError::ManifestBlobUnknown(format!(
-                        "manifest {child}"
-                    )));
+                    return Err(RegistryError::ManifestBlobUnknown {
+                        kind: "manifest",
+                        digest: child.to_string(),
+                    });
                 }
             }
             meta.manifests.insert(

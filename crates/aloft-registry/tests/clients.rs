@@ -408,3 +408,125 @@ async fn docker_engine_logs_in_pushes_and_pulls() {
         format!("hello via {host}\n")
     );
 }
+
+/// Adds an OCI image index over the layout's `amd64` and `arm64` images, tagged `multi`.
+fn add_index(layout: &str) -> (String, Vec<u8>) {
+    let root = Path::new(layout);
+    let mut index: Value =
+        serde_json::from_slice(&std::fs::read(root.join("index.json")).unwrap()).unwrap();
+    let mut children = Vec::new();
+    for entry in index["manifests"].as_array().unwrap() {
+        let arch = entry["annotations"]["org.opencontainers.image.ref.name"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut child = entry.clone();
+        child.as_object_mut().unwrap().remove("annotations");
+        child["platform"] = serde_json::json!({"architecture": arch, "os": "linux"});
+        children.push(child);
+    }
+    let body = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children,
+    }))
+    .unwrap();
+    let digest = sha256(&body);
+    std::fs::write(
+        root.join("blobs/sha256")
+            .join(digest.strip_prefix("sha256:").unwrap()),
+        &body,
+    )
+    .unwrap();
+    index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": OCI_INDEX, "digest": digest, "size": body.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }));
+    std::fs::write(root.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    (digest, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_copies_a_multi_platform_index_with_all_its_images() {
+    let work = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path()).await;
+    let l = work.path().join("layout").to_str().unwrap().to_owned();
+    run("umoci", &["init", "--layout", &l]).await;
+    for arch in ["amd64", "arm64"] {
+        let image = format!("{l}:{arch}");
+        run("umoci", &["new", "--image", &image]).await;
+        run(
+            "umoci",
+            &["config", "--image", &image, "--architecture", arch],
+        )
+        .await;
+        let src = work.path().join(arch);
+        std::fs::write(&src, format!("built for {arch}\n")).unwrap();
+        run(
+            "umoci",
+            &[
+                "insert",
+                "--image",
+                &image,
+                src.to_str().unwrap(),
+                "/arch.txt",
+            ],
+        )
+        .await;
+    }
+    run("umoci", &["gc", "--layout", &l]).await;
+    let (index_digest, index_body) = add_index(&l);
+
+    let creds = format!("x:{WEB}");
+    let dest = format!("docker://{}/web/multi:v1", s.addr);
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &creds,
+            &format!("oci:{l}:multi"),
+            &dest,
+        ],
+    )
+    .await;
+    let (media_type, digest, body) = fetch(&s, "/v2/web/multi/manifests/v1").await;
+    assert_eq!(media_type, OCI_INDEX);
+    assert_eq!(digest, index_digest);
+    assert_eq!(body, index_body);
+    let index: Value = serde_json::from_slice(&body).unwrap();
+    for child in index["manifests"].as_array().unwrap() {
+        let d = child["digest"].as_str().unwrap();
+        let (media_type, _, bytes) = fetch(&s, &format!("/v2/web/multi/manifests/{d}")).await;
+        assert_eq!(media_type, OCI_MANIFEST);
+        assert_eq!(bytes, layout_blob(&l, d));
+    }
+
+    let pulled = work.path().join("pulled");
+    let pulled = pulled.to_str().unwrap();
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            "--all",
+            "--src-tls-verify=false",
+            "--src-creds",
+            &creds,
+            &dest,
+            &format!("oci:{pulled}:multi"),
+        ],
+    )
+    .await;
+    assert_eq!(layout_manifest(pulled), index_digest);
+    for child in index["manifests"].as_array().unwrap() {
+        let d = child["digest"].as_str().unwrap();
+        assert_eq!(layout_blob(pulled, d), layout_blob(&l, d));
+    }
+}

@@ -329,7 +329,12 @@ async fn bad_input_gets_spec_errors_and_stores_nothing() {
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(b"missing"), "size": 7}]});
     let r = put_manifest(&s, "web/app", "v1", OCI_MANIFEST, m.to_string().as_bytes()).await;
     assert_eq!(r.status(), 400);
-    assert_eq!(error_code(r).await, "MANIFEST_BLOB_UNKNOWN");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "MANIFEST_BLOB_UNKNOWN");
+    assert_eq!(
+        body["errors"][0]["detail"]["digest"],
+        sha256(b"missing").as_str()
+    );
     let r = put_manifest(
         &s,
         "web/app",
@@ -723,7 +728,10 @@ async fn a_manifest_racing_gc_is_either_refused_or_complete() {
         if let Err(err) = put {
             refused += 1;
             assert!(
-                matches!(err, aloft_registry::RegistryError::ManifestBlobUnknown(_)),
+                matches!(
+                    err,
+                    aloft_registry::RegistryError::ManifestBlobUnknown { .. }
+                ),
                 "{err}"
             );
             assert_eq!(tag_status, 404, "a refused manifest left its tag");
