@@ -15,10 +15,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod build;
 mod digest;
 mod error;
 mod local;
 mod oci;
+pub mod push;
 mod registry;
 mod store;
 mod unpack;

@@ -73,8 +73,14 @@ pub fn default_server_dir() -> PathBuf {
     }
 }
 
-/// The API URL and token to use.
+/// The API client to use.
 pub fn api() -> anyhow::Result<aloft_api::Client> {
+    let (url, token) = api_url_and_token()?;
+    Ok(aloft_api::Client::new(&url, token)?)
+}
+
+/// The API URL and token to use.
+pub fn api_url_and_token() -> anyhow::Result<(String, String)> {
     let saved = saved_login();
     let url = std::env::var("ALOFT_API_URL")
         .ok()
@@ -93,7 +99,7 @@ pub fn api() -> anyhow::Result<aloft_api::Client> {
         .ok_or_else(|| {
             UsageError("No API token: set ALOFT_API_TOKEN or run `aloft auth login`".to_string())
         })?;
-    Ok(aloft_api::Client::new(&url, token)?)
+    Ok((url, token))
 }
 
 /// The app to act on: the flag, else `$ALOFT_APP`, else the `app` of `aloft.toml`/`fly.toml`

@@ -27,6 +27,11 @@ enum Command {
     Server(cmd::server::ServerArgs),
     /// Run the host agent that runs machines on this host.
     Agent(cmd::agent::AgentArgs),
+    /// Run the whole platform on this box with the demo app, and print its URL.
+    Dev(cmd::dev::DevArgs),
+    /// Push images to the built-in registry.
+    #[command(subcommand)]
+    Image(cmd::image::ImageCommand),
     /// Manage apps.
     #[command(subcommand)]
     Apps(cmd::apps::AppsCommand),
@@ -76,6 +81,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => cmd::server::run(args).await,
         Command::Agent(args) => cmd::agent::run(args).await,
+        Command::Dev(args) => cmd::dev::run(args).await,
+        Command::Image(c) => cmd::image::run(c).await,
         Command::Apps(c) => cmd::apps::run(c).await,
         Command::Machine(c) => cmd::machine::run(c).await,
         Command::Tokens(c) => cmd::tokens::run(c).await,

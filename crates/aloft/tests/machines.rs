@@ -170,8 +170,15 @@ fn a_host_whose_agent_is_gone_becomes_unreachable_and_comes_back() {
     let mut agent = Agent::start(bin(), &server, "syd", &dir.path().join("agent")).unwrap();
     ok(server.cli(&["apps", "create", "far"]));
     let m: Value = serde_json::from_str(&ok(server.cli(&[
-        "machine", "run", "registry.example/far:1", "--app", "far", "--region", "syd",
-        "--skip-launch", "--json",
+        "machine",
+        "run",
+        "registry.example/far:1",
+        "--app",
+        "far",
+        "--region",
+        "syd",
+        "--skip-launch",
+        "--json",
     ])))
     .unwrap();
     let id = m["id"].as_str().unwrap().to_string();
@@ -185,9 +192,19 @@ fn a_host_whose_agent_is_gone_becomes_unreachable_and_comes_back() {
     })
     .unwrap();
     let regions = ok(server.cli(&["regions", "list"]));
-    assert!(!regions.contains("syd"), "a region without live hosts is not offered: {regions}");
+    assert!(
+        !regions.contains("syd"),
+        "a region without live hosts is not offered: {regions}"
+    );
     let refused = server.cli(&[
-        "machine", "run", "registry.example/far:1", "--app", "far", "--region", "syd", "--skip-launch",
+        "machine",
+        "run",
+        "registry.example/far:1",
+        "--app",
+        "far",
+        "--region",
+        "syd",
+        "--skip-launch",
     ]);
     assert!(!refused.status.success());
     assert!(stderr(&refused).contains("syd"), "{}", stderr(&refused));

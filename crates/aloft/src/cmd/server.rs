@@ -33,11 +33,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     })
     .await
     .with_context(|| format!("Cannot open the control plane in {}", data_dir.display()))?;
-    let registry_dir = data_dir.join("registry");
-    let registry = aloft_registry::Registry::open(&registry_dir)
-        .with_context(|| format!("Cannot open the registry in {}", registry_dir.display()))?;
-    let tokens = Arc::new(ControlTokens(server.control()));
-    let server = server.merge_router(aloft_registry::router(registry, tokens));
+    let server = with_registry(server, &data_dir)?;
     if let Some(token) = &server.admin_token_created {
         println!("admin token: {token}");
         println!(
@@ -53,6 +49,18 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     server.serve(listener, shutdown_signal()).await?;
     println!("aloft server stopped");
     Ok(())
+}
+
+/// Mounts the built-in registry (kept in `DATA_DIR/registry`) at `/v2`.
+pub fn with_registry(
+    server: aloft_control::Server,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<aloft_control::Server> {
+    let registry_dir = data_dir.join("registry");
+    let registry = aloft_registry::Registry::open(&registry_dir)
+        .with_context(|| format!("Cannot open the registry in {}", registry_dir.display()))?;
+    let tokens = Arc::new(ControlTokens(server.control()));
+    Ok(server.merge_router(aloft_registry::router(registry, tokens)))
 }
 
 /// The registry trusts the control plane's tokens: an app token reaches its app's

@@ -1,0 +1,126 @@
+//! `aloft image …`: push images into the built-in registry.
+
+use std::path::{Path, PathBuf};
+
+use aloft_image::push::{self, PushProgress, PushTarget, PushableImage};
+use anyhow::Context as _;
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::context::{self, UsageError};
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Push an OCI layout (DIR[:TAG]), a `docker save` archive (FILE.tar) or a local Docker
+    /// image (docker://NAME[:TAG]) to the built-in registry as <app>:<tag>.
+    Push {
+        source: String,
+        #[arg(long, short)]
+        app: Option<String>,
+        /// The tag to push as.
+        #[arg(long, default_value = "latest")]
+        tag: String,
+    },
+}
+
+pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
+    match cmd {
+        ImageCommand::Push { source, app, tag } => {
+            let app = context::app(app)?;
+            let (url, token) = context::api_url_and_token()?;
+            let registry = url
+                .trim_start_matches("http://")
+                .trim_start_matches("https://")
+                .trim_end_matches('/')
+                .to_string();
+            let dest = format!("{registry}/{app}:{tag}");
+            let target = PushTarget::parse(&dest, Some(token), url.starts_with("http://"))?;
+            let scratch = tempdir()?;
+            let image = load_source(&source, &scratch)?;
+            let digest = push_with_progress(&image, &target).await?;
+            let _ = std::fs::remove_dir_all(&scratch);
+            println!("Pushed {dest}@{digest}");
+        }
+    }
+    Ok(())
+}
+
+fn tempdir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("aloft-push-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("Cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Reads an image from a layout directory, a docker archive or the local Docker engine.
+pub fn load_source(source: &str, scratch: &Path) -> anyhow::Result<PushableImage> {
+    if let Some(name) = source.strip_prefix("docker://") {
+        let archive = scratch.join("docker.tar");
+        let status = std::process::Command::new("docker")
+            .args(["save", "-o"])
+            .arg(&archive)
+            .arg(name)
+            .status()
+            .context("Cannot run `docker save`")?;
+        if !status.success() {
+            return Err(UsageError(format!("`docker save {name}` failed")).into());
+        }
+        return Ok(push::from_docker_archive(
+            &archive,
+            &scratch.join("unpacked"),
+        )?);
+    }
+    let (path, tag) = match source.rsplit_once(':') {
+        Some((p, t)) if Path::new(p).is_dir() => (PathBuf::from(p), Some(t.to_string())),
+        _ => (PathBuf::from(source), None),
+    };
+    if path.is_dir() {
+        return Ok(push::from_oci_layout(&path, tag.as_deref())?);
+    }
+    if path.is_file() {
+        return Ok(push::from_docker_archive(&path, &scratch.join("unpacked"))?);
+    }
+    Err(UsageError(format!(
+        "Image source {source:?} is not an OCI layout directory, a docker archive or docker://NAME"
+    ))
+    .into())
+}
+
+/// Pushes with one progress bar per blob (plain lines when not on a terminal).
+pub async fn push_with_progress(
+    image: &PushableImage,
+    target: &PushTarget,
+) -> anyhow::Result<String> {
+    let bars = indicatif::MultiProgress::new();
+    let style = ProgressStyle::with_template("{prefix:.bold} {bar:30} {bytes}/{total_bytes} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let live = std::sync::Mutex::new(std::collections::HashMap::<String, ProgressBar>::new());
+    let report = |p: PushProgress| {
+        let mut live = live.lock().unwrap_or_else(|e| e.into_inner());
+        let short = |d: &str| {
+            d.trim_start_matches("sha256:")
+                .chars()
+                .take(12)
+                .collect::<String>()
+        };
+        match p {
+            PushProgress::Skipped { digest, size } => {
+                let bar = bars.add(ProgressBar::new(size).with_style(style.clone()));
+                bar.set_prefix(short(&digest));
+                bar.finish_with_message("already there");
+            }
+            PushProgress::Uploading { digest, size } => {
+                let bar = bars.add(ProgressBar::new(size).with_style(style.clone()));
+                bar.set_prefix(short(&digest));
+                bar.set_message("uploading");
+                live.insert(digest, bar);
+            }
+            PushProgress::Uploaded { digest, size } => {
+                if let Some(bar) = live.remove(&digest) {
+                    bar.set_position(size);
+                    bar.finish_with_message("pushed");
+                }
+            }
+        }
+    };
+    Ok(push::push(image, target, &report).await?)
+}
