@@ -126,6 +126,10 @@ impl Ca {
         let leaf_key = KeyPair::generate().map_err(err)?;
         let mut params = CertificateParams::new(vec![host.to_string()]).map_err(err)?;
         params.distinguished_name.push(DnType::CommonName, host);
+        let today = days_since_epoch();
+        let ((y0, m0, d0), (y1, m1, d1)) = (date(today - 1), date(today + LEAF_DAYS));
+        params.not_before = rcgen::date_time_ymd(y0, m0, d0);
+        params.not_after = rcgen::date_time_ymd(y1, m1, d1);
         let cert = params.signed_by(&leaf_key, &issuer).map_err(err)?;
         let key = PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
         let signing =
@@ -137,6 +141,33 @@ impl Ca {
             signing,
         ))
     }
+}
+
+/// Leaf certificates are short-lived (clients such as Apple's reject long-lived ones even from
+/// private roots) and re-issued well before they expire.
+const LEAF_DAYS: i64 = 90;
+const LEAF_RENEW_AFTER: std::time::Duration = std::time::Duration::from_secs(60 * 86_400);
+
+fn days_since_epoch() -> i64 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    (secs / 86_400) as i64
+}
+
+/// The calendar date (year, month, day) `days` after 1970-01-01, proleptic Gregorian.
+fn date(days: i64) -> (i32, u8, u8) {
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
+    (year, month, day)
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -182,7 +213,7 @@ pub(crate) fn certified_key(
 /// wildcard), else one issued by the cluster CA for a hostname in the route table.
 pub(crate) struct CertResolver {
     pub user: RwLock<HashMap<String, Arc<CertifiedKey>>>,
-    issued: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    issued: Mutex<HashMap<String, (std::time::Instant, Arc<CertifiedKey>)>>,
     ca: Option<Arc<Ca>>,
     routes: Arc<ArcSwap<Routing>>,
 }
@@ -225,14 +256,16 @@ impl ResolvesServerCert for CertResolver {
         let ca = self.ca.as_ref()?;
         self.routes.load().app_for_host(&name)?;
         let mut issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = issued.get(&name) {
-            return Some(c.clone());
+        if let Some((at, c)) = issued.get(&name) {
+            if at.elapsed() < LEAF_RENEW_AFTER {
+                return Some(c.clone());
+            }
         }
         match ca.issue(&name) {
             Ok(c) => {
                 tracing::info!(host = %name, "issued a certificate from the cluster CA");
                 let c = Arc::new(c);
-                issued.insert(name, c.clone());
+                issued.insert(name, (std::time::Instant::now(), c.clone()));
                 Some(c)
             }
             Err(e) => {
@@ -272,5 +305,18 @@ mod tests {
             certified_key("x", "nope", "nope"),
             Err(TlsError::CertPem { .. })
         ));
+    }
+}
+
+#[cfg(test)]
+mod date_tests {
+    use super::date;
+
+    #[test]
+    fn civil_dates_from_days() {
+        assert_eq!(date(0), (1970, 1, 1));
+        assert_eq!(date(-1), (1969, 12, 31));
+        assert_eq!(date(11_016), (2000, 2, 29));
+        assert_eq!(date(20_513), (2026, 3, 1));
     }
 }
