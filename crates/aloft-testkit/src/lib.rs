@@ -235,13 +235,8 @@ impl Server {
         let dir = data_dir.to_string_lossy().to_string();
         let mut args = vec!["server", "--listen", listen, "--data-dir", &dir];
         args.extend_from_slice(extra);
-        let (proc, line) = Proc::spawn_until(
-            "aloft server",
-            bin,
-            &args,
-            &[],
-            "listening on http://",
-        )?;
+        let (proc, line) =
+            Proc::spawn_until("aloft server", bin, &args, &[], "listening on http://")?;
         let url = line
             .split_whitespace()
             .find(|w| w.starts_with("http://"))

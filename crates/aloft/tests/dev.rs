@@ -31,12 +31,23 @@ fn aloft_dev_prints_a_url_that_answers_and_stops_cleanly() {
     assert!(stdout.trim_end().ends_with("stopped"), "{stdout}");
 
     // The data dir is reused: the same machine comes back, and while it runs it answers.
-    let machine_line = |s: &str| s.lines().find(|l| l.starts_with("machine")).map(str::to_string);
+    let machine_line = |s: &str| {
+        s.lines()
+            .find(|l| l.starts_with("machine"))
+            .map(str::to_string)
+    };
     let first = machine_line(&stdout).unwrap();
     let again = run();
     let stdout2 = String::from_utf8_lossy(&again.stdout);
-    assert!(again.status.success(), "{stdout2}\n{}", String::from_utf8_lossy(&again.stderr));
-    assert_eq!(machine_line(&stdout2).unwrap().split_whitespace().nth(1), first.split_whitespace().nth(1));
+    assert!(
+        again.status.success(),
+        "{stdout2}\n{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(
+        machine_line(&stdout2).unwrap().split_whitespace().nth(1),
+        first.split_whitespace().nth(1)
+    );
 }
 
 #[test]
@@ -59,22 +70,40 @@ fn the_demo_answers_through_the_edge_with_platform_headers() {
     let mut buf = [0u8; 4096];
     while !String::from_utf8_lossy(&seen).contains("Try:") {
         let n = stdout.read(&mut buf).unwrap();
-        assert!(n > 0, "aloft dev ended early: {}", String::from_utf8_lossy(&seen));
+        assert!(
+            n > 0,
+            "aloft dev ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
         seen.extend_from_slice(&buf[..n]);
     }
     let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
-    write!(s, "GET /json HTTP/1.1\r\nhost: hello.localhost:{http}\r\nconnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET /json HTTP/1.1\r\nhost: hello.localhost:{http}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut answer = String::new();
     s.read_to_string(&mut answer).unwrap();
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     let status = child.wait().unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.to_ascii_lowercase().contains("fly-request-id:"), "{answer}");
-    assert!(answer.contains("\"app\":\"hello\"") && answer.contains("\"region\":\"ams\""), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("fly-request-id:"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("\"app\":\"hello\"") && answer.contains("\"region\":\"ams\""),
+        "{answer}"
+    );
     assert!(status.success(), "Ctrl-C ends aloft dev cleanly");
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
