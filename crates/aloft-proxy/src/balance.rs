@@ -147,11 +147,11 @@ impl Steering {
     }
 }
 
-/// The machines that may take the request now, best first. `state` gives each machine's
-/// current state (the route table's, or the edge's own newer knowledge).
+/// The machines that may take the request now, best first. `serving` says whether a machine is
+/// started and healthy (per the route table, or the edge's own newer knowledge).
 pub(crate) fn rank<'a>(
     machines: &'a [MachineRoute],
-    state: &dyn Fn(&MachineRoute) -> MachineState,
+    serving: &dyn Fn(&MachineRoute) -> bool,
     loads: &Loads,
     limits: &Concurrency,
     here: &Locality<'_>,
@@ -159,7 +159,7 @@ pub(crate) fn rank<'a>(
 ) -> Vec<&'a MachineRoute> {
     let mut pool: Vec<(&MachineRoute, u32)> = machines
         .iter()
-        .filter(|m| state(m) == MachineState::Started && m.healthy && !m.cordoned)
+        .filter(|m| serving(m) && !m.cordoned)
         .filter(|m| steer.admits(m))
         .map(|m| (m, loads.load(&m.id)))
         .filter(|(_, load)| limits.hard_limit.is_none_or(|h| *load < h))
@@ -243,6 +243,11 @@ mod tests {
         }
     }
 
+    /// The route table's own view: started and passing checks.
+    fn serving(m: &MachineRoute) -> bool {
+        m.state == MachineState::Started && m.healthy
+    }
+
     fn ids(v: &[&MachineRoute]) -> Vec<String> {
         v.iter().map(|m| m.id.clone()).collect()
     }
@@ -268,7 +273,7 @@ mod tests {
         let loads = Arc::new(Loads::default());
         let r = rank(
             &ms,
-            &|m| m.state,
+            &serving,
             &loads,
             &limits(20, None),
             &here,
@@ -297,7 +302,7 @@ mod tests {
         let loads = Arc::new(Loads::default());
         let r = rank(
             &ms,
-            &|m| m.state,
+            &serving,
             &loads,
             &limits(20, None),
             &here,
@@ -320,16 +325,16 @@ mod tests {
         let loads = Arc::new(Loads::default());
         let l = limits(1, Some(2));
         let g1 = loads.try_acquire("local", l.hard_limit).unwrap();
-        let r = rank(&ms, &|m| m.state, &loads, &l, &here, &Steering::default());
+        let r = rank(&ms, &serving, &loads, &l, &here, &Steering::default());
         assert_eq!(ids(&r), ["remote", "local"]);
         assert!(!needs_wake(&r, &loads, &l));
         let _g2 = loads.try_acquire("remote", l.hard_limit).unwrap();
-        let r = rank(&ms, &|m| m.state, &loads, &l, &here, &Steering::default());
+        let r = rank(&ms, &serving, &loads, &l, &here, &Steering::default());
         assert_eq!(ids(&r), ["local", "remote"]);
         assert!(needs_wake(&r, &loads, &l));
         let _g3 = loads.try_acquire("local", l.hard_limit).unwrap();
         assert!(loads.try_acquire("local", l.hard_limit).is_none());
-        let r = rank(&ms, &|m| m.state, &loads, &l, &here, &Steering::default());
+        let r = rank(&ms, &serving, &loads, &l, &here, &Steering::default());
         assert_eq!(ids(&r), ["remote"]);
         drop(g1);
         assert_eq!(loads.load("local"), 1);
@@ -350,7 +355,7 @@ mod tests {
         };
         let loads = Arc::new(Loads::default());
         let l = limits(20, None);
-        let st = |s: Steering| ids(&rank(&ms, &|m| m.state, &loads, &l, &here, &s));
+        let st = |s: Steering| ids(&rank(&ms, &serving, &loads, &l, &here, &s));
         assert_eq!(
             st(Steering {
                 force_instance: Some("b".into()),

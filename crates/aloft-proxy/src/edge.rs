@@ -128,6 +128,17 @@ impl Inner {
         overlay.get(&m.id).copied().unwrap_or(m.state)
     }
 
+    /// Whether `m` is started and healthy. A machine the edge woke itself counts as healthy
+    /// until the next route table says otherwise (a stopped machine fails its checks, so the
+    /// table that listed it stopped usually also listed it unhealthy).
+    pub fn serving(&self, m: &MachineRoute) -> bool {
+        let overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
+        match overlay.get(&m.id) {
+            Some(state) => *state == MachineState::Started,
+            None => m.state == MachineState::Started && m.healthy,
+        }
+    }
+
     pub fn set_state(&self, machine: &str, state: MachineState) {
         self.overlay
             .lock()

@@ -327,7 +327,8 @@ async fn acquire(
         };
         let state = |m: &MachineRoute| inner.state_of(m);
         let limits = &svc.concurrency;
-        let ranked = balance::rank(&app.machines, &state, &inner.loads, limits, &here, steer);
+        let serving = |m: &MachineRoute| inner.serving(m);
+        let ranked = balance::rank(&app.machines, &serving, &inner.loads, limits, &here, steer);
         if svc.autostart
             && inner.waker.is_some()
             && balance::needs_wake(&ranked, &inner.loads, limits)
@@ -352,8 +353,7 @@ async fn acquire(
             }
         }
         let any_at_hard = app.machines.iter().any(|m| {
-            inner.state_of(m) == crate::routes::MachineState::Started
-                && m.healthy
+            inner.serving(m)
                 && !m.cordoned
                 && steer.admits(m)
                 && limits

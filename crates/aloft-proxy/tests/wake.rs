@@ -23,6 +23,8 @@ async fn autostart_holds_the_request_until_the_machine_listens() {
     let port = shared_port().await;
     let mut sleeper = machine("sleeper", "ams", "h1", 6);
     sleeper.state = MachineState::Stopped;
+    // A stopped machine fails its checks; once the edge has woken it, it is served anyway.
+    sleeper.healthy = false;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let waker = Arc::new(RecordingWaker::default());
     *waker.start_tx.lock().unwrap() = Some(tx);
