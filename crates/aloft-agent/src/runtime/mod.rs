@@ -93,7 +93,8 @@ impl SandboxDriver {
         validate_id(&spec.id)?;
         let id = spec.id.as_str();
         let paths = self.paths(id);
-        if let Some(state) = self.runc.state(id).await? {
+        let existing = self.runc.state(id).await?;
+        if let Some(state) = &existing {
             // "created" is a start that never finished (the agent died between create and
             // start): nothing ran yet, so it is cleaned up below like a stopped one.
             if state.status != "stopped" && state.status != "created" {
@@ -101,7 +102,10 @@ impl SandboxDriver {
             }
         }
         // Leftovers of a previous run that ended on its own.
-        self.cleanup(id, &paths, true).await?;
+        if existing.is_some() {
+            self.runc.delete(id).await?;
+        }
+        rootfs::unmount(&paths.rootfs)?;
         for dir in [
             &paths.bundle,
             &paths.rootfs,

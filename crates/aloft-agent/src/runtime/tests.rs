@@ -695,16 +695,21 @@ async fn bench_start_stop() {
         })
         .collect();
     let began = Instant::now();
+    let mut phases = [Duration::ZERO; 3];
     for spec in &specs {
+        let t = Instant::now();
         fx.driver.start(spec).await.unwrap();
-        assert_eq!(
-            fx.driver.wait_exit(&spec.id).await.unwrap().exit_code,
-            Some(0)
-        );
+        phases[0] += t.elapsed();
+        let t = Instant::now();
+        let exit = fx.driver.wait_exit(&spec.id).await.unwrap();
+        assert_eq!(exit.exit_code, Some(0));
+        phases[1] += t.elapsed();
+        let t = Instant::now();
         fx.driver
             .stop(&spec.id, libc::SIGTERM, Duration::from_secs(5))
             .await
             .unwrap();
+        phases[2] += t.elapsed();
     }
     let driver_total = began.elapsed();
 
@@ -734,6 +739,12 @@ async fn bench_start_stop() {
         "aloft sandbox driver (start + wait exit + stop): {:.0} ms total, {:.1} ms per machine",
         driver_total.as_secs_f64() * 1000.0,
         per(driver_total)
+    );
+    println!(
+        "  of which start {:.1} ms, wait exit {:.1} ms, stop {:.1} ms per machine",
+        per(phases[0]),
+        per(phases[1]),
+        per(phases[2])
     );
     println!(
         "runc run (same bundle):                         {:.0} ms total, {:.1} ms per machine",
