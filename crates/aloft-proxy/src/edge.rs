@@ -293,6 +293,11 @@ impl Edge {
         Ok(true)
     }
 
+    /// The revision of the route table in use (0 before the first one).
+    pub fn revision(&self) -> u64 {
+        self.inner.routes.load().table.revision
+    }
+
     /// The route table in use.
     pub fn routes(&self) -> RouteTable {
         self.inner.routes.load().table.clone()

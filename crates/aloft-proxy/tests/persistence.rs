@@ -43,6 +43,7 @@ async fn routes_from_disk_after_a_restart_and_ignores_older_revisions() {
     // The control plane is gone: a new edge routes from the saved copy.
     let again = aloft_proxy::Edge::new(opts()).await.unwrap();
     assert_eq!(again.routes(), v5);
+    assert_eq!(again.revision(), 5);
     assert_eq!(
         get(again.http_addr(), "alpha.aloft.test", "/").await.body,
         "machine=a1"
