@@ -227,7 +227,8 @@ async fn route(
             }
         };
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if let Some(client_upgrade) = client_upgrade.take().filter(|_| switching) {
+        // Taken only on a 101, so an upgrade request can still be replayed elsewhere.
+        if let Some(client_upgrade) = client_upgrade.take_if(|_| switching) {
             let backend_upgrade = hyper::upgrade::on(&mut resp);
             inner
                 .tracker

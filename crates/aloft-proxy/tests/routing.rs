@@ -371,22 +371,13 @@ async fn h2c_to_machines_when_the_service_asks() {
     );
 }
 
-#[tokio::test]
-async fn upgrades_pass_through_as_a_tunnel() {
+async fn upgrade_and_echo(addr: std::net::SocketAddr, extra: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let port = shared_port().await;
-    let _a = Backend::start((ip(2), port).into(), "a1").await;
-    let edge = edge_with(
-        vec![app("alpha", port, vec![machine("a1", "ams", "h1", 2)])],
-        |_| {},
-    )
-    .await;
-    let mut s = tokio::net::TcpStream::connect(edge.http_addr())
-        .await
-        .unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: alpha.aloft.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: alpha.aloft.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{extra}\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
@@ -409,6 +400,21 @@ async fn upgrades_pass_through_as_a_tunnel() {
         s.read_exact(&mut buf).await.unwrap();
         assert_eq!(buf, msg);
     }
+    head
+}
+
+#[tokio::test]
+async fn upgrades_pass_through_as_a_tunnel() {
+    let port = shared_port().await;
+    let _a = Backend::start((ip(2), port).into(), "a1").await;
+    let _b = Backend::start((ip(3), port).into(), "b1").await;
+    let ms = vec![machine("a1", "ams", "h1", 2), machine("b1", "fra", "h2", 3)];
+    let edge = edge_with(vec![app("alpha", port, ms)], |_| {}).await;
+    let head = upgrade_and_echo(edge.http_addr(), "").await;
+    assert!(head.contains("x-machine: a1"), "{head}");
+    // An upgrade request can be replayed to another machine before it upgrades.
+    let head = upgrade_and_echo(edge.http_addr(), "x-test-replay: instance=b1\r\n").await;
+    assert!(head.contains("x-machine: b1"), "{head}");
 }
 
 #[tokio::test]

@@ -147,6 +147,15 @@ async fn answer(
                 )))),
             }
         }
+        "/ws"
+            if req.headers().contains_key("x-test-replay")
+                && !req.headers().contains_key("fly-replay-src") =>
+        {
+            let mut r = Response::new(Full::new(Bytes::from("replay me")));
+            r.headers_mut()
+                .insert("fly-replay", req.headers()["x-test-replay"].clone());
+            r
+        }
         "/ws" => {
             let upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
