@@ -495,7 +495,14 @@ async fn a_killed_app_reports_its_signal_and_a_running_machine_refuses_a_second_
         ),
         "still here\n"
     );
-    exec(&fx.driver, &spec.id, &["sh", "-c", "kill $(pidof sleep)"]).await;
+    // This ends the machine, so the exec may lose its answer: only its effect matters.
+    let ends = ExecRequest {
+        cmd: vec!["sh".into(), "-c".into(), "kill $(pidof sleep)".into()],
+        stdin: None,
+        timeout: Duration::from_secs(10),
+        env: Vec::new(),
+    };
+    let _ = fx.driver.exec(&spec.id, &ends).await;
     let exit = fx.driver.wait_exit(&spec.id).await.unwrap();
     assert_eq!(
         exit,
