@@ -82,6 +82,11 @@ fn run(mut config: RunConfig) -> i32 {
         eprintln!("aloft-init: cannot block signals: {e}");
         return 1;
     }
+    // Outside a PID namespace (tests, or under another init) adopt our orphans like PID 1
+    // would, so they are reaped and terminated with the app.
+    if getpid().as_raw() != 1 {
+        let _ = nix::sys::prctl::set_child_subreaper(true);
+    }
     if !config.env.iter().any(|(k, _)| k == "PATH") {
         config.env.push(("PATH".into(), DEFAULT_PATH.into()));
     }
