@@ -300,6 +300,19 @@ pub(crate) fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32), User
     Ok((uid, gid))
 }
 
+/// The home directory of `uid` from the rootfs's `/etc/passwd`; `/root` for an unlisted
+/// root and `/` for any other unlisted user (Docker's defaults for `HOME`).
+pub(crate) fn home_dir(rootfs: &Path, uid: u32) -> String {
+    read_plain(&rootfs.join("etc/passwd"))
+        .lines()
+        .find_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            let home = f.get(5).filter(|h| !h.is_empty())?;
+            (f.get(2)?.parse::<u32>().ok()? == uid).then(|| home.to_string())
+        })
+        .unwrap_or_else(|| if uid == 0 { "/root" } else { "/" }.to_string())
+}
+
 /// Contents of a regular file, or empty when it is missing, a symlink, or its parent is one.
 fn read_plain(path: &Path) -> String {
     let regular = |p: &Path| {
@@ -341,6 +354,14 @@ mod unit {
         assert_eq!(r("7:8").unwrap(), (7, 8));
         assert!(matches!(r("nobody"), Err(UserError::UnknownUser(u)) if u == "nobody"));
         assert!(matches!(r("app:wheel"), Err(UserError::UnknownGroup(g)) if g == "wheel"));
+    }
+
+    #[test]
+    fn home_comes_from_passwd_with_docker_defaults() {
+        let root = rootfs();
+        assert_eq!(home_dir(root.path(), 1000), "/home/app");
+        assert_eq!(home_dir(root.path(), 0), "/root");
+        assert_eq!(home_dir(root.path(), 4242), "/");
     }
 
     #[test]

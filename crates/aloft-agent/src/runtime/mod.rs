@@ -156,6 +156,10 @@ impl SandboxDriver {
         write(&paths.resolv_conf, spec.resolv_conf.as_bytes())?;
         let mut run = RunConfig::new(spec.process.args.clone());
         run.env = spec.process.env.clone();
+        if !run.env.iter().any(|(k, _)| k == "HOME") {
+            run.env
+                .push(("HOME".into(), bundle::home_dir(&paths.rootfs, uid)));
+        }
         run.cwd = if spec.process.cwd.is_empty() {
             "/".into()
         } else {

@@ -430,7 +430,7 @@ async fn machine_is_confined() {
 #[tokio::test]
 async fn image_user_is_resolved_and_used() {
     let fx = Fixture::new();
-    let mut spec = fx.spec("user", "echo \"uid=$(id -u) gid=$(id -g)\"");
+    let mut spec = fx.spec("user", "echo \"uid=$(id -u) gid=$(id -g) home=$HOME\"");
     spec.process.user = "app".into();
     fx.driver.start(&spec).await.unwrap();
     assert_eq!(
@@ -439,7 +439,9 @@ async fn image_user_is_resolved_and_used() {
     );
     let lines = log_lines(&fx.driver, &spec.id);
     assert!(
-        lines.iter().any(|r| r.line == "uid=1000 gid=1000"),
+        lines
+            .iter()
+            .any(|r| r.line == "uid=1000 gid=1000 home=/tmp"),
         "{lines:?}"
     );
 
