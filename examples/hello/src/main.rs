@@ -50,8 +50,9 @@ fn main() {
 }
 
 fn serve(stream: TcpStream, id: &Identity) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
     let mut reader = BufReader::new(stream.try_clone()?);
-    let mut out = stream;
+    let mut out = std::io::BufWriter::new(stream);
     loop {
         let mut request_line = String::new();
         if reader.read_line(&mut request_line)? == 0 {
