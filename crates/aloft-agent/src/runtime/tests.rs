@@ -13,6 +13,7 @@ use super::*;
 const APPLETS: &[&str] = &[
     "sh", "sleep", "cat", "echo", "id", "hostname", "env", "ls", "nc", "wget", "grep", "touch",
     "mount", "unshare", "true", "false", "kill", "ps", "rm", "mkdir", "insmod", "test", "pidof",
+    "dd",
 ];
 
 /// The static `aloft-init` binary: `$ALOFT_INIT_BINARY`, or built once for musl (falling
@@ -423,6 +424,21 @@ async fn machine_is_confined() {
     );
     assert_eq!(cgroup("cpu", "cpu.cfs_quota_us"), "100000");
     assert_eq!(cgroup("pids", "pids.max"), "4096");
+    // The limit is enforced: a 128 MiB buffer in a 64 MiB machine is OOM-killed.
+    let hog = exec(
+        &fx.driver,
+        id,
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"],
+    )
+    .await;
+    assert_eq!(hog.exit_code, 128 + libc::SIGKILL, "{}", text(&hog.stderr));
+    let small = exec(
+        &fx.driver,
+        id,
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=16M", "count=1"],
+    )
+    .await;
+    assert_eq!(small.exit_code, 0, "{}", text(&small.stderr));
     fx.driver.destroy(&spec.id).await.unwrap();
     assert!(!Path::new(&format!("/sys/fs/cgroup/memory/aloft/{id}")).exists());
 }
