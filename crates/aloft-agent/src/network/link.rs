@@ -3,11 +3,13 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
+use std::time::Duration;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
-use rtnetlink::packet_route::link::LinkAttribute;
-use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::packet_route::link::{LinkAttribute, State};
+use rtnetlink::packet_route::neighbour::{NeighbourAttribute, NeighbourState};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteScope, RouteType};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::NetworkError;
@@ -81,6 +83,101 @@ impl Netlink {
             .collect())
     }
 
+    /// The IPv4 addresses on link `index`.
+    pub(super) async fn ipv4_addresses(&self, index: u32) -> Result<Vec<Ipv4Addr>, NetworkError> {
+        let messages: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl_error(format!("list addresses of link {index}")))?;
+        Ok(messages
+            .into_iter()
+            .flat_map(|msg| msg.attributes)
+            .filter_map(|attr| match attr {
+                AddressAttribute::Local(IpAddr::V4(addr)) => Some(addr),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Waits until link `name` is operationally up. The kernel applies carrier changes
+    /// asynchronously (up to a second later), and until then packets sent on the link are
+    /// dropped, so setup waits for it instead of letting the first connections stall.
+    pub(super) async fn wait_oper_up(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<(), NetworkError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut links = self
+                .handle
+                .link()
+                .get()
+                .match_name(name.to_string())
+                .execute();
+            let link = links
+                .try_next()
+                .await
+                .map_err(nl_error(format!("look up link {name}")))?
+                .ok_or_else(|| NetworkError::MissingLink {
+                    name: name.to_string(),
+                })?;
+            if link
+                .attributes
+                .contains(&LinkAttribute::OperState(State::Up))
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NetworkError::LinkNotUp {
+                    name: name.to_string(),
+                    timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until `addr` is usable as a local address: the kernel finishes bringing up an
+    /// IPv6 address (and installs its local route) asynchronously, once the link is up, and
+    /// drops packets to it until then.
+    pub(super) async fn wait_local_v6(
+        &self,
+        addr: Ipv6Addr,
+        timeout: Duration,
+    ) -> Result<(), NetworkError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let wanted = RouteAttribute::Destination(RouteAddress::Inet6(addr));
+        loop {
+            let routes: Vec<_> = self
+                .handle
+                .route()
+                .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+                .execute()
+                .try_collect()
+                .await
+                .map_err(nl_error("list routes".to_string()))?;
+            if routes
+                .iter()
+                .any(|r| r.header.kind == RouteType::Local && r.attributes.contains(&wanted))
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NetworkError::AddressNotReady {
+                    addr: IpAddr::V6(addr),
+                    timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     async fn require(&self, name: &str) -> Result<u32, NetworkError> {
         self.index(name)
             .await?
@@ -89,15 +186,20 @@ impl Netlink {
             })
     }
 
-    /// Creates bridge `name` if missing, brings it up, and returns its index.
-    pub(super) async fn ensure_bridge(&self, name: &str) -> Result<u32, NetworkError> {
+    /// Creates bridge `name` with hardware address `mac` if missing (a fixed address keeps
+    /// the bridge from taking a new one each time a port with a lower address joins), brings
+    /// it up, and returns its index.
+    pub(super) async fn ensure_bridge(
+        &self,
+        name: &str,
+        mac: [u8; 6],
+    ) -> Result<u32, NetworkError> {
         if self.index(name).await?.is_none() {
-            let add = self
-                .handle
-                .link()
-                .add(LinkBridge::new(name).build())
-                .execute()
-                .await;
+            let bridge = LinkBridge::new(name)
+                .mcast_snooping(false)
+                .address(mac.to_vec())
+                .build();
+            let add = self.handle.link().add(bridge).execute().await;
             match add {
                 Ok(()) => {}
                 Err(e) if errno(&e) == Some(EEXIST) => {}
@@ -183,21 +285,73 @@ impl Netlink {
             .map_err(nl_error(format!("move link {name} into its namespace")))
     }
 
-    /// Renames link `from` to `to` and brings it up; returns its index.
-    pub(super) async fn rename_up(&self, from: &str, to: &str) -> Result<u32, NetworkError> {
+    /// Renames link `from` to `to`, gives it hardware address `mac`, and brings it up;
+    /// returns its index.
+    pub(super) async fn rename_up(
+        &self,
+        from: &str,
+        to: &str,
+        mac: [u8; 6],
+    ) -> Result<u32, NetworkError> {
         let index = self.require(from).await?;
+        let message = LinkUnspec::new_with_index(index)
+            .name(to.to_string())
+            .address(mac.to_vec())
+            .up()
+            .build();
         self.handle
             .link()
-            .set(
-                LinkUnspec::new_with_index(index)
-                    .name(to.to_string())
-                    .up()
-                    .build(),
-            )
+            .set(message)
             .execute()
             .await
             .map_err(nl_error(format!("rename link {from} to {to}")))?;
         Ok(index)
+    }
+
+    /// Adds or replaces the permanent neighbour entry `addr` -> `mac` on link `index`, so
+    /// traffic to `addr` needs no ARP or neighbour discovery.
+    pub(super) async fn set_neighbour(
+        &self,
+        index: u32,
+        addr: IpAddr,
+        mac: [u8; 6],
+    ) -> Result<(), NetworkError> {
+        self.handle
+            .neighbours()
+            .add(index, addr)
+            .link_layer_address(&mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl_error(format!("add neighbour {addr} on link {index}")))
+    }
+
+    /// Deletes the neighbour entries on the links `indexes` that point to `mac`.
+    pub(super) async fn delete_neighbours_to(
+        &self,
+        indexes: &[u32],
+        mac: [u8; 6],
+    ) -> Result<(), NetworkError> {
+        let entries: Vec<_> = self
+            .handle
+            .neighbours()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl_error("list neighbours".to_string()))?;
+        let lladdr = NeighbourAttribute::LinkLayerAddress(mac.to_vec());
+        for entry in entries {
+            if indexes.contains(&entry.header.ifindex) && entry.attributes.contains(&lladdr) {
+                match self.handle.neighbours().del(entry).execute().await {
+                    Ok(()) => {}
+                    Err(e) if matches!(errno(&e), Some(ENOENT | ENODEV)) => {}
+                    Err(e) => return Err(nl_error("delete a neighbour".to_string())(e)),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Deletes link `name` (and so its veth peer); a missing link is fine.
@@ -310,7 +464,6 @@ impl Netlink {
     /// Whether the main table has a route to exactly `addr/32`.
     #[cfg(test)]
     pub(super) async fn has_host_route_v4(&self, addr: Ipv4Addr) -> Result<bool, NetworkError> {
-        use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
         let routes: Vec<_> = self
             .handle
             .route()

@@ -24,6 +24,7 @@ use std::fs;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
@@ -37,6 +38,9 @@ use link::Netlink;
 
 /// Name of the machine's interface inside its namespace.
 pub const MACHINE_INTERFACE: &str = "eth0";
+
+/// How long setup waits for the machine's links and addresses to come up.
+const LINK_UP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Longest bridge prefix: the prefix plus 8 hex digits must fit in 15 characters.
 pub const MAX_BRIDGE_PREFIX: usize = 7;
@@ -76,6 +80,12 @@ pub enum NetworkError {
     /// A link we just created or expect is not there.
     #[error("Link {name} does not exist")]
     MissingLink { name: String },
+    /// A link did not come up in time.
+    #[error("Link {name} did not come up within {timeout:?}")]
+    LinkNotUp { name: String, timeout: Duration },
+    /// An address did not become usable in time.
+    #[error("Address {addr} did not become usable within {timeout:?}")]
+    AddressNotReady { addr: IpAddr, timeout: Duration },
     /// A firewall tool could not be started.
     #[error("Could not run {command}")]
     Spawn { command: String, source: io::Error },
@@ -149,6 +159,8 @@ pub struct MachineNet {
     pub bridge: String,
     /// The host end of the machine's veth pair.
     pub veth_host: String,
+    /// The hardware address of the machine's `eth0` ([`machine_mac`]).
+    pub mac: [u8; 6],
 }
 
 /// Machine networking on one host.
@@ -174,6 +186,19 @@ fn fnv1a(data: &str) -> u64 {
     data.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
     })
+}
+
+/// The hardware address of the machine's `eth0`: locally administered, unicast, and never
+/// equal to a bridge's (those start with `02`).
+pub fn machine_mac(machine_id: &str) -> [u8; 6] {
+    let h = fnv1a(machine_id).to_be_bytes();
+    [0x06, h[0], h[1], h[2], h[3], h[4]]
+}
+
+/// A locally administered unicast address for the bridge of `network`.
+fn bridge_mac(network: u32) -> [u8; 6] {
+    let n = network.to_be_bytes();
+    [0x02, 0xa1, n[0], n[1], n[2], n[3]]
 }
 
 fn write_sysctl(key: &str, value: &str) -> Result<(), NetworkError> {
@@ -352,7 +377,7 @@ impl HostNetwork {
 
         let nl = Netlink::connect()?;
         let locked = firewall::lock().await;
-        let bridge_index = nl.ensure_bridge(&bridge).await?;
+        let bridge_index = nl.ensure_bridge(&bridge, bridge_mac(req.network)).await?;
         nl.add_address(bridge_index, IpAddr::V4(gateway_v4), 32)
             .await?;
         nl.add_address(
@@ -376,6 +401,7 @@ impl HostNetwork {
         drop(ns_file);
 
         let (ipv4, ipv6, prefix) = (req.ipv4, req.ipv6, pool.prefix());
+        let (mac, gateway_mac) = (machine_mac(&req.machine_id), bridge_mac(req.network));
         netns::run_async_in(netns_path.clone(), move || async move {
             let nl = Netlink::connect()?;
             let lo = nl
@@ -385,18 +411,34 @@ impl HostNetwork {
                     name: "lo".to_string(),
                 })?;
             nl.set_up(lo, "lo").await?;
-            let eth0 = nl.rename_up(&veth_peer, MACHINE_INTERFACE).await?;
+            let eth0 = nl.rename_up(&veth_peer, MACHINE_INTERFACE, mac).await?;
             nl.add_address(eth0, IpAddr::V4(ipv4), prefix).await?;
             nl.add_address(eth0, IpAddr::V6(ipv6), addr::SIXPN_HOST_PREFIX_LEN)
                 .await?;
             nl.add_default_v4(gateway_v4, eth0).await?;
             nl.add_default_v6(gateway_v6, eth0).await?;
-            Ok(())
+            // Both ends know each other's hardware address up front, so no packet between
+            // the machine and the host waits on (or is lost to) ARP or neighbour discovery.
+            nl.set_neighbour(eth0, IpAddr::V4(gateway_v4), gateway_mac)
+                .await?;
+            nl.set_neighbour(eth0, IpAddr::V6(gateway_v6), gateway_mac)
+                .await?;
+            nl.wait_oper_up(MACHINE_INTERFACE, LINK_UP_TIMEOUT).await?;
+            nl.wait_local_v6(ipv6, LINK_UP_TIMEOUT).await
         })
         .await?;
 
         nl.replace_host_route_v4(ipv4, bridge_index, gateway_v4)
             .await?;
+        nl.set_neighbour(bridge_index, IpAddr::V4(ipv4), mac)
+            .await?;
+        nl.set_neighbour(bridge_index, IpAddr::V6(ipv6), mac)
+            .await?;
+        nl.wait_oper_up(&veth_host, LINK_UP_TIMEOUT).await?;
+        // A new bridge gets its carrier from its first port; until the kernel has applied
+        // that, packets the host sends through it are dropped.
+        nl.wait_oper_up(&bridge, LINK_UP_TIMEOUT).await?;
+        nl.wait_local_v6(gateway_v6, LINK_UP_TIMEOUT).await?;
         Ok(MachineNet {
             netns_path,
             ipv4,
@@ -406,26 +448,51 @@ impl HostNetwork {
             gateway_v6,
             bridge,
             veth_host,
+            mac,
         })
     }
 
-    /// Removes the machine's veth, namespace and (given its IPv4 address) host route.
-    /// Idempotent: parts that are already gone are skipped, so it is safe after a crash at
-    /// any point of [`HostNetwork::setup_machine`] or of itself. The bridge stays.
+    /// Removes the machine's host route and neighbour entries, veth and namespace. Pass the machine's IPv4 address
+    /// when known (the agent's record); with `None` it is read from the namespace, so a route
+    /// is left behind only if the namespace is already gone. Idempotent: parts that are
+    /// already gone are skipped, so it is safe after a crash at any point of
+    /// [`HostNetwork::setup_machine`] or of itself. The bridge stays.
     pub async fn teardown_machine(
         &self,
         machine_id: &str,
         ipv4: Option<Ipv4Addr>,
     ) -> Result<(), NetworkError> {
         let (veth_host, veth_peer) = Self::veth_names(machine_id);
+        let path = self.netns_path(machine_id);
+        let addrs = match ipv4 {
+            Some(addr) => vec![addr],
+            // Without the caller's record, the namespace (if it is still there) knows.
+            None if netns::exists(&path) => {
+                netns::run_async_in(path.clone(), || async {
+                    let nl = Netlink::connect()?;
+                    match nl.index(MACHINE_INTERFACE).await? {
+                        Some(eth0) => nl.ipv4_addresses(eth0).await,
+                        None => Ok(Vec::new()),
+                    }
+                })
+                .await?
+            }
+            None => Vec::new(),
+        };
         let nl = Netlink::connect()?;
-        if let Some(addr) = ipv4 {
+        for addr in addrs {
             nl.delete_host_route_v4(addr).await?;
         }
+        let mut bridges = Vec::new();
+        for name in self.bridges(&nl).await? {
+            bridges.extend(nl.index(&name).await?);
+        }
+        nl.delete_neighbours_to(&bridges, machine_mac(machine_id))
+            .await?;
         // The peer is only in the host namespace if a setup stopped before moving it.
         nl.delete_link(&veth_host).await?;
         nl.delete_link(&veth_peer).await?;
-        netns::delete(&self.netns_path(machine_id))?;
+        netns::delete(&path)?;
         debug!(machine = %machine_id, "machine network removed");
         Ok(())
     }

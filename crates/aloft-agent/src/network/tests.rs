@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use super::*;
@@ -33,12 +34,14 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        static NEXT_POOL: AtomicU8 = AtomicU8::new(0);
-        let rand = random_u64();
-        let suffix = format!("{:05x}", rand & 0xfffff);
-        let third = NEXT_POOL
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_add((rand >> 24) as u8);
+        // A random base per test process plus a counter: names and pools never collide
+        // between the tests of one run, and rarely with a leftover of another run.
+        static BASE: OnceLock<u64> = OnceLock::new();
+        static NEXT: AtomicU8 = AtomicU8::new(0);
+        let rand = *BASE.get_or_init(random_u64);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let suffix = format!("{:05x}", (rand + u64::from(n)) & 0xfffff);
+        let third = ((rand >> 24) as u8).wrapping_add(n);
         let options = NetworkOptions {
             bridge_prefix: format!("t{suffix}"),
             netns_dir: PathBuf::from(format!("/run/aloft-test-netns-{suffix}")),
@@ -188,13 +191,18 @@ impl Outside {
         nl.move_to(&peer, &std::fs::File::open(&path).unwrap())
             .await
             .unwrap();
+        let mac = machine_mac(&peer);
         netns::run_async_in(path, move || async move {
             let nl = Netlink::connect()?;
-            let eth0 = nl.rename_up(&peer, "eth0").await?;
-            nl.add_address(eth0, IpAddr::V4(addr), 30).await
+            let eth0 = nl.rename_up(&peer, "eth0", mac).await?;
+            nl.add_address(eth0, IpAddr::V4(addr), 30).await?;
+            nl.wait_oper_up("eth0", Duration::from_secs(5)).await
         })
         .await
         .unwrap();
+        nl.wait_oper_up(&host_veth, Duration::from_secs(5))
+            .await
+            .unwrap();
         outside
     }
 }
@@ -254,12 +262,14 @@ async fn host_reaches_a_machine_on_both_families_and_teardown_removes_everything
     let lo_addr = lo_listener.local_addr().unwrap();
     exchange(Some(&net.netns_path), &lo_listener, lo_addr).expect("loopback is up");
 
+    let host_nl = Netlink::connect().unwrap();
+    assert!(host_nl.has_host_route_v4(net.ipv4).await.unwrap());
+    // Without the caller's record of the address, teardown finds it in the namespace.
     fx.net
-        .teardown_machine(&req.machine_id, Some(req.ipv4))
+        .teardown_machine(&req.machine_id, None)
         .await
         .unwrap();
     assert!(!net.netns_path.exists());
-    let host_nl = Netlink::connect().unwrap();
     assert_eq!(host_nl.index(&net.veth_host).await.unwrap(), None);
     assert!(!host_nl.has_host_route_v4(net.ipv4).await.unwrap());
     // Idempotent.
