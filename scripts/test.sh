@@ -9,8 +9,8 @@ cargo fmt --all --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "== cargo build (binaries used by the end-to-end tests)"
-cargo build --workspace --bins --locked
+echo "== build (binaries used by the end-to-end tests, and a static aloft-init)"
+scripts/build.sh
 
 echo "== cargo test"
 cargo test --workspace --locked -- --test-threads="${ALOFT_TEST_THREADS:-4}"

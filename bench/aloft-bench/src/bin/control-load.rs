@@ -49,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
                 address: format!("127.0.0.1:{}", 10000 + i),
                 cpus: 64,
                 memory_mb: 262_144,
+                api_secret: None,
             })
             .await?;
     }

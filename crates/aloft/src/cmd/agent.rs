@@ -24,6 +24,10 @@ pub struct AgentArgs {
     /// Address other hosts and the control plane reach this host at.
     #[arg(long, default_value = "127.0.0.1")]
     pub address: String,
+    /// Where the host API (exec and logs, for the control plane) listens; the control plane
+    /// is told `--address` with this port (default: `--address` on a free port).
+    #[arg(long)]
+    pub api_listen: Option<std::net::SocketAddr>,
     /// CPUs offered to machines (default: all).
     #[arg(long)]
     pub cpus: Option<i64>,
@@ -36,7 +40,8 @@ pub struct AgentArgs {
     /// The OCI runtime binary.
     #[arg(long, default_value = "runc")]
     pub runc: PathBuf,
-    /// The `aloft-init` binary (default: next to this binary).
+    /// The `aloft-init` binary (default: `aloft-init-static`, else `aloft-init`, next to this
+    /// binary; `scripts/build.sh` builds the static one, which runs in any image).
     #[arg(long)]
     pub init: Option<PathBuf>,
 }
@@ -51,10 +56,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     let init = match args.init {
         Some(p) => p,
-        None => std::env::current_exe()?
-            .parent()
-            .map(|d| d.join("aloft-init"))
-            .unwrap_or_else(|| PathBuf::from("aloft-init")),
+        None => default_init()?,
     };
     let opts = aloft_agent::AgentOptions {
         control_url: args.control,
@@ -67,7 +69,21 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         memory_mb: args.memory_mb,
         runc: args.runc,
         init_binary: init,
+        api_listen: args.api_listen,
     };
     aloft_agent::run(opts, super::server::shutdown_signal()).await?;
     Ok(())
+}
+
+/// `aloft-init-static` next to this binary when it exists (it runs in any image), else
+/// `aloft-init` (which needs a C library in the image).
+pub fn default_init() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    let fixed = dir.join("aloft-init-static");
+    Ok(if fixed.exists() {
+        fixed
+    } else {
+        dir.join("aloft-init")
+    })
 }

@@ -105,7 +105,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             cpus: None,
             memory_mb: None,
             runc: PathBuf::from("runc"),
-            init_binary: bin_dir.join("aloft-init"),
+            init_binary: super::agent::default_init()?,
+            api_listen: None,
         };
         tokio::spawn(
             async move { aloft_agent::run(opts, async move { stop.cancelled().await }).await },
