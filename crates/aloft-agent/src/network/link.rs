@@ -479,4 +479,22 @@ impl Netlink {
                     .contains(&RouteAttribute::Destination(RouteAddress::Inet(addr)))
         }))
     }
+
+    /// How many neighbour entries in this namespace point to `mac`.
+    #[cfg(test)]
+    pub(super) async fn count_neighbours_to(&self, mac: [u8; 6]) -> Result<usize, NetworkError> {
+        let entries: Vec<_> = self
+            .handle
+            .neighbours()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl_error("list neighbours".to_string()))?;
+        let lladdr = NeighbourAttribute::LinkLayerAddress(mac.to_vec());
+        Ok(entries
+            .iter()
+            .filter(|e| e.attributes.contains(&lladdr))
+            .count())
+    }
 }

@@ -264,6 +264,7 @@ async fn host_reaches_a_machine_on_both_families_and_teardown_removes_everything
 
     let host_nl = Netlink::connect().unwrap();
     assert!(host_nl.has_host_route_v4(net.ipv4).await.unwrap());
+    assert_eq!(host_nl.count_neighbours_to(net.mac).await.unwrap(), 2);
     // Without the caller's record of the address, teardown finds it in the namespace.
     fx.net
         .teardown_machine(&req.machine_id, None)
@@ -272,6 +273,7 @@ async fn host_reaches_a_machine_on_both_families_and_teardown_removes_everything
     assert!(!net.netns_path.exists());
     assert_eq!(host_nl.index(&net.veth_host).await.unwrap(), None);
     assert!(!host_nl.has_host_route_v4(net.ipv4).await.unwrap());
+    assert_eq!(host_nl.count_neighbours_to(net.mac).await.unwrap(), 0);
     // Idempotent.
     fx.net
         .teardown_machine(&req.machine_id, Some(req.ipv4))
