@@ -281,7 +281,11 @@ impl SandboxDriver {
         }
         let mut killed = false;
         if let Some(state) = self.runc.state(id).await? {
-            if state.status == "running" {
+            // A frozen machine cannot act on any signal, SIGKILL included, until thawed.
+            if state.status == "paused" {
+                self.runc.resume(id).await?;
+            }
+            if state.status == "running" || state.status == "paused" {
                 let delivered = self.signal(id, signal).await.unwrap_or(false);
                 if !delivered {
                     let _ = self.runc.kill(id, signal).await;
@@ -312,7 +316,10 @@ impl SandboxDriver {
     pub async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
         validate_id(id)?;
         let paths = self.paths(id);
-        if self.runc.state(id).await?.is_some() {
+        if let Some(state) = self.runc.state(id).await? {
+            if state.status == "paused" {
+                self.runc.resume(id).await?;
+            }
             let _ = self.runc.kill(id, libc::SIGKILL).await;
             self.wait_stopped(id, KILL_WAIT).await?;
         }

@@ -118,6 +118,15 @@ impl Runc {
         }
     }
 
+    #[cfg(test)]
+    pub async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        self.run(id, &["pause".into(), id.into()]).await.map(drop)
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        self.run(id, &["resume".into(), id.into()]).await.map(drop)
+    }
+
     pub async fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError> {
         self.run(id, &["kill".into(), id.into(), signal.to_string().into()])
             .await

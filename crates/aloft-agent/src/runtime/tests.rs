@@ -594,6 +594,25 @@ async fn machine_joins_the_given_netns_and_sees_its_volume() {
     assert!(volume.join("out").exists());
 }
 
+#[tokio::test]
+async fn a_paused_machine_still_stops() {
+    let fx = Fixture::new();
+    let spec = fx.spec("paused", IDLE);
+    fx.driver.start(&spec).await.unwrap();
+    wait_ready(&fx.driver, &spec.id).await;
+    fx.driver.runc.pause(&spec.id).await.unwrap();
+    assert_eq!(
+        fx.driver.state(&spec.id).await.unwrap().unwrap().status,
+        RuntimeStatus::Paused
+    );
+    let exit = fx
+        .driver
+        .stop(&spec.id, libc::SIGUSR1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(exit.exit_code, Some(0));
+}
+
 const HELPER_ROOT: &str = "ALOFT_TEST_HELPER_ROOT";
 
 /// Run by `machine_outlives_its_supervisor` in a child process: start a machine, say so,
