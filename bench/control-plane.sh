@@ -2,6 +2,7 @@
 # Control-plane throughput and latency (create + get + list) on SQLite, and placement time for
 # 10,000 machines over 1,000 hosts. Prints the figures.
 set -euo pipefail
+export RUST_BACKTRACE=0
 cd "$(dirname "$0")/.."
 cargo build --release -q -p aloft -p aloft-bench
 dir=$(mktemp -d)

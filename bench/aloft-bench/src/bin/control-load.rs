@@ -24,8 +24,8 @@ struct Args {
     /// Concurrent workers.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    /// Hosts to register first.
-    #[arg(long, default_value_t = 20)]
+    /// Hosts to register first (64 CPUs each; every machine takes one).
+    #[arg(long, default_value_t = 100)]
     hosts: usize,
 }
 
