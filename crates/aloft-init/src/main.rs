@@ -7,7 +7,8 @@
 //! records its exit, terminates what is left and exits with the same code.
 //!
 //! Usage: `aloft-init [RUN_CONFIG]` (default `/.aloft/run.json`). It must stay synchronous and
-//! statically linkable; it knows nothing of the host.
+//! statically linkable; it knows nothing of the host. The only `unsafe` is the pre-exec hook
+//! that clears the inherited signal mask in children (`children.rs`).
 #![deny(unsafe_code)]
 
 mod children;
