@@ -268,6 +268,7 @@ pub fn machine_env(a: &AssignedMachine, image: &Image, ipv6: Ipv6Addr) -> Vec<(S
     if let Some(cfg) = &a.config.env {
         env.extend(cfg.clone());
     }
+    env.extend(a.secrets.clone());
     let group = a
         .config
         .metadata

@@ -546,6 +546,88 @@ impl Client {
     }
 }
 
+// Releases and secrets.
+impl Client {
+    /// `POST /v1/apps/{app}/releases`.
+    pub async fn create_release(
+        &self,
+        app: &str,
+        req: &crate::releases::CreateReleaseRequest,
+    ) -> Result<crate::releases::Release, ClientError> {
+        self.post(self.url(&["v1", "apps", app, "releases"]), req)
+            .await
+    }
+
+    /// `GET /v1/apps/{app}/releases`, newest first.
+    pub async fn list_releases(
+        &self,
+        app: &str,
+    ) -> Result<Vec<crate::releases::Release>, ClientError> {
+        self.get(self.url(&["v1", "apps", app, "releases"])).await
+    }
+
+    /// `GET /v1/apps/{app}/releases/{version}`.
+    pub async fn get_release(
+        &self,
+        app: &str,
+        version: u64,
+    ) -> Result<crate::releases::Release, ClientError> {
+        let version = version.to_string();
+        self.get(self.url(&["v1", "apps", app, "releases", &version]))
+            .await
+    }
+
+    /// `POST /v1/apps/{app}/releases/{version}/status`.
+    pub async fn set_release_status(
+        &self,
+        app: &str,
+        version: u64,
+        status: crate::releases::ReleaseStatus,
+        reason: Option<&str>,
+    ) -> Result<crate::releases::Release, ClientError> {
+        let version = version.to_string();
+        let body = crate::releases::ReleaseStatusRequest {
+            status: status.as_str().to_owned(),
+            reason: reason.map(str::to_owned),
+        };
+        self.post(
+            self.url(&["v1", "apps", app, "releases", &version, "status"]),
+            &body,
+        )
+        .await
+    }
+
+    /// `GET /v1/apps/{app}/secrets`: names and digests.
+    pub async fn list_secrets(
+        &self,
+        app: &str,
+    ) -> Result<Vec<crate::releases::SecretInfo>, ClientError> {
+        self.get(self.url(&["v1", "apps", app, "secrets"])).await
+    }
+
+    /// `POST /v1/apps/{app}/secrets`.
+    pub async fn set_secrets(
+        &self,
+        app: &str,
+        values: BTreeMap<String, String>,
+    ) -> Result<Vec<crate::releases::SecretInfo>, ClientError> {
+        let body = crate::releases::SetSecretsRequest { values };
+        self.post(self.url(&["v1", "apps", app, "secrets"]), &body)
+            .await
+    }
+
+    /// `POST /v1/apps/{app}/secrets/unset`.
+    pub async fn unset_secrets(
+        &self,
+        app: &str,
+        names: Vec<String>,
+    ) -> Result<Vec<crate::releases::SecretInfo>, ClientError> {
+        let body = crate::releases::UnsetSecretsRequest { names };
+        self.post(self.url(&["v1", "apps", app, "secrets", "unset"]), &body)
+            .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -82,6 +82,9 @@ pub struct AssignedMachine {
     /// Cordoned machines get no new traffic from the edge.
     #[serde(default)]
     pub cordoned: bool,
+    /// The app's secrets, decrypted for this host; they override the config's `env`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub secrets: std::collections::BTreeMap<String, String>,
 }
 
 /// One line of `GET /v1/hosts/{id}/watch`: a change (with `machine`) or a keep-alive

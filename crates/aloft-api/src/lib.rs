@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod hosts;
 pub mod machine;
+pub mod releases;
 
 pub use apps::*;
 pub use client::{Client, ClientError};
@@ -19,6 +20,7 @@ pub use config::*;
 pub use error::ErrorBody;
 pub use hosts::*;
 pub use machine::*;
+pub use releases::*;
 
 /// The request header that carries a lease nonce on mutations of a leased machine.
 pub const LEASE_NONCE_HEADER: &str = "fly-machine-lease-nonce";

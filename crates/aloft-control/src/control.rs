@@ -274,9 +274,11 @@ impl Control {
             let org = orgs
                 .get(&row.app)
                 .map_or(store::DEFAULT_ORG, String::as_str);
+            let mut assigned = row.to_assigned(org);
+            assigned.secrets = crate::secrets::decrypt_all(&inner.conn, &row.app)?;
             events.push(WatchEvent {
                 revision: row.revision,
-                machine: Some(row.to_assigned(org)),
+                machine: Some(assigned),
             });
         }
         Ok((events, inner.revision.max(since)))

@@ -14,6 +14,8 @@ pub mod ids;
 pub mod image;
 pub mod machines;
 pub mod placement;
+pub mod releases;
+pub mod secrets;
 pub mod state;
 pub mod store;
 

@@ -336,6 +336,7 @@ impl MachineRow {
             stop_signal: self.stop_signal.clone(),
             stop_timeout_secs: self.stop_timeout,
             cordoned: self.cordoned,
+            secrets: Default::default(),
         }
     }
 }

@@ -63,6 +63,12 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX machine_events_by_machine ON machine_events (machine_id, seq);
      CREATE TABLE machine_versions (machine_id TEXT NOT NULL, version TEXT NOT NULL, config TEXT NOT NULL,
         created_at TEXT NOT NULL, PRIMARY KEY (machine_id, version));",
+    // 2: releases and encrypted secrets.
+    "CREATE TABLE releases (app TEXT NOT NULL, version INTEGER NOT NULL, image TEXT NOT NULL, configs TEXT NOT NULL,
+        strategy TEXT NOT NULL, status TEXT NOT NULL, reason TEXT, description TEXT NOT NULL, user TEXT NOT NULL,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (app, version));
+     CREATE TABLE secrets (app TEXT NOT NULL, name TEXT NOT NULL, nonce BLOB NOT NULL, ciphertext BLOB NOT NULL,
+        digest TEXT NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (app, name));",
 ];
 
 /// The organisation created on first start.

@@ -1,0 +1,145 @@
+//! `/v1/apps/{app}/releases` and `/v1/apps/{app}/secrets`.
+
+use std::sync::Arc;
+
+use aloft_api::{
+    CreateReleaseRequest, ErrorBody, Release, ReleaseStatusRequest, SecretInfo, SetSecretsRequest,
+    UnsetSecretsRequest,
+};
+use axum::extract::State;
+use axum::http::{Method, StatusCode};
+use axum::Json;
+
+use super::{ApiError, ApiJson, ApiPath, Routes, Scope};
+use crate::control::Control;
+
+pub(super) fn routes(r: Routes) -> Routes {
+    r.at(Method::GET, "/v1/apps/{app}/releases", list_releases)
+        .at(Method::POST, "/v1/apps/{app}/releases", create_release)
+        .at(
+            Method::GET,
+            "/v1/apps/{app}/releases/{version}",
+            get_release,
+        )
+        .at(
+            Method::POST,
+            "/v1/apps/{app}/releases/{version}/status",
+            set_status,
+        )
+        .at(
+            Method::PATCH,
+            "/v1/apps/{app}/releases/{version}/status",
+            patch_status,
+        )
+        .at(Method::GET, "/v1/apps/{app}/secrets", list_secrets)
+        .at(Method::POST, "/v1/apps/{app}/secrets", set_secrets)
+        .at(Method::POST, "/v1/apps/{app}/secrets/unset", unset_secrets)
+}
+
+/// List an app's releases, newest first.
+#[utoipa::path(get, path = "/v1/apps/{app}/releases", tag = "releases", params(("app" = String, Path)),
+    responses((status = 200, body = [Release]), (status = 404, body = ErrorBody)))]
+pub(super) async fn list_releases(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+    ApiPath(app): ApiPath<String>,
+) -> Result<Json<Vec<Release>>, ApiError> {
+    scope.require_app(&app)?;
+    Ok(Json(control.list_releases(&app)?))
+}
+
+/// Record a release (status `pending`, next version number).
+#[utoipa::path(post, path = "/v1/apps/{app}/releases", tag = "releases", params(("app" = String, Path)),
+    request_body = CreateReleaseRequest,
+    responses((status = 201, body = Release), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn create_release(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+    ApiPath(app): ApiPath<String>,
+    ApiJson(req): ApiJson<CreateReleaseRequest>,
+) -> Result<(StatusCode, Json<Release>), ApiError> {
+    scope.require_app(&app)?;
+    let release = control.create_release(&app, &req, &scope.0)?;
+    Ok((StatusCode::CREATED, Json(release)))
+}
+
+/// Get one release.
+#[utoipa::path(get, path = "/v1/apps/{app}/releases/{version}", tag = "releases",
+    params(("app" = String, Path), ("version" = u64, Path)),
+    responses((status = 200, body = Release), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn get_release(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+    ApiPath((app, version)): ApiPath<(String, u64)>,
+) -> Result<Json<Release>, ApiError> {
+    scope.require_app(&app)?;
+    Ok(Json(control.get_release(&app, version)?))
+}
+
+/// Set a release's status.
+#[utoipa::path(post, path = "/v1/apps/{app}/releases/{version}/status", tag = "releases",
+    params(("app" = String, Path), ("version" = u64, Path)), request_body = ReleaseStatusRequest,
+    responses((status = 200, body = Release), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn set_status(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+    ApiPath((app, version)): ApiPath<(String, u64)>,
+    ApiJson(req): ApiJson<ReleaseStatusRequest>,
+) -> Result<Json<Release>, ApiError> {
+    scope.require_app(&app)?;
+    let release = control.set_release_status(&app, version, &req.status, req.reason.as_deref())?;
+    Ok(Json(release))
+}
+
+/// Set a release's status (same as `POST`).
+#[utoipa::path(patch, path = "/v1/apps/{app}/releases/{version}/status", tag = "releases",
+    params(("app" = String, Path), ("version" = u64, Path)), request_body = ReleaseStatusRequest,
+    responses((status = 200, body = Release), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn patch_status(
+    state: State<Arc<Control>>,
+    scope: Scope,
+    path: ApiPath<(String, u64)>,
+    body: ApiJson<ReleaseStatusRequest>,
+) -> Result<Json<Release>, ApiError> {
+    set_status(state, scope, path, body).await
+}
+
+/// List an app's secrets: names and digests, never values.
+#[utoipa::path(get, path = "/v1/apps/{app}/secrets", tag = "secrets", params(("app" = String, Path)),
+    responses((status = 200, body = [SecretInfo]), (status = 404, body = ErrorBody)))]
+pub(super) async fn list_secrets(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+    ApiPath(app): ApiPath<String>,
+) -> Result<Json<Vec<SecretInfo>>, ApiError> {
+    scope.require_app(&app)?;
+    Ok(Json(control.list_secrets(&app)?))
+}
+
+/// Set secrets (encrypted at rest). Machines get them on their next update.
+#[utoipa::path(post, path = "/v1/apps/{app}/secrets", tag = "secrets", params(("app" = String, Path)),
+    request_body = SetSecretsRequest,
+    responses((status = 200, body = [SecretInfo]), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn set_secrets(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+    ApiPath(app): ApiPath<String>,
+    ApiJson(req): ApiJson<SetSecretsRequest>,
+) -> Result<Json<Vec<SecretInfo>>, ApiError> {
+    scope.require_app(&app)?;
+    Ok(Json(control.set_secrets(&app, &req.values)?))
+}
+
+/// Remove secrets by name (404 naming the first unknown one; nothing is removed then).
+#[utoipa::path(post, path = "/v1/apps/{app}/secrets/unset", tag = "secrets", params(("app" = String, Path)),
+    request_body = UnsetSecretsRequest,
+    responses((status = 200, body = [SecretInfo]), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn unset_secrets(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+    ApiPath(app): ApiPath<String>,
+    ApiJson(req): ApiJson<UnsetSecretsRequest>,
+) -> Result<Json<Vec<SecretInfo>>, ApiError> {
+    scope.require_app(&app)?;
+    Ok(Json(control.unset_secrets(&app, &req.names)?))
+}
