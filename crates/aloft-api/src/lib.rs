@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod hosts;
 pub mod machine;
+pub mod routes;
 pub mod releases;
 
 pub use apps::*;

@@ -14,6 +14,7 @@ pub mod ids;
 pub mod image;
 pub mod machines;
 pub mod placement;
+pub mod routes;
 pub mod releases;
 pub mod secrets;
 pub mod state;

@@ -1,10 +1,13 @@
-//! The route table the control plane publishes, its index by hostname, and its durable copy.
+//! The route table the control plane publishes (its types live in `aloft_api::routes`), its
+//! index by hostname, and its durable copy.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+pub use aloft_api::routes::{
+    AppRoutes, Autostop, Concurrency, ConcurrencyKind, MachineRoute, MachineState, PortRoute,
+    RouteTable, ServiceRoutes,
+};
 
 /// Errors reading or writing the persisted route table.
 #[derive(Debug, thiserror::Error)]
@@ -29,172 +32,6 @@ pub enum RouteStoreError {
         path: PathBuf,
         source: serde_json::Error,
     },
-}
-
-/// Every app the edge can route to, as of one revision of the control plane's state.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RouteTable {
-    pub revision: u64,
-    #[serde(default)]
-    pub apps: Vec<AppRoutes>,
-}
-
-/// One app: the names it answers to, its services and its machines.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AppRoutes {
-    pub app: String,
-    #[serde(default)]
-    pub org: String,
-    /// Custom hostnames besides `<app>.<domain>`.
-    #[serde(default)]
-    pub hostnames: Vec<String>,
-    #[serde(default)]
-    pub services: Vec<ServiceRoutes>,
-    #[serde(default)]
-    pub machines: Vec<MachineRoute>,
-}
-
-/// A service of an app: which public ports lead to which internal port, and how to balance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ServiceRoutes {
-    #[serde(default = "default_protocol")]
-    pub protocol: String,
-    pub internal_port: u16,
-    #[serde(default)]
-    pub ports: Vec<PortRoute>,
-    #[serde(default)]
-    pub concurrency: Concurrency,
-    #[serde(default = "default_true")]
-    pub autostart: bool,
-    #[serde(default)]
-    pub autostop: Autostop,
-    #[serde(default)]
-    pub min_machines_running: u32,
-    /// Speak HTTP/2 without TLS (h2c, prior knowledge) to the machines.
-    #[serde(default)]
-    pub h2_backend: bool,
-}
-
-/// One public port of a service.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PortRoute {
-    pub port: u16,
-    #[serde(default)]
-    pub handlers: Vec<String>,
-    #[serde(default)]
-    pub force_https: bool,
-}
-
-/// What counts towards a machine's load and where the limits are.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Concurrency {
-    #[serde(default)]
-    pub kind: ConcurrencyKind,
-    #[serde(default = "default_soft_limit")]
-    pub soft_limit: u32,
-    /// `None` means no hard limit.
-    #[serde(default)]
-    pub hard_limit: Option<u32>,
-}
-
-impl Default for Concurrency {
-    fn default() -> Self {
-        Concurrency {
-            kind: ConcurrencyKind::default(),
-            soft_limit: default_soft_limit(),
-            hard_limit: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ConcurrencyKind {
-    #[default]
-    Connections,
-    Requests,
-}
-
-/// What the edge does with an idle machine.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Autostop {
-    #[default]
-    Off,
-    Stop,
-    Suspend,
-}
-
-/// A machine of an app as the edge needs to know it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MachineRoute {
-    pub id: String,
-    pub region: String,
-    #[serde(default)]
-    pub host_id: String,
-    /// The address the edge connects to (the machine's private address, or loopback).
-    pub address: IpAddr,
-    pub state: MachineState,
-    /// Whether the machine passes its service checks.
-    #[serde(default = "default_true")]
-    pub healthy: bool,
-    #[serde(default)]
-    pub cordoned: bool,
-}
-
-/// Machine states, with Fly's names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MachineState {
-    Created,
-    Starting,
-    Started,
-    Stopping,
-    Stopped,
-    Suspending,
-    Suspended,
-    Restarting,
-    Replacing,
-    Destroying,
-    Destroyed,
-    Failed,
-    #[serde(other)]
-    Other,
-}
-
-impl MachineState {
-    /// Whether the edge may wake the machine on demand.
-    pub fn is_wakeable(self) -> bool {
-        matches!(
-            self,
-            MachineState::Stopped | MachineState::Suspended | MachineState::Created
-        )
-    }
-}
-
-fn default_protocol() -> String {
-    "tcp".to_string()
-}
-
-fn default_true() -> bool {
-    true
-}
-
-fn default_soft_limit() -> u32 {
-    20
-}
-
-impl ServiceRoutes {
-    /// The entry for public port `port`, if the service listens there.
-    pub fn port(&self, port: u16) -> Option<&PortRoute> {
-        self.ports.iter().find(|p| p.port == port)
-    }
-
-    fn speaks_http(&self) -> bool {
-        self.ports
-            .iter()
-            .any(|p| p.handlers.iter().any(|h| h == "http"))
-    }
 }
 
 /// A route table indexed for lookups on the request path.

@@ -15,6 +15,7 @@ mod apps;
 mod hosts;
 mod machines;
 pub mod openapi;
+mod routes;
 mod releases;
 
 use std::sync::Arc;
@@ -329,6 +330,7 @@ pub fn routes() -> (Router<Arc<Control>>, Vec<(Method, &'static str)>) {
     let r = apps::routes(r);
     let r = machines::routes(r);
     let r = hosts::routes(r);
+    let r = routes::routes(r);
     let r = releases::routes(r);
     let r = r.at(Method::GET, "/v1/openapi.json", openapi::serve);
     (r.router, r.list)

@@ -1,0 +1,106 @@
+//! The route table for edges: `/v1/routes` and its watch stream (join or admin tokens).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use aloft_api::routes::{RouteTable, RoutesEvent, RoutesWatchQuery};
+use aloft_api::ErrorBody;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, Method};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::hosts::KEEPALIVE;
+use super::{ApiError, ApiQuery, Routes, Scope};
+use crate::auth::TokenScope;
+use crate::control::Control;
+
+pub(super) fn routes(r: Routes) -> Routes {
+    r.at(Method::GET, "/v1/routes", get_routes)
+        .at(Method::GET, "/v1/routes/watch", watch_routes)
+}
+
+/// Edges run on hosts: they read the table with a join or admin token, never an app token.
+fn require_edge(scope: &Scope) -> Result<(), ApiError> {
+    match scope.0 {
+        TokenScope::Admin | TokenScope::Join => Ok(()),
+        TokenScope::App(_) => Err(ApiError::Forbidden(
+            "The route table needs a join or admin token".to_owned(),
+        )),
+    }
+}
+
+/// The whole route table, at the control plane's current revision.
+#[utoipa::path(get, path = "/v1/routes", tag = "routes",
+    responses((status = 200, body = RouteTable), (status = 403, body = ErrorBody)))]
+pub(super) async fn get_routes(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+) -> Result<Json<RouteTable>, ApiError> {
+    require_edge(&scope)?;
+    Ok(Json(control.route_table()?))
+}
+
+/// Newline-delimited JSON `RoutesEvent`s: the full table first if the revision is past
+/// `since`, then a full table whenever routing changes, and a keep-alive `{"revision": N}`
+/// every 10 s of quiet.
+#[utoipa::path(get, path = "/v1/routes/watch", tag = "routes", params(RoutesWatchQuery),
+    responses((status = 200, description = "application/x-ndjson stream", body = RoutesEvent), (status = 403, body = ErrorBody)))]
+pub(super) async fn watch_routes(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+    ApiQuery(query): ApiQuery<RoutesWatchQuery>,
+) -> Result<Response, ApiError> {
+    require_edge(&scope)?;
+    // Subscribe before the first build so no change falls between them.
+    let mut revisions = control.subscribe();
+    let first = control.route_table()?;
+    let mut shutdown = control.shutdown_signal();
+    let stream = async_stream::stream! {
+        let mut reached = first.revision.max(query.since);
+        // Without a baseline the next change is always sent in full.
+        let mut last = None;
+        if first.revision > query.since {
+            yield Ok::<Bytes, Infallible>(line(&RoutesEvent { revision: first.revision, table: Some(first.clone()) }));
+            last = Some(first.apps);
+        }
+        loop {
+            tokio::select! {
+                changed = revisions.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    match control.route_table() {
+                        Ok(table) => {
+                            reached = table.revision;
+                            if last.as_ref() != Some(&table.apps) {
+                                last = Some(table.apps.clone());
+                                yield Ok(line(&RoutesEvent { revision: table.revision, table: Some(table) }));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "route watch stream ended");
+                            break;
+                        }
+                    }
+                }
+                () = tokio::time::sleep(KEEPALIVE) => {
+                    yield Ok(line(&RoutesEvent { revision: reached, table: None }));
+                }
+                () = crate::control::shutting_down(&mut shutdown) => break,
+            }
+        }
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+fn line(event: &RoutesEvent) -> Bytes {
+    let mut bytes = serde_json::to_vec(event).unwrap_or_else(|_| b"{}".to_vec());
+    bytes.push(b'\n');
+    Bytes::from(bytes)
+}

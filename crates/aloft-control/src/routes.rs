@@ -1,0 +1,149 @@
+//! The route table: every app's hostnames, services and routable machines, built from the
+//! store at its current global revision, which is also the table's revision.
+
+use aloft_api::routes::{
+    AppRoutes, Autostop, Concurrency, ConcurrencyKind, MachineRoute, PortRoute, RouteTable,
+    ServiceRoutes,
+};
+use aloft_api::{MachineService, MachineState};
+
+use crate::api::ApiError;
+use crate::control::Control;
+use crate::store::MachineRow;
+
+impl Control {
+    /// The whole route table as of the store's current revision.
+    pub fn route_table(&self) -> Result<RouteTable, ApiError> {
+        let inner = self.lock();
+        let apps: Vec<(String, String)> = {
+            let mut stmt = inner
+                .conn
+                .prepare("SELECT name, org_slug FROM apps ORDER BY name")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut table = RouteTable {
+            revision: inner.revision,
+            apps: Vec::with_capacity(apps.len()),
+        };
+        for (app, org) in apps {
+            let rows = MachineRow::list(&inner.conn, &app, false)?;
+            table.apps.push(app_routes(&app, &org, &rows));
+        }
+        Ok(table)
+    }
+}
+
+/// One app's routes: the services of its newest machine that has any, and every machine with
+/// an address that is not being destroyed.
+pub fn app_routes(app: &str, org: &str, rows: &[MachineRow]) -> AppRoutes {
+    let services = rows
+        .iter()
+        .rev()
+        .find_map(|m| m.config.services.as_ref().filter(|s| !s.is_empty()))
+        .map(|s| s.iter().filter_map(service_routes).collect())
+        .unwrap_or_default();
+    let machines = rows
+        .iter()
+        .filter(|m| !matches!(m.state, MachineState::Destroying | MachineState::Destroyed))
+        .filter_map(|m| {
+            let address = m.private_ip.parse().ok()?;
+            Some(MachineRoute {
+                id: m.id.clone(),
+                region: m.region.clone(),
+                host_id: m.host_id.clone(),
+                address,
+                state: m.state.into(),
+                healthy: m.checks.iter().all(|c| c.status == "passing"),
+                cordoned: m.cordoned,
+            })
+        })
+        .collect();
+    AppRoutes {
+        app: app.to_owned(),
+        org: org.to_owned(),
+        hostnames: Vec::new(),
+        services,
+        machines,
+    }
+}
+
+/// A machine config's service as the edge needs it; `None` when its internal port is not a
+/// port number.
+fn service_routes(s: &MachineService) -> Option<ServiceRoutes> {
+    let internal_port = u16::try_from(s.internal_port).ok().filter(|&p| p > 0)?;
+    let ports = s
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            Some(PortRoute {
+                port: p.port.and_then(|p| u16::try_from(p).ok())?,
+                handlers: p.handlers.clone().unwrap_or_default(),
+                force_https: p.force_https.unwrap_or(false),
+            })
+        })
+        .collect();
+    let limit = |v: Option<i64>| v.and_then(|v| u32::try_from(v).ok());
+    let concurrency = s
+        .concurrency
+        .as_ref()
+        .map_or_else(Concurrency::default, |c| {
+            let default = Concurrency::default();
+            Concurrency {
+                kind: match c.kind.as_deref() {
+                    Some("requests") => ConcurrencyKind::Requests,
+                    _ => ConcurrencyKind::Connections,
+                },
+                soft_limit: limit(c.soft_limit).unwrap_or(default.soft_limit),
+                hard_limit: limit(c.hard_limit),
+            }
+        });
+    let autostop = match s.autostop.as_ref() {
+        Some(serde_json::Value::String(v)) if v == "suspend" => Autostop::Suspend,
+        Some(serde_json::Value::String(v)) if v == "stop" => Autostop::Stop,
+        Some(serde_json::Value::Bool(true)) => Autostop::Stop,
+        _ => Autostop::Off,
+    };
+    Some(ServiceRoutes {
+        protocol: s.protocol.clone().unwrap_or_else(|| "tcp".to_owned()),
+        internal_port,
+        ports,
+        concurrency,
+        autostart: s.autostart.unwrap_or(true),
+        autostop,
+        min_machines_running: limit(s.min_machines_running).unwrap_or(0),
+        h2_backend: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_map_fly_fields_and_skip_bad_ports() {
+        let services: Vec<MachineService> = serde_json::from_value(serde_json::json!([
+            {"protocol": "tcp", "internal_port": 8080, "autostop": true, "autostart": false,
+             "min_machines_running": 1,
+             "ports": [{"port": 80, "handlers": ["http"], "force_https": true}, {"start_port": 1, "end_port": 9}],
+             "concurrency": {"type": "requests", "soft_limit": 5, "hard_limit": 10}},
+            {"internal_port": 0},
+            {"internal_port": 9000, "autostop": "suspend", "concurrency": {"hard_limit": -1}}
+        ]))
+        .unwrap();
+        let out: Vec<ServiceRoutes> = services.iter().filter_map(service_routes).collect();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].ports.len(), 1);
+        assert!(out[0].ports[0].force_https && !out[0].autostart);
+        assert_eq!(out[0].autostop, Autostop::Stop);
+        assert_eq!(out[0].concurrency.kind, ConcurrencyKind::Requests);
+        assert_eq!(
+            (out[0].concurrency.soft_limit, out[0].concurrency.hard_limit),
+            (5, Some(10))
+        );
+        assert_eq!(out[1].autostop, Autostop::Suspend);
+        assert_eq!(out[1].concurrency.soft_limit, 20);
+        assert_eq!(out[1].concurrency.hard_limit, None);
+    }
+}
