@@ -36,6 +36,8 @@ pub struct AgentOptions {
     pub memory_mb: Option<i64>,
     pub runc: PathBuf,
     pub init_binary: PathBuf,
+    /// Where the host API (exec, logs) listens; `None`: `address` on a free port.
+    pub api_listen: Option<std::net::SocketAddr>,
 }
 
 /// Runs the agent until `shutdown` resolves. Machines keep running after it returns.
@@ -70,12 +72,14 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         .await?,
     );
 
+    let (api_address, api_secret, host_api) = start_host_api(&opts, &store).await?;
     let register = RegisterHostRequest {
         id: host_id.clone(),
         region: opts.region.clone(),
-        address: opts.address.clone(),
+        address: api_address,
         cpus,
         memory_mb,
+        api_secret: Some(api_secret),
     };
     tokio::pin!(shutdown);
     let mut delay = Duration::from_millis(200);
@@ -137,8 +141,40 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         _ = &mut shutdown => Ok(()),
     };
     heartbeat.abort();
+    host_api.abort();
     info!("agent stopping; machines keep running");
     result
+}
+
+/// Binds and spawns the host API; returns the address to register, its secret and the task.
+async fn start_host_api(
+    opts: &AgentOptions,
+    store: &AgentStore,
+) -> Result<(String, String, tokio::task::JoinHandle<()>), AgentError> {
+    use crate::hostapi;
+    let listen = opts.api_listen.unwrap_or_else(|| {
+        let ip = opts.address.parse().unwrap_or([0, 0, 0, 0].into());
+        std::net::SocketAddr::new(ip, 0)
+    });
+    let listener = hostapi::bind(listen).await?;
+    let bound = listener.local_addr().map_err(|source| AgentError::Io {
+        what: format!("reading the host API address bound at {listen}"),
+        source,
+    })?;
+    let secret = hostapi::secret(store)?;
+    let mut sandbox = crate::runtime::SandboxOptions::new(
+        opts.data_dir.join("machines"),
+        opts.init_binary.clone(),
+    );
+    sandbox.runc = opts.runc.clone();
+    let api = hostapi::HostApi {
+        secret: secret.clone(),
+        region: opts.region.clone(),
+        driver: crate::runtime::SandboxDriver::new(sandbox),
+        store: store.clone(),
+    };
+    let task = tokio::spawn(hostapi::serve(listener, api));
+    Ok((hostapi::advertised(&opts.address, bound), secret, task))
 }
 
 fn spawn_supervisor(

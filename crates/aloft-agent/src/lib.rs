@@ -6,6 +6,8 @@
 //! control plane only through the wire types in `aloft-api`, and never decides placement.
 
 mod agent;
+mod checks;
+pub mod hostapi;
 pub mod host;
 pub mod network;
 pub mod runtime;
@@ -41,6 +43,8 @@ pub enum AgentError {
     Network(#[from] network::NetworkError),
     #[error("Sandbox runtime failed")]
     Runtime(#[from] runtime::RuntimeError),
+    #[error("Host API failed")]
+    HostApi(#[from] hostapi::HostApiError),
     #[error("{0}")]
     Invalid(String),
 }

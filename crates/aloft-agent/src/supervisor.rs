@@ -88,6 +88,7 @@ pub async fn supervise(shared: Shared, mut local: LocalMachine, mut rx: mpsc::Re
         let mut sup = Supervisor {
             shared,
             reported: None,
+            checks: Default::default(),
         };
         loop {
             match sup.reconcile(&mut local).await {
@@ -117,6 +118,8 @@ struct Supervisor {
     shared: Shared,
     /// The last (instance, state) the control plane accepted.
     reported: Option<(String, MachineState)>,
+    /// Health checks of the running instance.
+    checks: crate::checks::MachineChecks,
 }
 
 impl Supervisor {
@@ -160,6 +163,9 @@ impl Supervisor {
             }
         }
 
+        if m.assignment.desired_state != DesiredState::Started || status != RunStatus::Running {
+            self.checks.stop();
+        }
         match m.assignment.desired_state {
             DesiredState::Destroyed => {
                 if m.phase != Phase::Destroying {
@@ -224,6 +230,13 @@ impl Supervisor {
                     self.save(m)?;
                 }
                 self.report(m, MachineState::Started, None, None).await;
+                self.checks.ensure(m);
+                if let Some(checks) = self.checks.changed() {
+                    let r = &self.shared.reporter;
+                    if r.report_checks(&m.assignment, checks.clone()).await {
+                        self.checks.reported(checks);
+                    }
+                }
                 return Ok(());
             }
             RunStatus::Running => {

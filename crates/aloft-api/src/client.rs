@@ -628,6 +628,89 @@ impl Client {
     }
 }
 
+/// Exec and logs.
+impl Client {
+    /// `POST /v1/apps/{app}/machines/{id}/exec`.
+    pub async fn exec_machine(
+        &self,
+        app: &str,
+        id: &str,
+        req: &crate::exec::ExecRequest,
+    ) -> Result<crate::exec::ExecResponse, ClientError> {
+        self.post(self.machine_url(app, id, &["exec"]), req).await
+    }
+
+    /// `GET /v1/apps/{app}/logs`: log lines until the server ends the stream (never, with
+    /// `follow`).
+    pub async fn app_logs(
+        &self,
+        app: &str,
+        query: &crate::exec::LogsQuery,
+    ) -> Result<
+        impl Stream<Item = Result<crate::exec::LogEntry, ClientError>> + Send + 'static,
+        ClientError,
+    > {
+        let mut url = self.url(&["v1", "apps", app, "logs"]);
+        {
+            let mut pairs = url.query_pairs_mut();
+            if let Some(region) = &query.region {
+                pairs.append_pair("region", region);
+            }
+            if let Some(machine) = &query.machine {
+                pairs.append_pair("machine", machine);
+            }
+            pairs.append_pair("follow", if query.follow { "true" } else { "false" });
+        }
+        let response = self
+            .send(self.request(Method::GET, url.clone()), &url)
+            .await?;
+        Ok(ndjson_lines(response, url.to_string()))
+    }
+}
+
+/// Parses a response body of newline-delimited JSON, one item per non-blank line.
+pub fn ndjson_lines<T: DeserializeOwned + Send + 'static>(
+    response: reqwest::Response,
+    url: String,
+) -> impl Stream<Item = Result<T, ClientError>> + Send + 'static {
+    let state = (
+        response.bytes_stream().boxed(),
+        Vec::<u8>::new(),
+        url,
+        false,
+    );
+    futures::stream::unfold(state, |(mut body, mut buf, url, done)| async move {
+        loop {
+            if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let item =
+                    serde_json::from_slice::<T>(&line).map_err(|source| ClientError::Decode {
+                        url: url.clone(),
+                        source,
+                    });
+                return Some((item, (body, buf, url, done)));
+            }
+            if done {
+                return None;
+            }
+            match body.next().await {
+                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                Some(Err(source)) => {
+                    let err = ClientError::Transport {
+                        url: url.clone(),
+                        source,
+                    };
+                    return Some((Err(err), (body, Vec::new(), url, true)));
+                }
+                None => return None,
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

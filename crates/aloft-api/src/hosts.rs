@@ -16,6 +16,9 @@ pub struct RegisterHostRequest {
     pub address: String,
     pub cpus: i64,
     pub memory_mb: i64,
+    /// The bearer secret the agent's own API (exec, logs) accepts from the control plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_secret: Option<String>,
 }
 
 /// A host as the control plane sees it.

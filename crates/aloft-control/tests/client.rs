@@ -55,6 +55,7 @@ async fn the_typed_client_drives_every_kind_of_endpoint() {
             address: "127.0.0.1:9".into(),
             cpus: 2,
             memory_mb: 2048,
+            api_secret: None,
         })
         .await
         .unwrap();

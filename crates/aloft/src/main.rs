@@ -38,6 +38,11 @@ enum Command {
     /// Manage machines.
     #[command(subcommand, alias = "machines", alias = "m")]
     Machine(cmd::machine::MachineCommand),
+    /// Show the app's logs, merged from its machines.
+    Logs(cmd::logs::LogsArgs),
+    /// Run commands in a machine (non-interactive for now: see `aloft ssh console --help`).
+    #[command(subcommand)]
+    Ssh(cmd::ssh::SshCommand),
     /// Manage API tokens.
     #[command(subcommand)]
     Tokens(cmd::tokens::TokensCommand),
@@ -85,6 +90,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image(c) => cmd::image::run(c).await,
         Command::Apps(c) => cmd::apps::run(c).await,
         Command::Machine(c) => cmd::machine::run(c).await,
+        Command::Logs(a) => cmd::logs::run(a).await,
+        Command::Ssh(c) => cmd::ssh::run(c).await,
         Command::Tokens(c) => cmd::tokens::run(c).await,
         Command::Auth(c) => cmd::auth::run(c).await,
         Command::Regions(c) => cmd::regions::run(c).await,

@@ -51,7 +51,9 @@ pub(super) async fn register_host(
     ApiJson(req): ApiJson<RegisterHostRequest>,
 ) -> Result<Json<Host>, ApiError> {
     scope.require_hosts()?;
-    Ok(Json(control.register_host(&req)?))
+    let host = control.register_host(&req)?;
+    control.record_host_secret(&req.id, req.api_secret.as_deref())?;
+    Ok(Json(host))
 }
 
 /// Record a heartbeat; a host silent for the heartbeat timeout becomes unreachable.

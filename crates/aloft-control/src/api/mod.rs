@@ -12,6 +12,7 @@
 //! - 500: internal failures, logged with detail and answered with a generic message.
 
 mod apps;
+mod exec;
 mod hosts;
 mod machines;
 pub mod openapi;
@@ -330,6 +331,7 @@ pub fn routes() -> (Router<Arc<Control>>, Vec<(Method, &'static str)>) {
     let r = apps::routes(r);
     let r = machines::routes(r);
     let r = hosts::routes(r);
+    let r = exec::routes(r);
     let r = routes::routes(r);
     let r = releases::routes(r);
     let r = r.at(Method::GET, "/v1/openapi.json", openapi::serve);

@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{apps, hosts, machines, releases, routes};
+use super::{apps, exec, hosts, machines, releases, routes};
 
 struct BearerAuth;
 
@@ -31,6 +31,7 @@ impl Modify for BearerAuth {
         machines::suspend, machines::cordon, machines::uncordon, machines::wait, machines::get_lease,
         machines::acquire_lease, machines::release_lease, machines::get_metadata, machines::set_metadata,
         machines::delete_metadata, machines::events, machines::versions,
+        exec::exec, exec::logs,
         hosts::list_hosts, hosts::register_host, hosts::heartbeat, hosts::watch, hosts::report_status,
         routes::get_routes, routes::watch_routes,
         releases::list_releases, releases::create_release, releases::get_release, releases::set_status,

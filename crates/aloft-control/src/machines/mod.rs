@@ -2,6 +2,7 @@
 //! the transition function, and saves row + events in one transaction.
 
 mod agent;
+pub mod exec;
 mod leases;
 mod validate;
 

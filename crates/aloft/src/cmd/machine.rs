@@ -59,6 +59,9 @@ pub enum MachineCommand {
         #[arg(long, short)]
         app: Option<String>,
     },
+    /// Run a command in a started machine (after `--`), print its output and exit with its
+    /// exit code.
+    Exec(super::ssh::ExecArgs),
     /// Destroy a machine.
     #[command(alias = "rm", alias = "remove")]
     Destroy {
@@ -265,6 +268,7 @@ pub async fn run(cmd: MachineCommand) -> anyhow::Result<()> {
                 &rows,
             );
         }
+        MachineCommand::Exec(args) => return super::ssh::exec(api, args).await,
         MachineCommand::Status { id, app, json } => {
             let app = context::app(app)?;
             let m = api.get_machine(&app, &id).await?;
