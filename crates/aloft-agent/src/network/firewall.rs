@@ -210,7 +210,8 @@ impl Firewall {
         Ok(())
     }
 
-    /// Lets the machines on `bridge` reach each other (idempotent).
+    /// Lets the machines on `bridge` reach each other (idempotent). Fails without changing
+    /// anything if [`Firewall::ensure`] has not run.
     pub(super) async fn ensure_bridge(
         &self,
         _locked: &Locked,
@@ -219,6 +220,11 @@ impl Firewall {
         let rule = Self::bridge_rule(bridge);
         let rule: Vec<&str> = rule.split(' ').collect();
         for family in [Family::V4, Family::V6] {
+            if !holds(family, &["-S", &self.forward_chain]).await? {
+                return Err(NetworkError::HostNotPrepared {
+                    chain: self.forward_chain.clone(),
+                });
+            }
             let check = [&["-C", self.forward_chain.as_str()][..], &rule[..]].concat();
             if !holds(family, &check).await? {
                 let insert = [&["-I", self.forward_chain.as_str(), "1"][..], &rule[..]].concat();

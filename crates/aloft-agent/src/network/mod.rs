@@ -86,6 +86,9 @@ pub enum NetworkError {
     /// An address did not become usable in time.
     #[error("Address {addr} did not become usable within {timeout:?}")]
     AddressNotReady { addr: IpAddr, timeout: Duration },
+    /// `ensure_host` has not run on this host.
+    #[error("Host networking is not prepared (chain {chain} is missing): run ensure_host first")]
+    HostNotPrepared { chain: String },
     /// A firewall tool could not be started.
     #[error("Could not run {command}")]
     Spawn { command: String, source: io::Error },
@@ -377,6 +380,8 @@ impl HostNetwork {
 
         let nl = Netlink::connect()?;
         let locked = firewall::lock().await;
+        // The rule first: it fails cleanly when `ensure_host` has not run.
+        self.firewall().ensure_bridge(&locked, &bridge).await?;
         let bridge_index = nl.ensure_bridge(&bridge, bridge_mac(req.network)).await?;
         nl.add_address(bridge_index, IpAddr::V4(gateway_v4), 32)
             .await?;
@@ -386,7 +391,6 @@ impl HostNetwork {
             addr::SIXPN_HOST_PREFIX_LEN,
         )
         .await?;
-        self.firewall().ensure_bridge(&locked, &bridge).await?;
         drop(locked);
 
         netns::create(&netns_path)?;

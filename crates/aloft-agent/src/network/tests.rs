@@ -531,3 +531,18 @@ async fn ip_netns_sees_machines_in_run_netns() {
     assert!(text.contains(&format!("{}/24", net.ipv4)), "{text}");
     assert!(text.contains(&format!("{}/96", net.ipv6)), "{text}");
 }
+
+#[tokio::test]
+async fn setup_before_ensure_host_fails_cleanly() {
+    let mut fx = Fixture::new();
+    let req = fx.request("early", fx.network(1));
+    fx.machines.push((req.machine_id.clone(), req.ipv4));
+    let err = fx.net.setup_machine(&req).await.unwrap_err();
+    assert!(matches!(err, NetworkError::HostNotPrepared { .. }), "{err}");
+    assert!(!fx.net.is_set_up(&req.machine_id).await.unwrap());
+    let bridge = fx.net.bridge_name(req.network);
+    assert_eq!(
+        Netlink::connect().unwrap().index(&bridge).await.unwrap(),
+        None
+    );
+}
