@@ -38,6 +38,14 @@ pub struct AgentOptions {
     pub init_binary: PathBuf,
     /// Where the host API (exec, logs) listens; `None`: `address` on a free port.
     pub api_listen: Option<std::net::SocketAddr>,
+    /// The edge's HTTP address; `None`: 127.0.0.1 on a free port.
+    pub http: Option<std::net::SocketAddr>,
+    /// The edge's HTTPS address (certificates from the edge's own CA); `None`: no HTTPS.
+    pub https: Option<std::net::SocketAddr>,
+    /// Apps answer at `<app>.<domain>` on the edge; `None`: `localhost`.
+    pub domain: Option<String>,
+    /// Told the edge's bound HTTP address once it listens, or why it could not start.
+    pub edge_ready: Option<crate::edge::EdgeReady>,
 }
 
 /// Runs the agent until `shutdown` resolves. Machines keep running after it returns.
@@ -58,6 +66,8 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
             id
         }
     };
+    // The edge first: it routes from its saved table even while the control plane is down.
+    let edge = crate::edge::EdgeRole::start_or_log(&opts, &host_id).await;
     let client = Client::new(&opts.control_url, opts.token.clone())?;
     let (cpus, memory_mb) = capacity(&opts);
     let runtime = Arc::new(
@@ -142,6 +152,9 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     };
     heartbeat.abort();
     host_api.abort();
+    if let Some(edge) = edge {
+        edge.shutdown().await;
+    }
     info!("agent stopping; machines keep running");
     result
 }

@@ -7,6 +7,7 @@
 
 mod agent;
 mod checks;
+pub mod edge;
 pub mod hostapi;
 pub mod host;
 pub mod network;

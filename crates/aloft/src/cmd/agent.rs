@@ -28,6 +28,15 @@ pub struct AgentArgs {
     /// is told `--address` with this port (default: `--address` on a free port).
     #[arg(long)]
     pub api_listen: Option<std::net::SocketAddr>,
+    /// The edge's HTTP address (public traffic for this host's region).
+    #[arg(long, default_value = "0.0.0.0:80")]
+    pub http: std::net::SocketAddr,
+    /// The edge's HTTPS address (certificates from the edge's own CA in the data dir).
+    #[arg(long)]
+    pub https: Option<std::net::SocketAddr>,
+    /// Apps answer at <app>.<domain> on the edge.
+    #[arg(long, default_value = "localhost")]
+    pub domain: String,
     /// CPUs offered to machines (default: all).
     #[arg(long)]
     pub cpus: Option<i64>,
@@ -69,6 +78,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         memory_mb: args.memory_mb,
         runc: args.runc,
         init_binary: init,
+        http: Some(args.http),
+        https: args.https,
+        domain: Some(args.domain),
+        edge_ready: None,
         api_listen: args.api_listen,
     };
     aloft_agent::run(opts, super::server::shutdown_signal()).await?;

@@ -1,9 +1,9 @@
 //! `aloft dev`: the whole platform on one box — control plane with its registry, one agent
-//! with its edge, and the demo app — printing a URL that answers.
+//! with its edge (which follows the control plane's route table), and the demo app —
+//! printing a URL that answers.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use aloft_api::{
@@ -12,7 +12,6 @@ use aloft_api::{
 };
 use aloft_image::build::{self, BuildConfig};
 use aloft_image::push::PushTarget;
-use aloft_proxy::{Edge, EdgeOptions, RouteTable, WakeFuture, Waker};
 use anyhow::Context as _;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
@@ -93,7 +92,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // The host agent.
     let exe = std::env::current_exe()?;
     let bin_dir = exe.parent().map(PathBuf::from).unwrap_or_default();
-    let agent_task = {
+    let (edge_tx, mut edge_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut agent_task = {
         let stop = stop.clone();
         let opts = aloft_agent::AgentOptions {
             control_url: url.clone(),
@@ -107,11 +107,25 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             runc: PathBuf::from("runc"),
             init_binary: super::agent::default_init()?,
             api_listen: None,
+            http: Some(args.http),
+            https: None,
+            domain: Some(args.domain.clone()),
+            edge_ready: Some(edge_tx),
         };
         tokio::spawn(
             async move { aloft_agent::run(opts, async move { stop.cancelled().await }).await },
         )
     };
+    // The agent's edge listens before the agent joins.
+    let edge_addr = tokio::select! {
+        ready = edge_rx.recv() => ready,
+        r = &mut agent_task => {
+            r??;
+            None
+        }
+    }
+    .unwrap_or_else(|| Err("the agent stopped".into()))
+    .map_err(|e| anyhow::anyhow!("The edge did not start on {}: {e}", args.http))?;
     let api = Client::new(&url, token.clone())?;
     wait_for_region(&api, &args.region).await?;
 
@@ -123,26 +137,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         machine.id, machine.region, machine.private_ip
     );
 
-    // The edge.
-    let mut edge_opts = EdgeOptions::new(args.http, &args.domain, &args.region, "dev");
-    edge_opts.http_port = args.http.port();
-    edge_opts.waker = Some(Arc::new(ApiWaker { api: api.clone() }));
-    edge_opts.route_store = None;
-    let edge = Arc::new(
-        Edge::new(edge_opts)
-            .await
-            .context("Cannot start the edge")?,
-    );
-    let routes_task = {
-        let (edge, api, stop) = (edge.clone(), api.clone(), stop.clone());
-        tokio::spawn(async move { follow_routes(edge, api, stop).await })
-    };
-    let app_url = format!(
-        "http://{DEMO_APP}.{}:{}",
-        args.domain,
-        edge.http_addr().port()
-    );
-    wait_for_answer(edge.http_addr(), &format!("{DEMO_APP}.{}", args.domain)).await?;
+    let app_url = format!("http://{DEMO_APP}.{}:{}", args.domain, edge_addr.port());
+    wait_for_answer(edge_addr, &format!("{DEMO_APP}.{}", args.domain)).await?;
     println!();
     println!("  {app_url}");
     println!();
@@ -169,9 +165,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             },
         )
         .await;
-    edge.shutdown().await;
     stop.cancel();
-    routes_task.abort();
     let _ = agent_task.await;
     let _ = server_task.await;
     println!("stopped");
@@ -295,28 +289,6 @@ async fn ensure_demo_machine(api: &Client, region: &str, image: &str) -> anyhow:
     Ok(api.get_machine(DEMO_APP, &machine.id).await?)
 }
 
-/// Rebuilds the edge's route table from the control plane twice a second.
-async fn follow_routes(edge: Arc<Edge>, api: Client, stop: CancellationToken) {
-    let mut revision = 0;
-    let mut last: Option<RouteTable> = None;
-    while !stop.is_cancelled() {
-        if let Ok(mut table) = super::routes::route_table(&api).await {
-            if last.as_ref().map(|l| &l.apps) != Some(&table.apps) {
-                revision += 1;
-                table.revision = revision;
-                last = Some(table.clone());
-                if let Err(e) = edge.update_routes(table) {
-                    tracing::warn!(error = %e, "route update failed");
-                }
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-    }
-}
-
 async fn wait_for_answer(edge: SocketAddr, host: &str) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     for _ in 0..300 {
@@ -333,48 +305,4 @@ async fn wait_for_answer(edge: SocketAddr, host: &str) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     anyhow::bail!("The demo app did not answer through the edge within 30 s")
-}
-
-/// Starts and stops machines for the edge through the Machines API.
-struct ApiWaker {
-    api: Client,
-}
-
-impl Waker for ApiWaker {
-    fn start<'a>(&'a self, app: &'a str, machine_id: &'a str) -> WakeFuture<'a> {
-        Box::pin(async move {
-            self.api
-                .start_machine(app, machine_id)
-                .await
-                .map_err(|e| e.to_string())?;
-            self.api
-                .wait_machine(
-                    app,
-                    machine_id,
-                    &WaitQuery {
-                        state: Some("started".into()),
-                        timeout: Some(30),
-                        instance_id: None,
-                    },
-                )
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-        })
-    }
-
-    fn stop<'a>(
-        &'a self,
-        app: &'a str,
-        machine_id: &'a str,
-        _mode: aloft_proxy::Autostop,
-    ) -> WakeFuture<'a> {
-        Box::pin(async move {
-            self.api
-                .stop_machine(app, machine_id, &StopRequest::default())
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-        })
-    }
 }

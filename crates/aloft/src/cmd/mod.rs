@@ -8,7 +8,6 @@ pub mod image;
 pub mod logs;
 pub mod machine;
 pub mod regions;
-pub mod routes;
 pub mod server;
 pub mod ssh;
 pub mod tokens;
