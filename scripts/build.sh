@@ -16,5 +16,7 @@ host=$(rustc -vV | sed -n 's/^host: //p')
 RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build "${flags[@]}" --locked -p aloft-init --bin aloft-init \
   --target "$host" --target-dir target/static
-cp "target/static/$host/$profile/aloft-init" "target/$profile/aloft-init-static"
+# Copy then rename: running machines may hold the old file open.
+cp "target/static/$host/$profile/aloft-init" "target/$profile/.aloft-init-static.tmp"
+mv -f "target/$profile/.aloft-init-static.tmp" "target/$profile/aloft-init-static"
 echo "build: ok (target/$profile)"

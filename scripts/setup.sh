@@ -8,7 +8,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 packages=(
-  build-essential pkg-config ca-certificates curl jq git
+  build-essential pkg-config ca-certificates curl jq git bc
   iproute2 iptables
   runc busybox-static
   skopeo umoci

@@ -481,6 +481,37 @@ impl Agent {
         })
     }
 
+    /// Removes every machine this agent left on the host: containers, rootfs mounts,
+    /// network namespaces. Machines outlive their agent by design, so tests clean up here.
+    pub fn remove_machines(&mut self) {
+        self.proc.kill9();
+        let runc_root = self.data_dir.join("machines/runc");
+        let ids: Vec<String> = std::fs::read_dir(&runc_root)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let root = runc_root.to_string_lossy().into_owned();
+        for id in &ids {
+            let _ = run("runc", &["--root", &root, "delete", "--force", id]);
+            let _ = run("ip", &["netns", "delete", &format!("aloft-{id}")]);
+        }
+        let prefix = self.data_dir.to_string_lossy().into_owned();
+        if let Ok(mounts) = std::fs::read_to_string("/proc/mounts") {
+            let mut points: Vec<&str> = mounts
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .filter(|p| p.starts_with(&prefix))
+                .collect();
+            points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+            for p in points {
+                let _ = run("umount", &["-l", p]);
+            }
+        }
+    }
+
     /// Kills the agent with SIGKILL and starts it again with the same arguments.
     pub fn crash_and_restart(&mut self) -> Result<(), HarnessError> {
         self.proc.kill9();
@@ -488,5 +519,11 @@ impl Agent {
         let (proc, _) = Proc::spawn_until("aloft agent", &self.bin, &refs, &[], " joined ")?;
         self.proc = proc;
         Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.remove_machines();
     }
 }

@@ -52,6 +52,19 @@ enum Command {
     /// List regions that have live hosts.
     #[command(subcommand)]
     Regions(cmd::regions::RegionsCommand),
+    /// Create an app, write its aloft.toml, and deploy it.
+    Launch(cmd::launch::LaunchArgs),
+    /// Deploy the app in this directory: push, release, roll out, roll back on failure.
+    Deploy(cmd::deploy::DeployArgs),
+    /// List the app's releases.
+    Releases(cmd::releases::ReleasesArgs),
+    /// Redeploy the previous (or a given) release as a new release.
+    Rollback(cmd::releases::RollbackArgs),
+    /// Show the app, its current release and its machines.
+    Status(cmd::status::StatusArgs),
+    /// Manage the app's secrets.
+    #[command(subcommand)]
+    Secrets(cmd::secrets::SecretsCommand),
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -95,6 +108,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokens(c) => cmd::tokens::run(c).await,
         Command::Auth(c) => cmd::auth::run(c).await,
         Command::Regions(c) => cmd::regions::run(c).await,
+        Command::Launch(a) => cmd::launch::run(a).await,
+        Command::Deploy(a) => cmd::deploy::run(a).await,
+        Command::Releases(a) => cmd::releases::list(a).await,
+        Command::Rollback(a) => cmd::releases::rollback(a).await,
+        Command::Status(a) => cmd::status::run(a).await,
+        Command::Secrets(c) => cmd::secrets::run(c).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "aloft", &mut std::io::stdout());

@@ -42,13 +42,14 @@ fn get_page(ip: &str) -> Option<String> {
     Some(body)
 }
 
-fn pid_of_httpd() -> Vec<String> {
+/// The pids of the machine's httpd, found by the machine's cgroup.
+fn pid_of_httpd(id: &str) -> Vec<String> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(cmd) = std::fs::read_to_string(entry.path().join("cmdline")) {
-            if cmd.contains("aloft-e2e-page") {
-                pids.push(entry.file_name().to_string_lossy().to_string());
-            }
+        let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+        let cmd = std::fs::read_to_string(entry.path().join("cmdline")).unwrap_or_default();
+        if cgroup.contains(&format!("/aloft/{id}")) && cmd.contains("httpd") {
+            pids.push(entry.file_name().to_string_lossy().to_string());
         }
     }
     pids
@@ -65,17 +66,7 @@ fn a_machine_runs_from_a_pushed_image_and_survives_its_agent() {
         &layout,
         "1",
         "hello from busybox\n",
-        &[
-            "/bin/busybox",
-            "httpd",
-            "-f",
-            "-p",
-            "8080",
-            "-h",
-            "/www",
-            "-c",
-            "/aloft-e2e-page",
-        ],
+        &["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"],
     )
     .unwrap();
     let registry = server.url.trim_start_matches("http://").to_string();
@@ -90,20 +81,28 @@ fn a_machine_runs_from_a_pushed_image_and_survives_its_agent() {
     assert_eq!(m["state"], "started", "{m}");
     let id = m["id"].as_str().unwrap().to_string();
     let ip = m["private_ip"].as_str().unwrap().to_string();
+    let log = dir
+        .path()
+        .join(format!("agent/machines/machines/{id}/log/app.log"));
     let page = wait_for(
         "the machine serves its page",
         Duration::from_secs(20),
         || get_page(&ip),
     )
-    .unwrap();
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}; the machine's log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
     assert!(page.contains("hello from busybox"), "{page}");
-    let before = pid_of_httpd();
+    let before = pid_of_httpd(&id);
     assert_eq!(before.len(), 1, "one httpd runs: {before:?}");
 
     // Killing the agent does not stop the machine; a new agent adopts it without a restart.
     agent.crash_and_restart().unwrap();
     assert!(get_page(&ip).is_some_and(|p| p.contains("hello from busybox")));
-    assert_eq!(pid_of_httpd(), before, "the same process still runs");
+    assert_eq!(pid_of_httpd(&id), before, "the same process still runs");
     assert_eq!(machine(&server, "web", &id)["state"], "started");
 
     // Stop and start through the CLI.
@@ -112,7 +111,7 @@ fn a_machine_runs_from_a_pushed_image_and_survives_its_agent() {
         (machine(&server, "web", &id)["state"] == "stopped").then_some(())
     })
     .unwrap();
-    assert!(pid_of_httpd().is_empty(), "httpd ended");
+    assert!(pid_of_httpd(&id).is_empty(), "httpd ended");
     ok(server.cli(&["machine", "start", &id, "--app", "web"]));
     wait_for("started again", Duration::from_secs(30), || {
         (machine(&server, "web", &id)["state"] == "started").then_some(())
@@ -123,7 +122,7 @@ fn a_machine_runs_from_a_pushed_image_and_survives_its_agent() {
     // Destroy removes it from the host.
     ok(server.cli(&["machine", "destroy", &id, "--app", "web", "--force"]));
     wait_for("httpd gone", Duration::from_secs(30), || {
-        pid_of_httpd().is_empty().then_some(())
+        pid_of_httpd(&id).is_empty().then_some(())
     })
     .unwrap();
     let events = machine_events(&server, "web", &id);

@@ -21,6 +21,18 @@ pub enum ImageCommand {
         #[arg(long, default_value = "latest")]
         tag: String,
     },
+    /// List the images in the built-in registry (an app's, with --app).
+    #[command(alias = "ls")]
+    List {
+        #[arg(long, short)]
+        app: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a tag (APP:TAG) or a manifest (APP@sha256:…) from the built-in registry; its
+    /// blobs are freed by the registry's garbage collection.
+    #[command(alias = "remove")]
+    Rm { image: String },
 }
 
 pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
@@ -41,8 +53,93 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
             let _ = std::fs::remove_dir_all(&scratch);
             println!("Pushed {dest}@{digest}");
         }
+        ImageCommand::List { app, json } => {
+            let images = list(app.as_deref()).await?;
+            if json {
+                return crate::output::json(&images);
+            }
+            let rows: Vec<Vec<String>> = images
+                .iter()
+                .flat_map(|(repo, tags)| tags.iter().map(move |t| vec![repo.clone(), t.clone()]))
+                .collect();
+            crate::output::table(&["REPOSITORY", "TAG"], &rows);
+        }
+        ImageCommand::Rm { image } => {
+            let (repo, reference) = match image.split_once('@') {
+                Some((r, d)) => (r.to_string(), d.to_string()),
+                None => match image.rsplit_once(':') {
+                    Some((r, t)) => (r.to_string(), t.to_string()),
+                    None => {
+                        return Err(UsageError(format!(
+                            "Image {image:?} is not APP:TAG or APP@DIGEST"
+                        ))
+                        .into())
+                    }
+                },
+            };
+            let (url, token) = context::api_url_and_token()?;
+            let target = format!(
+                "{}/v2/{repo}/manifests/{reference}",
+                url.trim_end_matches('/')
+            );
+            let response = reqwest::Client::new()
+                .delete(&target)
+                .basic_auth("aloft", Some(token))
+                .send()
+                .await
+                .with_context(|| format!("Request to {target} failed"))?;
+            if !response.status().is_success() {
+                let status = response.status();
+                let body = response.text().await.unwrap_or_default();
+                anyhow::bail!("Registry refused to remove {image} ({status}): {body}");
+            }
+            println!("Removed {image}");
+        }
     }
     Ok(())
+}
+
+/// Repositories (all, or one app's) and their tags, from the registry's catalog.
+async fn list(
+    app: Option<&str>,
+) -> anyhow::Result<std::collections::BTreeMap<String, Vec<String>>> {
+    let (url, token) = context::api_url_and_token()?;
+    let base = url.trim_end_matches('/').to_string();
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let http = http.clone();
+        let token = token.clone();
+        let url = format!("{base}{path}");
+        async move {
+            let r = http
+                .get(&url)
+                .basic_auth("aloft", Some(token))
+                .send()
+                .await
+                .with_context(|| format!("Request to {url} failed"))?;
+            if !r.status().is_success() {
+                anyhow::bail!("Registry answered {} to {url}", r.status());
+            }
+            Ok::<serde_json::Value, anyhow::Error>(r.json().await?)
+        }
+    };
+    let catalog = get("/v2/_catalog?n=10000".into()).await?;
+    let mut out = std::collections::BTreeMap::new();
+    for repo in catalog["repositories"].as_array().into_iter().flatten() {
+        let Some(repo) = repo.as_str() else { continue };
+        if app.is_some_and(|a| repo.split('/').next() != Some(a)) {
+            continue;
+        }
+        let tags = get(format!("/v2/{repo}/tags/list")).await?;
+        let tags = tags["tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str().map(str::to_string))
+            .collect();
+        out.insert(repo.to_string(), tags);
+    }
+    Ok(out)
 }
 
 fn tempdir() -> anyhow::Result<PathBuf> {

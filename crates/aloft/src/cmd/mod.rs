@@ -3,11 +3,16 @@
 pub mod agent;
 pub mod apps;
 pub mod auth;
+pub mod deploy;
 pub mod dev;
 pub mod image;
+pub mod launch;
 pub mod logs;
 pub mod machine;
 pub mod regions;
+pub mod releases;
+pub mod secrets;
 pub mod server;
+pub mod status;
 pub mod ssh;
 pub mod tokens;

@@ -60,6 +60,21 @@ pub fn with_registry(
     let registry = aloft_registry::Registry::open(&registry_dir)
         .with_context(|| format!("Cannot open the registry in {}", registry_dir.display()))?;
     let tokens = Arc::new(ControlTokens(server.control()));
+    let collector = registry.clone();
+    tokio::spawn(async move {
+        // Unreferenced blobs are freed every ten minutes (blobs younger than the registry's
+        // grace period, and uploads in flight, are never taken).
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(600));
+        loop {
+            every.tick().await;
+            let registry = collector.clone();
+            match tokio::task::spawn_blocking(move || registry.gc()).await {
+                Ok(Ok(report)) => tracing::info!(?report, "registry garbage collected"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "registry garbage collection failed"),
+                Err(e) => tracing::warn!(error = %e, "registry garbage collection panicked"),
+            }
+        }
+    });
     Ok(server.merge_router(aloft_registry::router(registry, tokens)))
 }
 

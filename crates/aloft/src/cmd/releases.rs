@@ -1,0 +1,145 @@
+//! `aloft releases` and `aloft rollback`.
+
+use aloft_api::{Client, Release, ReleaseStatus};
+use clap::Args;
+
+use super::deploy::{self, Plan};
+use crate::context::{self, UsageError};
+use crate::output;
+
+#[derive(Debug, Args)]
+pub struct ReleasesArgs {
+    #[arg(long, short)]
+    pub app: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The release to go back to (default: the one before the current release).
+    #[arg(value_name = "VERSION")]
+    pub release: Option<u64>,
+    #[arg(long, short)]
+    pub app: Option<String>,
+    /// rolling, immediate, canary or bluegreen (default: the target release's).
+    #[arg(long)]
+    pub strategy: Option<String>,
+    /// Do not wait for machines to become healthy.
+    #[arg(long)]
+    pub detach: bool,
+}
+
+pub async fn list(args: ReleasesArgs) -> anyhow::Result<()> {
+    let app = context::app(args.app)?;
+    let releases = context::api()?.list_releases(&app).await?;
+    if args.json {
+        return output::json(&releases);
+    }
+    let rows: Vec<Vec<String>> = releases
+        .iter()
+        .map(|r| {
+            vec![
+                format!("v{}", r.version),
+                r.status.to_string(),
+                r.image.clone(),
+                r.strategy.clone(),
+                r.description.clone(),
+                r.user.clone(),
+                r.created_at.clone(),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "VERSION",
+            "STATUS",
+            "IMAGE",
+            "STRATEGY",
+            "DESCRIPTION",
+            "USER",
+            "CREATED",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+/// The release the app runs: the newest that succeeded.
+pub fn current(releases: &[Release]) -> Option<&Release> {
+    releases
+        .iter()
+        .find(|r| r.status == ReleaseStatus::Succeeded)
+}
+
+/// The region a release's machines go to: `PRIMARY_REGION` of its configs.
+pub fn region_of(release: &Release) -> Option<String> {
+    release
+        .configs
+        .values()
+        .find_map(|c| c.env.as_ref()?.get("PRIMARY_REGION").cloned())
+}
+
+/// Rolls out `target`'s image and configs again as a new release.
+pub async fn redeploy(
+    api: &Client,
+    app: &str,
+    target: &Release,
+    strategy: Option<String>,
+    description: String,
+    detach: bool,
+) -> anyhow::Result<Release> {
+    let region = match region_of(target) {
+        Some(r) => r,
+        None => deploy::live_machines(api, app)
+            .await?
+            .first()
+            .map(|m| m.region.clone())
+            .ok_or_else(|| {
+                UsageError(format!(
+                    "Release v{} names no primary region and the app has no machines",
+                    target.version
+                ))
+            })?,
+    };
+    let plan = Plan {
+        app: app.to_owned(),
+        region,
+        image: target.image.clone(),
+        configs: target.configs.clone(),
+        strategy: strategy.unwrap_or_else(|| target.strategy.clone()),
+        description,
+        wait_timeout: deploy::DEFAULT_WAIT_TIMEOUT,
+        detach,
+    };
+    deploy::roll_out(api, &plan).await
+}
+
+pub async fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
+    let app = context::app(args.app)?;
+    let api = context::api()?;
+    let releases = api.list_releases(&app).await?;
+    let target = match args.release {
+        Some(v) => api.get_release(&app, v).await?,
+        None => {
+            let now = current(&releases).ok_or_else(|| {
+                UsageError(format!(
+                    "App {app} has no succeeded release to roll back from"
+                ))
+            })?;
+            releases
+                .iter()
+                .find(|r| r.version < now.version && r.status == ReleaseStatus::Succeeded)
+                .cloned()
+                .ok_or_else(|| {
+                    UsageError(format!(
+                        "App {app} has no succeeded release before v{}",
+                        now.version
+                    ))
+                })?
+        }
+    };
+    let description = format!("rollback to v{}", target.version);
+    redeploy(&api, &app, &target, args.strategy, description, args.detach).await?;
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! `aloft status`: the app, its current release, and its machines per region.
+
+use clap::Args;
+use serde::Serialize;
+
+use super::deploy;
+use super::releases::current;
+use crate::{context, output};
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[arg(long, short)]
+    pub app: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct MachineLine {
+    id: String,
+    group: String,
+    region: String,
+    state: String,
+    image: String,
+    checks: Vec<aloft_api::CheckStatus>,
+}
+
+#[derive(Debug, Serialize)]
+struct Status {
+    app: aloft_api::App,
+    release: Option<aloft_api::Release>,
+    machines: Vec<MachineLine>,
+}
+
+pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let app = context::app(args.app)?;
+    let api = context::api()?;
+    let info = api.get_app(&app).await?;
+    let releases = api.list_releases(&app).await?;
+    let release = current(&releases).or(releases.first()).cloned();
+    let mut machines: Vec<MachineLine> = deploy::live_machines(&api, &app)
+        .await?
+        .into_iter()
+        .map(|m| MachineLine {
+            group: deploy::group_of(&m),
+            id: m.id,
+            region: m.region,
+            state: m.state.to_string(),
+            image: m.config.image,
+            checks: m.checks,
+        })
+        .collect();
+    machines.sort_by(|a, b| (&a.region, &a.group, &a.id).cmp(&(&b.region, &b.group, &b.id)));
+    let status = Status {
+        app: info,
+        release,
+        machines,
+    };
+    if args.json {
+        return output::json(&status);
+    }
+    println!("App      {} ({})", status.app.name, status.app.status);
+    match &status.release {
+        Some(r) => println!("Release  v{} {} {}", r.version, r.status, r.image),
+        None => println!("Release  none"),
+    }
+    println!();
+    let rows: Vec<Vec<String>> = status
+        .machines
+        .iter()
+        .map(|m| {
+            let passing = m.checks.iter().filter(|c| c.status == "passing").count();
+            let checks = if m.checks.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{passing}/{} passing", m.checks.len())
+            };
+            vec![
+                m.region.clone(),
+                m.id.clone(),
+                m.group.clone(),
+                m.state.clone(),
+                checks,
+                m.image.clone(),
+            ]
+        })
+        .collect();
+    output::table(
+        &["REGION", "ID", "GROUP", "STATE", "CHECKS", "IMAGE"],
+        &rows,
+    );
+    Ok(())
+}
