@@ -294,3 +294,38 @@ fn openapi_document_is_served() {
         assert!(doc["paths"].get(path).is_some(), "missing {path}");
     }
 }
+
+#[test]
+fn auth_login_saves_the_url_and_token_for_later_commands() {
+    let server = Server::start(bin()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    let config_s = config.to_string_lossy().to_string();
+    let env = [("ALOFT_CONFIG", config_s.as_str())];
+    let bad = aloft_testkit::cli(
+        bin(),
+        &["auth", "login", "--url", &server.url, "--token", "wrong"],
+        &env,
+    );
+    assert_eq!(bad.status.code(), Some(3), "{}", stderr(&bad));
+    assert!(!config.exists(), "a refused token is not saved");
+    let good = aloft_testkit::cli(
+        bin(),
+        &[
+            "auth",
+            "login",
+            "--url",
+            &server.url,
+            "--token",
+            &server.token,
+        ],
+        &env,
+    );
+    assert!(good.status.success(), "{}", stderr(&good));
+    let mode = std::fs::metadata(&config).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let created = aloft_testkit::cli(bin(), &["apps", "create", "saved"], &env);
+    assert!(created.status.success(), "{}", stderr(&created));
+    let listed = aloft_testkit::cli(bin(), &["apps", "list"], &env);
+    assert!(stdout(&listed).contains("saved"), "{}", stdout(&listed));
+}
