@@ -13,6 +13,6 @@ pub mod regions;
 pub mod releases;
 pub mod secrets;
 pub mod server;
-pub mod status;
 pub mod ssh;
+pub mod status;
 pub mod tokens;
