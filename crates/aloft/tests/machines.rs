@@ -214,3 +214,45 @@ fn a_host_whose_agent_is_gone_becomes_unreachable_and_comes_back() {
     })
     .unwrap();
 }
+
+#[test]
+fn images_are_pushed_listed_and_removed_per_app_with_app_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(bin()).unwrap();
+    ok(server.cli(&["apps", "create", "pics"]));
+    ok(server.cli(&["apps", "create", "other"]));
+    let layout = dir.path().join("layout");
+    busybox_layout(&layout, "1", "pics\n", &["/bin/busybox", "true"]).unwrap();
+    let source = format!("{}:1", layout.display());
+
+    let pushed = ok(server.cli(&["image", "push", &source, "--app", "pics", "--tag", "v1"]));
+    assert!(pushed.contains("/pics:v1@sha256:"), "{pushed}");
+    let listed = ok(server.cli(&["image", "list", "--app", "pics"]));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("pics") && l.contains("v1")),
+        "{listed}"
+    );
+
+    // An app token reaches its own repositories only.
+    let token = ok(server.cli(&["tokens", "create", "--app", "pics"]))
+        .trim()
+        .to_string();
+    let registry = server.url.trim_start_matches("http://").to_string();
+    skopeo_push(&layout, "1", &format!("{registry}/pics:v2"), &token).unwrap();
+    let denied = skopeo_push(&layout, "1", &format!("{registry}/other:v1"), &token);
+    assert!(denied.is_err(), "an app token cannot push to another app");
+
+    ok(server.cli(&["image", "rm", "pics:v1"]));
+    let listed = ok(server.cli(&["image", "list", "--app", "pics", "--json"]));
+    let images: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(images["pics"], serde_json::json!(["v2"]), "{listed}");
+    let missing = server.cli(&["image", "rm", "pics:nope"]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("pics:nope"),
+        "{}",
+        stderr(&missing)
+    );
+}
