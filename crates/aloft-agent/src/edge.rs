@@ -6,8 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aloft_api::routes::{RoutesClient, RoutesClientError};
-use aloft_api::{Client, StopRequest, WaitQuery};
+use aloft_api::routes::{IdleRequest, RoutesClient, RoutesClientError, WakeRequest};
 use aloft_proxy::{Autostop, Ca, Edge, EdgeOptions, RouteStore, WakeFuture, Waker};
 use futures::StreamExt as _;
 use tracing::{info, warn};
@@ -39,8 +38,6 @@ pub enum EdgeRoleError {
     },
     #[error("The edge cannot follow routes from the control plane")]
     Routes(#[from] RoutesClientError),
-    #[error("The edge cannot reach the control plane")]
-    Client(#[from] aloft_api::ClientError),
 }
 
 /// The running edge and the task that keeps its routes current.
@@ -70,8 +67,9 @@ impl EdgeRole {
         let domain = opts.domain.as_deref().unwrap_or("localhost");
         let mut edge_opts = EdgeOptions::new(http, domain, &opts.region, host_id);
         edge_opts.route_store = Some(store);
+        let client = RoutesClient::new(&opts.control_url, opts.token.clone())?;
         edge_opts.waker = Some(Arc::new(ControlWaker {
-            api: Client::new(&opts.control_url, opts.token.clone())?,
+            client: client.clone(),
         }));
         if let Some(https) = opts.https {
             let ca_dir = dir.join("ca");
@@ -96,7 +94,6 @@ impl EdgeRole {
         if let Some(ready) = &opts.edge_ready {
             let _ = ready.send(Ok(edge.http_addr()));
         }
-        let client = RoutesClient::new(&opts.control_url, opts.token.clone())?;
         let follow = tokio::spawn(follow_routes(edge.clone(), client));
         Ok(EdgeRole { edge, follow })
     }
@@ -177,46 +174,33 @@ async fn follow_routes(edge: Arc<Edge>, client: RoutesClient) {
     }
 }
 
-/// Starts and stops machines for the edge through the control plane, so the machine's state
-/// stays owned there (the agent on its host then runs it).
+/// Starts and stops machines for the edge through the control plane's edge endpoints (a join
+/// token cannot use the Machines API), so machine state stays owned there and the agent on the
+/// machine's host runs it.
 struct ControlWaker {
-    api: Client,
+    client: RoutesClient,
 }
 
 impl Waker for ControlWaker {
     fn start<'a>(&'a self, app: &'a str, machine_id: &'a str) -> WakeFuture<'a> {
         Box::pin(async move {
-            self.api
-                .start_machine(app, machine_id)
-                .await
-                .map_err(|e| e.to_string())?;
-            self.api
-                .wait_machine(
-                    app,
-                    machine_id,
-                    &WaitQuery {
-                        state: Some("started".into()),
-                        timeout: Some(START_WAIT_SECS),
-                        instance_id: None,
-                    },
-                )
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
+            let req = WakeRequest {
+                app: app.to_owned(),
+                machine_id: machine_id.to_owned(),
+                timeout: Some(START_WAIT_SECS),
+            };
+            self.client.wake(&req).await.map_err(|e| e.to_string())
         })
     }
 
     fn stop<'a>(&'a self, app: &'a str, machine_id: &'a str, mode: Autostop) -> WakeFuture<'a> {
         Box::pin(async move {
-            let result = match mode {
-                Autostop::Suspend => self.api.suspend_machine(app, machine_id).await,
-                _ => {
-                    self.api
-                        .stop_machine(app, machine_id, &StopRequest::default())
-                        .await
-                }
+            let req = IdleRequest {
+                app: app.to_owned(),
+                machine_id: machine_id.to_owned(),
+                mode,
             };
-            result.map(drop).map_err(|e| e.to_string())
+            self.client.idle(&req).await.map_err(|e| e.to_string())
         })
     }
 }

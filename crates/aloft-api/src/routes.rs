@@ -215,6 +215,26 @@ pub struct RoutesEvent {
     pub table: Option<RouteTable>,
 }
 
+/// `POST /v1/routes/wake`: an edge asks for a stopped machine to be started for a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WakeRequest {
+    pub app: String,
+    pub machine_id: String,
+    /// Seconds to wait for `started` (default 30, at most the `wait` limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+}
+
+/// `POST /v1/routes/idle`: an edge stops (or suspends) a machine it found idle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct IdleRequest {
+    pub app: String,
+    pub machine_id: String,
+    /// `stop` (the default) or `suspend`.
+    #[serde(default)]
+    pub mode: Autostop,
+}
+
 /// Errors fetching or following the route table.
 #[derive(Debug, thiserror::Error)]
 pub enum RoutesClientError {
@@ -291,6 +311,41 @@ impl RoutesClient {
             });
         }
         Ok(response)
+    }
+
+    async fn post<B: Serialize>(&self, path: &str, body: &B) -> Result<(), RoutesClientError> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .map_err(|source| RoutesClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(RoutesClientError::Status {
+                url,
+                status: status.as_u16(),
+                body,
+            });
+        }
+        Ok(())
+    }
+
+    /// `POST /v1/routes/wake`: starts a machine and returns once it is `started`.
+    pub async fn wake(&self, req: &WakeRequest) -> Result<(), RoutesClientError> {
+        self.post("/v1/routes/wake", req).await
+    }
+
+    /// `POST /v1/routes/idle`: stops or suspends an idle machine.
+    pub async fn idle(&self, req: &IdleRequest) -> Result<(), RoutesClientError> {
+        self.post("/v1/routes/idle", req).await
     }
 
     /// `GET /v1/routes`: the whole table as of now.

@@ -132,3 +132,73 @@ async fn the_watch_sends_a_full_table_on_change_and_resumes_from_a_revision() {
     assert!(line["revision"].as_u64().unwrap() > current, "{line}");
     app(&line["table"], "api");
 }
+
+#[tokio::test]
+async fn edges_wake_and_idle_machines_with_join_tokens_and_app_tokens_cannot() {
+    let env = env().await;
+    env.app("web").await;
+    env.host("h1", "ams", 4, 4096).await;
+    let join = token(&env, json!({"scope": "join"})).await;
+    let app_token = token(&env, json!({"app": "web"})).await;
+    let m = env.machine("web", json!({"region": "ams"})).await;
+    let id = m["id"].as_str().unwrap().to_owned();
+    assert_eq!(env.report("h1", &m, "started").await.0, StatusCode::OK);
+
+    let idle = json!({"app": "web", "machine_id": id, "mode": "stop"});
+    for path in ["/v1/routes/idle", "/v1/routes/wake"] {
+        let (status, body) = env
+            .post(path)
+            .token(Some(&app_token))
+            .json(idle.clone())
+            .send()
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+    }
+    let (status, body) = env
+        .post("/v1/routes/idle")
+        .token(Some(&join))
+        .json(idle)
+        .send()
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(env.report("h1", &m, "stopped").await.0, StatusCode::OK);
+    assert_eq!(env.state("web", &id).await, "stopped");
+
+    // A wake starts the machine and answers once the agent reports it started.
+    let control = env.server.control();
+    let before = control.listeners();
+    let (router, request) = env
+        .post("/v1/routes/wake")
+        .token(Some(&join))
+        .json(json!({"app": "web", "machine_id": id, "timeout": 10}))
+        .request();
+    let waker =
+        tokio::spawn(async move { tower::ServiceExt::oneshot(router, request).await.unwrap() });
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while control.listeners() == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the wake never waited"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(env.state("web", &id).await, "starting");
+    assert!(
+        !waker.is_finished(),
+        "the wake answered before the machine started"
+    );
+    assert_eq!(env.report("h1", &m, "started").await.0, StatusCode::OK);
+    let response = tokio::time::timeout(std::time::Duration::from_secs(10), waker)
+        .await
+        .expect("the wake answered")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let (status, body) = env
+        .post("/v1/routes/wake")
+        .token(Some(&join))
+        .json(json!({"app": "web", "machine_id": "nope"}))
+        .send()
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}

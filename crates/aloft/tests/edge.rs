@@ -40,7 +40,7 @@ fn get(edge: SocketAddr, host: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-/// An agent with its edge on a free loopback port.
+/// An agent with its edge on a free loopback port, joined with a join token (as real hosts are).
 struct EdgeAgent {
     proc: Proc,
     args: Vec<String>,
@@ -49,12 +49,13 @@ struct EdgeAgent {
 
 impl EdgeAgent {
     fn start(server: &Server, data_dir: &Path) -> EdgeAgent {
+        let join = ok(server.cli(&["tokens", "create", "--join"]));
         let args: Vec<String> = [
             "agent",
             "--control",
             &server.url,
             "--token",
-            &server.token,
+            join.trim(),
             "--region",
             "ams",
             "--data-dir",

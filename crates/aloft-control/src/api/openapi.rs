@@ -33,7 +33,7 @@ impl Modify for BearerAuth {
         machines::delete_metadata, machines::events, machines::versions,
         exec::exec, exec::logs,
         hosts::list_hosts, hosts::register_host, hosts::heartbeat, hosts::watch, hosts::report_status,
-        routes::get_routes, routes::watch_routes,
+        routes::get_routes, routes::watch_routes, routes::wake, routes::idle,
         releases::list_releases, releases::create_release, releases::get_release, releases::set_status,
         releases::patch_status, releases::list_secrets, releases::set_secrets, releases::unset_secrets,
         serve,

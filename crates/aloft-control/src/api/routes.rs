@@ -3,8 +3,10 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use aloft_api::routes::{RouteTable, RoutesEvent, RoutesWatchQuery};
-use aloft_api::ErrorBody;
+use aloft_api::routes::{
+    Autostop, IdleRequest, RouteTable, RoutesEvent, RoutesWatchQuery, WakeRequest,
+};
+use aloft_api::{ErrorBody, OkResponse, StopRequest};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, Method};
@@ -12,13 +14,15 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::hosts::KEEPALIVE;
-use super::{ApiError, ApiQuery, Routes, Scope};
+use super::{ApiError, ApiJson, ApiQuery, Routes, Scope};
 use crate::auth::TokenScope;
 use crate::control::Control;
 
 pub(super) fn routes(r: Routes) -> Routes {
     r.at(Method::GET, "/v1/routes", get_routes)
         .at(Method::GET, "/v1/routes/watch", watch_routes)
+        .at(Method::POST, "/v1/routes/wake", wake)
+        .at(Method::POST, "/v1/routes/idle", idle)
 }
 
 /// Edges run on hosts: they read the table with a join or admin token, never an app token.
@@ -97,6 +101,53 @@ pub(super) async fn watch_routes(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// How long a wake waits for `started` unless the edge asks otherwise.
+const WAKE_WAIT_SECS: u64 = 30;
+
+/// An edge starts a stopped machine for a request and waits until it is `started`. Edges hold
+/// join tokens, which cannot use the Machines API, so this is their way to autostart.
+#[utoipa::path(post, path = "/v1/routes/wake", tag = "routes", request_body = WakeRequest,
+    responses((status = 200, body = OkResponse), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 408, body = ErrorBody), (status = 412, body = ErrorBody)))]
+pub(super) async fn wake(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+    ApiJson(req): ApiJson<WakeRequest>,
+) -> Result<Json<OkResponse>, ApiError> {
+    require_edge(&scope)?;
+    control.start_machine(&req.app, &req.machine_id, None)?;
+    let timeout = req.timeout.unwrap_or(WAKE_WAIT_SECS);
+    control
+        .wait(
+            &req.app,
+            &req.machine_id,
+            Some("started"),
+            Some(timeout),
+            None,
+        )
+        .await?;
+    Ok(Json(OkResponse { ok: true }))
+}
+
+/// An edge stops (or suspends) a machine it found idle.
+#[utoipa::path(post, path = "/v1/routes/idle", tag = "routes", request_body = IdleRequest,
+    responses((status = 200, body = OkResponse), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 412, body = ErrorBody)))]
+pub(super) async fn idle(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+    ApiJson(req): ApiJson<IdleRequest>,
+) -> Result<Json<OkResponse>, ApiError> {
+    require_edge(&scope)?;
+    match req.mode {
+        Autostop::Suspend => control.suspend_machine(&req.app, &req.machine_id, None)?,
+        Autostop::Stop | Autostop::Off => {
+            control.stop_machine(&req.app, &req.machine_id, StopRequest::default(), None)?
+        }
+    }
+    Ok(Json(OkResponse { ok: true }))
 }
 
 fn line(event: &RoutesEvent) -> Bytes {
