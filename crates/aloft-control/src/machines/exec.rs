@@ -19,9 +19,6 @@ pub struct AgentTarget {
     pub secret: String,
 }
 
-const SCHEMA: &str =
-    "CREATE TABLE IF NOT EXISTS host_secrets (host_id TEXT PRIMARY KEY, secret TEXT NOT NULL)";
-
 impl Control {
     /// Keeps the secret a host's agent API accepts (hosts that report none keep their old one).
     pub fn record_host_secret(&self, host: &str, secret: Option<&str>) -> Result<(), ApiError> {
@@ -29,7 +26,6 @@ impl Control {
             return Ok(());
         };
         let inner = self.lock();
-        inner.conn.execute(SCHEMA, [])?;
         inner.conn.execute(
             "INSERT INTO host_secrets (host_id, secret) VALUES (?1, ?2)
              ON CONFLICT (host_id) DO UPDATE SET secret = ?2",
@@ -88,7 +84,6 @@ impl Control {
         if inner.host_status(&row.host_id, self.live_since()) != HostStatus::Ok {
             return Err(unavailable("is unreachable"));
         }
-        inner.conn.execute(SCHEMA, [])?;
         let found: Option<(String, Option<String>)> = inner
             .conn
             .query_row(

@@ -69,6 +69,8 @@ const MIGRATIONS: &[&str] = &[
         created_at TEXT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (app, version));
      CREATE TABLE secrets (app TEXT NOT NULL, name TEXT NOT NULL, nonce BLOB NOT NULL, ciphertext BLOB NOT NULL,
         digest TEXT NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (app, name));",
+    // 3: the secret each host's agent API (exec, logs) accepts.
+    "CREATE TABLE host_secrets (host_id TEXT PRIMARY KEY, secret TEXT NOT NULL);",
 ];
 
 /// The organisation created on first start.
