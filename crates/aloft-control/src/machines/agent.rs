@@ -118,11 +118,16 @@ impl Control {
 fn agent_update(
     row: &mut MachineRow,
     extra: &mut NewMachine,
-    report: StatusReport,
+    mut report: StatusReport,
 ) -> Result<(), ApiError> {
     let exit = report
         .exit_code
         .map(|code| json!({"exit_event": {"exit_code": code}}));
+    if report.checks.is_some() && report.event.is_none() && report.exit_code.is_none() {
+        // Check results alone never change the state: a stop may still be on its way to the
+        // agent that sent them.
+        report.state = row.state;
+    }
     if report.state == MachineState::Destroyed && row.state != MachineState::Destroying {
         // The agent destroyed it by itself (auto_destroy): record the destroying step too.
         row.state = transition(row.state, MachineState::Destroying)
