@@ -466,6 +466,8 @@ impl Agent {
             &data_dir.to_string_lossy(),
             "--host-id",
             &host_id,
+            "--http",
+            "127.0.0.1:0",
         ]
         .iter()
         .map(|s| s.to_string())
