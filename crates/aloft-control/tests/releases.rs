@@ -212,3 +212,29 @@ async fn agents_receive_secrets_with_their_assignments() {
     let m = events[0].machine.as_ref().unwrap();
     assert_eq!(m.secrets.get("TOKEN").map(String::as_str), Some("abc"));
 }
+
+#[tokio::test]
+async fn an_update_forgets_the_old_instances_check_results() {
+    let env = env().await;
+    env.app("web").await;
+    env.host("h1", "ams", 4, 4096).await;
+    let m = env.machine("web", json!({"region": "ams"})).await;
+    let id = m["id"].as_str().unwrap();
+    assert_eq!(env.report("h1", &m, "started").await.0, StatusCode::OK);
+    let (status, body) = env
+        .post(format!("/v1/hosts/h1/machines/{id}/status"))
+        .json(json!({"instance_id": m["instance_id"], "state": "started",
+                     "checks": [{"name": "web", "status": "passing", "output": "200"}]}))
+        .send()
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, before) = env.get(format!("/v1/apps/web/machines/{id}")).send().await;
+    assert_eq!(before["checks"][0]["status"], "passing", "{before}");
+    let (status, after) = env
+        .post(format!("/v1/apps/web/machines/{id}"))
+        .json(json!({"config": {"image": "nginx:1.26", "guest": {"cpus": 1, "memory_mb": 256}}}))
+        .send()
+        .await;
+    assert_eq!(status, StatusCode::OK, "{after}");
+    assert_eq!(after["checks"], json!([]), "{after}");
+}

@@ -270,3 +270,58 @@ fn secrets_reach_the_machine_env_and_never_the_store_in_clear() {
     };
     assert!(page.contains(value), "{page}");
 }
+
+#[test]
+fn a_deploy_whose_http_check_fails_rolls_back_by_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(bin()).unwrap();
+    let _agent = Agent::start(bin(), &server, "ams", &tmp.path().join("agent")).unwrap();
+    let registry = server.url.trim_start_matches("http://").to_string();
+    let good = layout(tmp.path(), "good", "healthy page\n", &httpd());
+    let deaf = layout(
+        tmp.path(),
+        "deaf",
+        "",
+        &["/bin/busybox", "sleep", "3600"].map(str::to_owned),
+    );
+    let good_ref = format!("{registry}/chk/busybox:good");
+    let deaf_ref = format!("{registry}/chk/busybox:deaf");
+    skopeo_push(&good, "1", &good_ref, &server.token).unwrap();
+    skopeo_push(&deaf, "1", &deaf_ref, &server.token).unwrap();
+    let app_dir = tmp.path().join("chk");
+    std::fs::create_dir_all(&app_dir).unwrap();
+    std::fs::write(
+        app_dir.join("aloft.toml"),
+        "app = \"chk\"\nprimary_region = \"ams\"\n[http_service]\ninternal_port = 8080\n\
+         [checks.web]\ntype = \"http\"\nport = 8080\npath = \"/\"\ninterval = \"1s\"\ntimeout = \"1s\"\n",
+    )
+    .unwrap();
+    ok(server.cli(&["apps", "create", "chk"]));
+    ok(cli_in(&server, &app_dir, &["deploy", "--image", &good_ref]));
+    let status: Value =
+        serde_json::from_str(&ok(cli_in(&server, &app_dir, &["status", "--json"]))).unwrap();
+    assert_eq!(
+        status["machines"][0]["checks"][0]["status"], "passing",
+        "{status}"
+    );
+
+    // The new machine never answers: its check stays critical past wait_timeout.
+    let failed = cli_in(
+        &server,
+        &app_dir,
+        &["deploy", "--image", &deaf_ref, "--wait-timeout", "4s"],
+    );
+    assert!(!failed.status.success(), "{}", stdout(&failed));
+    let err = stderr(&failed);
+    assert!(
+        err.contains("Release v2 failed") && err.contains("check web is critical"),
+        "{err}"
+    );
+    let list = releases(&server, &app_dir);
+    assert_eq!((list[0].0, list[0].1.as_str()), (2, "failed"));
+    assert_eq!(
+        machines(&server, "chk")[0]["config"]["image"],
+        good_ref.as_str()
+    );
+    wait_page(&server, "chk", "healthy page");
+}

@@ -305,6 +305,8 @@ impl Control {
             row.memory_mb = memory_mb;
             row.version = crate::ids::ulid();
             row.instance_id = row.version.clone();
+            // Check results describe the old instance; the new one reports its own.
+            row.checks.clear();
             extra.new_version = true;
             extra.events.push(event("update", "replacing", "user"));
             if matches!(row.state, MachineState::Started | MachineState::Starting) {

@@ -331,7 +331,7 @@ async fn wait_healthy(
         match m.state {
             MachineState::Started => {
                 let since_start = *started_at.get_or_insert_with(Instant::now);
-                let want = m.config.checks.as_ref().map_or(0, BTreeMap::len);
+                let want = checks_in(&m.config);
                 if want == 0 {
                     if since_start.elapsed() >= DEFAULT_SETTLE {
                         return Ok(());
@@ -367,4 +367,16 @@ async fn wait_healthy(
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// How many checks a config asks the agent to run (top-level and service checks).
+fn checks_in(config: &MachineConfig) -> usize {
+    let top = config.checks.as_ref().map_or(0, BTreeMap::len);
+    let services: usize = config
+        .services
+        .iter()
+        .flatten()
+        .map(|s| s.checks.as_ref().map_or(0, Vec::len))
+        .sum();
+    top + services
 }
