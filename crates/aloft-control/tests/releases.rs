@@ -238,3 +238,24 @@ async fn an_update_forgets_the_old_instances_check_results() {
     assert_eq!(status, StatusCode::OK, "{after}");
     assert_eq!(after["checks"], json!([]), "{after}");
 }
+
+#[tokio::test]
+async fn a_deleted_apps_releases_and_secrets_do_not_reach_a_new_app_of_the_same_name() {
+    let env = env().await;
+    env.app("web").await;
+    env.post("/v1/apps/web/releases")
+        .json(release("registry.local/web:1"))
+        .send()
+        .await;
+    env.post("/v1/apps/web/secrets")
+        .json(json!({"values": {"TOKEN": "abc"}}))
+        .send()
+        .await;
+    let (status, body) = env.delete("/v1/apps/web").send().await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    env.app("web").await;
+    let (_, secrets) = env.get("/v1/apps/web/secrets").send().await;
+    assert_eq!(secrets, json!([]));
+    let (_, releases) = env.get("/v1/apps/web/releases").send().await;
+    assert_eq!(releases, json!([]));
+}

@@ -71,6 +71,11 @@ const MIGRATIONS: &[&str] = &[
         digest TEXT NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (app, name));",
     // 3: the secret each host's agent API (exec, logs) accepts.
     "CREATE TABLE host_secrets (host_id TEXT PRIMARY KEY, secret TEXT NOT NULL);",
+    // 4: an app's releases and secrets go with it (a new app of the same name starts empty).
+    "CREATE TRIGGER apps_delete_releases_secrets AFTER DELETE ON apps BEGIN
+        DELETE FROM releases WHERE app = OLD.name;
+        DELETE FROM secrets WHERE app = OLD.name;
+     END;",
 ];
 
 /// The organisation created on first start.
