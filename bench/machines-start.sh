@@ -35,7 +35,7 @@ url=$(grep -o 'http://[0-9.:]*' "$work/server.log" | head -1)
 token=$(cat "$work/server/admin-token")
 export ALOFT_API_URL=$url ALOFT_API_TOKEN=$token
 skopeo copy --quiet --dest-tls-verify=false --dest-creds "a:$token" "oci:$work/layout:1" "docker://${url#http://}/bench/web:1"
-"$bin" agent --control "$url" --token "$token" --region ams --data-dir "$work/agent" >"$work/agent.log" 2>&1 &
+"$bin" agent --control "$url" --token "$token" --region ams --data-dir "$work/agent" --cpus 64 --memory-mb 16384 >"$work/agent.log" 2>&1 &
 agent=$!
 for _ in $(seq 100); do grep -q " joined " "$work/agent.log" 2>/dev/null && break; sleep 0.1; done
 "$bin" apps create bench >/dev/null
@@ -45,7 +45,9 @@ for i in $(seq "$N"); do
   "$bin" machine run "${url#http://}/bench/web:1" --app bench --region ams --memory 128 --detach >/dev/null &
 done
 wait $(jobs -p | grep -v -e "^$agent$" -e "^$server$") 2>/dev/null || true
+deadline=$(( $(date +%s) + 120 ))
 while [ "$("$bin" machine list --app bench --json | jq '[.[] | select(.state == "started")] | length')" -lt "$N" ]; do
+  if [ "$(date +%s)" -gt "$deadline" ]; then echo "machines did not all start within 120 s" >&2; exit 1; fi
   sleep 0.05
 done
 ours=$(echo "$(date +%s.%N) - $start" | bc)

@@ -8,8 +8,8 @@
 mod agent;
 mod checks;
 pub mod edge;
-pub mod hostapi;
 pub mod host;
+pub mod hostapi;
 pub mod network;
 pub mod runtime;
 pub mod store;

@@ -13,8 +13,8 @@ pub mod error;
 pub mod exec;
 pub mod hosts;
 pub mod machine;
-pub mod routes;
 pub mod releases;
+pub mod routes;
 
 pub use apps::*;
 pub use client::{Client, ClientError};

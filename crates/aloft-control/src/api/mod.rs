@@ -16,8 +16,8 @@ mod exec;
 mod hosts;
 mod machines;
 pub mod openapi;
-mod routes;
 mod releases;
+mod routes;
 
 use std::sync::Arc;
 
