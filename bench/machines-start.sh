@@ -56,8 +56,10 @@ ours=$(echo "$(date +%s.%N) - $start" | bc)
 start=$(date +%s.%N)
 skopeo copy --quiet --src-tls-verify=false --src-creds "a:$token" "docker://${url#http://}/bench/web:1" "oci:$work/pulled:1"
 umoci unpack --image "$work/pulled:1" "$work/bundle" >/dev/null
+jq '.process.terminal = false' "$work/bundle/config.json" > "$work/bundle/config.tmp"
+mv "$work/bundle/config.tmp" "$work/bundle/config.json"
 for i in $(seq "$N"); do
-  runc --root "$work/runc" run -d --bundle "$work/bundle" "peer$i" >/dev/null 2>&1 </dev/null
+  runc --root "$work/runc" run -d --bundle "$work/bundle" "peer$i" >/dev/null </dev/null
 done
 peer=$(echo "$(date +%s.%N) - $start" | bc)
 
