@@ -503,46 +503,7 @@ impl Client {
         let response = self
             .send(self.request(Method::GET, url.clone()), &url)
             .await?;
-        let state = (
-            response.bytes_stream().boxed(),
-            Vec::<u8>::new(),
-            url.to_string(),
-            false,
-        );
-        Ok(futures::stream::unfold(
-            state,
-            |(mut body, mut buf, url, done)| async move {
-                loop {
-                    if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-                        let line: Vec<u8> = buf.drain(..=pos).collect();
-                        if line.iter().all(u8::is_ascii_whitespace) {
-                            continue;
-                        }
-                        let item = serde_json::from_slice::<WatchEvent>(&line).map_err(|source| {
-                            ClientError::Decode {
-                                url: url.clone(),
-                                source,
-                            }
-                        });
-                        return Some((item, (body, buf, url, done)));
-                    }
-                    if done {
-                        return None;
-                    }
-                    match body.next().await {
-                        Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                        Some(Err(source)) => {
-                            let err = ClientError::Transport {
-                                url: url.clone(),
-                                source,
-                            };
-                            return Some((Err(err), (body, Vec::new(), url, true)));
-                        }
-                        None => return None,
-                    }
-                }
-            },
-        ))
+        Ok(ndjson_lines(response, url.to_string()))
     }
 }
 

@@ -373,46 +373,19 @@ impl RoutesClient {
     > {
         let url = format!("{}/v1/routes/watch?since={since}", self.base);
         let response = self.open(&url).await?;
-        let state = (
-            response.bytes_stream().boxed(),
-            Vec::<u8>::new(),
-            url,
-            false,
-        );
-        Ok(futures::stream::unfold(
-            state,
-            |(mut body, mut buf, url, done)| async move {
-                loop {
-                    if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-                        let line: Vec<u8> = buf.drain(..=pos).collect();
-                        if line.iter().all(u8::is_ascii_whitespace) {
-                            continue;
-                        }
-                        let item = serde_json::from_slice::<RoutesEvent>(&line).map_err(|source| {
-                            RoutesClientError::Decode {
-                                url: url.clone(),
-                                source,
-                            }
-                        });
-                        return Some((item, (body, buf, url, done)));
-                    }
-                    if done {
-                        return None;
-                    }
-                    match body.next().await {
-                        Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                        Some(Err(source)) => {
-                            let err = RoutesClientError::Transport {
-                                url: url.clone(),
-                                source,
-                            };
-                            return Some((Err(err), (body, Vec::new(), url, true)));
-                        }
-                        None => return None,
-                    }
+        Ok(crate::client::ndjson_lines(response, url).map(|item| {
+            item.map_err(|e| match e {
+                crate::ClientError::Transport { url, source } => {
+                    RoutesClientError::Transport { url, source }
                 }
-            },
-        ))
+                crate::ClientError::Decode { url, source } => {
+                    RoutesClientError::Decode { url, source }
+                }
+                other => RoutesClientError::Url {
+                    url: other.to_string(),
+                },
+            })
+        }))
     }
 }
 
