@@ -282,6 +282,12 @@ impl Server {
         )
     }
 
+    /// `aloft machine status ID --app APP --json`, parsed.
+    pub fn machine_json(&self, app: &str, id: &str) -> serde_json::Value {
+        let out = ok(self.cli(&["machine", "status", id, "--app", app, "--json"]));
+        serde_json::from_str(&out).expect("machine status --json prints JSON")
+    }
+
     /// Runs the CLI with another token.
     pub fn cli_as(&self, token: &str, args: &[&str]) -> Output {
         cli(
@@ -300,6 +306,17 @@ pub fn cli(bin: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().expect("the aloft binary runs")
+}
+
+/// Asserts the CLI succeeded (showing both streams if not) and returns its stdout.
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
 }
 
 /// Text of a process's stdout.

@@ -7,21 +7,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use aloft_testkit::{busybox_layout, skopeo_push, stderr, stdout, wait_for, Proc, Server};
+use aloft_testkit::{busybox_layout, ok, skopeo_push, wait_for, Proc, Server};
 use serde_json::Value;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_aloft"))
-}
-
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
 }
 
 /// `GET /` through the edge with `Host: host`: the status code and the body.

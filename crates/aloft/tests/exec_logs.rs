@@ -8,28 +8,11 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use aloft_testkit::{busybox_layout, skopeo_push, stderr, stdout, wait_for, Agent, Server};
+use aloft_testkit::{busybox_layout, ok, skopeo_push, stderr, stdout, wait_for, Agent, Server};
 use serde_json::{json, Value};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_aloft"))
-}
-
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
-}
-
-fn machine(server: &Server, app: &str, id: &str) -> Value {
-    serde_json::from_str(&ok(
-        server.cli(&["machine", "status", id, "--app", app, "--json"])
-    ))
-    .unwrap()
 }
 
 /// `POST path` with a JSON body on the server; returns status and body.
@@ -108,7 +91,7 @@ fn exec_logs_and_checks_of_a_running_machine() {
         .unwrap()
         .to_string();
     wait_for("machine started", Duration::from_secs(30), || {
-        (machine(&server, "web", &id)["state"] == "started").then_some(())
+        (server.machine_json("web", &id)["state"] == "started").then_some(())
     })
     .unwrap();
 
@@ -215,7 +198,7 @@ fn exec_logs_and_checks_of_a_running_machine() {
 
     // Checks: the failing one is critical, the others pass.
     wait_for("check results", Duration::from_secs(20), || {
-        let m = machine(&server, "web", &id);
+        let m = server.machine_json("web", &id);
         let checks = m["checks"].as_array().cloned().unwrap_or_default();
         let status = |name: &str| {
             checks
@@ -230,7 +213,7 @@ fn exec_logs_and_checks_of_a_running_machine() {
     })
     .unwrap();
     // A failing check does not restart the machine.
-    let m = machine(&server, "web", &id);
+    let m = server.machine_json("web", &id);
     assert_eq!(m["state"], "started");
     let restarts = m["events"]
         .as_array()
@@ -243,7 +226,7 @@ fn exec_logs_and_checks_of_a_running_machine() {
     // Exec on a stopped machine is a 412 that says so.
     ok(server.cli(&["machine", "stop", &id, "--app", "web"]));
     wait_for("stopped", Duration::from_secs(30), || {
-        (machine(&server, "web", &id)["state"] == "stopped").then_some(())
+        (server.machine_json("web", &id)["state"] == "stopped").then_some(())
     })
     .unwrap();
     let out = server.cli(&["machine", "exec", &id, "--app", "web", "--", "true"]);

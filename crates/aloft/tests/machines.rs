@@ -6,28 +6,11 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use aloft_testkit::{busybox_layout, skopeo_push, stderr, stdout, wait_for, Agent, Server};
+use aloft_testkit::{busybox_layout, ok, skopeo_push, stderr, wait_for, Agent, Server};
 use serde_json::Value;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_aloft"))
-}
-
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
-}
-
-fn machine(server: &Server, app: &str, id: &str) -> Value {
-    serde_json::from_str(&ok(
-        server.cli(&["machine", "status", id, "--app", app, "--json"])
-    ))
-    .unwrap()
 }
 
 /// `GET /` on the machine's private address, port 8080.
@@ -103,18 +86,18 @@ fn a_machine_runs_from_a_pushed_image_and_survives_its_agent() {
     agent.crash_and_restart().unwrap();
     assert!(get_page(&ip).is_some_and(|p| p.contains("hello from busybox")));
     assert_eq!(pid_of_httpd(&id), before, "the same process still runs");
-    assert_eq!(machine(&server, "web", &id)["state"], "started");
+    assert_eq!(server.machine_json("web", &id)["state"], "started");
 
     // Stop and start through the CLI.
     ok(server.cli(&["machine", "stop", &id, "--app", "web"]));
     wait_for("stopped", Duration::from_secs(30), || {
-        (machine(&server, "web", &id)["state"] == "stopped").then_some(())
+        (server.machine_json("web", &id)["state"] == "stopped").then_some(())
     })
     .unwrap();
     assert!(pid_of_httpd(&id).is_empty(), "httpd ended");
     ok(server.cli(&["machine", "start", &id, "--app", "web"]));
     wait_for("started again", Duration::from_secs(30), || {
-        (machine(&server, "web", &id)["state"] == "started").then_some(())
+        (server.machine_json("web", &id)["state"] == "started").then_some(())
     })
     .unwrap();
     wait_for("serving again", Duration::from_secs(20), || get_page(&ip)).unwrap();
@@ -187,7 +170,7 @@ fn a_host_whose_agent_is_gone_becomes_unreachable_and_comes_back() {
 
     agent.proc.kill9();
     wait_for("host unreachable", Duration::from_secs(20), || {
-        (machine(&server, "far", &id)["host_status"] == "unreachable").then_some(())
+        (server.machine_json("far", &id)["host_status"] == "unreachable").then_some(())
     })
     .unwrap();
     let regions = ok(server.cli(&["regions", "list"]));
@@ -210,7 +193,7 @@ fn a_host_whose_agent_is_gone_becomes_unreachable_and_comes_back() {
 
     agent.crash_and_restart().unwrap();
     wait_for("host back", Duration::from_secs(20), || {
-        (machine(&server, "far", &id)["host_status"] == "ok").then_some(())
+        (server.machine_json("far", &id)["host_status"] == "ok").then_some(())
     })
     .unwrap();
 }
