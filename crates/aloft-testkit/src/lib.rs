@@ -463,6 +463,17 @@ impl Agent {
         region: &str,
         data_dir: &Path,
     ) -> Result<Agent, HarnessError> {
+        Agent::start_with(bin, server, region, data_dir, &[])
+    }
+
+    /// [`Agent::start`] with more arguments, e.g. `["--cpus", "8"]`.
+    pub fn start_with(
+        bin: &Path,
+        server: &Server,
+        region: &str,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> Result<Agent, HarnessError> {
         let host_id = format!(
             "t{:x}{:x}",
             std::process::id(),
@@ -487,6 +498,7 @@ impl Agent {
             "127.0.0.1:0",
         ]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .collect();
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -65,6 +65,11 @@ enum Command {
     /// Manage the app's secrets.
     #[command(subcommand)]
     Secrets(cmd::secrets::SecretsCommand),
+    /// Change how many machines the app runs per region, and their size.
+    #[command(subcommand)]
+    Scale(cmd::scale::ScaleCommand),
+    /// Print the app's URL and open it in a browser when there is one.
+    Open(cmd::open::OpenArgs),
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -114,6 +119,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollback(a) => cmd::releases::rollback(a).await,
         Command::Status(a) => cmd::status::run(a).await,
         Command::Secrets(c) => cmd::secrets::run(c).await,
+        Command::Scale(c) => cmd::scale::run(c).await,
+        Command::Open(a) => cmd::open::run(a).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "aloft", &mut std::io::stdout());
