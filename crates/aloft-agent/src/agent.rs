@@ -140,6 +140,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
             host_id: host_id.clone(),
         },
     };
+    let gc = tokio::spawn(crate::gc::run(shared.runtime.clone(), store.clone()));
     let mut supervisors: HashMap<String, mpsc::Sender<Command>> = HashMap::new();
     for local in store.machines()? {
         info!(machine = %local.assignment.id, phase = local.phase.as_str(), "adopting machine");
@@ -151,6 +152,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         _ = &mut shutdown => Ok(()),
     };
     heartbeat.abort();
+    gc.abort();
     host_api.abort();
     if let Some(edge) = edge {
         edge.shutdown().await;

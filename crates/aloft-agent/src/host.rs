@@ -49,6 +49,11 @@ pub struct HostRuntime {
     sandbox: runtime::SandboxDriver,
     host_index: u32,
     pull: PullOptions,
+    /// Starts hold it shared and image collection exclusively, so a collection never removes
+    /// an image between a start's lookup and its sandbox coming up.
+    gc_gate: tokio::sync::RwLock<()>,
+    /// Asks the collector (`crate::gc`) for a run before its next period.
+    gc_wanted: tokio::sync::Notify,
 }
 
 /// FNV-1a, for stable numbers derived from names.
@@ -94,6 +99,8 @@ impl HostRuntime {
             sandbox,
             host_index,
             pull,
+            gc_gate: tokio::sync::RwLock::new(()),
+            gc_wanted: tokio::sync::Notify::new(),
         })
     }
 
@@ -121,6 +128,7 @@ impl HostRuntime {
     /// current instance. Fills in the machine's addresses (the caller records them).
     pub async fn start(&self, m: &mut LocalMachine) -> Result<(), AgentError> {
         let a = m.assignment.clone();
+        let _gate = self.gc_gate.read().await;
         let image = self.image(&a).await?;
         let (ipv4, ipv6) = self.addresses(m)?;
         m.ipv4 = Some(ipv4.to_string());
@@ -186,6 +194,66 @@ impl HostRuntime {
         Ok(())
     }
 
+    /// Asks for an image collection soon (after a machine is destroyed).
+    pub fn request_gc(&self) {
+        self.gc_wanted.notify_one();
+    }
+
+    /// Resolves when a collection was asked for.
+    pub async fn gc_requested(&self) {
+        self.gc_wanted.notified().await;
+    }
+
+    /// Removes the images and unpacked layers no machine in `store` uses. A machine keeps
+    /// its image while it exists at all (stopped ones start again from it); a start in
+    /// progress holds the gate, and pulls in progress are pinned by the image store.
+    pub async fn collect_images(
+        &self,
+        store: &crate::store::AgentStore,
+    ) -> Result<aloft_image::GcReport, AgentError> {
+        let _gate = self.gc_gate.write().await;
+        let store_error = |source| AgentError::Image {
+            reference: "(store)".into(),
+            source,
+        };
+        let mut in_use = HashSet::new();
+        for m in store.machines()? {
+            let reference = &m.assignment.config.image;
+            // An unreadable record stops the collection rather than risk removing a used image.
+            if let Some(img) = self.images.get(reference).map_err(store_error)? {
+                in_use.insert(img.manifest_digest);
+            }
+        }
+        let images = self.images.clone();
+        tokio::task::spawn_blocking(move || images.gc(&in_use))
+            .await
+            .map_err(|e| AgentError::Invalid(format!("Image collection panicked: {e}")))?
+            .map_err(store_error)
+    }
+
+    /// Why a machine's process ended, for its exit event: the exit code, whether the kernel
+    /// killed it for exceeding its memory limit, and the last lines of its log.
+    pub fn exit_reason(&self, id: &str, code: i32) -> String {
+        let mut reason = format!("exit code {code}");
+        if oom_killed(id) {
+            reason.push_str(", out of memory: killed for exceeding its memory limit");
+        }
+        let tail = log_tail(&self.sandbox.logs(id), 5);
+        if !tail.is_empty() {
+            reason.push_str("; last log lines: ");
+            reason.push_str(&tail.join(" | "));
+        }
+        if reason.len() > 1000 {
+            let mut end = 1000;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+            reason.push('…');
+        }
+        reason
+    }
+
     async fn image(&self, a: &AssignedMachine) -> Result<Image, AgentError> {
         let reference = a.config.image.clone();
         if let Ok(Some(img)) = self.images.get(&reference) {
@@ -237,6 +305,50 @@ impl HostRuntime {
         }
         Ok((v4, v6))
     }
+}
+
+/// Whether the kernel's OOM killer killed a process in the machine's cgroup (v1 memory
+/// controller, or the unified hierarchy), which lives until the sandbox is deleted.
+fn oom_killed(id: &str) -> bool {
+    let files = [
+        format!("/sys/fs/cgroup/memory/aloft/{id}/memory.oom_control"),
+        format!("/sys/fs/cgroup/aloft/{id}/memory.events"),
+    ];
+    files.iter().any(|f| {
+        std::fs::read_to_string(f).is_ok_and(|s| {
+            s.lines().any(|l| {
+                l.strip_prefix("oom_kill ")
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .is_some_and(|n| n > 0)
+            })
+        })
+    })
+}
+
+/// The last `n` lines of a machine log (JSON lines of `aloft_init::protocol::LogRecord`),
+/// read from its last 8 KiB.
+fn log_tail(path: &std::path::Path, n: usize) -> Vec<String> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let from = len.saturating_sub(8192);
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(from)).is_err() || f.read_to_end(&mut buf).is_err() {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let mut lines: Vec<String> = text
+        .lines()
+        .skip(usize::from(from > 0))
+        .filter_map(|l| serde_json::from_str::<aloft_init::protocol::LogRecord>(l).ok())
+        .map(|r| r.line.trim_end().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let skip = lines.len().saturating_sub(n);
+    lines.drain(..skip);
+    lines
 }
 
 /// The control plane's host:port and whether it speaks plain HTTP.

@@ -8,6 +8,7 @@
 mod agent;
 mod checks;
 pub mod edge;
+mod gc;
 pub mod host;
 pub mod hostapi;
 pub mod network;

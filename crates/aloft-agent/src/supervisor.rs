@@ -174,6 +174,7 @@ impl Supervisor {
                 }
                 rt.destroy(m).await?;
                 self.shared.store.remove(&id)?;
+                rt.request_gc();
                 self.report(
                     m,
                     MachineState::Destroyed,
@@ -247,6 +248,7 @@ impl Supervisor {
             }
             RunStatus::Exited(code) if m.phase == Phase::Running && !restart_order && !stale => {
                 // The process ended by itself: the restart policy decides.
+                let reason = rt.exit_reason(&m.assignment.id, code);
                 if !self.should_restart(m, code) {
                     m.phase = Phase::Failed;
                     self.save(m)?;
@@ -259,7 +261,7 @@ impl Supervisor {
                     self.report(
                         m,
                         state,
-                        Some(("exit", "exited", Some(format!("exit code {code}")))),
+                        Some(("exit", "exited", Some(reason))),
                         Some(i64::from(code)),
                     )
                     .await;
@@ -284,7 +286,7 @@ impl Supervisor {
                 self.report(
                     m,
                     MachineState::Started,
-                    Some(("exit", "restarting", Some(format!("exit code {code}")))),
+                    Some(("exit", "restarting", Some(reason))),
                     Some(i64::from(code)),
                 )
                 .await;
