@@ -13,7 +13,7 @@ use aloft_api::AssignedMachine;
 use aloft_image::{Credentials, Image, ImageStore, PullOptions};
 use tracing::{debug, info};
 
-use crate::network::{self, HostNetwork, MachineNetRequest, NetworkOptions};
+use crate::network::{self, HostNetwork, MachineNet, MachineNetRequest, NetworkOptions};
 use crate::runtime;
 use crate::store::LocalMachine;
 use crate::AgentError;
@@ -54,6 +54,9 @@ pub struct HostRuntime {
     gc_gate: tokio::sync::RwLock<()>,
     /// Asks the collector (`crate::gc`) for a run before its next period.
     gc_wanted: tokio::sync::Notify,
+    /// Networks this process built, kept across a stop so a restart reuses them instead of
+    /// rebuilding (a fresh agent rebuilds each machine's network once).
+    nets: std::sync::Mutex<std::collections::HashMap<String, (MachineNetRequest, MachineNet)>>,
 }
 
 /// FNV-1a, for stable numbers derived from names.
@@ -101,6 +104,7 @@ impl HostRuntime {
             pull,
             gc_gate: tokio::sync::RwLock::new(()),
             gc_wanted: tokio::sync::Notify::new(),
+            nets: Default::default(),
         })
     }
 
@@ -128,22 +132,32 @@ impl HostRuntime {
     /// current instance. Fills in the machine's addresses (the caller records them).
     pub async fn start(&self, m: &mut LocalMachine) -> Result<(), AgentError> {
         let a = m.assignment.clone();
+        let t = std::time::Instant::now();
         let _gate = self.gc_gate.read().await;
         let image = self.image(&a).await?;
+        let t_image = t.elapsed();
         let (ipv4, ipv6) = self.addresses(m)?;
         m.ipv4 = Some(ipv4.to_string());
         m.ipv6 = Some(ipv6.to_string());
         // A leftover sandbox of an earlier instance goes first.
         self.sandbox.destroy(&a.id).await?;
-        let net = self
-            .network
-            .setup_machine(&MachineNetRequest {
-                machine_id: a.id.clone(),
-                network: org_network(&a.org),
-                ipv4,
-                ipv6,
-            })
-            .await?;
+        let t_leftover = t.elapsed();
+        let req = MachineNetRequest {
+            machine_id: a.id.clone(),
+            network: org_network(&a.org),
+            ipv4,
+            ipv6,
+        };
+        let net = match self.built_net(&req) {
+            Some(net) => net,
+            None => {
+                self.forget_net(&a.id);
+                let net = self.network.setup_machine(&req).await?;
+                self.nets_lock().insert(a.id.clone(), (req, net.clone()));
+                net
+            }
+        };
+        let t_network = t.elapsed();
         let (stop_signal, kill_timeout) = crate::supervisor::stop_params(&a);
         let spec = runtime::SandboxSpec {
             id: a.id.clone(),
@@ -162,6 +176,13 @@ impl HostRuntime {
         };
         let started = self.sandbox.start(&spec).await?;
         info!(pid = started.pid, ip = %ipv4, "sandbox started");
+        debug!(
+            image_ms = t_image.as_millis() as u64,
+            leftover_ms = t_leftover.as_millis() as u64,
+            network_ms = t_network.as_millis() as u64,
+            total_ms = t.elapsed().as_millis() as u64,
+            "start steps (cumulative)"
+        );
         Ok(())
     }
 
@@ -187,11 +208,30 @@ impl HostRuntime {
     /// Removes the sandbox, rootfs and network. Idempotent.
     pub async fn destroy(&self, m: &LocalMachine) -> Result<(), AgentError> {
         let id = &m.assignment.id;
+        self.forget_net(id);
         self.sandbox.destroy(id).await?;
         let ipv4 = m.ipv4.as_deref().and_then(|s| s.parse().ok());
         self.network.teardown_machine(id, ipv4).await?;
         debug!(machine = %id, "machine removed from host");
         Ok(())
+    }
+
+    fn nets_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (MachineNetRequest, MachineNet)>>
+    {
+        self.nets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The network this process built for the same request, if its namespace is still there.
+    fn built_net(&self, req: &MachineNetRequest) -> Option<MachineNet> {
+        let nets = self.nets_lock();
+        let (built, net) = nets.get(&req.machine_id)?;
+        (built == req && net.netns_path.exists()).then(|| net.clone())
+    }
+
+    fn forget_net(&self, id: &str) {
+        self.nets_lock().remove(id);
     }
 
     /// Asks for an image collection soon (after a machine is destroyed).

@@ -98,7 +98,10 @@ pub async fn supervise(shared: Shared, mut local: LocalMachine, mut rx: mpsc::Re
             }
             tokio::select! {
                 cmd = rx.recv() => match cmd {
-                    Some(Command::Assigned(a)) => local.assignment = *a,
+                    Some(Command::Assigned(a)) => {
+                        tracing::debug!(desired = ?a.desired_state, "assignment received");
+                        local.assignment = *a;
+                    }
                     None => return,
                 },
                 _ = tokio::time::sleep(TICK) => {}
