@@ -57,6 +57,10 @@ pub struct HostRuntime {
     /// Networks this process built, kept across a stop so a restart reuses them instead of
     /// rebuilding (a fresh agent rebuilds each machine's network once).
     nets: std::sync::Mutex<std::collections::HashMap<String, (MachineNetRequest, MachineNet)>>,
+    /// Machines last seen running: their init's pid and process start time.
+    alive: std::sync::Mutex<std::collections::HashMap<String, (u32, u64)>>,
+    /// Machines whose sandbox was seen stopped, with their exit code.
+    ended: std::sync::Mutex<std::collections::HashMap<String, i32>>,
 }
 
 /// FNV-1a, for stable numbers derived from names.
@@ -105,6 +109,8 @@ impl HostRuntime {
             gc_gate: tokio::sync::RwLock::new(()),
             gc_wanted: tokio::sync::Notify::new(),
             nets: Default::default(),
+            alive: Default::default(),
+            ended: Default::default(),
         })
     }
 
@@ -113,7 +119,20 @@ impl HostRuntime {
         self.host_index
     }
 
+    /// What runs for the machine. A machine last seen running is checked through its init's
+    /// `/proc` entry (same process start time, not a zombie) without spawning the runtime,
+    /// which keeps the cost of supervisors' ticks flat as machines are added.
     pub async fn status(&self, id: &str) -> Result<RunStatus, AgentError> {
+        let seen = self.alive_lock().get(id).copied();
+        if let Some((pid, started)) = seen {
+            if proc_start_time(pid) == Some(started) {
+                return Ok(RunStatus::Running);
+            }
+            self.alive_lock().remove(id);
+        }
+        if let Some(code) = self.ended_lock().get(id).copied() {
+            return Ok(RunStatus::Exited(code));
+        }
         Ok(match self.sandbox.state(id).await? {
             None => RunStatus::Missing,
             Some(s)
@@ -122,10 +141,38 @@ impl HostRuntime {
                     runtime::RuntimeStatus::Running | runtime::RuntimeStatus::Paused
                 ) =>
             {
+                if let Some(pid) = s.pid {
+                    if let Some(started) = proc_start_time(pid) {
+                        self.alive_lock().insert(id.to_string(), (pid, started));
+                    }
+                }
                 RunStatus::Running
             }
-            Some(s) => RunStatus::Exited(s.exit_code.unwrap_or(-1)),
+            Some(s) => {
+                let code = s.exit_code.unwrap_or(-1);
+                // Only this facade starts it again; until then it stays as it ended.
+                if s.status == runtime::RuntimeStatus::Stopped {
+                    self.ended_lock().insert(id.to_string(), code);
+                }
+                RunStatus::Exited(code)
+            }
         })
+    }
+
+    fn ended_lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, i32>> {
+        self.ended.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets what was last seen of the machine, before changing what runs.
+    fn forget_status(&self, id: &str) {
+        self.alive_lock().remove(id);
+        self.ended_lock().remove(id);
+    }
+
+    fn alive_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u32, u64)>> {
+        self.alive.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Pulls the image, sets up the network and starts the sandbox for the assignment's
@@ -140,6 +187,7 @@ impl HostRuntime {
         m.ipv4 = Some(ipv4.to_string());
         m.ipv6 = Some(ipv6.to_string());
         // A leftover sandbox of an earlier instance goes first.
+        self.forget_status(&a.id);
         self.sandbox.destroy(&a.id).await?;
         let t_leftover = t.elapsed();
         let req = MachineNetRequest {
@@ -194,6 +242,7 @@ impl HostRuntime {
     ) -> Result<Option<i32>, AgentError> {
         let sig = signal_number(signal)
             .ok_or_else(|| AgentError::Invalid(format!("Unknown signal {signal:?}")))?;
+        self.forget_status(&m.assignment.id);
         let status = self.sandbox.stop(&m.assignment.id, sig, timeout).await?;
         Ok(status.exit_code)
     }
@@ -209,6 +258,7 @@ impl HostRuntime {
     pub async fn destroy(&self, m: &LocalMachine) -> Result<(), AgentError> {
         let id = &m.assignment.id;
         self.forget_net(id);
+        self.forget_status(id);
         self.sandbox.destroy(id).await?;
         let ipv4 = m.ipv4.as_deref().and_then(|s| s.parse().ok());
         self.network.teardown_machine(id, ipv4).await?;
@@ -345,6 +395,19 @@ impl HostRuntime {
         }
         Ok((v4, v6))
     }
+}
+
+/// The start time (clock ticks after boot) of a live, non-zombie process.
+fn proc_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces and parentheses).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if matches!(fields.first(), Some(&"Z") | Some(&"X") | None) {
+        return None;
+    }
+    // `starttime` is field 22 of the line, the 20th after the name.
+    fields.get(19)?.parse().ok()
 }
 
 /// Whether the kernel's OOM killer killed a process in the machine's cgroup (v1 memory
@@ -545,6 +608,14 @@ mod tests {
             registry_of("https://cp.example/"),
             ("cp.example".into(), false)
         );
+    }
+
+    #[test]
+    fn a_live_process_has_a_start_time_and_a_gone_one_none() {
+        let me = std::process::id();
+        assert!(proc_start_time(me).is_some());
+        assert_eq!(proc_start_time(me), proc_start_time(me));
+        assert_eq!(proc_start_time(u32::MAX), None);
     }
 
     #[test]
