@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use aloft_api::{
-    Client, CreateMachineRequest, MachineConfig, MachineGuest, StopRequest, WaitQuery,
+    Client, CreateMachineRequest, MachineConfig, MachineGuest, MachineState, StopRequest, WaitQuery,
 };
 use aloft_bench::{ms, summarize};
 use anyhow::{bail, Context as _};
@@ -123,12 +123,15 @@ async fn aloft(
         let t = Instant::now();
         let m = client.create_machine(app, &req).await?;
         let ip = loop {
+            // The control plane's address is a placeholder until the host reports its own.
             let m = client.get_machine(app, &m.id).await?;
-            if let Ok(ip) = m.private_ip.parse::<IpAddr>() {
-                break ip;
+            if m.state == MachineState::Started {
+                if let Ok(ip) = m.private_ip.parse::<IpAddr>() {
+                    break ip;
+                }
             }
             if t.elapsed() > Duration::from_secs(60) {
-                bail!("machine {} has no private IP after 60 s", m.id);
+                bail!("machine {} not started after 60 s", m.id);
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         };
