@@ -141,6 +141,17 @@ fn agent_update(
         });
     }
     if report.state != row.state {
+        if let Some(step) = missed_step(row.state, report.state) {
+            // A report is what the host saw; when it skipped the transient state in between
+            // (a start order that arrived while an older report was on its way), record it.
+            row.state = step;
+            extra.events.push(PendingEvent {
+                kind: default_event_kind(step).to_owned(),
+                status: step.as_str().to_owned(),
+                source: "flyd",
+                request: None,
+            });
+        }
         row.state = transition(row.state, report.state)
             .map_err(|e| ApiError::Precondition(format!("Machine {}: {e}", row.id)))?;
         let kind = report.event.as_ref().map_or_else(
@@ -185,6 +196,22 @@ fn agent_update(
     Ok(())
 }
 
+/// The transient state between `from` and a reported `to` when the direct transition is not
+/// allowed but going through it is (stopped → starting → started, started → stopping →
+/// stopped, …).
+fn missed_step(from: MachineState, to: MachineState) -> Option<MachineState> {
+    if transition(from, to).is_ok() {
+        return None;
+    }
+    let step = match to {
+        MachineState::Started => MachineState::Starting,
+        MachineState::Stopped => MachineState::Stopping,
+        MachineState::Suspended => MachineState::Suspending,
+        _ => return None,
+    };
+    (transition(from, step).is_ok() && transition(step, to).is_ok()).then_some(step)
+}
+
 fn merge_request(
     exit: Option<serde_json::Value>,
     message: Option<String>,
@@ -210,5 +237,32 @@ fn default_event_kind(state: MachineState) -> &'static str {
         MachineState::Replacing => "update",
         MachineState::Created => "launch",
         MachineState::Failed => "failed",
+    }
+}
+
+#[cfg(test)]
+mod missed_step_tests {
+    use super::*;
+
+    #[test]
+    fn reports_walk_through_the_transient_state_they_skipped() {
+        use MachineState::*;
+        assert_eq!(missed_step(Stopped, Started), Some(Starting));
+        assert_eq!(missed_step(Suspended, Started), Some(Starting));
+        assert_eq!(
+            missed_step(Started, Stopped),
+            None,
+            "direct transitions need no step"
+        );
+        assert_eq!(
+            missed_step(Starting, Started),
+            None,
+            "direct transitions need no step"
+        );
+        assert_eq!(
+            missed_step(Destroyed, Started),
+            None,
+            "nothing leaves destroyed"
+        );
     }
 }
