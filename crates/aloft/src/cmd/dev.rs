@@ -51,6 +51,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         )
         .into());
     }
+    // Ctrl-C is caught from here on, so one that comes early still stops everything cleanly.
+    let interrupted = super::server::shutdown_signal();
     let stop = CancellationToken::new();
     let server_dir = args.data_dir.join("server");
 
@@ -148,7 +150,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
 
     if !args.exit_when_ready {
-        super::server::shutdown_signal().await;
+        interrupted.await;
     }
     println!("stopping…");
     let _ = api
