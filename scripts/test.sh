@@ -13,4 +13,4 @@ echo "== build (binaries used by the end-to-end tests, and a static aloft-init)"
 scripts/build.sh
 
 echo "== cargo test"
-cargo test --workspace --locked -- --test-threads="${ALOFT_TEST_THREADS:-4}"
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${ALOFT_TEST_THREADS:-4}"
