@@ -71,14 +71,17 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     let client = Client::new(&opts.control_url, opts.token.clone())?;
     let (cpus, memory_mb) = capacity(&opts);
     let runtime = Arc::new(
-        HostRuntime::open(HostOptions {
-            data_dir: opts.data_dir.clone(),
-            host_id: host_id.clone(),
-            runc: opts.runc.clone(),
-            init_binary: opts.init_binary.clone(),
-            control_url: opts.control_url.clone(),
-            token: opts.token.clone(),
-        })
+        HostRuntime::open(
+            HostOptions {
+                data_dir: opts.data_dir.clone(),
+                host_id: host_id.clone(),
+                runc: opts.runc.clone(),
+                init_binary: opts.init_binary.clone(),
+                control_url: opts.control_url.clone(),
+                token: opts.token.clone(),
+            },
+            store.clone(),
+        )
         .await?,
     );
 

@@ -43,10 +43,11 @@ pub enum RunStatus {
 /// Runs machines on this host.
 #[derive(Debug)]
 pub struct HostRuntime {
-    opts: HostOptions,
     images: ImageStore,
     network: HostNetwork,
     sandbox: runtime::SandboxDriver,
+    /// The agent's store: where the addresses of this host's machines are recorded.
+    store: crate::store::AgentStore,
     host_index: u32,
     pull: PullOptions,
     /// Starts hold it shared and image collection exclusively, so a collection never removes
@@ -76,7 +77,10 @@ pub fn org_network(org: &str) -> u32 {
 }
 
 impl HostRuntime {
-    pub async fn open(opts: HostOptions) -> Result<HostRuntime, AgentError> {
+    pub async fn open(
+        opts: HostOptions,
+        store: crate::store::AgentStore,
+    ) -> Result<HostRuntime, AgentError> {
         let images =
             ImageStore::open(opts.data_dir.join("images")).map_err(|source| AgentError::Image {
                 reference: "(store)".into(),
@@ -100,10 +104,10 @@ impl HostRuntime {
             default_registry: Some(registry),
         };
         Ok(HostRuntime {
-            opts,
             images,
             network,
             sandbox,
+            store,
             host_index,
             pull,
             gc_gate: tokio::sync::RwLock::new(()),
@@ -363,7 +367,6 @@ impl HostRuntime {
                 return Ok((v4, v6));
             }
         }
-        let _ = &self.opts;
         let pool = network::Ipv4Pool::for_host(self.host_index);
         let used = self.used_addresses()?;
         let v4 = network::allocate(&used.0, &pool).ok_or_else(|| {
@@ -378,10 +381,9 @@ impl HostRuntime {
     }
 
     fn used_addresses(&self) -> Result<(HashSet<Ipv4Addr>, HashSet<u32>), AgentError> {
-        let store = crate::store::AgentStore::open(&self.opts.data_dir.join("agent.db"))?;
         let mut v4 = HashSet::new();
         let mut v6 = HashSet::new();
-        for m in store.machines()? {
+        for m in self.store.machines()? {
             if let Some(a) = m.ipv4.and_then(|s| s.parse().ok()) {
                 v4.insert(a);
             }
