@@ -207,7 +207,10 @@ impl MachineChecks {
         if self.running.as_ref().is_some_and(|r| r.key == key) {
             return;
         }
+        // A new instance (an update, a restart) starts with no results on the control plane,
+        // which clears them: report the first results again even if they match the old ones.
         self.running = None;
+        self.reported = None;
         let checks = match checks_of(&m.assignment.config) {
             Ok(c) => c,
             Err(e) => {
@@ -230,6 +233,7 @@ impl MachineChecks {
     /// Stops the checks (the machine is not running).
     pub fn stop(&mut self) {
         self.running = None;
+        self.reported = None;
     }
 
     /// The latest results when they differ from what was reported.
@@ -404,5 +408,57 @@ mod tests {
         check.http.as_mut().unwrap().path = "/bad".into();
         let err = run_check(&check, ip).await.unwrap_err();
         assert!(err.contains("500"), "{err}");
+    }
+
+    /// A machine with one TCP check on `port` of 127.0.0.1, as instance `instance`.
+    fn machine(port: u16, instance: &str) -> LocalMachine {
+        let assignment: aloft_api::AssignedMachine = serde_json::from_value(serde_json::json!({
+            "id": "m1", "name": "n", "app": "a", "org": "personal", "region": "ams",
+            "version": "v1", "instance_id": instance, "private_ip": "",
+            "config": {"image": "x", "checks": {"alive": {"type": "tcp", "port": port, "interval": "1s"}}},
+            "image_ref": {"registry": "", "repository": "x", "tag": "latest", "digest": "", "labels": {}},
+            "desired_state": "started", "state": "started"
+        }))
+        .unwrap();
+        LocalMachine {
+            assignment,
+            phase: crate::store::Phase::Running,
+            running_instance: Some(instance.into()),
+            restart_seq: 0,
+            signal_seq: 0,
+            restarts: 0,
+            ipv4: Some("127.0.0.1".into()),
+            ipv6: None,
+        }
+    }
+
+    async fn first_results(checks: &MachineChecks) -> Vec<ReportedCheck> {
+        for _ in 0..100 {
+            if let Some(r) = checks.changed() {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no check results");
+    }
+
+    #[tokio::test]
+    async fn a_new_instance_reports_its_results_even_when_unchanged() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { while listener.accept().await.is_ok() {} });
+        let mut checks = MachineChecks::default();
+        checks.ensure(&machine(port, "i1"));
+        let results = first_results(&checks).await;
+        checks.reported(results);
+        assert_eq!(
+            checks.changed(),
+            None,
+            "unchanged results are not sent twice"
+        );
+        // An update gives the machine a new instance; the control plane cleared its results.
+        checks.ensure(&machine(port, "i2"));
+        let again = first_results(&checks).await;
+        assert_eq!(again[0].status, "passing");
     }
 }
