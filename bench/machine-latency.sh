@@ -12,14 +12,23 @@
 #       in the machine's cgroup that is not the app (aloft-init), and any process per machine
 #       left on the host (runc leaves none: no shim).
 # Prints p50/p99 of each, the ratios, and the footprint. N machines (default 50).
+# BIN_DIR=DIR uses the aloft, latency and aloft-init-static binaries already built in DIR
+# (e.g. to compare two builds) instead of building target/release. LOG_DIR=DIR keeps the
+# server's and agent's logs there.
 set -euo pipefail
 export RUST_BACKTRACE=0
 cd "$(dirname "$0")/.."
 N=${N:-50}
-scripts/build.sh --release >/dev/null
-bin=target/release/aloft
+if [ -n "${BIN_DIR:-}" ]; then
+  bindir=$BIN_DIR
+else
+  scripts/build.sh --release >/dev/null
+  bindir=target/release
+fi
+bin=$bindir/aloft
 work=$(mktemp -d)
 cleanup() {
+  if [ -n "${LOG_DIR:-}" ]; then mkdir -p "$LOG_DIR" && cp "$work"/*.log "$LOG_DIR"/ 2>/dev/null || true; fi
   kill "${agent:-}" "${server:-}" 2>/dev/null || true
   for id in $(ls "$work/agent/machines/runc" 2>/dev/null); do
     runc --root "$work/agent/machines/runc" delete -f "$id" >/dev/null 2>&1 || true
@@ -55,7 +64,7 @@ agent=$!
 for _ in $(seq 100); do grep -q " joined " "$work/agent.log" 2>/dev/null && break; sleep 0.1; done
 "$bin" apps create bench >/dev/null
 
-ours=$(target/release/latency aloft --url "$url" --token "$token" --app bench --image "$image" --machines "$N")
+ours=$("$bindir/latency" aloft --url "$url" --token "$token" --app bench --image "$image" --machines "$N")
 echo "$ours"
 
 # (c) Footprint of the running machines (the N measured ones plus the warm-up).
@@ -90,7 +99,7 @@ jq '.process.terminal = false
     | .linux.namespaces |= map(select(.type != "network"))' \
   "$work/bundle/config.json" > "$work/bundle/config.tmp"
 mv "$work/bundle/config.tmp" "$work/bundle/config.json"
-floor=$(target/release/latency runc --bundle "$work/bundle" --root "$work/runc" --runs "$N")
+floor=$("$bindir/latency" runc --bundle "$work/bundle" --root "$work/runc" --runs "$N")
 echo "$floor"
 
 p50() { echo "$1" | grep "$2" | sed -E 's/.* p50 ([0-9.]+) ms.*/\1/'; }

@@ -32,7 +32,7 @@ use aloft_init::protocol::{
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use bundle::UserError;
 pub(crate) use types::MachinePaths;
@@ -89,20 +89,52 @@ impl SandboxDriver {
     }
 
     /// Prepare the rootfs and bundle and start the machine, detached from the caller.
+    ///
+    /// A clean stop leaves nothing to undo (see [`SandboxDriver::stop`]), so a start only
+    /// asks runc about the machine when runc keeps state for it, and only empties the
+    /// writable layer when something is in it. On failure everything this start wrote is
+    /// removed again; a full disk is reported as [`RuntimeError::DiskFull`].
     pub async fn start(&self, spec: &SandboxSpec) -> Result<Started, RuntimeError> {
         validate_id(&spec.id)?;
         let id = spec.id.as_str();
         let paths = self.paths(id);
+        let t = Instant::now();
         let existing = self.runc.state(id).await?;
         if let Some(state) = &existing {
-            // "created" is a start that never finished (the agent died between create and
-            // start): nothing ran yet, so it is cleaned up below like a stopped one.
+            // "created" is a start that never finished (the agent died inside `runc run`):
+            // nothing ran yet, so it is cleaned up below like a stopped one.
             if state.status != "stopped" && state.status != "created" {
                 return Err(RuntimeError::AlreadyRunning(id.to_string()));
             }
         }
+        let started = self.start_inner(spec, &paths, existing.is_some(), t).await;
+        match started {
+            Ok(started) => Ok(started),
+            Err(e) => {
+                // Asked before the cleanup below frees what this start wrote.
+                let e = self.disk_full_or(e, &paths);
+                let _ = self.runc.delete(id).await;
+                let _ = rootfs::unmount(&paths.rootfs);
+                remove_start_files(&paths);
+                if !spec.persist_rootfs {
+                    let _ = rootfs::reset_dir(&paths.upper);
+                    let _ = rootfs::reset_dir(&paths.work);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_inner(
+        &self,
+        spec: &SandboxSpec,
+        paths: &MachinePaths,
+        leftover: bool,
+        t: Instant,
+    ) -> Result<Started, RuntimeError> {
+        let id = spec.id.as_str();
         // Leftovers of a previous run that ended on its own.
-        if existing.is_some() {
+        if leftover {
             self.runc.delete(id).await?;
         }
         rootfs::unmount(&paths.rootfs)?;
@@ -120,29 +152,60 @@ impl SandboxDriver {
         for stale in [paths.exit_file(), paths.socket(), paths.pid_file.clone()] {
             let _ = std::fs::remove_file(stale);
         }
-        if !spec.persist_rootfs {
+        let written = !is_empty_dir(&paths.upper) || !is_empty_dir(&paths.work);
+        if !spec.persist_rootfs && written {
             rootfs::reset_dir(&paths.upper)?;
             rootfs::reset_dir(&paths.work)?;
         }
-        write(
-            &paths.spec,
-            &serde_json::to_vec_pretty(spec).unwrap_or_default(),
-        )?;
-
-        rootfs::mount_overlay(&spec.layers, &paths.upper, &paths.work, &paths.rootfs)?;
-        let started = self.create_and_start(spec, &paths).await;
-        if started.is_err() {
-            let _ = self.runc.delete(id).await;
-            let _ = rootfs::unmount(&paths.rootfs);
+        // The bundle of the previous start serves again when nothing that shapes it changed
+        // (the image user is resolved in the image's layers, the same ones unless persisted).
+        let key = self.bundle_key(spec);
+        let key_file = paths.bundle.join(BUNDLE_KEY);
+        let reuse = !spec.persist_rootfs
+            && std::fs::read(&key_file).is_ok_and(|k| k == key)
+            && bundle_files(paths).iter().all(|f| f.exists());
+        if !reuse {
+            let _ = std::fs::remove_file(&key_file);
+            write(&paths.spec, &serde_json::to_vec(spec).unwrap_or_default())?;
         }
-        started
+        let t_clean = t.elapsed();
+        rootfs::mount_overlay(&spec.layers, &paths.upper, &paths.work, &paths.rootfs)?;
+        let t_rootfs = t.elapsed();
+        if !reuse {
+            self.write_bundle(spec, paths)?;
+            write(&key_file, &key)?;
+        }
+        let t_bundle = t.elapsed();
+        self.runc
+            .run_detached(id, &paths.bundle, &paths.pid_file, &paths.runc_log)
+            .await?;
+        let t_runc = t.elapsed();
+        let pid_text = std::fs::read_to_string(&paths.pid_file).map_err(io_err(&paths.pid_file))?;
+        let pid = pid_text.trim().parse().unwrap_or(0);
+        self.wait_init_ready(id, paths, pid).await?;
+        let instance_id = new_instance_id(pid);
+        write(&paths.instance, instance_id.as_bytes())?;
+        debug!(
+            machine = id,
+            clean_us = t_clean.as_micros() as u64,
+            rootfs_us = t_rootfs.as_micros() as u64,
+            bundle_us = t_bundle.as_micros() as u64,
+            runc_us = t_runc.as_micros() as u64,
+            total_us = t.elapsed().as_micros() as u64,
+            "sandbox start steps (cumulative)"
+        );
+        info!(machine = id, pid, instance = %instance_id, "machine started");
+        Ok(Started { pid, instance_id })
     }
 
-    async fn create_and_start(
-        &self,
-        spec: &SandboxSpec,
-        paths: &MachinePaths,
-    ) -> Result<Started, RuntimeError> {
+    /// What a machine's bundle is generated from: its spec and the driver options used.
+    fn bundle_key(&self, spec: &SandboxSpec) -> Vec<u8> {
+        let o = &self.options;
+        serde_json::to_vec(&(spec, &o.init_binary, o.pids_limit, o.seccomp)).unwrap_or_default()
+    }
+
+    /// Writes `/etc/hosts`, `/etc/resolv.conf`, init's run config and the OCI bundle.
+    fn write_bundle(&self, spec: &SandboxSpec, paths: &MachinePaths) -> Result<(), RuntimeError> {
         let id = spec.id.as_str();
         let (uid, gid) =
             bundle::resolve_user(&paths.rootfs, &spec.process.user).map_err(|source| {
@@ -169,7 +232,7 @@ impl SandboxDriver {
         run.gid = gid;
         write(
             &paths.run_config,
-            &serde_json::to_vec_pretty(&run).unwrap_or_default(),
+            &serde_json::to_vec(&run).unwrap_or_default(),
         )?;
 
         let oci = bundle::build_spec(
@@ -184,22 +247,32 @@ impl SandboxDriver {
             source,
         })?;
         let config = paths.bundle.join("config.json");
-        oci.save(&config).map_err(|source| RuntimeError::Spec {
+        let bytes = serde_json::to_vec(&oci).map_err(|e| RuntimeError::Spec {
             id: id.to_string(),
-            source,
+            source: oci_spec::OciSpecError::Other(e.to_string()),
         })?;
+        write(&config, &bytes)
+    }
 
-        self.runc
-            .create(id, &paths.bundle, &paths.pid_file, &paths.runc_log)
-            .await?;
-        self.runc.start(id).await?;
-        let pid_text = std::fs::read_to_string(&paths.pid_file).map_err(io_err(&paths.pid_file))?;
-        let pid = pid_text.trim().parse().unwrap_or(0);
-        self.wait_init_ready(id, paths, pid).await?;
-        let instance_id = new_instance_id(pid);
-        write(&paths.instance, instance_id.as_bytes())?;
-        info!(machine = id, pid, instance = %instance_id, "machine started");
-        Ok(Started { pid, instance_id })
+    /// `e`, or [`RuntimeError::DiskFull`] when the filesystem under the machine's directory
+    /// (or runc's state) has no space left: runc cannot always log why it failed when the
+    /// disk is full, so the filesystem is asked.
+    fn disk_full_or(&self, e: RuntimeError, paths: &MachinePaths) -> RuntimeError {
+        if matches!(e, RuntimeError::DiskFull { .. }) {
+            return e;
+        }
+        let full = [&paths.dir, &self.runc.root]
+            .into_iter()
+            .find(|dir| no_space_left(dir));
+        match full {
+            Some(dir) if matches!(e, RuntimeError::Runc { .. } | RuntimeError::Io { .. }) => {
+                RuntimeError::DiskFull {
+                    path: dir.clone(),
+                    source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+                }
+            }
+            _ => e,
+        }
     }
 
     /// Current state; `None` when the driver has never seen the machine.
@@ -472,6 +545,41 @@ fn pid_alive(pid: u32) -> bool {
             rest.trim_start().chars().next()
         })
         .is_some_and(|state| state != 'Z' && state != 'X')
+}
+
+/// Whether `dir` exists and holds nothing (a missing or unreadable one counts as not empty,
+/// so it gets reset).
+fn is_empty_dir(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
+}
+
+/// Whether the filesystem holding `dir` has no block left for an unprivileged writer.
+fn no_space_left(dir: &Path) -> bool {
+    nix::sys::statvfs::statvfs(dir).is_ok_and(|s| s.blocks_available() == 0)
+}
+
+/// The file in the bundle directory recording what the bundle was generated from.
+const BUNDLE_KEY: &str = "generated-from.json";
+
+/// The files a start generates before running the machine.
+fn bundle_files(paths: &MachinePaths) -> [PathBuf; 5] {
+    [
+        paths.spec.clone(),
+        paths.hosts.clone(),
+        paths.resolv_conf.clone(),
+        paths.run_config.clone(),
+        paths.bundle.join("config.json"),
+    ]
+}
+
+/// Removes the files a start writes, so the next start writes them afresh.
+fn remove_start_files(paths: &MachinePaths) {
+    let _ = std::fs::remove_file(paths.bundle.join(BUNDLE_KEY));
+    for file in bundle_files(paths) {
+        let _ = std::fs::remove_file(file);
+    }
+    let _ = std::fs::remove_file(&paths.pid_file);
+    let _ = std::fs::remove_file(&paths.instance);
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {

@@ -57,9 +57,10 @@ impl Runc {
         }
     }
 
-    /// `runc create`: the container's stdio is /dev/null (never a pipe to us, so it outlives
-    /// the agent); runc's own errors go to `log`.
-    pub async fn create(
+    /// `runc run --detach`: creates and starts the container in one runc invocation. The
+    /// container's stdio is /dev/null (never a pipe to us, so it outlives the agent); runc's
+    /// own errors go to `log`.
+    pub async fn run_detached(
         &self,
         id: &str,
         bundle: &Path,
@@ -73,7 +74,8 @@ impl Runc {
             .arg(log)
             .arg("--log-format")
             .arg("json")
-            .arg("create")
+            .arg("run")
+            .arg("--detach")
             .arg("--bundle")
             .arg(bundle)
             .arg("--pid-file")
@@ -91,18 +93,24 @@ impl Runc {
             return Ok(());
         }
         Err(RuntimeError::Runc {
-            command: "create".into(),
+            command: "run".into(),
             id: id.to_string(),
             message: last_errors(log),
         })
     }
 
-    pub async fn start(&self, id: &str) -> Result<(), RuntimeError> {
-        self.run(id, &["start".into(), id.into()]).await.map(drop)
+    /// Whether runc may know the container: it keeps a state directory per container under
+    /// its root, so without one `runc state` would only say "does not exist" (and spawning
+    /// runc to hear that costs milliseconds).
+    pub fn may_know(&self, id: &str) -> bool {
+        self.root.join(id).exists()
     }
 
     /// `runc state`, or `None` when runc does not know the container.
     pub async fn state(&self, id: &str) -> Result<Option<RuncState>, RuntimeError> {
+        if !self.may_know(id) {
+            return Ok(None);
+        }
         match self.run(id, &["state".into(), id.into()]).await {
             Ok(out) => serde_json::from_slice(&out)
                 .map(Some)
@@ -134,6 +142,9 @@ impl Runc {
     }
 
     pub async fn delete(&self, id: &str) -> Result<(), RuntimeError> {
+        if !self.may_know(id) {
+            return Ok(());
+        }
         match self
             .run(id, &["delete".into(), "--force".into(), id.into()])
             .await

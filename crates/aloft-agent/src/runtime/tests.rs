@@ -723,6 +723,112 @@ async fn bad_input_is_refused_before_touching_the_host() {
 /// Benchmark run by `bench/sandbox-start.sh`: start and stop `ALOFT_BENCH_MACHINES` machines
 /// (default 20) running `/bin/true` with the driver, then `runc run` the same bundle as many
 /// times, and print both totals and their ratio.
+/// A small tmpfs mounted over the driver's root of `fx`; on drop it first deletes the
+/// machines on it and unmounts their rootfs, then unmounts itself, even when the test failed.
+struct FullDisk<'a> {
+    fx: &'a Fixture,
+    mount: PathBuf,
+}
+
+impl<'a> FullDisk<'a> {
+    fn mount(fx: &'a Fixture, size: &str) -> Self {
+        let mount = fx.dir.path().join("root");
+        std::fs::create_dir_all(&mount).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&mount)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot mount a tmpfs at {}", mount.display());
+        Self { fx, mount }
+    }
+
+    /// Writes a file until the filesystem refuses more.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write as _;
+        let path = self.mount.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+        // Whatever a partial chunk left: nothing more fits.
+        while f.write(&chunk[..1]).is_ok_and(|n| n > 0) {}
+        path
+    }
+}
+
+impl Drop for FullDisk<'_> {
+    fn drop(&mut self) {
+        let runc_root = self.mount.join("runc");
+        for id in self.fx.driver.list() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&runc_root)
+                .args(["delete", "--force", &id])
+                .output();
+            let _ = rootfs::unmount(&self.fx.driver.paths(&id).rootfs);
+        }
+        let _ = rootfs::unmount(&self.mount);
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_a_start_cleanly_and_spares_running_machines() {
+    let fx = Fixture::new();
+    let disk = FullDisk::mount(&fx, "16m");
+    let neighbour = fx.spec("disk-neighbour", IDLE);
+    fx.driver.start(&neighbour).await.unwrap();
+    wait_ready(&fx.driver, &neighbour.id).await;
+
+    let filler = disk.fill();
+    let spec = fx.spec("disk-full", IDLE);
+    let err = fx.driver.start(&spec).await.unwrap_err();
+    let RuntimeError::DiskFull { path, .. } = &err else {
+        panic!("not reported as a full disk: {err}");
+    };
+    assert!(path.starts_with(&disk.mount), "{err}");
+    assert!(err.to_string().starts_with("Disk full"), "{err}");
+
+    // Nothing of the failed start is left: no container, no mount, no generated files.
+    let paths = fx.driver.paths(&spec.id);
+    assert!(!rootfs::is_mounted(&paths.rootfs));
+    assert_eq!(
+        fx.driver
+            .runc
+            .state(&spec.id)
+            .await
+            .unwrap()
+            .map(|s| s.status),
+        None
+    );
+    for file in bundle_files(&paths) {
+        assert!(!file.exists(), "{} left behind", file.display());
+    }
+    assert!(is_empty_dir(&paths.upper));
+
+    // The running neighbour is untouched and still serves exec.
+    let out = exec(&fx.driver, &neighbour.id, &["echo", "still here"]).await;
+    assert_eq!(text(&out.stdout), "still here\n");
+
+    // With space again the same machine starts.
+    std::fs::remove_file(filler).unwrap();
+    fx.driver.start(&spec).await.unwrap();
+    wait_ready(&fx.driver, &spec.id).await;
+    for id in [&spec.id, &neighbour.id] {
+        fx.driver
+            .stop(id, libc::SIGUSR1, Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 #[ignore = "benchmark, run by bench/sandbox-start.sh"]
 async fn bench_start_stop() {

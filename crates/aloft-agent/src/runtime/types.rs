@@ -34,6 +34,12 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("Disk full: no space left on the filesystem of {path}")]
+    DiskFull {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("Mount operation on {path} failed")]
     Mount {
         path: PathBuf,
@@ -239,10 +245,15 @@ impl MachinePaths {
     }
 }
 
+/// An I/O error on `path`; a full filesystem is [`RuntimeError::DiskFull`].
 pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
-    move |source| RuntimeError::Io {
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        let path = path.to_path_buf();
+        if source.kind() == std::io::ErrorKind::StorageFull {
+            RuntimeError::DiskFull { path, source }
+        } else {
+            RuntimeError::Io { path, source }
+        }
     }
 }
 
