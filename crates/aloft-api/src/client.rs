@@ -80,7 +80,7 @@ impl Client {
         }
     }
 
-    fn url(&self, segments: &[&str]) -> Url {
+    pub(crate) fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.base.clone();
         {
             let mut path = url
@@ -162,11 +162,11 @@ impl Client {
         })
     }
 
-    async fn get<T: DeserializeOwned>(&self, url: Url) -> Result<T, ClientError> {
+    pub(crate) async fn get<T: DeserializeOwned>(&self, url: Url) -> Result<T, ClientError> {
         self.call::<(), T>(Method::GET, url, None).await
     }
 
-    async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+    pub(crate) async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
         url: Url,
         body: &B,
@@ -178,7 +178,7 @@ impl Client {
         self.call::<(), T>(Method::POST, url, None).await
     }
 
-    async fn delete<T: DeserializeOwned>(&self, url: Url) -> Result<T, ClientError> {
+    pub(crate) async fn delete<T: DeserializeOwned>(&self, url: Url) -> Result<T, ClientError> {
         self.call::<(), T>(Method::DELETE, url, None).await
     }
 
@@ -504,6 +504,60 @@ impl Client {
             .send(self.request(Method::GET, url.clone()), &url)
             .await?;
         Ok(ndjson_lines(response, url.to_string()))
+    }
+}
+
+// Mesh, load reports and regional autoscaling.
+impl Client {
+    /// `GET /v1/mesh/peers` (join or admin token): every registered host with mesh info.
+    pub async fn mesh_peers(&self) -> Result<Vec<MeshPeer>, ClientError> {
+        self.get(self.url(&["v1", "mesh", "peers"])).await
+    }
+
+    /// `POST /v1/hosts/{id}/load` (join or admin token).
+    pub async fn report_load(
+        &self,
+        host_id: &str,
+        report: &crate::autoscale::LoadReport,
+    ) -> Result<OkResponse, ClientError> {
+        self.post(self.url(&["v1", "hosts", host_id, "load"]), report)
+            .await
+    }
+
+    /// `GET /v1/apps/{app}/autoscale`.
+    pub async fn get_autoscale(
+        &self,
+        app: &str,
+    ) -> Result<crate::autoscale::AutoscalePolicy, ClientError> {
+        self.get(self.url(&["v1", "apps", app, "autoscale"])).await
+    }
+
+    /// `PUT /v1/apps/{app}/autoscale`: replaces the app's whole policy.
+    pub async fn set_autoscale(
+        &self,
+        app: &str,
+        policy: &crate::autoscale::AutoscalePolicy,
+    ) -> Result<crate::autoscale::AutoscalePolicy, ClientError> {
+        self.call(
+            Method::PUT,
+            self.url(&["v1", "apps", app, "autoscale"]),
+            Some(policy),
+        )
+        .await
+    }
+
+    /// `GET /v1/apps/{app}/load`: the app's live load and machines per region.
+    pub async fn app_load(
+        &self,
+        app: &str,
+    ) -> Result<crate::autoscale::AppLoadStatus, ClientError> {
+        self.get(self.url(&["v1", "apps", app, "load"])).await
+    }
+
+    /// `GET /v1/platform/load`: live load and machines per region, summed over the apps the
+    /// token can see.
+    pub async fn platform_load(&self) -> Result<Vec<crate::autoscale::RegionLoad>, ClientError> {
+        self.get(self.url(&["v1", "platform", "load"])).await
     }
 }
 

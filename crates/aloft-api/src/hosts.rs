@@ -19,6 +19,35 @@ pub struct RegisterHostRequest {
     /// The bearer secret the agent's own API (exec, logs) accepts from the control plane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_secret: Option<String>,
+    /// The host's WireGuard key and underlay endpoint, when it runs the mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshInfo>,
+    /// The index the agent already uses (saved from an earlier registration): kept when no
+    /// other host holds it, else the control plane assigns a fresh one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_index: Option<u32>,
+}
+
+/// A host's mesh identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MeshInfo {
+    /// Base64 of the 32-byte X25519 public key.
+    pub public_key: String,
+    /// `ip:port` of the host's UDP WireGuard socket on the underlay.
+    pub endpoint: String,
+}
+
+/// One entry of `GET /v1/mesh/peers`: a registered host that has mesh info.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MeshPeer {
+    pub host_id: String,
+    pub region: String,
+    /// The host's 6PN host field (1..=65535), unique and stable.
+    pub host_index: u32,
+    pub public_key: String,
+    pub endpoint: String,
+    /// Informational: agents mirror the whole list whatever the status.
+    pub status: HostStatus,
 }
 
 /// A host as the control plane sees it.
@@ -34,6 +63,11 @@ pub struct Host {
     pub status: HostStatus,
     /// RFC 3339.
     pub last_heartbeat: String,
+    /// Assigned at first registration: unique in the cluster, stable for this host id,
+    /// 1..=65535, never reused. The host's 6PN host field and IPv4 pool index.
+    pub host_index: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshInfo>,
 }
 
 /// What the control plane wants a machine to be.

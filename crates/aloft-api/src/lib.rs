@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 
 pub mod apps;
+pub mod autoscale;
+pub mod certs;
 pub mod client;
 pub mod config;
 pub mod error;
@@ -17,6 +19,7 @@ pub mod releases;
 pub mod routes;
 
 pub use apps::*;
+pub use autoscale::*;
 pub use client::{Client, ClientError};
 pub use config::*;
 pub use error::ErrorBody;

@@ -63,6 +63,18 @@ pub struct PortRoute {
     pub handlers: Vec<String>,
     #[serde(default)]
     pub force_https: bool,
+    /// With the `proxy_proto` handler: the PROXY protocol version sent to the machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_proto: Option<ProxyProtoVersion>,
+}
+
+/// PROXY protocol versions (`proxy_proto_options.version`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtoVersion {
+    #[default]
+    V1,
+    V2,
 }
 
 /// What counts towards a machine's load and where the limits are.

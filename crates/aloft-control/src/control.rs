@@ -23,6 +23,7 @@ pub struct Control {
     shutdown: watch::Sender<bool>,
     heartbeat_timeout: Duration,
     started: Instant,
+    pub(crate) autoscale: crate::autoscale::AutoscaleState,
 }
 
 impl std::fmt::Debug for Control {
@@ -49,6 +50,7 @@ impl Control {
             shutdown: watch::Sender::new(false),
             heartbeat_timeout,
             started: Instant::now(),
+            autoscale: crate::autoscale::AutoscaleState::default(),
         };
         Ok((control, admin))
     }
@@ -216,6 +218,11 @@ impl Control {
         inner.host(id, self.live_since())
     }
 
+    /// Every registered host with mesh info (agents mirror this list).
+    pub fn mesh_peers(&self) -> Result<Vec<aloft_api::MeshPeer>, ApiError> {
+        self.lock().mesh_peers(self.live_since())
+    }
+
     pub fn list_hosts(&self) -> Result<Vec<Host>, ApiError> {
         let inner = self.lock();
         let live_since = self.live_since();
@@ -334,6 +341,30 @@ fn validate_host(req: &RegisterHostRequest) -> Result<(), ApiError> {
         return Err(ApiError::BadRequest(format!(
             "Host memory_mb {} must be between 128 and 67108864",
             req.memory_mb
+        )));
+    }
+    if let Some(mesh) = &req.mesh {
+        validate_mesh(mesh)?;
+    }
+    Ok(())
+}
+
+fn validate_mesh(mesh: &aloft_api::MeshInfo) -> Result<(), ApiError> {
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(mesh.public_key.trim())
+        .ok()
+        .filter(|k| k.len() == 32);
+    if key.is_none() {
+        return Err(ApiError::BadRequest(format!(
+            "Mesh public_key {:?} is not the base64 of a 32-byte X25519 key",
+            mesh.public_key
+        )));
+    }
+    if mesh.endpoint.parse::<std::net::SocketAddr>().is_err() {
+        return Err(ApiError::BadRequest(format!(
+            "Mesh endpoint {:?} is not an ip:port address",
+            mesh.endpoint
         )));
     }
     Ok(())

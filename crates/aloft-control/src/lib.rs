@@ -9,6 +9,8 @@
 
 pub mod api;
 pub mod auth;
+pub mod autoscale;
+pub mod certs;
 pub mod control;
 pub mod ids;
 pub mod image;
@@ -67,6 +69,7 @@ pub enum ControlError {
 pub struct Server {
     control: Arc<Control>,
     extra: Option<axum::Router>,
+    scaler: autoscale::ScalerOptions,
     /// The admin token, only on the first start (also written to `DATA_DIR/admin-token`).
     pub admin_token_created: Option<String>,
     pub options: ServerOptions,
@@ -94,6 +97,7 @@ impl Server {
         Ok(Server {
             control: Arc::new(control),
             extra: None,
+            scaler: autoscale::ScalerOptions::default(),
             admin_token_created: admin,
             options,
         })
@@ -119,6 +123,12 @@ impl Server {
         self
     }
 
+    /// How the regional autoscaler paces itself (see `docs/autoscale.md`).
+    pub fn scaler_options(mut self, opts: autoscale::ScalerOptions) -> Self {
+        self.scaler = opts;
+        self
+    }
+
     /// The full router: `/v1` API, merged routes, and a JSON 404 fallback.
     pub fn router(&self) -> axum::Router {
         api::router(self.control.clone(), self.extra.clone())
@@ -132,6 +142,7 @@ impl Server {
     ) -> Result<(), ControlError> {
         let control = self.control.clone();
         let router = self.router();
+        let scaler = tokio::spawn(autoscale::scaler::run(control.clone(), self.scaler));
         tracing::info!(addr = ?listener.local_addr().ok(), "control plane listening");
         axum::serve(listener, router)
             .with_graceful_shutdown(async move {
@@ -139,7 +150,9 @@ impl Server {
                 control.begin_shutdown();
             })
             .await
-            .map_err(ControlError::Serve)
+            .map_err(ControlError::Serve)?;
+        scaler.abort();
+        Ok(())
     }
 }
 

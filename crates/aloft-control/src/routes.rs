@@ -2,8 +2,8 @@
 //! store at its current global revision, which is also the table's revision.
 
 use aloft_api::routes::{
-    AppRoutes, Autostop, Concurrency, ConcurrencyKind, MachineRoute, PortRoute, RouteTable,
-    ServiceRoutes,
+    AppRoutes, Autostop, Concurrency, ConcurrencyKind, MachineRoute, PortRoute, ProxyProtoVersion,
+    RouteTable, ServiceRoutes,
 };
 use aloft_api::{MachineService, MachineState};
 
@@ -68,6 +68,24 @@ pub fn app_routes(app: &str, org: &str, rows: &[MachineRow]) -> AppRoutes {
     }
 }
 
+/// The PROXY protocol version of a port with the `proxy_proto` handler (`v1` unless
+/// `proxy_proto_options.version` says `v2`).
+fn proxy_proto(p: &aloft_api::MachinePort) -> Option<ProxyProtoVersion> {
+    let handlers = p.handlers.as_deref().unwrap_or_default();
+    if !handlers.iter().any(|h| h == "proxy_proto") {
+        return None;
+    }
+    let version = p
+        .extra
+        .get("proxy_proto_options")
+        .and_then(|o| o.get("version"))
+        .and_then(|v| v.as_str());
+    Some(match version {
+        Some("v2") => ProxyProtoVersion::V2,
+        _ => ProxyProtoVersion::V1,
+    })
+}
+
 /// A machine config's service as the edge needs it; `None` when its internal port is not a
 /// port number.
 fn service_routes(s: &MachineService) -> Option<ServiceRoutes> {
@@ -81,6 +99,7 @@ fn service_routes(s: &MachineService) -> Option<ServiceRoutes> {
                 port: p.port.and_then(|p| u16::try_from(p).ok())?,
                 handlers: p.handlers.clone().unwrap_or_default(),
                 force_https: p.force_https.unwrap_or(false),
+                proxy_proto: proxy_proto(p),
             })
         })
         .collect();

@@ -56,6 +56,8 @@ async fn the_typed_client_drives_every_kind_of_endpoint() {
             cpus: 2,
             memory_mb: 2048,
             api_secret: None,
+            mesh: None,
+            host_index: None,
         })
         .await
         .unwrap();

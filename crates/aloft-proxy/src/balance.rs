@@ -189,6 +189,22 @@ pub(crate) fn needs_wake(ranked: &[&MachineRoute], loads: &Loads, limits: &Concu
         .is_none_or(|m| loads.load(&m.id) >= limits.soft_limit)
 }
 
+/// Whether to wake a stopped machine of the edge's own region rather than backhaul the request
+/// to the best serving machine, which is in another region: a region's traffic starts that
+/// region's machines.
+pub(crate) fn wake_here_first(
+    ranked: &[&MachineRoute],
+    machines: &[MachineRoute],
+    state: &dyn Fn(&MachineRoute) -> MachineState,
+    here: &Locality<'_>,
+    steer: &Steering,
+) -> bool {
+    ranked.first().is_some_and(|m| m.region != here.region)
+        && machines.iter().any(|m| {
+            m.region == here.region && state(m).is_wakeable() && !m.cordoned && steer.admits(m)
+        })
+}
+
 /// The nearest machine the edge could wake for this request.
 pub(crate) fn wake_candidate<'a>(
     machines: &'a [MachineRoute],
@@ -233,6 +249,46 @@ mod tests {
             healthy: true,
             cordoned: false,
         }
+    }
+
+    #[test]
+    fn a_stopped_machine_here_is_woken_before_backhauling_to_another_region() {
+        let mut local = machine("syd1", "syd", "h3");
+        local.state = MachineState::Stopped;
+        let machines = vec![machine("iad1", "iad", "h2"), local];
+        let rtts = HashMap::new();
+        let here = Locality {
+            region: "syd",
+            host_id: "h3",
+            rtts: &rtts,
+        };
+        let state = |m: &MachineRoute| m.state;
+        let serving = |m: &MachineRoute| m.state == MachineState::Started;
+        let loads = Loads::default();
+        let steer = Steering::default();
+        let ranked = rank(
+            &machines,
+            &serving,
+            &loads,
+            &limits(10, None),
+            &here,
+            &steer,
+        );
+        assert!(wake_here_first(&ranked, &machines, &state, &here, &steer));
+        let woken = wake_candidate(&machines, &state, &here, &steer).unwrap();
+        assert_eq!(woken.id, "syd1");
+        // Once it failed to wake (excluded), the request goes to iad.
+        let mut failed = Steering::default();
+        failed.exclude.insert("syd1".into());
+        assert!(!wake_here_first(&ranked, &machines, &state, &here, &failed));
+        // An edge in iad never wakes syd's machine while its own serves.
+        let iad = Locality {
+            region: "iad",
+            host_id: "h2",
+            rtts: &rtts,
+        };
+        let ranked = rank(&machines, &serving, &loads, &limits(10, None), &iad, &steer);
+        assert!(!wake_here_first(&ranked, &machines, &state, &iad, &steer));
     }
 
     fn limits(soft: u32, hard: Option<u32>) -> Concurrency {

@@ -21,6 +21,7 @@ use crate::balance::Loads;
 use crate::metrics::Metrics;
 use crate::proxy::{self, ConnInfo, ProxyBody};
 use crate::routes::{MachineRoute, MachineState, RouteStore, RouteStoreError, RouteTable, Routing};
+use crate::tcp::{self, PortListeners};
 use crate::tls::{self, Ca, CertResolver, TlsError};
 use crate::wake::{self, Waker};
 
@@ -43,6 +44,10 @@ pub enum EdgeError {
 pub struct EdgeOptions {
     pub http_listen: SocketAddr,
     pub https_listen: Option<SocketAddr>,
+    /// The address the other public ports of services (raw TCP, TLS, PROXY protocol, HTTP on
+    /// other ports) are bound on, one listener per port; `None` serves only the HTTP and HTTPS
+    /// listeners.
+    pub tcp_listen: Option<std::net::IpAddr>,
     /// Serves `/metrics` in Prometheus text format.
     pub admin_listen: Option<SocketAddr>,
     /// Apps answer at `<app>.<domain>`.
@@ -81,6 +86,7 @@ impl EdgeOptions {
         EdgeOptions {
             http_listen,
             https_listen: None,
+            tcp_listen: None,
             admin_listen: None,
             domain: domain.trim_matches('.').to_ascii_lowercase(),
             region: region.to_string(),
@@ -116,7 +122,12 @@ pub(crate) struct Inner {
     pub client: Client<HttpConnector, ProxyBody>,
     pub h2_client: Client<HttpConnector, ProxyBody>,
     pub metrics: Metrics,
+    /// Requests that entered at this edge, per app (for the host's load reports).
+    pub entries: Arc<crate::load::EntryLoad>,
     certs: Arc<CertResolver>,
+    pub tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
+    pub listeners: PortListeners,
+    pub runtime: tokio::runtime::Handle,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     update_lock: Mutex<()>,
@@ -205,12 +216,9 @@ impl Edge {
             (Some(l), Some(a)) => Some(local(l, a)?),
             _ => None,
         };
-        let tls = match &https {
-            Some(_) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
-                tls::server_config(certs.clone())?,
-            ))),
-            None => None,
-        };
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(certs.clone())?));
+        let tls = https.as_ref().map(|_| acceptor.clone());
         let inner = Arc::new(Inner {
             waker: opts.waker.clone(),
             opts,
@@ -222,7 +230,11 @@ impl Edge {
             client,
             h2_client,
             metrics: Metrics::default(),
+            entries: Arc::default(),
             certs,
+            tls_acceptor: Some(acceptor),
+            listeners: PortListeners::default(),
+            runtime: tokio::runtime::Handle::current(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             update_lock: Mutex::new(()),
@@ -240,6 +252,7 @@ impl Edge {
         if let Some(l) = admin {
             inner.tracker.spawn(admin_loop(inner.clone(), l));
         }
+        inner.sync_port_listeners();
         wake::spawn_autostop(&inner);
         tracing::info!(%http_addr, ?https_addr, ?admin_addr, region = %inner.opts.region, "edge listening");
         Ok(Edge {
@@ -248,6 +261,11 @@ impl Edge {
             https_addr,
             admin_addr,
         })
+    }
+
+    /// Per-app counts of the requests that entered at this edge.
+    pub fn entry_load(&self) -> Arc<crate::load::EntryLoad> {
+        self.inner.entries.clone()
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -260,6 +278,11 @@ impl Edge {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// Where each public service port (other than the HTTP and HTTPS listeners') is bound.
+    pub fn port_addrs(&self) -> HashMap<u16, SocketAddr> {
+        tcp::bound(&self.inner.listeners)
     }
 
     /// Installs `table` if it is newer than the current one (and persists it when a store is
@@ -290,6 +313,7 @@ impl Edge {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        self.inner.sync_port_listeners();
         Ok(true)
     }
 
@@ -301,6 +325,15 @@ impl Edge {
     /// The route table in use.
     pub fn routes(&self) -> RouteTable {
         self.inner.routes.load().table.clone()
+    }
+
+    /// The round-trip times in use (the same `Arc` until [`Edge::set_rtts`] replaces them).
+    pub fn rtts(&self) -> Arc<HashMap<String, Duration>> {
+        self.inner
+            .rtts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Round-trip times from this edge to other regions, for nearness.
@@ -325,6 +358,35 @@ impl Edge {
             .unwrap_or_else(|e| e.into_inner());
         user.insert(host, Arc::new(key));
         Ok(())
+    }
+
+    /// Replaces every user certificate with `certs` (hostname, chain PEM, key PEM): names
+    /// missing from it lose their certificate. An entry that does not parse is left out and
+    /// reported; the others are installed.
+    pub fn set_certificates(&self, certs: &[(String, String, String)]) -> Vec<EdgeError> {
+        let mut fresh = HashMap::new();
+        let mut errors = Vec::new();
+        for (host, cert, key) in certs {
+            let host = host.trim_end_matches('.').to_ascii_lowercase();
+            match tls::certified_key(&host, cert, key) {
+                Ok(k) => {
+                    fresh.insert(host, Arc::new(k));
+                }
+                Err(e) => errors.push(e.into()),
+            }
+        }
+        *self
+            .inner
+            .certs
+            .user
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = fresh;
+        errors
+    }
+
+    /// Issues app certificates from `ca` (e.g. the cluster CA) from now on.
+    pub fn set_ca(&self, ca: Arc<Ca>) {
+        self.inner.certs.set_ca(ca);
     }
 
     /// Prometheus text exposition of the edge's metrics (also served on the admin listener).
@@ -430,8 +492,13 @@ async fn client_conn(
 }
 
 /// Serves HTTP on one client connection; `h2` is what ALPN chose, `None` to detect it.
-async fn serve_conn<I>(inner: Arc<Inner>, io: I, conn: ConnInfo, watcher: Watcher, h2: Option<bool>)
-where
+pub(crate) async fn serve_conn<I>(
+    inner: Arc<Inner>,
+    io: I,
+    conn: ConnInfo,
+    watcher: Watcher,
+    h2: Option<bool>,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let header_timeout = inner.opts.header_read_timeout;

@@ -13,18 +13,22 @@ mod balance;
 mod body;
 mod edge;
 mod headers;
+mod load;
 mod metrics;
 mod proxy;
+pub mod proxy_proto;
 mod replay;
 mod routes;
+mod tcp;
 mod tls;
 mod wake;
 
 pub use edge::{Edge, EdgeError, EdgeOptions};
+pub use load::{EntryGuard, EntryLoad, EntrySnapshot};
 pub use replay::{Replay, REPLAY_HEADERS};
 pub use routes::{
     AppRoutes, Autostop, Concurrency, ConcurrencyKind, MachineRoute, MachineState, PortRoute,
-    RouteStore, RouteStoreError, RouteTable, ServiceRoutes,
+    ProxyProtoVersion, RouteStore, RouteStoreError, RouteTable, ServiceRoutes,
 };
 pub use tls::{Ca, TlsError};
 pub use wake::{WakeFuture, Waker};

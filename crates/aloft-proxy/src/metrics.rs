@@ -25,6 +25,7 @@ pub(crate) struct Metrics {
     autostarts: Mutex<BTreeMap<String, u64>>,
     autostops: Mutex<BTreeMap<String, u64>>,
     replays: Mutex<BTreeMap<String, u64>>,
+    tcp_connections: Mutex<BTreeMap<String, u64>>,
     pub open_connections: AtomicI64,
     pub autostop_cycles: AtomicU64,
 }
@@ -99,6 +100,11 @@ impl Metrics {
         bump(&self.replays, app);
     }
 
+    /// One raw TCP connection forwarded to a machine of `app`.
+    pub fn tcp_connection(&self, app: &str) {
+        bump(&self.tcp_connections, app);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -169,6 +175,11 @@ impl Metrics {
                 "aloft_edge_replays_total",
                 "Requests replayed on a fly-replay answer.",
                 &self.replays,
+            ),
+            (
+                "aloft_edge_tcp_connections_total",
+                "Raw TCP connections forwarded to a machine.",
+                &self.tcp_connections,
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");

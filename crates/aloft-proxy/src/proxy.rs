@@ -36,6 +36,10 @@ pub(crate) struct ConnInfo {
 
 const MAX_REPLAYS: usize = 3;
 
+/// Answers up to this size (by `content-length`) to idempotent, buffered requests are read whole
+/// before they are passed on, so a machine failing mid-answer can be retried.
+const MAX_BUFFERED_RESPONSE: u64 = 64 * 1024;
+
 pub(crate) fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
     let mut r = Response::new(
         Full::new(body.into())
@@ -124,6 +128,7 @@ async fn route(
         );
     };
     out.app = app.app.clone();
+    let _entered = inner.entries.enter(&app.app);
     let Some(svc) = routes::service_for_port(app, conn.port) else {
         return full(
             StatusCode::NOT_FOUND,
@@ -176,9 +181,9 @@ async fn route(
                 return full(
                     StatusCode::BAD_GATEWAY,
                     format!("no machine of app {} accepted a connection\n", app.app),
-                )
+                );
             }
-            Err(resp) => return resp,
+            Err(e) => return full(e.status, format!("{}\n", e.message)),
         };
         out.machine = m.id.clone();
         let body = match (&buffered, streamed.take()) {
@@ -209,11 +214,11 @@ async fn route(
         let mut resp = match client.request(fwd).await {
             Ok(r) => r,
             Err(e)
-                if e.is_connect()
+                if retryable(&e, &parts.method)
                     && buffered.is_some()
                     && attempts + 1 < inner.opts.max_attempts =>
             {
-                tracing::warn!(app = %app.app, machine = %m.id, error = %e, "connect failed, trying another machine");
+                tracing::warn!(app = %app.app, machine = %m.id, error = %e, "machine unreachable, trying another machine");
                 attempts += 1;
                 steer.exclude.insert(m.id.clone());
                 continue;
@@ -273,6 +278,40 @@ async fn route(
             drop(guard);
             continue;
         }
+        // A small answer to a request that could be sent again is read whole before it is
+        // passed on: a machine that dies in the middle of it (stopped under load) costs a
+        // retry on another machine instead of a truncated answer.
+        let small = resp
+            .body()
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= MAX_BUFFERED_RESPONSE);
+        if small && buffered.is_some() && parts.method.is_idempotent() {
+            let (mut rparts, rbody) = resp.into_parts();
+            match rbody.collect().await {
+                Ok(collected) => {
+                    drop(guard);
+                    strip_hop_by_hop(&mut rparts.headers);
+                    let body = Full::new(collected.to_bytes())
+                        .map_err(|never| match never {})
+                        .boxed();
+                    return Response::from_parts(rparts, body);
+                }
+                Err(e) if attempts + 1 < inner.opts.max_attempts => {
+                    tracing::warn!(app = %app.app, machine = %m.id, error = %e, "answer cut short, trying another machine");
+                    attempts += 1;
+                    steer.exclude.insert(m.id.clone());
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(app = %app.app, machine = %m.id, error = %e, "answer cut short");
+                    return full(
+                        StatusCode::BAD_GATEWAY,
+                        format!("machine {} of app {} did not answer\n", m.id, app.app),
+                    );
+                }
+            }
+        }
         strip_hop_by_hop(resp.headers_mut());
         let (parts, body) = resp.into_parts();
         return Response::from_parts(
@@ -284,6 +323,37 @@ async fn route(
             .boxed(),
         );
     }
+}
+
+/// Whether a failed forward can go to another machine: connecting failed (nothing was sent),
+/// or, for an idempotent method, the connection was refused, reset or closed before any
+/// response came back (a machine going down under a pooled connection).
+fn retryable(e: &hyper_util::client::legacy::Error, method: &http::Method) -> bool {
+    if e.is_connect() {
+        return true;
+    }
+    if !method.is_idempotent() {
+        return false;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
+                return true;
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            if matches!(
+                io.kind(),
+                K::ConnectionRefused | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe
+            ) {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    false
 }
 
 fn redirect_https(inner: &Inner, host: &str, uri: &Uri) -> Response<ProxyBody> {
@@ -309,14 +379,21 @@ fn redirect_https(inner: &Inner, host: &str, uri: &Uri) -> Response<ProxyBody> {
     r
 }
 
+/// Why no machine could take a request or connection.
+#[derive(Debug)]
+pub(crate) struct Unavailable {
+    pub status: StatusCode,
+    pub message: String,
+}
+
 /// Picks a machine and takes a slot on it: wakes one when none is under its soft limit, and
 /// queues (up to the queue timeout) when all are at their hard limit.
-async fn acquire(
+pub(crate) async fn acquire(
     inner: &Arc<Inner>,
     app: &AppRoutes,
     svc: &ServiceRoutes,
     steer: &Steering,
-) -> Result<(MachineRoute, SlotGuard), Response<ProxyBody>> {
+) -> Result<(MachineRoute, SlotGuard), Unavailable> {
     let deadline = tokio::time::Instant::now() + inner.opts.queue_timeout;
     let mut wake_failed: HashSet<String> = HashSet::new();
     loop {
@@ -330,12 +407,13 @@ async fn acquire(
         let limits = &svc.concurrency;
         let serving = |m: &MachineRoute| inner.serving(m);
         let ranked = balance::rank(&app.machines, &serving, &inner.loads, limits, &here, steer);
+        let mut wake_steer = steer.clone();
+        wake_steer.exclude.extend(wake_failed.iter().cloned());
         if svc.autostart
             && inner.waker.is_some()
-            && balance::needs_wake(&ranked, &inner.loads, limits)
+            && (balance::needs_wake(&ranked, &inner.loads, limits)
+                || balance::wake_here_first(&ranked, &app.machines, &state, &here, &wake_steer))
         {
-            let mut wake_steer = steer.clone();
-            wake_steer.exclude.extend(wake_failed.iter().cloned());
             if let Some(m) = balance::wake_candidate(&app.machines, &state, &here, &wake_steer) {
                 let m = m.clone();
                 match inner.wake(&app.app, svc, &m).await {
@@ -362,13 +440,13 @@ async fn acquire(
                     .is_some_and(|h| inner.loads.load(&m.id) >= h)
         });
         if !any_at_hard {
-            return Err(full(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "no machine of app {} is available to take the request\n",
+            return Err(Unavailable {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: format!(
+                    "no machine of app {} is available to take the request",
                     app.app
                 ),
-            ));
+            });
         }
         // Arm the wait, then look once more so a slot freed in between is not missed.
         let released = inner.loads.released.notified();
@@ -380,10 +458,10 @@ async fn acquire(
             }
         }
         if tokio::time::timeout_at(deadline, released).await.is_err() {
-            return Err(full(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("every machine of app {} is at its hard limit\n", app.app),
-            ));
+            return Err(Unavailable {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: format!("every machine of app {} is at its hard limit", app.app),
+            });
         }
     }
 }

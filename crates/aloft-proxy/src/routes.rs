@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 pub use aloft_api::routes::{
     AppRoutes, Autostop, Concurrency, ConcurrencyKind, MachineRoute, MachineState, PortRoute,
-    RouteTable, ServiceRoutes,
+    ProxyProtoVersion, RouteTable, ServiceRoutes,
 };
 
 /// Errors reading or writing the persisted route table.
@@ -132,7 +132,7 @@ impl RouteStore {
                 return Err(RouteStoreError::Read {
                     path: self.path.clone(),
                     source,
-                })
+                });
             }
         };
         serde_json::from_slice(&bytes)

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -107,6 +107,23 @@ impl Ca {
         Ok(Ca {
             key,
             root_pem,
+            root_der,
+        })
+    }
+
+    /// A CA from its root certificate and key (PEM), e.g. the cluster CA the control plane
+    /// hands to every edge.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca, TlsError> {
+        let root_der =
+            CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|_| TlsError::CertPem {
+                host: "the CA".to_string(),
+            })?;
+        let key = KeyPair::from_pem(key_pem).map_err(|_| TlsError::KeyPem {
+            host: "the CA".to_string(),
+        })?;
+        Ok(Ca {
+            key,
+            root_pem: cert_pem.to_string(),
             root_der,
         })
     }
@@ -214,7 +231,7 @@ pub(crate) fn certified_key(
 pub(crate) struct CertResolver {
     pub user: RwLock<HashMap<String, Arc<CertifiedKey>>>,
     issued: Mutex<HashMap<String, (std::time::Instant, Arc<CertifiedKey>)>>,
-    ca: Option<Arc<Ca>>,
+    ca: ArcSwapOption<Ca>,
     routes: Arc<ArcSwap<Routing>>,
 }
 
@@ -229,8 +246,24 @@ impl CertResolver {
         CertResolver {
             user: RwLock::default(),
             issued: Mutex::default(),
-            ca,
+            ca: ArcSwapOption::new(ca),
             routes,
+        }
+    }
+
+    /// Issues app certificates from `ca` from now on (those issued by another CA are dropped).
+    pub fn set_ca(&self, ca: Arc<Ca>) {
+        let same = self
+            .ca
+            .load()
+            .as_ref()
+            .is_some_and(|c| c.root_pem() == ca.root_pem());
+        if !same {
+            self.ca.store(Some(ca));
+            self.issued
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
         }
     }
 
@@ -253,7 +286,7 @@ impl ResolvesServerCert for CertResolver {
         if let Some(c) = self.user_cert(&name) {
             return Some(c);
         }
-        let ca = self.ca.as_ref()?;
+        let ca = self.ca.load_full()?;
         self.routes.load().app_for_host(&name)?;
         let mut issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((at, c)) = issued.get(&name) {

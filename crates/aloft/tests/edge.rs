@@ -10,6 +10,15 @@ use std::time::Duration;
 use aloft_testkit::{busybox_layout, ok, skopeo_push, wait_for, Proc, Server};
 use serde_json::Value;
 
+/// Each control plane numbers its hosts from the same start, and a host's machine addresses
+/// come from its number, so agents of different control planes on one box get the same machine
+/// addresses. The tests here run one at a time so an edge never reaches another test's machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_aloft"))
 }
@@ -38,7 +47,8 @@ struct EdgeAgent {
 }
 
 impl EdgeAgent {
-    fn start(server: &Server, data_dir: &Path) -> EdgeAgent {
+    /// `host` names the agent's host (unique per test: hosts' networks are named after it).
+    fn start(server: &Server, data_dir: &Path, host: &str) -> EdgeAgent {
         let join = ok(server.cli(&["tokens", "create", "--join"]));
         let args: Vec<String> = [
             "agent",
@@ -51,7 +61,7 @@ impl EdgeAgent {
             "--data-dir",
             &data_dir.to_string_lossy(),
             "--host-id",
-            &format!("edge{}", std::process::id()),
+            &format!("{host}{}", std::process::id()),
             "--http",
             "127.0.0.1:0",
         ]
@@ -141,10 +151,11 @@ fn state(server: &Server, app: &str, id: &str) -> String {
 
 #[test]
 fn the_edge_routes_by_host_wakes_stopped_machines_and_outlives_the_control_plane() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(bin()).unwrap();
     let agent_dir = dir.path().join("agent");
-    let mut agent = EdgeAgent::start(&server, &agent_dir);
+    let mut agent = EdgeAgent::start(&server, &agent_dir, "edge");
     agent.wait_joined();
 
     let web = run_machine(&server, dir.path(), "web");
@@ -217,4 +228,324 @@ fn destroyed(server: &Server, app: &str, id: &str) -> bool {
         .unwrap()
         .iter()
         .any(|m| m["id"] == id && m["state"] == "destroyed")
+}
+
+/// An agent whose edge serves HTTP and HTTPS on free loopback ports; returns both addresses.
+fn start_tls_agent(server: &Server, data_dir: &Path) -> (Proc, SocketAddr, SocketAddr) {
+    let join = ok(server.cli(&["tokens", "create", "--join"]));
+    let dir = data_dir.to_string_lossy().to_string();
+    let host = format!("tls{}", std::process::id());
+    let args = [
+        "agent",
+        "--control",
+        &server.url,
+        "--token",
+        join.trim(),
+        "--region",
+        "ams",
+        "--data-dir",
+        &dir,
+        "--host-id",
+        &host,
+        "--http",
+        "127.0.0.1:0",
+        "--https",
+        "127.0.0.1:0",
+    ];
+    let (mut proc, line) = Proc::spawn_until(
+        "aloft agent",
+        bin(),
+        &args,
+        &[],
+        "edge listening on http://",
+    )
+    .unwrap();
+    let http = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let line = proc
+        .wait_line("edge listening on https://", Duration::from_secs(20))
+        .unwrap();
+    let https = line
+        .split("https://")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    proc.wait_line(" joined ", Duration::from_secs(30)).unwrap();
+    (proc, http, https)
+}
+
+/// A port nothing listens on now, for a service's public port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sends `line` to the edge's TCP port and reads until `want` bytes came back.
+fn tcp_exchange(port: u16, line: &str, want: usize) -> Option<(SocketAddr, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let me = s.local_addr().ok()?;
+    s.write_all(line.as_bytes()).ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while got.len() < want {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some((me, String::from_utf8_lossy(&got).into_owned()))
+}
+
+/// `curl` over HTTPS to `name` at the edge's address, trusting only `ca`: exit code and body.
+fn curl(https: SocketAddr, name: &str, ca: &Path) -> (i32, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(ca)
+        .arg("--resolve")
+        .arg(format!("{name}:{}:127.0.0.1", https.port()))
+        .arg(format!("https://{name}:{}/", https.port()))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn raw_tcp_proxy_protocol_and_https_verified_against_the_cluster_root() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(bin()).unwrap();
+    let (mut agent, _http, https) = start_tls_agent(&server, &dir.path().join("agent"));
+
+    // A TCP echo machine published twice: plain, and with the PROXY protocol (v1).
+    let layout = dir.path().join("layout-echo");
+    let entry = ["/bin/busybox", "nc", "-ll", "-p", "5000", "-e", "/bin/cat"];
+    busybox_layout(&layout, "1", "", &entry).unwrap();
+    let registry = server.url.trim_start_matches("http://");
+    let image = format!("{registry}/echo/busybox:1");
+    skopeo_push(&layout, "1", &image, &server.token).unwrap();
+    ok(server.cli(&["apps", "create", "echo"]));
+    let (plain, proxied) = (free_port(), free_port());
+    let run = ok(server.cli(&[
+        "machine",
+        "run",
+        &image,
+        "--app",
+        "echo",
+        "--region",
+        "ams",
+        "--port",
+        &format!("{plain}:5000/tcp"),
+        "--port",
+        &format!("{proxied}:5000/tcp:proxy_proto"),
+        "--json",
+    ]));
+    let m: Value = serde_json::from_str(&run).unwrap();
+    let echo = m["id"].as_str().unwrap().to_string();
+
+    let (_, answer) = wait_for(
+        "the echo answers through the edge",
+        Duration::from_secs(30),
+        || tcp_exchange(plain, "hello\n", 6).filter(|(_, a)| a == "hello\n"),
+    )
+    .unwrap();
+    assert_eq!(answer, "hello\n");
+    let (me, answer) = tcp_exchange(proxied, "hello\n", 200).unwrap_or_else(|| panic!("no answer"));
+    let header = format!("PROXY TCP4 127.0.0.1 127.0.0.1 {} {proxied}\r\n", me.port());
+    assert_eq!(
+        answer,
+        format!("{header}hello\n"),
+        "the machine got the PROXY header first"
+    );
+
+    // HTTPS for <app>.localhost verifies against the root `aloft certs root` exports.
+    let web = run_machine(&server, dir.path(), "web");
+    let root = dir.path().join("root.pem");
+    let out = ok(server.cli(&["certs", "root", "--output", &root.to_string_lossy()]));
+    assert!(out.contains("root.pem"), "{out}");
+    let pem = ok(server.cli(&["certs", "root"]));
+    assert_eq!(std::fs::read_to_string(&root).unwrap(), pem);
+    let (code, body) = wait_for("HTTPS through the edge", Duration::from_secs(30), || {
+        Some(curl(https, "web.localhost", &root)).filter(|(c, _)| *c == 0)
+    })
+    .unwrap();
+    assert_eq!((code, body.as_str()), (0, "hello from web\n"));
+    let (code, _) = curl(https, "nope.localhost", &root);
+    assert_ne!(code, 0, "a name without a certificate fails the handshake");
+
+    // A user certificate is served by SNI once added, and no longer once removed.
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=custom.example.com",
+            "-addext",
+            "subjectAltName=DNS:custom.example.com",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (c, k) = (cert.to_string_lossy(), key.to_string_lossy());
+    let err = server.cli(&[
+        "certs",
+        "add",
+        "other.example.com",
+        "--cert",
+        &c,
+        "--key",
+        &k,
+    ]);
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("not valid for other.example.com"));
+    ok(server.cli(&[
+        "certs",
+        "add",
+        "custom.example.com",
+        "--cert",
+        &c,
+        "--key",
+        &k,
+    ]));
+    assert!(ok(server.cli(&["certs", "list"])).contains("custom.example.com"));
+    let (_, body) = wait_for(
+        "the edge serves the user certificate",
+        Duration::from_secs(30),
+        || Some(curl(https, "custom.example.com", &cert)).filter(|(c, _)| *c == 0),
+    )
+    .unwrap();
+    assert!(
+        body.contains("no app is configured for host custom.example.com"),
+        "{body}"
+    );
+    ok(server.cli(&["certs", "remove", "custom.example.com"]));
+    wait_for(
+        "the edge drops the user certificate",
+        Duration::from_secs(30),
+        || (curl(https, "custom.example.com", &cert).0 != 0).then_some(()),
+    )
+    .unwrap();
+    let err = server.cli(&["certs", "remove", "custom.example.com"]);
+    assert!(String::from_utf8_lossy(&err.stderr).contains("No certificate is stored"));
+
+    for (app, id) in [("echo", &echo), ("web", &web)] {
+        ok(server.cli(&["machine", "destroy", id, "--app", app, "--force"]));
+    }
+    wait_for("machines destroyed", Duration::from_secs(30), || {
+        (destroyed(&server, "echo", &echo) && destroyed(&server, "web", &web)).then_some(())
+    })
+    .unwrap();
+    agent.kill9();
+}
+
+#[test]
+fn requests_keep_succeeding_while_one_of_two_machines_stops_and_starts() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(bin()).unwrap();
+    let mut agent = EdgeAgent::start(&server, &dir.path().join("agent"), "load");
+    agent.wait_joined();
+    let first = run_machine(&server, dir.path(), "pair");
+    let image = format!(
+        "{}/pair/busybox:1",
+        server.url.trim_start_matches("http://")
+    );
+    let run = ok(server.cli(&[
+        "machine",
+        "run",
+        &image,
+        "--app",
+        "pair",
+        "--region",
+        "ams",
+        "--port",
+        "80:8080/tcp:http",
+        "--json",
+    ]));
+    let second: Value = serde_json::from_str(&run).unwrap();
+    let second = second["id"].as_str().unwrap().to_string();
+    let edge = agent.edge;
+    wait_for(
+        "pair answers through the edge",
+        Duration::from_secs(20),
+        || get(edge, "pair.localhost").filter(|(s, _)| *s == 200),
+    )
+    .unwrap();
+
+    // Load from another thread until told to stop; every answer must be a 200.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match get(edge, "pair.localhost") {
+                    Some((200, body)) if body == "hello from pair\n" => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        }
+    });
+    for _ in 0..2 {
+        ok(server.cli(&["machine", "stop", &first, "--app", "pair"]));
+        wait_for("first stopped", Duration::from_secs(30), || {
+            (state(&server, "pair", &first) == "stopped").then_some(())
+        })
+        .unwrap();
+        ok(server.cli(&["machine", "start", &first, "--app", "pair"]));
+        wait_for("first started", Duration::from_secs(30), || {
+            (state(&server, "pair", &first) == "started").then_some(())
+        })
+        .unwrap();
+    }
+    // Let requests reach the restarted machine too before stopping the load.
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (served, failed) = load.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} failed of {}: {:?}",
+        failed.len(),
+        served as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(served > 20, "only {served} requests were made");
+
+    for id in [&first, &second] {
+        ok(server.cli(&["machine", "destroy", id, "--app", "pair", "--force"]));
+    }
+    wait_for("machines destroyed", Duration::from_secs(30), || {
+        (destroyed(&server, "pair", &first) && destroyed(&server, "pair", &second)).then_some(())
+    })
+    .unwrap();
+    agent.proc.kill9();
 }

@@ -50,6 +50,8 @@ async fn main() -> anyhow::Result<()> {
                 cpus: 64,
                 memory_mb: 262_144,
                 api_secret: None,
+                mesh: None,
+                host_index: None,
             })
             .await?;
     }

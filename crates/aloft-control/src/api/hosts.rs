@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aloft_api::{
-    ErrorBody, Host, OkResponse, RegisterHostRequest, StatusReport, WatchEvent, WatchQuery,
+    ErrorBody, Host, LoadReport, MeshPeer, OkResponse, RegisterHostRequest, StatusReport,
+    WatchEvent, WatchQuery,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -29,6 +30,37 @@ pub(super) fn routes(r: Routes) -> Routes {
             "/v1/hosts/{host}/machines/{machine}/status",
             report_status,
         )
+        .at(Method::POST, "/v1/hosts/{host}/load", report_load)
+        .at(Method::GET, "/v1/mesh/peers", mesh_peers)
+}
+
+/// Every registered host that has mesh info, by host index (join or admin token). Agents
+/// poll it and mirror it, leaving themselves out.
+#[utoipa::path(get, path = "/v1/mesh/peers", tag = "hosts",
+    responses((status = 200, body = Vec<MeshPeer>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn mesh_peers(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+) -> Result<Json<Vec<MeshPeer>>, ApiError> {
+    scope.require_hosts()?;
+    Ok(Json(control.mesh_peers()?))
+}
+
+/// An agent reports the load that entered at its edge since its previous report; the
+/// control plane attributes it to the host's region and keeps the latest per host.
+#[utoipa::path(post, path = "/v1/hosts/{host}/load", tag = "hosts", params(("host" = String, Path)),
+    request_body = LoadReport,
+    responses((status = 200, body = OkResponse), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+pub(super) async fn report_load(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+    ApiPath(host): ApiPath<String>,
+    ApiJson(report): ApiJson<LoadReport>,
+) -> Result<Json<OkResponse>, ApiError> {
+    scope.require_hosts()?;
+    control.record_load(&host, report)?;
+    Ok(Json(OkResponse { ok: true }))
 }
 
 /// List hosts (admin).

@@ -12,6 +12,8 @@
 //! - 500: internal failures, logged with detail and answered with a generic message.
 
 mod apps;
+mod autoscale;
+mod certs;
 mod exec;
 mod hosts;
 mod machines;
@@ -333,7 +335,9 @@ pub fn routes() -> (Router<Arc<Control>>, Vec<(Method, &'static str)>) {
     let r = hosts::routes(r);
     let r = exec::routes(r);
     let r = routes::routes(r);
+    let r = certs::routes(r);
     let r = releases::routes(r);
+    let r = autoscale::routes(r);
     let r = r.at(Method::GET, "/v1/openapi.json", openapi::serve);
     (r.router, r.list)
 }

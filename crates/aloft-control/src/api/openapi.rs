@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{apps, exec, hosts, machines, releases, routes};
+use super::{apps, autoscale, certs, exec, hosts, machines, releases, routes};
 
 struct BearerAuth;
 
@@ -33,7 +33,10 @@ impl Modify for BearerAuth {
         machines::delete_metadata, machines::events, machines::versions,
         exec::exec, exec::logs,
         hosts::list_hosts, hosts::register_host, hosts::heartbeat, hosts::watch, hosts::report_status,
+        hosts::report_load, hosts::mesh_peers,
+        autoscale::get_policy, autoscale::put_policy, autoscale::app_load, autoscale::platform_load,
         routes::get_routes, routes::watch_routes, routes::wake, routes::idle,
+        certs::root, certs::list, certs::add, certs::remove, certs::edge_tls,
         releases::list_releases, releases::create_release, releases::get_release, releases::set_status,
         releases::patch_status, releases::list_secrets, releases::set_secrets, releases::unset_secrets,
         serve,

@@ -85,7 +85,7 @@ impl Control {
     }
 
     /// Loads, lease-checks, changes and saves one machine in one transaction.
-    fn mutate<T>(
+    pub(crate) fn mutate<T>(
         &self,
         app: &str,
         id: &str,
@@ -121,6 +121,17 @@ impl Control {
         app: &str,
         req: CreateMachineRequest,
         owner: &str,
+    ) -> Result<Machine, ApiError> {
+        self.create_machine_by(app, req, owner, "user")
+    }
+
+    /// [`Control::create_machine`], recording `source` on its events (`user`, `autoscale`).
+    pub(crate) fn create_machine_by(
+        &self,
+        app: &str,
+        req: CreateMachineRequest,
+        owner: &str,
+        source: &'static str,
     ) -> Result<Machine, ApiError> {
         let (cpus, memory_mb) = validate_config(&req.config)?;
         let image_ref = parse_image_ref(&req.config.image)?;
@@ -188,7 +199,7 @@ impl Control {
             )));
         }
         let mut extra = NewMachine {
-            events: vec![event("launch", "created", "user")],
+            events: vec![event("launch", "created", source)],
             new_version: true,
         };
         if !req.skip_launch {
@@ -198,7 +209,7 @@ impl Control {
                 &mut extra,
                 MachineState::Starting,
                 "start",
-                "user",
+                source,
             )?;
         }
         if let Some(ttl) = lease_ttl {

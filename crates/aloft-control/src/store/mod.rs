@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use aloft_api::{App, AppSummary, Host, HostStatus, Organization, RegisterHostRequest};
+use aloft_api::{
+    App, AppSummary, Host, HostStatus, MeshInfo, MeshPeer, Organization, RegisterHostRequest,
+};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::api::ApiError;
@@ -76,7 +78,21 @@ const MIGRATIONS: &[&str] = &[
         DELETE FROM releases WHERE app = OLD.name;
         DELETE FROM secrets WHERE app = OLD.name;
      END;",
+    // 5: regions: each host's stable index and mesh identity; per-app autoscaling policies.
+    "ALTER TABLE hosts ADD COLUMN host_index INTEGER;
+     ALTER TABLE hosts ADD COLUMN mesh_public_key TEXT;
+     ALTER TABLE hosts ADD COLUMN mesh_endpoint TEXT;
+     UPDATE hosts SET host_index = (SELECT count(*) FROM hosts h WHERE h.id <= hosts.id);
+     CREATE UNIQUE INDEX hosts_by_index ON hosts (host_index);
+     INSERT INTO meta (key, value) VALUES ('host_index_high', (SELECT coalesce(max(host_index), 0) FROM hosts));
+     CREATE TABLE autoscale (app TEXT PRIMARY KEY, policy TEXT NOT NULL, updated_at TEXT NOT NULL);
+     CREATE TRIGGER apps_delete_autoscale AFTER DELETE ON apps BEGIN
+        DELETE FROM autoscale WHERE app = OLD.name;
+     END;",
 ];
+
+/// The largest host index (the 6PN host field is 16 bits wide in practice).
+pub const MAX_HOST_INDEX: u32 = 65_535;
 
 /// The organisation created on first start.
 pub const DEFAULT_ORG: &str = "personal";
@@ -355,13 +371,37 @@ impl Inner {
 
     // Hosts.
 
-    /// Registers (or re-registers) a host; it counts as seen now.
+    /// Registers (or re-registers) a host; it counts as seen now. A new host gets its host
+    /// index here: the agent's hint when no other host holds it, else one never handed out.
     pub fn register_host(&mut self, req: &RegisterHostRequest) -> Result<(), ApiError> {
-        self.conn.execute(
-            "INSERT INTO hosts (id, region, address, cpus, memory_mb, last_heartbeat) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (id) DO UPDATE SET region = ?2, address = ?3, cpus = ?4, memory_mb = ?5, last_heartbeat = ?6",
-            params![req.id, req.region, req.address, req.cpus, req.memory_mb, now_rfc3339()],
+        let tx = self.conn.transaction()?;
+        let existing: Option<Option<i64>> = tx
+            .query_row(
+                "SELECT host_index FROM hosts WHERE id = ?1",
+                [&req.id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let index = match existing.flatten() {
+            Some(index) => index,
+            None => assign_host_index(&tx, &req.id, req.host_index)?,
+        };
+        let (key, endpoint) = match &req.mesh {
+            Some(mesh) => (Some(&mesh.public_key), Some(&mesh.endpoint)),
+            None => (None, None),
+        };
+        tx.execute(
+            "INSERT INTO hosts (id, region, address, cpus, memory_mb, last_heartbeat, host_index, mesh_public_key, mesh_endpoint)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (id) DO UPDATE SET region = ?2, address = ?3, cpus = ?4, memory_mb = ?5, last_heartbeat = ?6,
+                host_index = ?7, mesh_public_key = ?8, mesh_endpoint = ?9",
+            params![req.id, req.region, req.address, req.cpus, req.memory_mb, now_rfc3339(), index, key, endpoint],
         )?;
+        tx.execute(
+            "UPDATE meta SET value = max(value, ?1) WHERE key = 'host_index_high'",
+            [index],
+        )?;
+        tx.commit()?;
         let now = Instant::now();
         match self.host_index.get(&req.id) {
             Some(&i) => {
@@ -456,15 +496,24 @@ impl Inner {
 
     /// A host as the API shows it, or 404.
     pub fn host(&self, id: &str, live_since: Instant) -> Result<Host, ApiError> {
-        let (address, last_heartbeat): (String, String) = self
+        type HostColumns = (String, String, i64, Option<String>, Option<String>);
+        let (address, last_heartbeat, host_index, key, endpoint): HostColumns = self
             .conn
             .query_row(
-                "SELECT address, last_heartbeat FROM hosts WHERE id = ?1",
+                "SELECT address, last_heartbeat, coalesce(host_index, 0), mesh_public_key, mesh_endpoint
+                 FROM hosts WHERE id = ?1",
                 [id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()?
             .ok_or_else(|| ApiError::NotFound(format!("Host {id:?} is not registered")))?;
+        let mesh = match (key, endpoint) {
+            (Some(public_key), Some(endpoint)) => Some(MeshInfo {
+                public_key,
+                endpoint,
+            }),
+            _ => None,
+        };
         let cap = self
             .host_index
             .get(id)
@@ -480,6 +529,75 @@ impl Inner {
             free_memory_mb: cap.free_memory_mb(),
             status: self.host_status(id, live_since),
             last_heartbeat,
+            host_index: u32::try_from(host_index).unwrap_or(0),
+            mesh,
         })
     }
+
+    /// Every registered host that has mesh info, by host index.
+    pub fn mesh_peers(&self, live_since: Instant) -> Result<Vec<MeshPeer>, ApiError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, region, host_index, mesh_public_key, mesh_endpoint FROM hosts
+             WHERE mesh_public_key IS NOT NULL AND mesh_endpoint IS NOT NULL AND host_index IS NOT NULL
+             ORDER BY host_index",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })?;
+        let mut peers = Vec::new();
+        for row in rows {
+            let (host_id, region, index, public_key, endpoint) = row?;
+            let status = self.host_status(&host_id, live_since);
+            peers.push(MeshPeer {
+                host_id,
+                region,
+                host_index: u32::try_from(index).unwrap_or(0),
+                public_key,
+                endpoint,
+                status,
+            });
+        }
+        Ok(peers)
+    }
+}
+
+/// A host index for a host registering for the first time: `hint` when it is valid and no
+/// other host holds it, else one above every index ever handed out.
+fn assign_host_index(tx: &Transaction<'_>, id: &str, hint: Option<u32>) -> Result<i64, ApiError> {
+    if let Some(hint) = hint {
+        if !(1..=MAX_HOST_INDEX).contains(&hint) {
+            return Err(ApiError::BadRequest(format!(
+                "Host index {hint} must be between 1 and {MAX_HOST_INDEX}"
+            )));
+        }
+        let holder: Option<String> = tx
+            .query_row(
+                "SELECT id FROM hosts WHERE host_index = ?1",
+                [i64::from(hint)],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if holder.is_none_or(|h| h == id) {
+            return Ok(i64::from(hint));
+        }
+    }
+    let high: i64 = tx.query_row(
+        "SELECT max(coalesce((SELECT value FROM meta WHERE key = 'host_index_high'), 0),
+                    coalesce((SELECT max(host_index) FROM hosts), 0))",
+        [],
+        |r| r.get(0),
+    )?;
+    let next = high + 1;
+    if next > i64::from(MAX_HOST_INDEX) {
+        return Err(ApiError::Unavailable(format!(
+            "Every host index up to {MAX_HOST_INDEX} has been handed out; no new host can join"
+        )));
+    }
+    Ok(next)
 }

@@ -121,7 +121,7 @@ async fn answer(
             let src = req
                 .headers()
                 .get("fly-replay-src")
-                .map(|v| v.to_str().unwrap().to_string());
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
             let ask = req.headers().get("x-test-replay").cloned();
             let body = req
                 .into_body()
@@ -132,7 +132,7 @@ async fn answer(
             match (src, ask) {
                 (None, Some(ask)) => {
                     let mut r = Response::new(Full::new(Bytes::from("replay me")));
-                    let name = if ask.to_str().unwrap().contains("aloft") {
+                    let name = if String::from_utf8_lossy(ask.as_bytes()).contains("aloft") {
                         "aloft-replay"
                     } else {
                         "fly-replay"
@@ -213,11 +213,13 @@ pub fn service(port: u16) -> ServiceRoutes {
                 port: 80,
                 handlers: vec!["http".into()],
                 force_https: false,
+                proxy_proto: None,
             },
             PortRoute {
                 port: 443,
                 handlers: vec!["tls".into(), "http".into()],
                 force_https: false,
+                proxy_proto: None,
             },
         ],
         concurrency: Concurrency {

@@ -2,7 +2,10 @@
 //!
 //! Like `fly scale`, this works on machines directly: `count` clones the config of an existing
 //! machine of the group (or of the current release when there is none), `vm` and `memory`
-//! update every machine of the group one at a time.
+//! update every machine of the group one at a time. `auto` hands a region's count to the
+//! control plane's autoscaler; `count` on a region takes it back (the pinned count wins).
+
+mod auto;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal as _;
@@ -29,8 +32,10 @@ const WAIT_SECS: u64 = 120;
 pub enum ScaleCommand {
     /// Make the group have N machines in each region.
     Count(CountArgs),
-    /// Show the machines per process group and region with their size.
+    /// Show the machines per process group and region with their size, and autoscaling.
     Show(ShowArgs),
+    /// Scale a region's started machines with the load entering there, within bounds.
+    Auto(auto::AutoArgs),
     /// Give every machine of the group a preset size (shared-cpu-1x … performance-16x).
     Vm(VmArgs),
     /// Give every machine of the group this much memory (MB, or e.g. `1gb`).
@@ -106,6 +111,7 @@ pub async fn run(cmd: ScaleCommand) -> anyhow::Result<()> {
     match cmd {
         ScaleCommand::Count(a) => count(a).await,
         ScaleCommand::Show(a) => show(a).await,
+        ScaleCommand::Auto(a) => auto::run(a).await,
         ScaleCommand::Vm(a) => {
             let preset = aloft_config::preset_named(&a.size).ok_or_else(|| {
                 let names: Vec<&str> = aloft_config::PRESETS.iter().map(|p| p.name).collect();
@@ -173,6 +179,14 @@ async fn count(args: CountArgs) -> anyhow::Result<()> {
         .collect();
     mine.sort_by_key(age_key);
     let regions = regions_for(args.region, &mine)?;
+    // A pinned count wins: the regions leave the autoscaling policy.
+    let unpinned = auto::unpin(&api, &app, &regions).await?;
+    if !unpinned.is_empty() && !args.json {
+        println!(
+            "Autoscaling is now off in {} (the count is pinned; `aloft scale auto` turns it back on)",
+            unpinned.join(", ")
+        );
+    }
     // The newest machine's config is the group's most recent one.
     let template = match mine.last() {
         Some(m) => m.config.clone(),
@@ -418,6 +432,9 @@ struct ShowLine {
     cpus: i64,
     memory_mb: i64,
     machines: Vec<String>,
+    /// The region's autoscaling bounds, if it is autoscaled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    autoscale: Option<aloft_api::RegionScaling>,
 }
 
 async fn show(args: ShowArgs) -> anyhow::Result<()> {
@@ -443,11 +460,32 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
             cpus: g.cpus,
             memory_mb: g.memory_mb,
             machines: Vec::new(),
+            autoscale: None,
         });
         line.count += 1;
         line.machines.push(m.id);
     }
-    let lines: Vec<ShowLine> = lines.into_values().collect();
+    let mut lines: Vec<ShowLine> = lines.into_values().collect();
+    let policy = api.get_autoscale(&app).await?;
+    for line in &mut lines {
+        line.autoscale = policy.regions.get(&line.region).copied();
+    }
+    // Autoscaled regions without machines yet still show their bounds.
+    for (region, scaling) in &policy.regions {
+        if !lines.iter().any(|l| &l.region == region) {
+            lines.push(ShowLine {
+                process_group: aloft_config::DEFAULT_PROCESS_GROUP.to_owned(),
+                region: region.clone(),
+                count: 0,
+                size: "-".to_owned(),
+                cpu_kind: "-".to_owned(),
+                cpus: 0,
+                memory_mb: 0,
+                machines: Vec::new(),
+                autoscale: Some(*scaling),
+            });
+        }
+    }
     if args.json {
         return output::json(&lines);
     }
@@ -477,5 +515,9 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
         ],
         &rows,
     );
+    if !policy.regions.is_empty() {
+        println!();
+        auto::print_policy(&policy);
+    }
     Ok(())
 }

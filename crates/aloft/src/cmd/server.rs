@@ -22,6 +22,13 @@ pub struct ServerArgs {
     /// Seconds without a heartbeat after which a host is unreachable.
     #[arg(long, default_value_t = 15)]
     pub heartbeat_timeout: u64,
+    /// Seconds a region must have more started machines than its load asks for before the
+    /// autoscaler stops the extra ones (see docs/autoscale.md).
+    #[arg(long, default_value_t = 30)]
+    pub autoscale_idle: u64,
+    /// Seconds a machine the autoscaler created must have been stopped before it is destroyed.
+    #[arg(long, default_value_t = 600)]
+    pub autoscale_destroy_after: u64,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -33,7 +40,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     })
     .await
     .with_context(|| format!("Cannot open the control plane in {}", data_dir.display()))?;
-    let server = with_registry(server, &data_dir)?;
+    let scaler = aloft_control::autoscale::ScalerOptions {
+        scale_down_after: Duration::from_secs(args.autoscale_idle),
+        destroy_after: Duration::from_secs(args.autoscale_destroy_after),
+        ..Default::default()
+    };
+    let server = with_registry(server, &data_dir)?.scaler_options(scaler);
     if let Some(token) = &server.admin_token_created {
         println!("admin token: {token}");
         println!(

@@ -1,4 +1,5 @@
-//! `aloft status`: the app, its current release, and its machines per region.
+//! `aloft status`: the app, its current release, its machines, and per region the live load
+//! entering there with the machines started and stopped (and autoscaling bounds).
 
 use clap::Args;
 use serde::Serialize;
@@ -29,6 +30,8 @@ struct MachineLine {
 struct Status {
     app: aloft_api::App,
     release: Option<aloft_api::Release>,
+    /// Per region: live load entering there, machines started and stopped, autoscaling.
+    regions: Vec<aloft_api::RegionLoad>,
     machines: Vec<MachineLine>,
 }
 
@@ -51,9 +54,11 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         })
         .collect();
     machines.sort_by(|a, b| (&a.region, &a.group, &a.id).cmp(&(&b.region, &b.group, &b.id)));
+    let regions = api.app_load(&app).await?.regions;
     let status = Status {
         app: info,
         release,
+        regions,
         machines,
     };
     if args.json {
@@ -65,6 +70,43 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         None => println!("Release  none"),
     }
     println!();
+    if !status.regions.is_empty() {
+        let rows: Vec<Vec<String>> = status
+            .regions
+            .iter()
+            .map(|r| {
+                vec![
+                    r.region.clone(),
+                    r.started.to_string(),
+                    r.stopped.to_string(),
+                    r.concurrency.to_string(),
+                    format!("{:.1}", r.requests_per_second),
+                    match (&r.scaling, r.desired) {
+                        (Some(s), Some(d)) => format!(
+                            "{}..{} @ {} (wants {d})",
+                            s.min, s.max, s.target_concurrency
+                        ),
+                        (Some(s), None) => {
+                            format!("{}..{} @ {}", s.min, s.max, s.target_concurrency)
+                        }
+                        (None, _) => "-".to_owned(),
+                    },
+                ]
+            })
+            .collect();
+        output::table(
+            &[
+                "REGION",
+                "STARTED",
+                "STOPPED",
+                "IN FLIGHT",
+                "REQ/S",
+                "AUTOSCALE",
+            ],
+            &rows,
+        );
+        println!();
+    }
     let rows: Vec<Vec<String>> = status
         .machines
         .iter()

@@ -1,0 +1,68 @@
+//! Regional autoscaling policies and live load: `/v1/apps/{app}/autoscale`,
+//! `/v1/apps/{app}/load` and `/v1/platform/load`.
+
+use std::sync::Arc;
+
+use aloft_api::{AppLoadStatus, AutoscalePolicy, ErrorBody, RegionLoad};
+use axum::extract::State;
+use axum::http::Method;
+use axum::Json;
+
+use super::{ApiError, ApiJson, ApiPath, Routes, Scope};
+use crate::control::Control;
+
+pub(super) fn routes(r: Routes) -> Routes {
+    r.at(Method::GET, "/v1/apps/{app}/autoscale", get_policy)
+        .at(Method::PUT, "/v1/apps/{app}/autoscale", put_policy)
+        .at(Method::GET, "/v1/apps/{app}/load", app_load)
+        .at(Method::GET, "/v1/platform/load", platform_load)
+}
+
+/// The app's autoscaling policy (`{"regions": {}}` when it has none).
+#[utoipa::path(get, path = "/v1/apps/{app}/autoscale", tag = "autoscale", params(("app" = String, Path)),
+    responses((status = 200, body = AutoscalePolicy), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn get_policy(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+    ApiPath(app): ApiPath<String>,
+) -> Result<Json<AutoscalePolicy>, ApiError> {
+    scope.require_app(&app)?;
+    Ok(Json(control.get_autoscale(&app)?))
+}
+
+/// Replaces the app's autoscaling policy; `{"regions": {}}` turns autoscaling off.
+#[utoipa::path(put, path = "/v1/apps/{app}/autoscale", tag = "autoscale", params(("app" = String, Path)),
+    request_body = AutoscalePolicy,
+    responses((status = 200, body = AutoscalePolicy), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+pub(super) async fn put_policy(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+    ApiPath(app): ApiPath<String>,
+    ApiJson(policy): ApiJson<AutoscalePolicy>,
+) -> Result<Json<AutoscalePolicy>, ApiError> {
+    scope.require_app(&app)?;
+    Ok(Json(control.set_autoscale(&app, policy)?))
+}
+
+/// The app's live load entering each region, its machines there, and the scaler's target.
+#[utoipa::path(get, path = "/v1/apps/{app}/load", tag = "autoscale", params(("app" = String, Path)),
+    responses((status = 200, body = AppLoadStatus), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn app_load(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+    ApiPath(app): ApiPath<String>,
+) -> Result<Json<AppLoadStatus>, ApiError> {
+    scope.require_app(&app)?;
+    Ok(Json(control.app_load(&app)?))
+}
+
+/// Live load and machines per region, summed over the apps the token can see.
+#[utoipa::path(get, path = "/v1/platform/load", tag = "platform",
+    responses((status = 200, body = Vec<RegionLoad>), (status = 403, body = ErrorBody)))]
+pub(super) async fn platform_load(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+) -> Result<Json<Vec<RegionLoad>>, ApiError> {
+    Ok(Json(control.platform_load(&scope.0)?))
+}
