@@ -12,7 +12,7 @@ packages=(
   iproute2 iptables
   runc busybox-static
   skopeo umoci
-  docker-registry wrk
+  docker-registry wrk wireguard-go wireguard-tools iperf3 iputils-ping
 )
 
 missing=()

@@ -46,6 +46,12 @@ pub struct AgentOptions {
     pub domain: Option<String>,
     /// Told the edge's bound HTTP address once it listens, or why it could not start.
     pub edge_ready: Option<crate::edge::EdgeReady>,
+    /// Runs the WireGuard mesh between hosts; `None`: no mesh.
+    pub mesh: Option<crate::mesh::MeshOptions>,
+    /// Where `.internal` DNS listens (UDP and TCP); `None`: the host pool's IPv4 gateway, port 53.
+    pub dns_listen: Option<std::net::SocketAddr>,
+    /// Where DNS forwards other names; `None`: the first nameserver of `/etc/resolv.conf`.
+    pub dns_upstream: Option<std::net::SocketAddr>,
 }
 
 /// Runs the agent until `shutdown` resolves. Machines keep running after it returns.
@@ -70,36 +76,39 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     let edge = crate::edge::EdgeRole::start_or_log(&opts, &host_id).await;
     let client = Client::new(&opts.control_url, opts.token.clone())?;
     let (cpus, memory_mb) = capacity(&opts);
-    let runtime = Arc::new(
-        HostRuntime::open(
-            HostOptions {
-                data_dir: opts.data_dir.clone(),
-                host_id: host_id.clone(),
-                runc: opts.runc.clone(),
-                init_binary: opts.init_binary.clone(),
-                control_url: opts.control_url.clone(),
-                token: opts.token.clone(),
-            },
-            store.clone(),
-        )
-        .await?,
-    );
 
     let (api_address, api_secret, host_api) = start_host_api(&opts, &store).await?;
-    let register = RegisterHostRequest {
+    let mesh_identity = match &opts.mesh {
+        Some(mesh) => Some(crate::mesh::MeshIdentity::load(
+            &opts.data_dir,
+            &opts.address,
+            mesh,
+        )?),
+        None => None,
+    };
+    let saved_index = store
+        .meta("host_index")?
+        .and_then(|i| i.parse::<u32>().ok());
+    // A host without an index yet proposes one derived from its id (what agents used before
+    // the control plane assigned them), so hosts joined to different control planes on one
+    // box, and data dirs from before, keep distinct address pools.
+    let proposed_index = saved_index.unwrap_or_else(|| crate::host::proposed_host_index(&host_id));
+    let mut register = RegisterHostRequest {
         id: host_id.clone(),
         region: opts.region.clone(),
         address: api_address,
         cpus,
         memory_mb,
         api_secret: Some(api_secret),
+        mesh: mesh_identity.as_ref().map(|m| m.info()),
+        host_index: Some(proposed_index),
     };
     tokio::pin!(shutdown);
     let mut delay = Duration::from_millis(200);
-    loop {
+    let joined = loop {
         tokio::select! {
             r = client.register_host(&register) => match r {
-                Ok(_) => break,
+                Ok(host) => break host,
                 Err(e) if e.status().is_some_and(|s| (400..500).contains(&s)) => {
                     return Err(AgentError::Join(e));
                 }
@@ -111,7 +120,50 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
             },
             _ = &mut shutdown => return Ok(()),
         }
+    };
+    // The control plane's index (kept across restarts) is this host's 6PN host field.
+    let host_index = joined.host_index;
+    if saved_index != Some(host_index) {
+        store.set_meta("host_index", &host_index.to_string())?;
     }
+    register.host_index = Some(host_index);
+    let runtime = Arc::new(
+        HostRuntime::open(
+            HostOptions {
+                data_dir: opts.data_dir.clone(),
+                host_id: host_id.clone(),
+                host_index,
+                runc: opts.runc.clone(),
+                init_binary: opts.init_binary.clone(),
+                control_url: opts.control_url.clone(),
+                token: opts.token.clone(),
+                nameserver: crate::dns::machine_nameserver(opts.dns_listen),
+            },
+            store.clone(),
+        )
+        .await?,
+    );
+
+    let dns = crate::dns::DnsRole::start_or_log(
+        &opts,
+        runtime.host_index(),
+        edge.as_ref().map(|e| e.edge().clone()),
+        store.clone(),
+    )
+    .await;
+    let mesh = match mesh_identity {
+        Some(identity) => Some(
+            crate::mesh::MeshRole::start(
+                identity,
+                host_index,
+                host_id.clone(),
+                client.clone(),
+                edge.as_ref().map(|e| e.edge().clone()),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     println!(
         "aloft agent {host_id} joined {} in region {} ({cpus} cpus, {memory_mb} MB)",
         opts.control_url, opts.region
@@ -135,6 +187,12 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         })
     };
 
+    // What enters at this host's edge, reported for regional autoscaling.
+    let load = edge.as_ref().map(|e| {
+        let entries = e.edge().entry_load();
+        tokio::spawn(crate::load::run(client.clone(), host_id.clone(), entries))
+    });
+
     let shared = Shared {
         store: store.clone(),
         runtime,
@@ -155,8 +213,17 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         _ = &mut shutdown => Ok(()),
     };
     heartbeat.abort();
+    if let Some(mesh) = mesh {
+        mesh.shutdown();
+    }
+    if let Some(load) = load {
+        load.abort();
+    }
     gc.abort();
     host_api.abort();
+    if let Some(dns) = dns {
+        dns.shutdown().await;
+    }
     if let Some(edge) = edge {
         edge.shutdown().await;
     }

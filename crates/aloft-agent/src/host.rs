@@ -23,11 +23,17 @@ use crate::AgentError;
 pub struct HostOptions {
     pub data_dir: PathBuf,
     pub host_id: String,
+    /// The host index the control plane assigned (1..=65535): the 6PN host field and the
+    /// IPv4 pool's third octet (modulo 256).
+    pub host_index: u32,
     pub runc: PathBuf,
     pub init_binary: PathBuf,
     /// The control plane, whose built-in registry serves images without a registry host.
     pub control_url: String,
     pub token: String,
+    /// The nameserver in machines' `/etc/resolv.conf`; `None`: the pool gateway (where the
+    /// host's DNS listens by default).
+    pub nameserver: Option<std::net::IpAddr>,
 }
 
 /// What runs for a machine right now.
@@ -49,6 +55,7 @@ pub struct HostRuntime {
     /// The agent's store: where the addresses of this host's machines are recorded.
     store: crate::store::AgentStore,
     host_index: u32,
+    nameserver: Option<std::net::IpAddr>,
     pull: PullOptions,
     /// Starts hold it shared and image collection exclusively, so a collection never removes
     /// an image between a start's lookup and its sandbox coming up.
@@ -71,6 +78,11 @@ fn fnv1a(data: &str) -> u32 {
     })
 }
 
+/// The host index a host proposes at its first registration: 1..=250 from a hash of its id.
+pub fn proposed_host_index(host_id: &str) -> u32 {
+    fnv1a(host_id) % 250 + 1
+}
+
 /// The 6PN network of an org: a stable, nonzero 32-bit number derived from its slug.
 pub fn org_network(org: &str) -> u32 {
     fnv1a(org).max(1)
@@ -86,8 +98,12 @@ impl HostRuntime {
                 reference: "(store)".into(),
                 source,
             })?;
-        // Host index 1..=250: the third octet of the host's IPv4 pool and its 6PN host field.
-        let host_index = fnv1a(&opts.host_id) % 250 + 1;
+        let host_index = opts.host_index;
+        if !(1..=65535).contains(&host_index) {
+            return Err(AgentError::Invalid(format!(
+                "Host index {host_index} from the control plane is out of range (1..=65535)"
+            )));
+        }
         let network = HostNetwork::new(NetworkOptions::for_host(host_index))?;
         network.ensure_host().await?;
         let mut sandbox_opts =
@@ -109,6 +125,7 @@ impl HostRuntime {
             sandbox,
             store,
             host_index,
+            nameserver: opts.nameserver,
             pull,
             gc_gate: tokio::sync::RwLock::new(()),
             gc_wanted: tokio::sync::Notify::new(),
@@ -190,10 +207,10 @@ impl HostRuntime {
         let (ipv4, ipv6) = self.addresses(m)?;
         m.ipv4 = Some(ipv4.to_string());
         m.ipv6 = Some(ipv6.to_string());
-        // A leftover sandbox of an earlier instance goes first.
+        // A stop cleans up after itself, and the driver's start clears what an app that
+        // ended on its own left behind, so nothing is removed here.
         self.forget_status(&a.id);
-        self.sandbox.destroy(&a.id).await?;
-        let t_leftover = t.elapsed();
+        let t_addresses = t.elapsed();
         let req = MachineNetRequest {
             machine_id: a.id.clone(),
             network: org_network(&a.org),
@@ -221,7 +238,10 @@ impl HostRuntime {
             memory_mb: guest(&a).1,
             netns_path: Some(net.netns_path.clone()),
             hosts_file: network::hosts_file(&a.id, ipv4, ipv6),
-            resolv_conf: network::resolv_conf(&[net.gateway_v4.into()], &[]),
+            resolv_conf: network::resolv_conf(
+                &[self.nameserver.unwrap_or(net.gateway_v4.into())],
+                &[],
+            ),
             stop_signal: signal_number(&stop_signal).unwrap_or(2),
             kill_timeout,
             mounts: Vec::new(),
@@ -229,10 +249,10 @@ impl HostRuntime {
         let started = self.sandbox.start(&spec).await?;
         info!(pid = started.pid, ip = %ipv4, "sandbox started");
         debug!(
-            image_ms = t_image.as_millis() as u64,
-            leftover_ms = t_leftover.as_millis() as u64,
-            network_ms = t_network.as_millis() as u64,
-            total_ms = t.elapsed().as_millis() as u64,
+            image_us = t_image.as_micros() as u64,
+            addresses_us = t_addresses.as_micros() as u64,
+            network_us = t_network.as_micros() as u64,
+            total_us = t.elapsed().as_micros() as u64,
             "start steps (cumulative)"
         );
         Ok(())
@@ -356,7 +376,13 @@ impl HostRuntime {
         self.images
             .pull(&reference, &self.pull)
             .await
-            .map_err(|source| AgentError::Image { reference, source })
+            .map_err(|source| match disk_full_path(&source) {
+                Some(path) => AgentError::DiskFull {
+                    what: format!("pulling image {reference}"),
+                    path: path.unwrap_or_else(|| self.images.root().to_path_buf()),
+                },
+                None => AgentError::Image { reference, source },
+            })
     }
 
     /// The machine's addresses: kept from an earlier start, else the next free ones.
@@ -397,6 +423,27 @@ impl HostRuntime {
         }
         Ok((v4, v6))
     }
+}
+
+/// When the filesystem was full somewhere in `e`'s causes: the path it refused, if known.
+/// (An unpacker may report a failed write as a malformed layer, keeping only the message.)
+pub(crate) fn disk_full_path(e: &aloft_image::ImageError) -> Option<Option<PathBuf>> {
+    let path = match e {
+        aloft_image::ImageError::Io { path, .. } => Some(path.clone()),
+        _ => None,
+    };
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let full = err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+            || err.to_string().contains("No space left on device");
+        if full {
+            return Some(path);
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// The start time (clock ticks after boot) of a live, non-zombie process.
@@ -618,6 +665,112 @@ mod tests {
         assert!(proc_start_time(me).is_some());
         assert_eq!(proc_start_time(me), proc_start_time(me));
         assert_eq!(proc_start_time(u32::MAX), None);
+    }
+
+    /// A tmpfs mounted at a temporary directory, unmounted on drop.
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Tmpfs {
+        fn mount(size: &str) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "cannot mount a tmpfs");
+            Self(dir)
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(self.0.path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    fn run(program: &str, args: &[&std::ffi::OsStr]) {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{program} {args:?}: {out:?}");
+    }
+
+    /// An image whose one layer (busybox) does not fit in an image store on a 1 MB disk:
+    /// the error says the disk is full, and no partial download or unpack is left.
+    #[tokio::test]
+    async fn an_image_that_does_not_fit_is_reported_as_a_full_disk() {
+        let src = tempfile::tempdir().unwrap();
+        let rootfs = src.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        let layout = src.path().join("layout");
+        let image = src.path().join("layout:1");
+        run(
+            "umoci",
+            &["init".as_ref(), "--layout".as_ref(), layout.as_os_str()],
+        );
+        run(
+            "umoci",
+            &["new".as_ref(), "--image".as_ref(), image.as_os_str()],
+        );
+        run(
+            "umoci",
+            &[
+                "insert".as_ref(),
+                "--image".as_ref(),
+                image.as_os_str(),
+                rootfs.as_os_str(),
+                "/".as_ref(),
+            ],
+        );
+
+        let disk = Tmpfs::mount("1m");
+        let store = ImageStore::open(disk.0.path().join("images")).unwrap();
+        let err = store
+            .import_oci_layout(&layout, Some("1"))
+            .await
+            .unwrap_err();
+        assert!(
+            disk_full_path(&err).is_some(),
+            "not seen as a full disk: {err}"
+        );
+        let agent_err = AgentError::DiskFull {
+            what: "pulling image web:1".into(),
+            path: disk_full_path(&err)
+                .flatten()
+                .unwrap_or_else(|| store.root().to_path_buf()),
+        };
+        assert!(
+            agent_err.to_string().starts_with("Disk full"),
+            "{agent_err}"
+        );
+
+        let leftovers: Vec<_> = walk(&disk.0.path().join("images"))
+            .into_iter()
+            .filter(|p| p.is_file())
+            .collect();
+        assert!(
+            leftovers
+                .iter()
+                .all(|p| !p.starts_with(store.root().join("tmp"))
+                    && !p.starts_with(store.root().join("layers"))),
+            "partial files left: {leftovers:?}"
+        );
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+        out
     }
 
     #[test]

@@ -9,10 +9,13 @@
 
 mod agent;
 mod checks;
+pub mod dns;
 pub mod edge;
 mod gc;
 pub mod host;
 pub mod hostapi;
+pub mod load;
+pub mod mesh;
 pub mod network;
 pub mod runtime;
 pub mod store;
@@ -43,10 +46,17 @@ pub enum AgentError {
         #[source]
         source: aloft_image::ImageError,
     },
+    #[error("Disk full: no space left on device while {what} (at {path})")]
+    DiskFull {
+        what: String,
+        path: std::path::PathBuf,
+    },
     #[error("Machine network failed")]
     Network(#[from] network::NetworkError),
     #[error("Sandbox runtime failed")]
     Runtime(#[from] runtime::RuntimeError),
+    #[error("Mesh failed")]
+    Mesh(#[from] aloft_mesh::MeshError),
     #[error("Host API failed")]
     HostApi(#[from] hostapi::HostApiError),
     #[error("{0}")]

@@ -10,13 +10,23 @@
 //!
 //! where `P+` matches every bridge of this host. NAT chain `<prefix>-NAT` (IPv4), jumped to
 //! from `POSTROUTING`: `-s <pool> ! -o P+ -j MASQUERADE`.
+//!
+//! Traffic between the bridges and the mesh device `alwg0` (IPv6 only: 6PN crosses hosts, the
+//! IPv4 pools are host-local). With `N(B)` the `/48` of bridge B's network and `N(0)` the
+//! infrastructure network's (edges and health checks of other hosts), before the rules above:
+//! - `-i alwg0 -o B -s N(B) -j ACCEPT` and `-i alwg0 -o B -s N(0) -j ACCEPT` for each B,
+//! - `-i B -o alwg0 -s N(B) -d N(B) -j ACCEPT` for each B,
+//! - `-i P+ -o alwg0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT` (answers),
+//! - `-i P+ -o alwg0 -j DROP` (nothing else leaves for the mesh);
+//!
+//! anything else from the mesh to a bridge meets rules 4 and 5 (answers only).
 
 use std::process::Stdio;
 
 use tokio::process::Command;
 use tokio::sync::{Mutex, MutexGuard};
 
-use super::NetworkError;
+use super::{NetworkError, MESH_DEVICE};
 
 /// Serialises our own check-then-change sequences (and the bridge creation they depend on)
 /// within this process; `-w` waits for other processes' xtables lock.
@@ -67,6 +77,13 @@ pub(super) struct Firewall {
     pub(super) bridges: String,
     /// The IPv4 pool in CIDR notation.
     pub(super) pool: String,
+    /// Bridge names are this plus the network in 8 hex digits.
+    pub(super) bridge_prefix: String,
+}
+
+/// The `/48` of 6PN network `network`: `fdaa:<network>::/48`.
+fn sixpn_network(network: u32) -> String {
+    format!("fdaa:{:x}:{:x}::/48", network >> 16, network & 0xffff)
 }
 
 async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<bool, NetworkError> {
@@ -137,18 +154,41 @@ async fn holds(family: Family, args: &[&str]) -> Result<bool, NetworkError> {
 }
 
 impl Firewall {
-    fn static_rules(&self) -> Vec<String> {
+    fn static_rules(&self, family: Family) -> Vec<String> {
         let b = &self.bridges;
-        vec![
+        let mut rules = Vec::new();
+        if family == Family::V6 {
+            rules.push(format!(
+                "-i {b} -o {MESH_DEVICE} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+            ));
+            rules.push(format!("-i {b} -o {MESH_DEVICE} -j DROP"));
+        }
+        rules.extend([
             format!("-i {b} -o {b} -j DROP"),
             format!("-i {b} -j ACCEPT"),
             format!("-o {b} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
             format!("-o {b} -j DROP"),
-        ]
+        ]);
+        rules
     }
 
-    fn bridge_rule(bridge: &str) -> String {
-        format!("-i {bridge} -o {bridge} -j ACCEPT")
+    /// The rules of one bridge: its machines reach each other, and (IPv6) its network's
+    /// traffic crosses the mesh.
+    fn bridge_rules(&self, family: Family, bridge: &str) -> Vec<String> {
+        let mut rules = vec![format!("-i {bridge} -o {bridge} -j ACCEPT")];
+        let network = bridge
+            .strip_prefix(self.bridge_prefix.as_str())
+            .and_then(|hex| u32::from_str_radix(hex, 16).ok());
+        if let (Family::V6, Some(network)) = (family, network) {
+            let own = sixpn_network(network);
+            let infra = sixpn_network(0);
+            rules.push(format!("-i {MESH_DEVICE} -o {bridge} -s {own} -j ACCEPT"));
+            rules.push(format!("-i {MESH_DEVICE} -o {bridge} -s {infra} -j ACCEPT"));
+            rules.push(format!(
+                "-i {bridge} -o {MESH_DEVICE} -s {own} -d {own} -j ACCEPT"
+            ));
+        }
+        rules
     }
 
     /// Rebuilds the chains of both families atomically (per family) for the given existing
@@ -161,13 +201,11 @@ impl Firewall {
         for family in [Family::V4, Family::V6] {
             let mut script = format!("*filter\n:{} - [0:0]\n", self.forward_chain);
             for bridge in bridges {
-                script.push_str(&format!(
-                    "-A {} {}\n",
-                    self.forward_chain,
-                    Self::bridge_rule(bridge)
-                ));
+                for rule in self.bridge_rules(family, bridge) {
+                    script.push_str(&format!("-A {} {rule}\n", self.forward_chain));
+                }
             }
-            for rule in self.static_rules() {
+            for rule in self.static_rules(family) {
                 script.push_str(&format!("-A {} {rule}\n", self.forward_chain));
             }
             script.push_str("COMMIT\n");
@@ -217,18 +255,21 @@ impl Firewall {
         _locked: &Locked,
         bridge: &str,
     ) -> Result<(), NetworkError> {
-        let rule = Self::bridge_rule(bridge);
-        let rule: Vec<&str> = rule.split(' ').collect();
         for family in [Family::V4, Family::V6] {
             if !holds(family, &["-S", &self.forward_chain]).await? {
                 return Err(NetworkError::HostNotPrepared {
                     chain: self.forward_chain.clone(),
                 });
             }
-            let check = [&["-C", self.forward_chain.as_str()][..], &rule[..]].concat();
-            if !holds(family, &check).await? {
-                let insert = [&["-I", self.forward_chain.as_str(), "1"][..], &rule[..]].concat();
-                must(family, &insert).await?;
+            // Inserted last to first at the top, so they end up in order before the rest.
+            for rule in self.bridge_rules(family, bridge).iter().rev() {
+                let rule: Vec<&str> = rule.split(' ').collect();
+                let check = [&["-C", self.forward_chain.as_str()][..], &rule[..]].concat();
+                if !holds(family, &check).await? {
+                    let insert =
+                        [&["-I", self.forward_chain.as_str(), "1"][..], &rule[..]].concat();
+                    must(family, &insert).await?;
+                }
             }
         }
         Ok(())
@@ -256,5 +297,48 @@ impl Firewall {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod rule_tests {
+    use super::*;
+
+    fn firewall() -> Firewall {
+        Firewall {
+            forward_chain: "ALOFT-FWD".into(),
+            nat_chain: "ALOFT-NAT".into(),
+            bridges: "aloft+".into(),
+            pool: "172.19.1.0/24".into(),
+            bridge_prefix: "aloft".into(),
+        }
+    }
+
+    #[test]
+    fn mesh_rules_let_only_a_bridge_s_own_network_and_infra_cross() {
+        let fw = firewall();
+        let v6 = fw.bridge_rules(Family::V6, "aloft00012345");
+        assert_eq!(
+            v6,
+            vec![
+                "-i aloft00012345 -o aloft00012345 -j ACCEPT",
+                "-i alwg0 -o aloft00012345 -s fdaa:1:2345::/48 -j ACCEPT",
+                "-i alwg0 -o aloft00012345 -s fdaa:0:0::/48 -j ACCEPT",
+                "-i aloft00012345 -o alwg0 -s fdaa:1:2345::/48 -d fdaa:1:2345::/48 -j ACCEPT",
+            ]
+        );
+        assert_eq!(fw.bridge_rules(Family::V4, "aloft00012345").len(), 1);
+        let statics = fw.static_rules(Family::V6);
+        assert_eq!(statics[1], "-i aloft+ -o alwg0 -j DROP");
+        // The mesh's drop comes before the bridges' general accept of outbound traffic.
+        let accept_out = statics
+            .iter()
+            .position(|r| r == "-i aloft+ -j ACCEPT")
+            .unwrap();
+        assert!(accept_out > 1);
+        assert!(!fw
+            .static_rules(Family::V4)
+            .iter()
+            .any(|r| r.contains(MESH_DEVICE)));
     }
 }

@@ -36,6 +36,9 @@ pub use addr::{
 use firewall::Firewall;
 use link::Netlink;
 
+/// The mesh's TUN device (`aloft-mesh`), deliberately outside the bridges' `aloft+` wildcard.
+pub const MESH_DEVICE: &str = "alwg0";
+
 /// Name of the machine's interface inside its namespace.
 pub const MACHINE_INTERFACE: &str = "eth0";
 
@@ -278,6 +281,7 @@ impl HostNetwork {
             nat_chain: format!("{}-NAT", self.options.chain_prefix),
             bridges: format!("{}+", self.options.bridge_prefix),
             pool: self.options.ipv4_pool.to_string(),
+            bridge_prefix: self.options.bridge_prefix.clone(),
         }
     }
 

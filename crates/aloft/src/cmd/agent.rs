@@ -46,6 +46,15 @@ pub struct AgentArgs {
     /// The runtime driver.
     #[arg(long, default_value = "sandbox")]
     pub runtime: String,
+    /// Where `.internal` DNS listens, UDP and TCP (default: the host pool's IPv4 gateway,
+    /// `172.19.<host index % 256>.1:53`, the nameserver in machines' /etc/resolv.conf).
+    /// IP or IP:PORT; the port defaults to 53.
+    #[arg(long, value_parser = dns_address)]
+    pub dns_listen: Option<std::net::SocketAddr>,
+    /// The resolver DNS forwards other names to (default: the first nameserver of
+    /// /etc/resolv.conf). IP or IP:PORT; the port defaults to 53.
+    #[arg(long, value_parser = dns_address)]
+    pub dns_upstream: Option<std::net::SocketAddr>,
     /// The OCI runtime binary.
     #[arg(long, default_value = "runc")]
     pub runc: PathBuf,
@@ -53,6 +62,13 @@ pub struct AgentArgs {
     /// binary; `scripts/build.sh` builds the static one, which runs in any image).
     #[arg(long)]
     pub init: Option<PathBuf>,
+    /// Runs the WireGuard mesh to the other hosts on this UDP port of `--address`.
+    #[arg(long)]
+    pub mesh_port: Option<u16>,
+    /// Simulated link to a region's hosts, REGION=ONE_WAY_DELAY_MS[:LOSS_PERCENT]
+    /// (repeatable; needs --mesh-port): delay and loss added to what this host sends there.
+    #[arg(long = "link", requires = "mesh_port")]
+    pub links: Vec<aloft_agent::mesh::MeshLink>,
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -83,6 +99,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         domain: Some(args.domain),
         edge_ready: None,
         api_listen: args.api_listen,
+        dns_listen: args.dns_listen,
+        dns_upstream: args.dns_upstream,
+        mesh: args.mesh_port.map(|port| aloft_agent::mesh::MeshOptions {
+            port,
+            links: args.links,
+        }),
     };
     aloft_agent::run(opts, super::server::shutdown_signal()).await?;
     Ok(())
@@ -99,4 +121,14 @@ pub fn default_init() -> anyhow::Result<PathBuf> {
     } else {
         dir.join("aloft-init")
     })
+}
+
+/// `IP:PORT`, or an IP alone for port 53 (`[v6]:PORT` for IPv6 with a port).
+fn dns_address(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(|ip| std::net::SocketAddr::new(ip, 53))
+        .map_err(|_| format!("{s:?} is not an IP address or IP:PORT"))
 }
