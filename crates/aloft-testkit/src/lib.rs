@@ -558,3 +558,151 @@ impl Drop for Agent {
         self.remove_machines();
     }
 }
+
+/// A real multi-layer image built by the local Docker engine `FROM scratch`, saved as a
+/// `docker save` archive. The Docker image is removed when this is dropped.
+#[derive(Debug)]
+pub struct DockerImage {
+    /// `name:tag` in the local Docker engine.
+    pub name: String,
+    /// The `docker save` archive.
+    pub archive: PathBuf,
+    /// How many filesystem layers the image has.
+    pub layers: usize,
+}
+
+impl DockerImage {
+    /// Copies the image into a registry (`host:port/repo:tag`, plain HTTP) with skopeo,
+    /// authenticating with an Aloft token.
+    pub fn push(&self, dest: &str, token: &str) -> Result<(), HarnessError> {
+        let src = format!("docker-archive:{}", self.archive.display());
+        let dst = format!("docker://{dest}");
+        let creds = format!("aloft:{token}");
+        run(
+            "skopeo",
+            &[
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                "--dest-creds",
+                &creds,
+                &src,
+                &dst,
+            ],
+        )
+        .map(drop)
+    }
+}
+
+impl Drop for DockerImage {
+    fn drop(&mut self) {
+        let _ = run("docker", &["rmi", "--force", &self.name]);
+    }
+}
+
+/// Builds a multi-layer busybox web server image with `docker build` `FROM scratch`, without
+/// any registry: Debian's static busybox as `/bin/busybox` (one layer), its applet links in
+/// `/bin` (another), `/etc/passwd` and `/etc/group` (another) and the document root `/www`
+/// with `index.html` holding `page` (another); its `CMD` runs
+/// `/bin/busybox httpd -f -v -p 8080 -h /www` (`-v` logs each answer to stderr). The image is
+/// saved as `dir/<name>.tar`.
+///
+/// Returns `Ok(None)`, after printing why, only when no Docker engine answers.
+pub fn multilayer_image(
+    dir: &Path,
+    name: &str,
+    page: &str,
+) -> Result<Option<DockerImage>, HarnessError> {
+    if let Err(e) = run("docker", &["info", "--format", "{{.ServerVersion}}"]) {
+        eprintln!("skipping: no Docker engine answers `docker info` ({e})");
+        return Ok(None);
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| HarnessError::Read { path, source }
+    };
+    let ctx = dir.join(format!("{name}.docker"));
+    let _ = std::fs::remove_dir_all(&ctx);
+    for sub in ["bin", "applets/bin", "etc", "www"] {
+        std::fs::create_dir_all(ctx.join(sub)).map_err(io(&ctx))?;
+    }
+    std::fs::copy("/bin/busybox", ctx.join("bin/busybox"))
+        .map_err(io(Path::new("/bin/busybox")))?;
+    for applet in [
+        "sh", "sleep", "cat", "echo", "env", "id", "hostname", "httpd", "ls", "wget", "nc", "true",
+        "false", "kill", "ps", "touch",
+    ] {
+        std::os::unix::fs::symlink("busybox", ctx.join("applets/bin").join(applet))
+            .map_err(io(&ctx))?;
+    }
+    std::fs::write(
+        ctx.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www-data:/www:/bin/false\n",
+    )
+    .map_err(io(&ctx))?;
+    std::fs::write(ctx.join("etc/group"), "root:x:0:\nwww-data:x:33:\n").map_err(io(&ctx))?;
+    std::fs::write(ctx.join("www/index.html"), page).map_err(io(&ctx))?;
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\n\
+         COPY bin/ /bin/\n\
+         COPY applets/ /\n\
+         COPY etc/ /etc/\n\
+         COPY www/ /www/\n\
+         ENV PATH=/bin\n\
+         EXPOSE 8080\n\
+         CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-v\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+    )
+    .map_err(io(&ctx))?;
+    let tag = format!(
+        "aloft-test-{name}-{}-{}:1",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default()
+    );
+    run(
+        "docker",
+        &["build", "--quiet", "--tag", &tag, &ctx.to_string_lossy()],
+    )?;
+    // From here on the image exists: dropping `image` removes it.
+    let mut image = DockerImage {
+        name: tag,
+        archive: dir.join(format!("{name}.tar")),
+        layers: 0,
+    };
+    let layers = run(
+        "docker",
+        &[
+            "image",
+            "inspect",
+            "--format",
+            "{{len .RootFS.Layers}}",
+            &image.name,
+        ],
+    )?;
+    image.layers = layers.trim().parse().unwrap_or(0);
+    run(
+        "docker",
+        &[
+            "save",
+            "--output",
+            &image.archive.to_string_lossy(),
+            &image.name,
+        ],
+    )?;
+    let _ = std::fs::remove_dir_all(&ctx);
+    Ok(Some(image))
+}
+
+impl Agent {
+    /// The address of this agent's edge (`edge listening on http://ADDR`, printed at start).
+    pub fn edge_addr(&mut self) -> Option<std::net::SocketAddr> {
+        let out = self.proc.output();
+        out.lines()
+            .filter_map(|l| l.split("edge listening on http://").nth(1))
+            .next_back()
+            .and_then(|a| a.trim().parse().ok())
+    }
+}

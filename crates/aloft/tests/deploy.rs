@@ -159,12 +159,17 @@ fn launch_deploy_fail_with_rollback_and_rollback_by_hand() {
         "launch does not overwrite aloft.toml"
     );
 
-    // A rolling deploy of a new image replaces the image of the same machine.
-    ok(cli_in(&server, &app_dir, &["deploy", "--image", &v2_ref]));
+    // A rolling deploy of a group of one surges: a new machine runs the new image, and the old
+    // one is destroyed once the new one is healthy.
+    let out = ok(cli_in(&server, &app_dir, &["deploy", "--image", &v2_ref]));
+    assert!(
+        out.contains(&format!("destroyed old machine {id}")),
+        "{out}"
+    );
     wait_page(&server, "web", "page two");
     let after = machines(&server, "web");
-    assert_eq!(after.len(), 1);
-    assert_eq!(after[0]["id"], id.as_str());
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(after[0]["id"], id.as_str());
     assert_eq!(after[0]["config"]["image"], v2_ref.as_str());
     let list = releases(&server, &app_dir);
     assert_eq!(list.len(), 2, "{list:?}");

@@ -239,3 +239,82 @@ fn images_are_pushed_listed_and_removed_per_app_with_app_tokens() {
         stderr(&missing)
     );
 }
+
+#[test]
+fn a_machine_runs_a_multi_layer_docker_image_through_its_whole_life() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(image) =
+        aloft_testkit::multilayer_image(dir.path(), "layers", "served from four layers\n").unwrap()
+    else {
+        return;
+    };
+    assert!(image.layers >= 4, "{image:?}");
+    let server = Server::start(bin()).unwrap();
+    let mut agent = Agent::start(bin(), &server, "ams", &dir.path().join("agent")).unwrap();
+    let registry = server.url.trim_start_matches("http://").to_string();
+    let reference = format!("{registry}/layers/web:1");
+    image.push(&reference, &server.token).unwrap();
+
+    ok(server.cli(&["apps", "create", "layers"]));
+    let m: Value = serde_json::from_str(&ok(server.cli(&[
+        "machine", "run", &reference, "--app", "layers", "--region", "ams", "--json",
+    ])))
+    .unwrap();
+    assert_eq!(m["state"], "started", "{m}");
+    let id = m["id"].as_str().unwrap().to_string();
+    let ip = m["private_ip"].as_str().unwrap().to_string();
+
+    // The image's CMD serves the document root of one layer with the binary of another.
+    let page = wait_for("the machine serves", Duration::from_secs(20), || {
+        get_page(&ip)
+    })
+    .unwrap();
+    assert!(page.contains("served from four layers"), "{page}");
+
+    // httpd -v logs each answer on stderr; the machine's log shows it.
+    wait_for("the request in the logs", Duration::from_secs(20), || {
+        ok(server.cli(&["logs", "--app", "layers", "--machine", &id]))
+            .contains("response:200")
+            .then_some(())
+    })
+    .unwrap();
+
+    // Exec sees files of every layer: applet links, /etc, the web root.
+    let out = ok(server.cli(&[
+        "machine",
+        "exec",
+        &id,
+        "--app",
+        "layers",
+        "--",
+        "sh",
+        "-c",
+        "ls /bin/httpd && cat /etc/passwd /www/index.html",
+    ]));
+    assert!(out.contains("/bin/httpd"), "{out}");
+    assert!(out.contains("www-data:x:33"), "{out}");
+    assert!(out.contains("served from four layers"), "{out}");
+
+    // An agent killed with SIGKILL and restarted adopts the machine without restarting it.
+    let before = pid_of_httpd(&id);
+    assert_eq!(before.len(), 1, "one httpd runs: {before:?}");
+    agent.crash_and_restart().unwrap();
+    assert_eq!(pid_of_httpd(&id), before, "the same process still runs");
+    assert!(get_page(&ip).is_some_and(|p| p.contains("four layers")));
+    assert_eq!(server.machine_json("layers", &id)["state"], "started");
+
+    // Stop, then start again.
+    ok(server.cli(&["machine", "stop", &id, "--app", "layers"]));
+    wait_for("stopped", Duration::from_secs(30), || {
+        (server.machine_json("layers", &id)["state"] == "stopped").then_some(())
+    })
+    .unwrap();
+    assert!(pid_of_httpd(&id).is_empty(), "httpd ended");
+    ok(server.cli(&["machine", "start", &id, "--app", "layers"]));
+    wait_for("started again", Duration::from_secs(30), || {
+        (server.machine_json("layers", &id)["state"] == "started").then_some(())
+    })
+    .unwrap();
+    let page = wait_for("serving again", Duration::from_secs(20), || get_page(&ip)).unwrap();
+    assert!(page.contains("served from four layers"), "{page}");
+}

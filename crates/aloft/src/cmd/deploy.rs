@@ -1,26 +1,36 @@
-//! `aloft deploy`: push the image, record a release, roll it out over the Machines API, and
-//! roll back the machines already updated when one fails.
+//! `aloft deploy`: push the image, record a release, and roll it out over the Machines API with
+//! the release's strategy, moving traffic with cordons so no request meets a stopping machine,
+//! and rolling back by itself when a new machine is not healthy.
 //!
-//! This first cut drives the rollout from the CLI; the control plane only records releases.
+//! The deployer runs in the CLI; the control plane records releases and publishes the route
+//! table the edges follow. The rollout itself lives in the child modules: `rollout` (the
+//! strategies and the undo log), `traffic` (cordons and the route table) and `health` (when a
+//! machine counts as healthy).
+
+mod health;
+mod rollout;
+mod traffic;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aloft_api::{
-    Client, CreateMachineRequest, CreateReleaseRequest, ListMachinesQuery, Machine, MachineConfig,
-    MachineState, Release, ReleaseStatus,
+    Client, CreateReleaseRequest, ListMachinesQuery, Machine, MachineConfig, MachineState, Release,
+    ReleaseStatus,
 };
+use aloft_config::{MaxUnavailable, Strategy};
 use anyhow::Context as _;
 use clap::Args;
 
 use crate::context::{self, UsageError};
 
+pub use traffic::DEFAULT_DRAIN;
+
 /// How long to wait for each machine when `[deploy] wait_timeout` is not set.
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long a machine without checks must stay up, without exiting, to count as healthy.
-pub const DEFAULT_SETTLE: Duration = Duration::from_secs(2);
-const POLL: Duration = Duration::from_millis(200);
+/// `[deploy] max_unavailable` when the config does not say (Fly's default).
+pub const DEFAULT_MAX_UNAVAILABLE: MaxUnavailable = MaxUnavailable::Fraction(0.33);
 
 #[derive(Debug, Args)]
 pub struct DeployArgs {
@@ -40,6 +50,10 @@ pub struct DeployArgs {
     /// Per-machine timeout, e.g. `2m` (default: `[deploy] wait_timeout`, else 2m).
     #[arg(long)]
     pub wait_timeout: Option<String>,
+    /// How long a cordoned machine keeps its in-flight requests before it is stopped, e.g.
+    /// `1s` (default 1s).
+    #[arg(long)]
+    pub drain: Option<String>,
 }
 
 /// Everything a rollout needs.
@@ -49,10 +63,34 @@ pub struct Plan {
     pub region: String,
     pub image: String,
     pub configs: BTreeMap<String, MachineConfig>,
-    pub strategy: String,
+    pub strategy: Strategy,
+    pub max_unavailable: MaxUnavailable,
     pub description: String,
     pub wait_timeout: Duration,
+    pub drain: Duration,
     pub detach: bool,
+}
+
+/// A strategy name as `--strategy` and releases spell it.
+pub fn parse_strategy(name: &str) -> Result<Strategy, UsageError> {
+    match name {
+        "rolling" => Ok(Strategy::Rolling),
+        "immediate" => Ok(Strategy::Immediate),
+        "canary" => Ok(Strategy::Canary),
+        "bluegreen" => Ok(Strategy::Bluegreen),
+        other => Err(UsageError(format!(
+            "Strategy {other:?} is not one of rolling, immediate, canary, bluegreen"
+        ))),
+    }
+}
+
+/// A duration flag such as `90s` or `2m`.
+pub fn parse_flag_duration(flag: &str, value: &str) -> Result<Duration, UsageError> {
+    aloft_config::parse_duration(value).ok_or_else(|| {
+        UsageError(format!(
+            "{flag} {value:?} is not a duration such as 90s or 2m"
+        ))
+    })
 }
 
 pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
@@ -78,28 +116,39 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
         .ok_or_else(|| {
             UsageError("No image: pass --image REF or set [build] image in the config".into())
         })?;
-    let api = context::api()?;
-    let image = resolve_image(&app, &source).await?;
-    let strategy = args
-        .strategy
-        .clone()
-        .unwrap_or_else(|| config.deploy.strategy.as_str().to_owned());
+    let strategy = match &args.strategy {
+        Some(s) => parse_strategy(s)?,
+        None => config.deploy.strategy,
+    };
     let wait_timeout = match &args.wait_timeout {
-        Some(t) => aloft_config::parse_duration(t).ok_or_else(|| {
-            UsageError(format!(
-                "--wait-timeout {t:?} is not a duration such as 90s or 2m"
-            ))
-        })?,
+        Some(t) => parse_flag_duration("--wait-timeout", t)?,
         None => config.deploy.wait_timeout.unwrap_or(DEFAULT_WAIT_TIMEOUT),
     };
+    let drain = match &args.drain {
+        Some(t) => parse_flag_duration("--drain", t)?,
+        None => DEFAULT_DRAIN,
+    };
+    let api = context::api()?;
+    let image = resolve_image(&app, &source).await?;
+    let configs = config.machine_configs(&image);
+    if strategy == Strategy::Bluegreen && !configs.values().any(|c| health::checks_in(c) > 0) {
+        return Err(UsageError(
+            "The bluegreen strategy needs at least one health check ([[http_service.checks]], \
+             [[services.http_checks]], [[services.tcp_checks]] or [checks])"
+                .into(),
+        )
+        .into());
+    }
     let plan = Plan {
-        configs: config.machine_configs(&image),
+        configs,
         app,
         region,
         image,
         strategy,
+        max_unavailable: config.deploy.max_unavailable,
         description: "aloft deploy".to_owned(),
         wait_timeout,
+        drain,
         detach: args.detach,
     };
     roll_out(&api, &plan).await.map(drop)
@@ -138,12 +187,6 @@ pub async fn resolve_image(app: &str, source: &str) -> anyhow::Result<String> {
     Ok(dest)
 }
 
-/// What to undo on failure.
-enum Undo {
-    Updated { id: String, old: Box<MachineConfig> },
-    Created { id: String },
-}
-
 /// Records a release and rolls it out; on failure rolls back and marks it `failed`.
 pub async fn roll_out(api: &Client, plan: &Plan) -> anyhow::Result<Release> {
     let release = api
@@ -152,7 +195,7 @@ pub async fn roll_out(api: &Client, plan: &Plan) -> anyhow::Result<Release> {
             &CreateReleaseRequest {
                 image: plan.image.clone(),
                 configs: plan.configs.clone(),
-                strategy: plan.strategy.clone(),
+                strategy: plan.strategy.as_str().to_owned(),
                 description: plan.description.clone(),
             },
         )
@@ -160,12 +203,15 @@ pub async fn roll_out(api: &Client, plan: &Plan) -> anyhow::Result<Release> {
     let v = release.version;
     println!(
         "Release v{v} of {}: {} ({})",
-        plan.app, plan.image, plan.strategy
+        plan.app,
+        plan.image,
+        plan.strategy.as_str()
     );
     api.set_release_status(&plan.app, v, ReleaseStatus::Running, None)
         .await?;
-    let mut undo = Vec::new();
-    match update_all(api, plan, &mut undo).await {
+    let traffic = traffic::Traffic::connect(plan).await?;
+    let mut rollout = rollout::Rollout::new(api, plan, traffic);
+    match rollout.run().await {
         Ok(()) => {
             let done = api
                 .set_release_status(&plan.app, v, ReleaseStatus::Succeeded, None)
@@ -175,17 +221,16 @@ pub async fn roll_out(api: &Client, plan: &Plan) -> anyhow::Result<Release> {
         }
         Err(reason) => {
             let reason = format!("{reason:#}");
-            let count = undo.len();
-            let rolled = roll_back(api, plan, undo).await;
+            let (count, rolled) = rollout.roll_back().await;
             api.set_release_status(&plan.app, v, ReleaseStatus::Failed, Some(&reason))
                 .await?;
             match rolled {
                 Ok(()) => anyhow::bail!(
                     "Release v{v} failed: {reason}; rolled back {count} machine(s) to the previous release"
                 ),
-                Err(e) => anyhow::bail!(
-                    "Release v{v} failed: {reason}; rolling back also failed: {e:#}"
-                ),
+                Err(e) => {
+                    anyhow::bail!("Release v{v} failed: {reason}; rolling back also failed: {e:#}")
+                }
             }
         }
     }
@@ -209,174 +254,4 @@ pub async fn live_machines(api: &Client, app: &str) -> anyhow::Result<Vec<Machin
         .into_iter()
         .filter(|m| !matches!(m.state, MachineState::Destroyed | MachineState::Destroying))
         .collect())
-}
-
-async fn update_all(api: &Client, plan: &Plan, undo: &mut Vec<Undo>) -> anyhow::Result<()> {
-    let machines = live_machines(api, &plan.app).await?;
-    // `immediate` and --detach never wait; the others (canary and bluegreen reduced to
-    // rolling in this first cut) wait for each machine before the next.
-    let wait = !plan.detach && plan.strategy != "immediate";
-    for (group, config) in &plan.configs {
-        let mine: Vec<&Machine> = machines.iter().filter(|m| &group_of(m) == group).collect();
-        if mine.is_empty() {
-            let m = api
-                .create_machine(
-                    &plan.app,
-                    &CreateMachineRequest {
-                        config: config.clone(),
-                        region: Some(plan.region.clone()),
-                        ..CreateMachineRequest::default()
-                    },
-                )
-                .await?;
-            println!("  {group}: created machine {} in {}", m.id, plan.region);
-            undo.push(Undo::Created { id: m.id.clone() });
-            if wait {
-                wait_healthy(api, &plan.app, &m, plan.wait_timeout).await?;
-            }
-            continue;
-        }
-        for old in mine {
-            let m = api
-                .update_machine(
-                    &plan.app,
-                    &old.id,
-                    &CreateMachineRequest {
-                        config: config.clone(),
-                        ..CreateMachineRequest::default()
-                    },
-                )
-                .await
-                .with_context(|| format!("Cannot update machine {}", old.id))?;
-            println!("  {group}: updating machine {} in {}", m.id, m.region);
-            undo.push(Undo::Updated {
-                id: old.id.clone(),
-                old: Box::new(old.config.clone()),
-            });
-            if wait {
-                wait_healthy(api, &plan.app, &m, plan.wait_timeout).await?;
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn roll_back(api: &Client, plan: &Plan, undo: Vec<Undo>) -> anyhow::Result<()> {
-    for step in undo.into_iter().rev() {
-        match step {
-            Undo::Updated { id, old } => {
-                let m = api
-                    .update_machine(
-                        &plan.app,
-                        &id,
-                        &CreateMachineRequest {
-                            config: *old,
-                            ..CreateMachineRequest::default()
-                        },
-                    )
-                    .await
-                    .with_context(|| format!("Cannot roll back machine {id}"))?;
-                println!("  rolled back machine {id} to {}", m.config.image);
-            }
-            Undo::Created { id } => {
-                api.delete_machine(&plan.app, &id, true)
-                    .await
-                    .with_context(|| format!("Cannot destroy new machine {id}"))?;
-                println!("  destroyed new machine {id}");
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Waits until the machine runs `updated`'s instance and is healthy: its checks pass, or,
-/// without checks, it stays up for [`DEFAULT_SETTLE`] without exiting.
-async fn wait_healthy(
-    api: &Client,
-    app: &str,
-    updated: &Machine,
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    let id = &updated.id;
-    let instance = &updated.instance_id;
-    // Exit events the update's answer did not list belong to the new instance.
-    let known: std::collections::HashSet<&str> =
-        updated.events.iter().map(|e| e.id.as_str()).collect();
-    let since = updated
-        .events
-        .iter()
-        .map(|e| e.timestamp)
-        .max()
-        .unwrap_or(0);
-    let deadline = Instant::now() + timeout;
-    let mut started_at: Option<Instant> = None;
-    loop {
-        let m = api.get_machine(app, id).await?;
-        if &m.instance_id != instance {
-            anyhow::bail!("machine {id} was changed by someone else during the deploy");
-        }
-        if let Some(exit) = m
-            .events
-            .iter()
-            .find(|e| e.kind == "exit" && e.timestamp >= since && !known.contains(e.id.as_str()))
-        {
-            let why = exit
-                .request
-                .as_ref()
-                .and_then(|r| r.get("message").and_then(|v| v.as_str()))
-                .map(str::to_owned)
-                .unwrap_or_else(|| exit.status.clone());
-            anyhow::bail!("machine {id} exited after starting ({why})");
-        }
-        match m.state {
-            MachineState::Started => {
-                let since_start = *started_at.get_or_insert_with(Instant::now);
-                let want = checks_in(&m.config);
-                if want == 0 {
-                    if since_start.elapsed() >= DEFAULT_SETTLE {
-                        return Ok(());
-                    }
-                } else if m.checks.len() >= want && m.checks.iter().all(|c| c.status == "passing") {
-                    return Ok(());
-                }
-            }
-            MachineState::Failed | MachineState::Stopped | MachineState::Destroyed => {
-                anyhow::bail!("machine {id} is {} instead of started", m.state);
-            }
-            _ => {}
-        }
-        if Instant::now() >= deadline {
-            if let Some(c) = m.checks.iter().find(|c| c.status != "passing") {
-                anyhow::bail!(
-                    "machine {id} check {} is {} after {}s: {}",
-                    c.name,
-                    c.status,
-                    timeout.as_secs(),
-                    c.output.trim()
-                );
-            }
-            if m.state == MachineState::Started {
-                eprintln!("warning: machine {id} reported no check results; counting it healthy");
-                return Ok(());
-            }
-            anyhow::bail!(
-                "machine {id} is {} after {}s, not started",
-                m.state,
-                timeout.as_secs()
-            );
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// How many checks a config asks the agent to run (top-level and service checks).
-fn checks_in(config: &MachineConfig) -> usize {
-    let top = config.checks.as_ref().map_or(0, BTreeMap::len);
-    let services: usize = config
-        .services
-        .iter()
-        .flatten()
-        .map(|s| s.checks.as_ref().map_or(0, Vec::len))
-        .sum();
-    top + services
 }

@@ -78,6 +78,7 @@ pub async fn run(args: LaunchArgs) -> anyhow::Result<()> {
         detach: false,
         app: Some(name),
         wait_timeout: None,
+        drain: None,
     })
     .await
 }

@@ -102,14 +102,17 @@ pub async fn redeploy(
                 ))
             })?,
     };
+    let strategy = deploy::parse_strategy(strategy.as_deref().unwrap_or(&target.strategy))?;
     let plan = Plan {
         app: app.to_owned(),
         region,
         image: target.image.clone(),
         configs: target.configs.clone(),
-        strategy: strategy.unwrap_or_else(|| target.strategy.clone()),
+        strategy,
+        max_unavailable: deploy::DEFAULT_MAX_UNAVAILABLE,
         description,
         wait_timeout: deploy::DEFAULT_WAIT_TIMEOUT,
+        drain: deploy::DEFAULT_DRAIN,
         detach,
     };
     deploy::roll_out(api, &plan).await
