@@ -65,6 +65,9 @@ enum Command {
     /// Manage the app's secrets.
     #[command(subcommand)]
     Secrets(cmd::secrets::SecretsCommand),
+    /// The cluster's root CA and user TLS certificates served by the edges.
+    #[command(subcommand)]
+    Certs(cmd::certs::CertsCommand),
     /// Change how many machines the app runs per region, and their size.
     #[command(subcommand)]
     Scale(cmd::scale::ScaleCommand),
@@ -119,6 +122,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollback(a) => cmd::releases::rollback(a).await,
         Command::Status(a) => cmd::status::run(a).await,
         Command::Secrets(c) => cmd::secrets::run(c).await,
+        Command::Certs(c) => cmd::certs::run(c).await,
         Command::Scale(c) => cmd::scale::run(c).await,
         Command::Open(a) => cmd::open::run(a).await,
         Command::Completions { shell } => {

@@ -1,5 +1,5 @@
-//! End-to-end: `aloft dev` brings up the whole platform and the demo app answers at the URL
-//! it prints.
+//! End-to-end: `aloft dev --single` brings up the whole platform in one process and the demo
+//! app answers at the URL it prints. (The multi-region topology is tested in `regions.rs`.)
 
 use std::io::{Read as _, Write as _};
 use std::path::Path;
@@ -12,7 +12,7 @@ fn aloft_dev_prints_a_url_that_answers_and_stops_cleanly() {
     let http = free_port();
     let run = || {
         Command::new(bin)
-            .args(["dev", "--data-dir"])
+            .args(["dev", "--single", "--data-dir"])
             .arg(dir.path())
             .args(["--listen", "127.0.0.1:0", "--http"])
             .arg(format!("127.0.0.1:{http}"))
@@ -56,7 +56,7 @@ fn the_demo_answers_through_the_edge_with_platform_headers() {
     let bin = Path::new(env!("CARGO_BIN_EXE_aloft"));
     let http = free_port();
     let mut child = Command::new(bin)
-        .args(["dev", "--data-dir"])
+        .args(["dev", "--single", "--data-dir"])
         .arg(dir.path())
         .args(["--listen", "127.0.0.1:0", "--http"])
         .arg(format!("127.0.0.1:{http}"))

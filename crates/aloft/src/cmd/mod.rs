@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod apps;
 pub mod auth;
+pub mod certs;
 pub mod deploy;
 pub mod dev;
 pub mod image;
