@@ -330,3 +330,123 @@ fn bad_input_is_refused_with_a_clear_error() {
     ])
     .contains("No city syd"));
 }
+
+/// `aloft machine run IMAGE` in `app` and `region`; returns (id, 6PN address).
+fn run_machine(dev: &Dev, app: &str, region: &str, image: &str) -> (String, String) {
+    let out = dev.cli(&[
+        "machine", "run", image, "--app", app, "--region", region, "--json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(m["state"], "started", "{m}");
+    (
+        m["id"].as_str().unwrap().to_string(),
+        m["private_ip"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Runs busybox `args` inside machine `id` of `app`: (exit code, stdout + stderr).
+fn exec(dev: &Dev, app: &str, id: &str, args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = vec!["machine", "exec", id, "--app", app, "--", "/bin/busybox"];
+    cmd.extend_from_slice(args);
+    let out = dev.cli(&cmd);
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `GET /` on `[ip]:8080` from inside machine `id` with busybox nc (busybox's wget cannot
+/// parse IPv6 literals in URLs): (exit code, answer).
+fn http_get(dev: &Dev, app: &str, id: &str, ip: &str, timeout_secs: u32) -> (Option<i32>, String) {
+    let script = format!(
+        "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc -w {timeout_secs} {ip} 8080"
+    );
+    exec(dev, app, id, &["sh", "-c", &script])
+}
+
+#[test]
+fn machines_reach_their_org_across_regions_by_internal_name_and_other_orgs_cannot() {
+    let dev = Dev::start();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    aloft_testkit::busybox_layout(
+        &layout,
+        "1",
+        "hello from the private network\n",
+        &["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"],
+    )
+    .unwrap();
+    let token = std::fs::read_to_string(dev.data_dir.join("server/admin-token")).unwrap();
+    // Pushed through the forwarder here; hosts pull from the control plane on the backbone.
+    let push_to = dev.api_url().trim_start_matches("http://").to_string();
+    aloft_testkit::skopeo_push(
+        &layout,
+        "1",
+        &format!("{push_to}/web/busybox:1"),
+        token.trim(),
+    )
+    .unwrap();
+    let image = "10.200.0.2:4280/web/busybox:1";
+
+    // A second organization (the API has no call to create one yet: add it to the store).
+    {
+        let db = rusqlite::Connection::open(dev.data_dir.join("server/aloft.db")).unwrap();
+        db.busy_timeout(Duration::from_secs(10)).unwrap();
+        db.execute(
+            "INSERT INTO orgs (slug, name) VALUES ('rival', 'rival')",
+            [],
+        )
+        .unwrap();
+    }
+    for args in [
+        &["apps", "create", "web"][..],
+        &["apps", "create", "spy", "--org", "rival"][..],
+    ] {
+        let out = dev.cli(args);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let (ams, _) = run_machine(&dev, "web", "ams", image);
+    let (_syd, syd_ip) = run_machine(&dev, "web", "syd", image);
+    let (spy, _) = run_machine(&dev, "spy", "iad", image);
+
+    // ams resolves syd's machine by name (once the routes reach its host's DNS) ...
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, text) = exec(
+            &dev,
+            "web",
+            &ams,
+            &["nslookup", "-type=AAAA", "syd.web.internal"],
+        );
+        if code == Some(0) && text.contains(&syd_ip) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "syd.web.internal does not resolve to {syd_ip} in ams: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // ... and reaches it over the mesh at that address.
+    let (code, text) = http_get(&dev, "web", &ams, &syd_ip, 20);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("hello from the private network"), "{text}");
+
+    // Another org's machine neither resolves the name nor reaches the address.
+    let (code, text) = exec(
+        &dev,
+        "spy",
+        &spy,
+        &["nslookup", "-type=AAAA", "syd.web.internal"],
+    );
+    assert!(code != Some(0) || !text.contains(&syd_ip), "{text}");
+    let url = format!("http://[{syd_ip}]:8080/");
+    let (code, text) = http_get(&dev, "spy", &spy, &syd_ip, 5);
+    assert_ne!(code, Some(0), "another org reached {url}: {text}");
+    assert!(!text.contains("hello from the private network"), "{text}");
+}
