@@ -148,6 +148,11 @@ impl Dev {
     }
 
     fn region_from_with(&self, city: &str, curl_args: &[&str]) -> String {
+        self.region_at(city, "/json", curl_args)
+    }
+
+    /// The region that answered `path` of the demo for a client in `city`.
+    fn region_at(&self, city: &str, path: &str, curl_args: &[&str]) -> String {
         let out = Command::new(bin())
             .args([
                 "dev",
@@ -160,7 +165,7 @@ impl Dev {
             ])
             .args(["curl", "-sS", "-m", "40"])
             .args(curl_args)
-            .arg("http://hello.localhost/json")
+            .arg(format!("http://hello.localhost{path}"))
             .output()
             .unwrap();
         let body = String::from_utf8_lossy(&out.stdout);
@@ -241,6 +246,9 @@ fn three_regions_come_up_each_city_is_served_by_its_own_and_a_crash_is_cleaned_u
     // Backhaul: ams's edge reaches syd's machine over the mesh when asked for it.
     let force = format!("fly-force-instance-id: {}", machines[2]);
     assert_eq!(dev.region_from_with("ams", &["-H", &force]), "syd");
+    // fly-replay: the ams machine asks for syd, and the edge replays the request there.
+    assert_eq!(dev.region_at("ams", "/replay/syd", &[]), "syd");
+    assert_eq!(dev.region_at("iad", "/replay/iad", &[]), "iad");
 
     // A crash leaves everything behind; the next start removes it and reuses the data dir.
     dev.crash();

@@ -2,6 +2,9 @@
 //! region and machine it runs on, read from the platform's environment.
 //!
 //! `GET /` answers a line of text, `GET /json` the same as JSON, `GET /healthz` answers `ok`.
+//! `GET /replay/REGION` answers like `/json` in REGION and elsewhere asks the edge to replay
+//! the request there (`fly-replay: region=REGION`), as an app that writes only in its primary
+//! region would.
 //! It listens on `$PORT` (default 8080) on all addresses, IPv4 and IPv6.
 
 #![forbid(unsafe_code)]
@@ -80,7 +83,20 @@ fn serve(stream: TcpStream, id: &Identity) -> std::io::Result<()> {
         }
         std::io::copy(&mut (&mut reader).take(length as u64), &mut std::io::sink())?;
         let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+        let mut extra = String::new();
+        if close {
+            extra.push_str("connection: close\r\n");
+        }
+        let path = match path.strip_prefix("/replay/") {
+            Some(region) if region != id.region => {
+                extra.push_str(&format!("fly-replay: region={region}\r\n"));
+                "/replayed"
+            }
+            Some(_) => "/json",
+            None => path,
+        };
         let (status, kind, body) = match path {
+            "/replayed" => ("409 Conflict", "text/plain", String::new()),
             "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
             "/json" => (
                 "200 OK",
@@ -101,9 +117,8 @@ fn serve(stream: TcpStream, id: &Identity) -> std::io::Result<()> {
         };
         write!(
             out,
-            "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\n{}\r\n{body}",
+            "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\n{extra}\r\n{body}",
             body.len(),
-            if close { "connection: close\r\n" } else { "" }
         )?;
         out.flush()?;
         if close {
