@@ -134,6 +134,28 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// Runs one client connection as a tracked task (so shutdown waits for it), counted in
+    /// the open-connections gauge while it lasts.
+    pub(crate) fn spawn_connection<F, Fut>(self: &Arc<Self>, conn: F)
+    where
+        F: FnOnce(Arc<Inner>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let inner = self.clone();
+        let fut = conn(self.clone());
+        self.tracker.spawn(async move {
+            inner
+                .metrics
+                .open_connections
+                .fetch_add(1, Ordering::Relaxed);
+            fut.await;
+            inner
+                .metrics
+                .open_connections
+                .fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
     pub fn state_of(&self, m: &MachineRoute) -> MachineState {
         let overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
         overlay.get(&m.id).copied().unwrap_or(m.state)
@@ -439,18 +461,9 @@ async fn accept_loop(
             port,
         };
         let watcher = graceful.watcher();
-        let inner2 = inner.clone();
         let tls = tls.clone();
-        inner.tracker.spawn(async move {
-            inner2
-                .metrics
-                .open_connections
-                .fetch_add(1, Ordering::Relaxed);
-            client_conn(&inner2, stream, tls, conn, watcher).await;
-            inner2
-                .metrics
-                .open_connections
-                .fetch_sub(1, Ordering::Relaxed);
+        inner.spawn_connection(|inner| async move {
+            client_conn(&inner, stream, tls, conn, watcher).await;
         });
     }
     drop(listener);

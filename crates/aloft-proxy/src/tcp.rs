@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,17 +139,8 @@ async fn port_loop(inner: Arc<Inner>, listener: TcpListener, port: u16, stop: Ca
         };
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
-        let inner2 = inner.clone();
-        inner.tracker.spawn(async move {
-            inner2
-                .metrics
-                .open_connections
-                .fetch_add(1, Ordering::Relaxed);
-            port_conn(&inner2, stream, peer, port, watcher).await;
-            inner2
-                .metrics
-                .open_connections
-                .fetch_sub(1, Ordering::Relaxed);
+        inner.spawn_connection(|inner| async move {
+            port_conn(&inner, stream, peer, port, watcher).await;
         });
     }
     drop(listener);

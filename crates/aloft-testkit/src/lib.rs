@@ -427,7 +427,12 @@ pub fn busybox_layout(
 /// Pushes an OCI layout tag to `dest` (`host:port/repo:tag`) over plain HTTP with skopeo,
 /// authenticating with an Aloft token.
 pub fn skopeo_push(layout: &Path, tag: &str, dest: &str, token: &str) -> Result<(), HarnessError> {
-    let src = format!("oci:{}:{tag}", layout.display());
+    skopeo_copy(&format!("oci:{}:{tag}", layout.display()), dest, token)
+}
+
+/// `skopeo copy` of transport reference `src` into `dest` (`host:port/repo:tag`, plain HTTP),
+/// authenticating with an Aloft token.
+fn skopeo_copy(src: &str, dest: &str, token: &str) -> Result<(), HarnessError> {
     let dst = format!("docker://{dest}");
     let creds = format!("aloft:{token}");
     run(
@@ -438,7 +443,7 @@ pub fn skopeo_push(layout: &Path, tag: &str, dest: &str, token: &str) -> Result<
             "--dest-tls-verify=false",
             "--dest-creds",
             &creds,
-            &src,
+            src,
             &dst,
         ],
     )
@@ -575,22 +580,11 @@ impl DockerImage {
     /// Copies the image into a registry (`host:port/repo:tag`, plain HTTP) with skopeo,
     /// authenticating with an Aloft token.
     pub fn push(&self, dest: &str, token: &str) -> Result<(), HarnessError> {
-        let src = format!("docker-archive:{}", self.archive.display());
-        let dst = format!("docker://{dest}");
-        let creds = format!("aloft:{token}");
-        run(
-            "skopeo",
-            &[
-                "copy",
-                "--quiet",
-                "--dest-tls-verify=false",
-                "--dest-creds",
-                &creds,
-                &src,
-                &dst,
-            ],
+        skopeo_copy(
+            &format!("docker-archive:{}", self.archive.display()),
+            dest,
+            token,
         )
-        .map(drop)
     }
 }
 
