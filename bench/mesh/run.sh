@@ -94,5 +94,6 @@ measure "wireguard-go"
 wg_fwd=$tput_fwd; wg_rev=$tput_rev; wg_rtt=$rtt
 
 echo
+echo "peer: $(wireguard-go --version 2>/dev/null | head -1)"
 printf 'ratio aloft/wireguard-go: throughput A->B %.2f, B->A %.2f (target >= 1.0); RTT %.2f (lower is better)\n' \
   "$(echo "$aloft_fwd / $wg_fwd" | bc -l)" "$(echo "$aloft_rev / $wg_rev" | bc -l)" "$(echo "$aloft_rtt / $wg_rtt" | bc -l)"

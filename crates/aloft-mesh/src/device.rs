@@ -1,7 +1,8 @@
-//! The packet paths: TUN -> encrypt -> UDP, UDP -> decrypt -> TUN, WireGuard's timers, and
-//! the link simulation's delay queue. Each path is its own task, so on a multi-threaded
-//! runtime encryption and decryption run in parallel; the only lock they share is the
-//! per-peer tunnel state, held for one packet at a time.
+//! The mesh's shared state (peers, sockets, counters) and its background tasks: WireGuard's
+//! timers and the link simulation's delay queue. The packet paths themselves are in
+//! `datapath`; each is its own task, so on a multi-threaded runtime encryption and
+//! decryption run in parallel; the only lock they share is the per-peer tunnel state, held
+//! for one packet at a time.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -11,22 +12,20 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use boringtun::noise::errors::WireGuardError;
-use boringtun::noise::handshake::parse_handshake_anon;
-use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::noise::{Tunn, TunnResult};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tun_rs::AsyncDevice;
 
-use crate::addr::{host_field, ipv6_endpoints};
 use crate::rtt::RttTable;
+use crate::udp::BatchSocket;
 use crate::{KeyPair, MeshConfig, MeshError, Peer};
 
-/// Room for the largest packet the TUN can hand us plus WireGuard's overhead.
-const BUF_SIZE: usize = 65536 + 256;
+/// Room for any WireGuard message the timers produce (handshakes, keepalives, cookies).
+const TIMER_BUF: usize = 256;
 /// How often WireGuard's timers run.
 const TIMER_TICK: Duration = Duration::from_millis(250);
 /// Keepalive interval, so endpoints behind NAT stay reachable and roaming is noticed.
@@ -43,19 +42,19 @@ pub(crate) struct Counters {
     pub sim_lost: AtomicU64,
 }
 
-fn bump(counter: &AtomicU64) {
+pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// One peer's live state.
 pub(crate) struct PeerState {
-    host_index: u32,
+    pub(crate) host_index: u32,
     public_key: [u8; 32],
     /// Our index for its sessions (boringtun shifts it left by 8 bits).
-    local_index: u32,
-    tunn: Mutex<Tunn>,
+    pub(crate) local_index: u32,
+    pub(crate) tunn: Mutex<Tunn>,
     /// Where we send to: the configured endpoint, or where it last spoke from.
-    endpoint: Mutex<Option<SocketAddr>>,
+    pub(crate) endpoint: Mutex<Option<SocketAddr>>,
     /// The endpoint the peer list gave last, to tell a new one from a roamed one.
     configured: Mutex<Option<SocketAddr>>,
     region: Mutex<String>,
@@ -80,12 +79,22 @@ impl PeerState {
             .store((peer.link.loss * 1e6) as u32, Ordering::Relaxed);
     }
 
-    fn endpoint(&self) -> Option<SocketAddr> {
+    pub(crate) fn endpoint(&self) -> Option<SocketAddr> {
         *lock(&self.endpoint)
+    }
+
+    /// Follows the peer to the address its authenticated packet came from.
+    pub(crate) fn set_endpoint(&self, from: SocketAddr) {
+        *lock(&self.endpoint) = Some(from);
+    }
+
+    /// Whether the link simulation delays or drops what this host sends to the peer.
+    pub(crate) fn simulated(&self) -> bool {
+        self.delay_us.load(Ordering::Relaxed) > 0 || self.loss_ppm.load(Ordering::Relaxed) > 0
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -128,8 +137,9 @@ pub(crate) struct Shared {
     pub local_addr: SocketAddr,
     pub counters: Counters,
     pub rtt: Mutex<RttTable>,
-    socket: UdpSocket,
-    tun: AsyncDevice,
+    pub(crate) mtu: u16,
+    pub(crate) socket: BatchSocket,
+    pub(crate) tun: AsyncDevice,
     peers: RwLock<PeerTable>,
     next_index: AtomicU32,
     rng: Mutex<StdRng>,
@@ -140,7 +150,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) async fn new(config: &MeshConfig) -> Result<Self, MeshError> {
-        let socket = UdpSocket::bind(config.listen)
+        let socket = BatchSocket::bind(config.listen)
             .await
             .map_err(|source| MeshError::Bind {
                 addr: config.listen,
@@ -158,6 +168,7 @@ impl Shared {
             local_addr,
             counters: Counters::default(),
             rtt: Mutex::new(RttTable::default()),
+            mtu: config.mtu,
             socket,
             tun,
             peers: RwLock::new(PeerTable::default()),
@@ -260,17 +271,17 @@ impl Shared {
             .collect()
     }
 
-    fn peer_by_host(&self, host: u32) -> Option<Arc<PeerState>> {
+    pub(crate) fn peer_by_host(&self, host: u32) -> Option<Arc<PeerState>> {
         let table = self.peers.read().unwrap_or_else(|p| p.into_inner());
         table.by_host.get(&host).cloned()
     }
 
-    fn peer_by_key(&self, key: &[u8; 32]) -> Option<Arc<PeerState>> {
+    pub(crate) fn peer_by_key(&self, key: &[u8; 32]) -> Option<Arc<PeerState>> {
         let table = self.peers.read().unwrap_or_else(|p| p.into_inner());
         table.by_key.get(key).cloned()
     }
 
-    fn peer_by_index(&self, receiver_idx: u32) -> Option<Arc<PeerState>> {
+    pub(crate) fn peer_by_index(&self, receiver_idx: u32) -> Option<Arc<PeerState>> {
         let table = self.peers.read().unwrap_or_else(|p| p.into_inner());
         table.by_index.get(&(receiver_idx >> 8)).cloned()
     }
@@ -281,7 +292,7 @@ impl Shared {
     }
 
     /// Sends a WireGuard datagram to `peer` through the link simulation.
-    async fn transmit(&self, peer: &PeerState, data: &[u8]) {
+    pub(crate) async fn transmit(&self, peer: &PeerState, data: &[u8]) {
         let Some(to) = peer.endpoint() else {
             return;
         };
@@ -309,8 +320,8 @@ impl Shared {
 
 pub(crate) fn spawn(shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
     let mut tasks = vec![
-        tokio::spawn(tun_to_udp(shared.clone())),
-        tokio::spawn(udp_to_tun(shared.clone())),
+        tokio::spawn(crate::datapath::tun_to_udp(shared.clone())),
+        tokio::spawn(crate::datapath::udp_to_tun(shared.clone())),
         tokio::spawn(timers(shared.clone())),
     ];
     if let Some(rx) = lock(&shared.delay_rx).take() {
@@ -319,139 +330,9 @@ pub(crate) fn spawn(shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
     tasks
 }
 
-/// Outbound: a packet from the TUN goes to the peer named by its destination's host field.
-async fn tun_to_udp(shared: Arc<Shared>) {
-    let mut buf = vec![0u8; BUF_SIZE];
-    let mut out = vec![0u8; BUF_SIZE];
-    loop {
-        let n = match shared.tun.recv(&mut buf).await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::error!(error = %e, "mesh TUN read failed; outbound mesh traffic stops");
-                return;
-            }
-        };
-        let peer = ipv6_endpoints(&buf[..n])
-            .and_then(|(_, dst)| host_field(dst))
-            .and_then(|host| shared.peer_by_host(host));
-        let Some(peer) = peer else {
-            bump(&shared.counters.no_peer);
-            continue;
-        };
-        let len = match lock(&peer.tunn).encapsulate(&buf[..n], &mut out) {
-            TunnResult::WriteToNetwork(p) => p.len(),
-            TunnResult::Err(e) => {
-                tracing::debug!(host_index = peer.host_index, error = ?e, "mesh encapsulate failed");
-                continue;
-            }
-            _ => continue,
-        };
-        bump(&shared.counters.tx_packets);
-        shared.transmit(&peer, &out[..len]).await;
-    }
-}
-
-/// Inbound: a datagram is matched to its peer, decrypted, checked and written to the TUN.
-async fn udp_to_tun(shared: Arc<Shared>) {
-    let mut buf = vec![0u8; BUF_SIZE];
-    let mut out = vec![0u8; BUF_SIZE];
-    let public = shared.key.public();
-    loop {
-        let (n, from) = match shared.socket.recv_from(&mut buf).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(error = %e, "mesh UDP receive failed");
-                continue;
-            }
-        };
-        let datagram = &buf[..n];
-        let peer = match Tunn::parse_incoming_packet(datagram) {
-            Ok(Packet::HandshakeInit(p)) => {
-                match parse_handshake_anon(shared.key.secret(), &public, &p) {
-                    Ok(half) => {
-                        let peer = shared.peer_by_key(&half.peer_static_public);
-                        if peer.is_none() {
-                            bump(&shared.counters.refused_handshakes);
-                            tracing::warn!(%from, "mesh handshake refused: unknown public key");
-                        }
-                        peer
-                    }
-                    Err(e) => {
-                        bump(&shared.counters.refused_handshakes);
-                        tracing::warn!(%from, error = ?e, "mesh handshake refused: not for this host's key");
-                        None
-                    }
-                }
-            }
-            Ok(Packet::HandshakeResponse(p)) => shared.peer_by_index(p.receiver_idx),
-            Ok(Packet::PacketCookieReply(p)) => shared.peer_by_index(p.receiver_idx),
-            Ok(Packet::PacketData(p)) => shared.peer_by_index(p.receiver_idx),
-            Err(_) => None,
-        };
-        let Some(peer) = peer else {
-            bump(&shared.counters.bad_datagrams);
-            continue;
-        };
-        let result = {
-            let mut tunn = lock(&peer.tunn);
-            match tunn.decapsulate(Some(from.ip()), datagram, &mut out) {
-                TunnResult::WriteToNetwork(p) => Inbound::Reply(p.len()),
-                TunnResult::WriteToTunnelV6(p, src) => Inbound::Tunnel(p.len(), host_field(src)),
-                TunnResult::WriteToTunnelV4(..) => Inbound::NotSixpn,
-                TunnResult::Done => Inbound::Done,
-                TunnResult::Err(e) => Inbound::Failed(e),
-            }
-        };
-        match result {
-            Inbound::Reply(len) => {
-                *lock(&peer.endpoint) = Some(from);
-                shared.transmit(&peer, &out[..len]).await;
-                // Packets queued while the handshake ran go out now.
-                loop {
-                    let len = match lock(&peer.tunn).decapsulate(None, &[], &mut out) {
-                        TunnResult::WriteToNetwork(p) => p.len(),
-                        _ => break,
-                    };
-                    shared.transmit(&peer, &out[..len]).await;
-                }
-            }
-            Inbound::Tunnel(len, src_host) => {
-                if src_host != Some(peer.host_index) {
-                    bump(&shared.counters.spoofed);
-                    tracing::debug!(
-                        host_index = peer.host_index,
-                        ?src_host,
-                        "mesh dropped a packet with a forged source"
-                    );
-                    continue;
-                }
-                *lock(&peer.endpoint) = Some(from);
-                bump(&shared.counters.rx_packets);
-                if let Err(e) = shared.tun.send(&out[..len]).await {
-                    tracing::debug!(error = %e, "mesh TUN write failed");
-                }
-            }
-            Inbound::NotSixpn => bump(&shared.counters.spoofed),
-            Inbound::Done => *lock(&peer.endpoint) = Some(from),
-            Inbound::Failed(e) => {
-                bump(&shared.counters.bad_datagrams);
-                tracing::debug!(host_index = peer.host_index, error = ?e, "mesh datagram refused");
-            }
-        }
-    }
-}
-
-enum Inbound {
-    Reply(usize),
-    Tunnel(usize, Option<u32>),
-    NotSixpn,
-    Done,
-    Failed(WireGuardError),
-}
-
 /// WireGuard's timers: handshake retries, rekeys, keepalives, session expiry.
 async fn timers(shared: Arc<Shared>) {
-    let mut out = vec![0u8; BUF_SIZE];
+    let mut out = vec![0u8; TIMER_BUF];
     let mut tick = tokio::time::interval(TIMER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -14,10 +14,12 @@
 #![forbid(unsafe_code)]
 
 mod addr;
+mod datapath;
 mod device;
 mod key;
 mod rtt;
 mod tun;
+mod udp;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -237,6 +239,20 @@ impl Mesh {
         match self.shared.rtt.lock() {
             Ok(rtt) => rtt.per_region(&regions),
             Err(_) => HashMap::new(),
+        }
+    }
+
+    /// The peers (host indexes) that left their last few RTT probes unanswered: dead, or cut
+    /// off from this host. A peer is reachable again as soon as it answers.
+    pub fn unreachable_peers(&self) -> Vec<u32> {
+        let peers = self.shared.peer_regions();
+        match self.shared.rtt.lock() {
+            Ok(rtt) => peers
+                .into_iter()
+                .map(|(host, _)| host)
+                .filter(|host| rtt.unreachable(*host))
+                .collect(),
+            Err(_) => Vec::new(),
         }
     }
 

@@ -1,4 +1,6 @@
-//! The mesh's TUN device: the host's infrastructure address and the `fdaa::/16` route.
+//! The mesh's TUN device: the host's infrastructure address and the `fdaa::/16` route, with
+//! offloads (`IFF_VNET_HDR`: TSO super-packets in, GRO-coalesced packets out) where the
+//! kernel supports them.
 
 use std::net::Ipv6Addr;
 
@@ -19,12 +21,22 @@ pub(crate) async fn create(
         name: name.to_string(),
         source,
     };
-    let device = DeviceBuilder::new()
-        .name(name)
-        .mtu(mtu)
-        .ipv6(infra_address(host_index), 128u8)
-        .build_async()
-        .map_err(tun_error)?;
+    let build = |offload: bool| {
+        DeviceBuilder::new()
+            .name(name)
+            .mtu(mtu)
+            .ipv6(infra_address(host_index), 128u8)
+            .offload(offload)
+            .build_async()
+    };
+    // Offloads (TSO reads, GRO writes) where the kernel has them; plain packets otherwise.
+    let device = match build(true) {
+        Ok(device) => device,
+        Err(e) => {
+            tracing::warn!(device = name, error = %e, "mesh TUN offloads unavailable; one packet per read and write");
+            build(false).map_err(tun_error)?
+        }
+    };
     let index = device.if_index().map_err(tun_error)?;
 
     let (connection, handle, _) = rtnetlink::new_connection().map_err(MeshError::Netlink)?;
