@@ -2,7 +2,8 @@
 //! route table, keeps a durable copy of it under the data dir (so a restarted agent routes
 //! even while the control plane is down), wakes stopped machines through the control plane,
 //! and terminates TLS with the cluster CA and the user certificates the control plane hands
-//! out (kept in `edge/tls.json`, mode 0600, for the same reason).
+//! out (kept in `edge/tls.json`, mode 0600, for the same reason). It also answers the ACME
+//! challenges the control plane is solving (`GET /v1/edge/acme`, a long poll).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,6 +53,7 @@ pub struct EdgeRole {
     edge: Arc<Edge>,
     follow: tokio::task::JoinHandle<()>,
     tls: Option<tokio::task::JoinHandle<()>>,
+    acme: tokio::task::JoinHandle<()>,
 }
 
 impl EdgeRole {
@@ -128,7 +130,19 @@ impl EdgeRole {
             let _ = ready.send(Ok(edge.http_addr()));
         }
         let follow = tokio::spawn(follow_routes(edge.clone(), client));
-        Ok(EdgeRole { edge, follow, tls })
+        let acme_api = aloft_api::Client::new(&opts.control_url, opts.token.clone())?;
+        let acme = tokio::spawn(follow_acme(
+            edge.clone(),
+            acme_api,
+            host_id.to_owned(),
+            opts.https.is_some(),
+        ));
+        Ok(EdgeRole {
+            edge,
+            follow,
+            tls,
+            acme,
+        })
     }
 
     /// [`EdgeRole::start`], logging a failure instead: a host whose edge cannot listen still
@@ -159,6 +173,7 @@ impl EdgeRole {
     /// Stops following routes and drains the edge's connections.
     pub async fn shutdown(&self) {
         self.follow.abort();
+        self.acme.abort();
         if let Some(t) = &self.tls {
             t.abort();
         }
@@ -169,6 +184,7 @@ impl EdgeRole {
 impl Drop for EdgeRole {
     fn drop(&mut self) {
         self.follow.abort();
+        self.acme.abort();
         if let Some(t) = &self.tls {
             t.abort();
         }
@@ -295,6 +311,36 @@ async fn follow_tls(
             Err(e) => tracing::debug!(error = %e, "cannot fetch the certificate bundle"),
         }
         tokio::time::sleep(TLS_POLL).await;
+    }
+}
+
+/// Follows the control plane's pending ACME challenges (a long poll that also tells it which
+/// version this edge has installed) and has the edge answer them.
+async fn follow_acme(edge: Arc<Edge>, api: aloft_api::Client, host_id: String, https: bool) {
+    let mut seen = None;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match api.edge_acme(&host_id, https, seen).await {
+            Ok(set) => {
+                if seen != Some(set.version) {
+                    for e in edge.set_acme_challenges(&set.challenges) {
+                        warn!(error = %e, "an ACME challenge is not answered");
+                    }
+                    if !set.challenges.is_empty() {
+                        info!(
+                            challenges = set.challenges.len(),
+                            "ACME challenges installed"
+                        );
+                    }
+                    seen = Some(set.version);
+                }
+                delay = Duration::from_millis(200);
+                continue;
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot fetch the ACME challenges"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

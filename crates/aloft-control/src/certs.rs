@@ -2,6 +2,10 @@
 //! directory as `ca/ca.pem` and `ca/ca-key.pem`, mode 0600, created on first use), and user
 //! certificates by hostname (in the store's `edge_certificates` table). Edges fetch both with a
 //! join token, so every edge's certificates chain to the root `aloft certs root` prints.
+//!
+//! Each certificate's hostname belongs to one app (as with `fly certs add HOST -a APP`): the
+//! route table lists an app's exact hostnames, so edges route them to it. Adding, ordering or
+//! removing a certificate bumps the store's revision, so edges learn the change at once.
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -106,13 +110,64 @@ pub fn load_or_create_ca(dir: &Path) -> Result<ClusterCa, CertsError> {
     Ok(ca)
 }
 
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS edge_certificates (
+pub(crate) const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS edge_certificates (
     hostname TEXT PRIMARY KEY,
     certificate TEXT NOT NULL,
     private_key TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    app TEXT
 )";
+
+/// The app a stored certificate's hostname belongs to: `None` when no certificate (user or
+/// ACME) is stored for it, `Some(None)` for one stored before hostnames belonged to apps.
+pub(crate) fn hostname_owner(
+    conn: &Connection,
+    host: &str,
+) -> Result<Option<Option<String>>, ApiError> {
+    conn.execute(SCHEMA, [])?;
+    Ok(conn
+        .query_row(
+            "SELECT app FROM edge_certificates WHERE hostname = ?1
+             UNION ALL SELECT app FROM acme_certificates WHERE hostname = ?1",
+            [host],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .optional()?)
+}
+
+/// Checks that `app` exists and may take `host`: refuses a hostname another app holds.
+pub(crate) fn claim(inner: &crate::store::Inner, host: &str, app: &str) -> Result<(), ApiError> {
+    inner.get_app(app)?;
+    match hostname_owner(&inner.conn, host)? {
+        Some(Some(owner)) if owner != app => Err(ApiError::Conflict(format!(
+            "Hostname {host} belongs to app {owner:?}; remove its certificate first \
+             (`aloft certs remove {host}`)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Every app's exact hostnames (wildcards are not routed), sorted, for the route table.
+pub(crate) fn app_hostnames(
+    conn: &Connection,
+) -> Result<std::collections::HashMap<String, Vec<String>>, ApiError> {
+    conn.execute(SCHEMA, [])?;
+    let mut stmt = conn.prepare(
+        "SELECT app, hostname FROM edge_certificates WHERE app IS NOT NULL
+         UNION SELECT app, hostname FROM acme_certificates WHERE app IS NOT NULL
+         ORDER BY 1, 2",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut out: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for row in rows {
+        let (app, host) = row?;
+        if !host.starts_with("*.") {
+            out.entry(app).or_default().push(host);
+        }
+    }
+    Ok(out)
+}
 
 /// A hostname as certificates are keyed: lowercase, no trailing dot; `*.` only as a prefix.
 pub fn normalize_hostname(raw: &str) -> Result<String, ApiError> {
@@ -185,6 +240,20 @@ fn validate(hostname: &str, certificate: &str, private_key: &str) -> Result<Stri
     Ok(hex::encode(Sha256::digest(leaf.as_ref())))
 }
 
+fn user_info() -> CertificateInfo {
+    CertificateInfo {
+        hostname: String::new(),
+        app: None,
+        fingerprint: String::new(),
+        created_at: String::new(),
+        source: aloft_api::certs::CertificateSource::User,
+        status: None,
+        challenge: None,
+        error: None,
+        expires_at: None,
+    }
+}
+
 impl Control {
     /// The cluster CA, created on first use.
     pub fn cluster_ca(&self) -> Result<ClusterCa, ApiError> {
@@ -206,60 +275,88 @@ impl Control {
         let hostname = normalize_hostname(&req.hostname)?;
         let fingerprint = validate(&hostname, &req.certificate, &req.private_key)?;
         let created_at = now_rfc3339();
-        let inner = self.lock();
-        inner.conn.execute(SCHEMA, [])?;
-        inner.conn.execute(
-            "INSERT INTO edge_certificates (hostname, certificate, private_key, fingerprint, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)
+        let mut inner = self.lock();
+        claim(&inner, &hostname, &req.app)?;
+        let tx = inner.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO edge_certificates (hostname, certificate, private_key, fingerprint, created_at, app)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(hostname) DO UPDATE SET certificate = ?2, private_key = ?3,
-               fingerprint = ?4, created_at = ?5",
-            params![hostname, req.certificate, req.private_key, fingerprint, created_at],
+               fingerprint = ?4, created_at = ?5, app = ?6",
+            params![hostname, req.certificate, req.private_key, fingerprint, created_at, req.app],
         )?;
-        tracing::info!(%hostname, "user certificate stored");
+        // A user certificate replaces an ACME one of the same name.
+        crate::acme::remove(&tx, &hostname)?;
+        let revision = crate::store::bump_revision(&tx)?;
+        tx.commit()?;
+        inner.revision = revision;
+        drop(inner);
+        self.notify(revision);
+        tracing::info!(%hostname, app = %req.app, "user certificate stored");
         Ok(CertificateInfo {
             hostname,
+            app: Some(req.app.clone()),
             fingerprint,
             created_at,
+            ..user_info()
         })
     }
 
-    pub fn list_certificates(&self) -> Result<Vec<CertificateInfo>, ApiError> {
+    /// Every certificate, or those of one app.
+    pub fn list_certificates(&self, app: Option<&str>) -> Result<Vec<CertificateInfo>, ApiError> {
         let inner = self.lock();
         inner.conn.execute(SCHEMA, [])?;
         let mut stmt = inner.conn.prepare(
-            "SELECT hostname, fingerprint, created_at FROM edge_certificates ORDER BY hostname",
+            "SELECT hostname, fingerprint, created_at, app FROM edge_certificates ORDER BY hostname",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(CertificateInfo {
                 hostname: r.get(0)?,
                 fingerprint: r.get(1)?,
                 created_at: r.get(2)?,
+                app: r.get(3)?,
+                ..user_info()
             })
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut all: Vec<CertificateInfo> = rows.collect::<Result<_, _>>()?;
+        all.extend(crate::acme::list(&inner.conn)?);
+        if let Some(app) = app {
+            all.retain(|c| c.app.as_deref() == Some(app));
+        }
+        all.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        Ok(all)
     }
 
+    /// The certificate of a hostname (user or ACME), or 404.
+    pub fn certificate(&self, hostname: &str) -> Result<CertificateInfo, ApiError> {
+        let host = normalize_hostname(hostname)?;
+        self.list_certificates(None)?
+            .into_iter()
+            .find(|c| c.hostname == host)
+            .ok_or_else(|| ApiError::NotFound(format!("No certificate is stored for {host}")))
+    }
+
+    /// Removes the certificate of a hostname (user or ACME); the hostname no longer routes to
+    /// its app.
     pub fn remove_certificate(&self, hostname: &str) -> Result<(), ApiError> {
         let host = normalize_hostname(hostname)?;
-        let inner = self.lock();
+        let mut inner = self.lock();
         inner.conn.execute(SCHEMA, [])?;
-        let found: Option<String> = inner
-            .conn
-            .query_row(
-                "SELECT hostname FROM edge_certificates WHERE hostname = ?1",
-                [&host],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if found.is_none() {
+        let tx = inner.conn.transaction()?;
+        let user = tx.execute("DELETE FROM edge_certificates WHERE hostname = ?1", [&host])? > 0;
+        let acme = crate::acme::remove(&tx, &host)?;
+        if !user && !acme {
             return Err(ApiError::NotFound(format!(
                 "No certificate is stored for {host}"
             )));
         }
-        inner
-            .conn
-            .execute("DELETE FROM edge_certificates WHERE hostname = ?1", [&host])?;
-        tracing::info!(hostname = %host, "user certificate removed");
+        let revision = crate::store::bump_revision(&tx)?;
+        tx.commit()?;
+        inner.revision = revision;
+        drop(inner);
+        self.notify(revision);
+        let source = if user { "user" } else { "ACME" };
+        tracing::info!(hostname = %host, "{source} certificate removed");
         Ok(())
     }
 
@@ -286,6 +383,15 @@ impl Control {
         let mut certificates = Vec::new();
         for row in rows {
             let (cert, fingerprint) = row?;
+            digest.update(cert.hostname.as_bytes());
+            digest.update(fingerprint.as_bytes());
+            certificates.push(cert);
+        }
+        // Issued ACME certificates (a user certificate of the same name wins).
+        for (cert, fingerprint) in crate::acme::edge_certificates(&inner.conn)? {
+            if certificates.iter().any(|c| c.hostname == cert.hostname) {
+                continue;
+            }
             digest.update(cert.hostname.as_bytes());
             digest.update(fingerprint.as_bytes());
             certificates.push(cert);

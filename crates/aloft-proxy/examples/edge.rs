@@ -5,8 +5,15 @@
 //! ```
 //! `LISTEN` defaults to `127.0.0.1:8080`, `DOMAIN` to `aloft.test`, `REGION` to `local`.
 //! `ALOFT_EDGE_THREADS` sets the number of runtime threads (default 1: a current-thread runtime).
+//! `ALOFT_EDGE_HTTPS=ADDR` also serves HTTPS on `ADDR` with the certificate chain and key in
+//! `ALOFT_EDGE_CERT` and `ALOFT_EDGE_KEY` (PEM files) for every hostname in `ALOFT_EDGE_CERT_HOSTS`
+//! (comma-separated, default `*.DOMAIN`).
 
 use anyhow::Context;
+
+// The same allocator as the `aloft` binary, so the benchmark measures what runs in the agent.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -45,10 +52,28 @@ fn main() -> anyhow::Result<()> {
             .build()?
     };
     rt.block_on(async {
-        let opts = aloft_proxy::EdgeOptions::new(listen, domain, region, "bench");
+        let mut opts = aloft_proxy::EdgeOptions::new(listen, domain, region, "bench");
+        let https = std::env::var("ALOFT_EDGE_HTTPS").ok();
+        if let Some(addr) = &https {
+            opts.https_listen = Some(addr.parse().context("ALOFT_EDGE_HTTPS is not an address")?);
+        }
         let edge = aloft_proxy::Edge::new(opts).await?;
+        if https.is_some() {
+            let read = |var: &str| -> anyhow::Result<String> {
+                let path = std::env::var(var).with_context(|| format!("{var} is not set"))?;
+                std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))
+            };
+            let (cert, key) = (read("ALOFT_EDGE_CERT")?, read("ALOFT_EDGE_KEY")?);
+            let hosts = std::env::var("ALOFT_EDGE_CERT_HOSTS").unwrap_or(format!("*.{domain}"));
+            for host in hosts.split(',').filter(|h| !h.is_empty()) {
+                edge.add_certificate(host, &cert, &key)?;
+            }
+        }
         edge.update_routes(table)?;
         println!("edge listening on {}", edge.http_addr());
+        if let Some(addr) = edge.https_addr() {
+            println!("edge listening on {addr} (HTTPS)");
+        }
         tokio::signal::ctrl_c().await?;
         edge.shutdown().await;
         anyhow::Ok(())

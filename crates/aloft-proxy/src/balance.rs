@@ -1,6 +1,6 @@
 //! Per-machine load accounting and the choice of a machine for a request: healthy first, then
 //! under the soft limit, then nearest (same host, same region, then by RTT), then least loaded,
-//! then at random.
+//! then at random. Machines on hosts this edge cannot reach over the mesh are left out.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -14,20 +14,38 @@ use crate::routes::{Concurrency, MachineRoute, MachineState};
 /// In-flight work per machine, and when each machine was last busy.
 #[derive(Debug, Default)]
 pub(crate) struct Loads {
-    inner: Mutex<HashMap<String, MachineLoad>>,
+    inner: Mutex<HashMap<Arc<str>, MachineLoad>>,
     /// Woken whenever a slot is released, so queued requests can look again.
     pub released: Notify,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct MachineLoad {
     inflight: u32,
     last_active: Instant,
+    /// The map's key again, so a slot can name its machine without allocating.
+    id: Arc<str>,
 }
 
 impl Loads {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, MachineLoad>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, MachineLoad>> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The entry of `machine`, created (idle since now) when it has none; allocates only then.
+    fn entry<'m>(
+        map: &'m mut HashMap<Arc<str>, MachineLoad>,
+        machine: &str,
+    ) -> &'m mut MachineLoad {
+        let id = match map.get_key_value(machine) {
+            Some((id, _)) => id.clone(),
+            None => Arc::from(machine),
+        };
+        map.entry(id.clone()).or_insert_with(|| MachineLoad {
+            inflight: 0,
+            last_active: Instant::now(),
+            id,
+        })
     }
 
     pub fn load(&self, machine: &str) -> u32 {
@@ -41,10 +59,7 @@ impl Loads {
         hard_limit: Option<u32>,
     ) -> Option<SlotGuard> {
         let mut map = self.lock();
-        let entry = map.entry(machine.to_string()).or_insert(MachineLoad {
-            inflight: 0,
-            last_active: Instant::now(),
-        });
+        let entry = Self::entry(&mut map, machine);
         if hard_limit.is_some_and(|h| entry.inflight >= h) {
             return None;
         }
@@ -52,7 +67,7 @@ impl Loads {
         entry.last_active = Instant::now();
         Some(SlotGuard {
             loads: self.clone(),
-            machine: machine.to_string(),
+            machine: entry.id.clone(),
         })
     }
 
@@ -60,10 +75,7 @@ impl Loads {
     /// before starts its idle clock now.
     pub fn idle_for(&self, machine: &str) -> Duration {
         let mut map = self.lock();
-        let entry = map.entry(machine.to_string()).or_insert(MachineLoad {
-            inflight: 0,
-            last_active: Instant::now(),
-        });
+        let entry = Self::entry(&mut map, machine);
         if entry.inflight > 0 {
             Duration::ZERO
         } else {
@@ -74,11 +86,7 @@ impl Loads {
     /// Restarts the idle clock of `machine` (after it was woken).
     pub fn touch(&self, machine: &str) {
         let mut map = self.lock();
-        let entry = map.entry(machine.to_string()).or_insert(MachineLoad {
-            inflight: 0,
-            last_active: Instant::now(),
-        });
-        entry.last_active = Instant::now();
+        Self::entry(&mut map, machine).last_active = Instant::now();
     }
 
     fn release(&self, machine: &str) {
@@ -94,7 +102,7 @@ impl Loads {
 #[derive(Debug)]
 pub(crate) struct SlotGuard {
     loads: Arc<Loads>,
-    machine: String,
+    machine: Arc<str>,
 }
 
 impl Drop for SlotGuard {
@@ -109,9 +117,16 @@ pub(crate) struct Locality<'a> {
     pub region: &'a str,
     pub host_id: &'a str,
     pub rtts: &'a HashMap<String, Duration>,
+    /// Hosts whose mesh peer stopped answering: their machines are out of reach from here.
+    pub unreachable: &'a HashSet<String>,
 }
 
 impl Locality<'_> {
+    /// Whether this edge can reach `m`'s host (its own host always).
+    fn reaches(&self, m: &MachineRoute) -> bool {
+        m.host_id == self.host_id || !self.unreachable.contains(&m.host_id)
+    }
+
     /// Lower is nearer: same host, then same region, then other regions by RTT (unknown last).
     fn distance(&self, m: &MachineRoute) -> (u8, Duration) {
         if !self.host_id.is_empty() && m.host_id == self.host_id {
@@ -159,7 +174,7 @@ pub(crate) fn rank<'a>(
 ) -> Vec<&'a MachineRoute> {
     let mut pool: Vec<(&MachineRoute, u32)> = machines
         .iter()
-        .filter(|m| serving(m) && !m.cordoned)
+        .filter(|m| serving(m) && !m.cordoned && here.reaches(m))
         .filter(|m| steer.admits(m))
         .map(|m| (m, loads.load(&m.id)))
         .filter(|(_, load)| limits.hard_limit.is_none_or(|h| *load < h))
@@ -201,7 +216,11 @@ pub(crate) fn wake_here_first(
 ) -> bool {
     ranked.first().is_some_and(|m| m.region != here.region)
         && machines.iter().any(|m| {
-            m.region == here.region && state(m).is_wakeable() && !m.cordoned && steer.admits(m)
+            m.region == here.region
+                && state(m).is_wakeable()
+                && !m.cordoned
+                && here.reaches(m)
+                && steer.admits(m)
         })
 }
 
@@ -214,7 +233,7 @@ pub(crate) fn wake_candidate<'a>(
 ) -> Option<&'a MachineRoute> {
     let mut pool: Vec<&MachineRoute> = machines
         .iter()
-        .filter(|m| state(m).is_wakeable() && !m.cordoned)
+        .filter(|m| state(m).is_wakeable() && !m.cordoned && here.reaches(m))
         .filter(|m| steer.admits(m))
         .collect();
     if let Some(first) = steer
@@ -257,10 +276,12 @@ mod tests {
         local.state = MachineState::Stopped;
         let machines = vec![machine("iad1", "iad", "h2"), local];
         let rtts = HashMap::new();
+        let none = HashSet::new();
         let here = Locality {
             region: "syd",
             host_id: "h3",
             rtts: &rtts,
+            unreachable: &none,
         };
         let state = |m: &MachineRoute| m.state;
         let serving = |m: &MachineRoute| m.state == MachineState::Started;
@@ -286,6 +307,7 @@ mod tests {
             region: "iad",
             host_id: "h2",
             rtts: &rtts,
+            unreachable: &none,
         };
         let ranked = rank(&machines, &serving, &loads, &limits(10, None), &iad, &steer);
         assert!(!wake_here_first(&ranked, &machines, &state, &iad, &steer));
@@ -321,10 +343,12 @@ mod tests {
             ("syd".to_string(), Duration::from_millis(250)),
             ("fra".to_string(), Duration::from_millis(9)),
         ]);
+        let none = HashSet::new();
         let here = Locality {
             region: "ams",
             host_id: "h1",
             rtts: &rtts,
+            unreachable: &none,
         };
         let loads = Arc::new(Loads::default());
         let r = rank(
@@ -339,6 +363,54 @@ mod tests {
     }
 
     #[test]
+    fn machines_behind_an_unreachable_peer_are_skipped_until_it_answers_again() {
+        // ams has no machine; lhr is nearest, iad farther.
+        let mut stopped = machine("lhr2", "lhr", "h2");
+        stopped.state = MachineState::Stopped;
+        let ms = vec![
+            machine("lhr1", "lhr", "h2"),
+            machine("iad1", "iad", "h3"),
+            stopped,
+        ];
+        let rtts = HashMap::from([
+            ("lhr".to_string(), Duration::from_millis(5)),
+            ("iad".to_string(), Duration::from_millis(85)),
+        ]);
+        let cut = HashSet::from(["h2".to_string()]);
+        let loads = Loads::default();
+        let l = limits(20, None);
+        let at = |unreachable| Locality {
+            region: "ams",
+            host_id: "h1",
+            rtts: &rtts,
+            unreachable,
+        };
+        let none = HashSet::new();
+        let steer = Steering::default();
+        let ranked = rank(&ms, &serving, &loads, &l, &at(&none), &steer);
+        assert_eq!(ids(&ranked), ["lhr1", "iad1"]);
+        let ranked = rank(&ms, &serving, &loads, &l, &at(&cut), &steer);
+        assert_eq!(ids(&ranked), ["iad1"]);
+        let state = |m: &MachineRoute| m.state;
+        assert!(wake_candidate(&ms, &state, &at(&cut), &steer).is_none());
+        assert_eq!(
+            wake_candidate(&ms, &state, &at(&none), &steer).unwrap().id,
+            "lhr2"
+        );
+        // An edge never counts its own host as unreachable.
+        let own = Locality {
+            region: "lhr",
+            host_id: "h2",
+            rtts: &rtts,
+            unreachable: &cut,
+        };
+        assert_eq!(
+            ids(&rank(&ms, &serving, &loads, &l, &own, &steer))[0],
+            "lhr1"
+        );
+    }
+
+    #[test]
     fn unhealthy_cordoned_and_stopped_machines_are_skipped() {
         let mut ms = vec![
             machine("a", "ams", ""),
@@ -350,10 +422,12 @@ mod tests {
         ms[1].cordoned = true;
         ms[2].state = MachineState::Stopped;
         let rtts = HashMap::new();
+        let none = HashSet::new();
         let here = Locality {
             region: "ams",
             host_id: "",
             rtts: &rtts,
+            unreachable: &none,
         };
         let loads = Arc::new(Loads::default());
         let r = rank(
@@ -373,10 +447,12 @@ mod tests {
     fn soft_limit_beats_nearness_and_hard_limit_excludes() {
         let ms = vec![machine("local", "ams", ""), machine("remote", "fra", "")];
         let rtts = HashMap::new();
+        let none = HashSet::new();
         let here = Locality {
             region: "ams",
             host_id: "",
             rtts: &rtts,
+            unreachable: &none,
         };
         let loads = Arc::new(Loads::default());
         let l = limits(1, Some(2));
@@ -404,10 +480,12 @@ mod tests {
             machine("c", "fra", ""),
         ];
         let rtts = HashMap::new();
+        let none = HashSet::new();
         let here = Locality {
             region: "ams",
             host_id: "",
             rtts: &rtts,
+            unreachable: &none,
         };
         let loads = Arc::new(Loads::default());
         let l = limits(20, None);

@@ -1,6 +1,6 @@
 //! The edge itself: options, listeners, route updates and graceful drain.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
@@ -115,6 +115,11 @@ pub(crate) struct Inner {
     pub routes: Arc<ArcSwap<Routing>>,
     pub loads: Arc<Loads>,
     pub rtts: RwLock<Arc<HashMap<String, Duration>>>,
+    /// `opts.region` as a header value, made once.
+    pub region_header: http::HeaderValue,
+    /// Hosts this edge cannot reach over the mesh (by host id); requests waiting on one of
+    /// them are retried elsewhere when it joins the set.
+    pub unreachable: tokio::sync::watch::Sender<Arc<HashSet<String>>>,
     /// Machine states the edge learnt itself (it woke or stopped them) since the last table.
     overlay: Mutex<HashMap<String, MachineState>>,
     pub wake_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -125,6 +130,7 @@ pub(crate) struct Inner {
     /// Requests that entered at this edge, per app (for the host's load reports).
     pub entries: Arc<crate::load::EntryLoad>,
     certs: Arc<CertResolver>,
+    pub acme: Arc<crate::acme::Challenges>,
     pub tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
     pub listeners: PortListeners,
     pub runtime: tokio::runtime::Handle,
@@ -241,18 +247,23 @@ impl Edge {
         let acceptor =
             tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(certs.clone())?));
         let tls = https.as_ref().map(|_| acceptor.clone());
+        let region_header = http::HeaderValue::from_str(&opts.region)
+            .unwrap_or_else(|_| http::HeaderValue::from_static(""));
         let inner = Arc::new(Inner {
             waker: opts.waker.clone(),
             opts,
             routes,
             loads: Arc::default(),
             rtts: RwLock::default(),
+            region_header,
+            unreachable: tokio::sync::watch::Sender::default(),
             overlay: Mutex::default(),
             wake_locks: Mutex::default(),
             client,
             h2_client,
             metrics: Metrics::default(),
             entries: Arc::default(),
+            acme: certs.acme.clone(),
             certs,
             tls_acceptor: Some(acceptor),
             listeners: PortListeners::default(),
@@ -363,6 +374,24 @@ impl Edge {
         *self.inner.rtts.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rtts);
     }
 
+    /// Hosts (by id) whose mesh peer stopped answering this host: their machines are skipped
+    /// until they answer again, before the control plane notices anything.
+    pub fn set_unreachable_hosts(&self, hosts: HashSet<String>) {
+        self.inner.unreachable.send_if_modified(|current| {
+            if **current == hosts {
+                return false;
+            }
+            tracing::warn!(hosts = ?hosts, "hosts unreachable over the mesh changed");
+            *current = Arc::new(hosts);
+            true
+        });
+    }
+
+    /// The hosts this edge currently cannot reach.
+    pub fn unreachable_hosts(&self) -> Arc<HashSet<String>> {
+        self.inner.unreachable.borrow().clone()
+    }
+
     /// Serves `cert_pem` (a chain) and `key_pem` for `host` (which may be `*.example.com`).
     pub fn add_certificate(
         &self,
@@ -404,6 +433,17 @@ impl Edge {
             .write()
             .unwrap_or_else(|e| e.into_inner()) = fresh;
         errors
+    }
+
+    /// Answers these ACME challenges from now on (and no others): HTTP-01 on plain HTTP,
+    /// TLS-ALPN-01 on HTTPS. Challenges whose certificate cannot be built are left out and
+    /// reported.
+    pub fn set_acme_challenges(
+        &self,
+        challenges: &[aloft_api::certs::AcmeChallenge],
+    ) -> Vec<EdgeError> {
+        let errors = self.inner.acme.set(challenges);
+        errors.into_iter().map(EdgeError::from).collect()
     }
 
     /// Issues app certificates from `ca` (e.g. the cluster CA) from now on.
@@ -455,11 +495,7 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let conn = ConnInfo {
-            peer,
-            tls: tls.is_some(),
-            port,
-        };
+        let conn = ConnInfo::new(peer, tls.is_some(), port);
         let watcher = graceful.watcher();
         let tls = tls.clone();
         inner.spawn_connection(|inner| async move {
@@ -495,6 +531,10 @@ async fn client_conn(
         }
         Some(acceptor) => match tokio::time::timeout(limit, acceptor.accept(stream)).await {
             Ok(Ok(s)) => {
+                if s.get_ref().1.alpn_protocol() == Some(crate::acme::ALPN) {
+                    // An ACME validation: the handshake was the answer.
+                    return;
+                }
                 let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
                 serve_conn(inner.clone(), s, conn, watcher, Some(h2)).await;
             }

@@ -112,12 +112,15 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
     h.remove(header::UPGRADE);
 }
 
+/// The headers sent to a machine: the client's, minus hop-by-hop ones, plus the platform's
+/// forwarding headers. Values that do not change per request (client address, ports, region)
+/// are shared, not rebuilt.
 pub(crate) fn forward_headers(
     inner: &Inner,
     incoming: &HeaderMap,
     host: &str,
     conn: &ConnInfo,
-    request_id: &str,
+    request_id: &HeaderValue,
     version: Version,
     upgrade: bool,
 ) -> HeaderMap {
@@ -130,63 +133,52 @@ pub(crate) fn forward_headers(
             h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
     }
-    if let Ok(v) = HeaderValue::from_str(host) {
-        h.insert(header::HOST, v);
-    }
-    let ip = conn.peer.ip().to_canonical().to_string();
-    let port = conn.port.to_string();
-    let set = |h: &mut HeaderMap, names: &[HeaderName], value: &str| {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            for n in names {
-                h.insert(n.clone(), v.clone());
-            }
+    // `host` came from the Host header, or from the authority when there is none (HTTP/2).
+    if h.get_all(header::HOST).iter().count() != 1 {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            h.insert(header::HOST, v);
         }
+    }
+    h.insert(hdr::FLY_CLIENT_IP, conn.ip_header.clone());
+    h.insert(hdr::ALOFT_CLIENT_IP, conn.ip_header.clone());
+    h.insert(hdr::FLY_FORWARDED_PORT, conn.port_header.clone());
+    h.insert(hdr::ALOFT_FORWARDED_PORT, conn.port_header.clone());
+    h.insert(hdr::X_FORWARDED_PORT, conn.port_header.clone());
+    h.insert(hdr::FLY_REGION, inner.region_header.clone());
+    h.insert(hdr::ALOFT_REGION, inner.region_header.clone());
+    h.insert(hdr::FLY_REQUEST_ID, request_id.clone());
+    h.insert(hdr::ALOFT_REQUEST_ID, request_id.clone());
+    let (proto, ssl) = if conn.tls {
+        ("https", "on")
+    } else {
+        ("http", "off")
     };
-    set(&mut h, &[hdr::FLY_CLIENT_IP, hdr::ALOFT_CLIENT_IP], &ip);
-    set(
-        &mut h,
-        &[
-            hdr::FLY_FORWARDED_PORT,
-            hdr::ALOFT_FORWARDED_PORT,
-            hdr::X_FORWARDED_PORT,
-        ],
-        &port,
-    );
-    set(
-        &mut h,
-        &[hdr::FLY_REGION, hdr::ALOFT_REGION],
-        &inner.opts.region,
-    );
-    set(
-        &mut h,
-        &[hdr::FLY_REQUEST_ID, hdr::ALOFT_REQUEST_ID],
-        request_id,
-    );
-    set(
-        &mut h,
-        &[hdr::X_FORWARDED_PROTO],
-        if conn.tls { "https" } else { "http" },
-    );
-    set(
-        &mut h,
-        &[hdr::X_FORWARDED_SSL],
-        if conn.tls { "on" } else { "off" },
-    );
+    h.insert(hdr::X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    h.insert(hdr::X_FORWARDED_SSL, HeaderValue::from_static(ssl));
     let xff = match h.get(hdr::X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip.clone(),
+        Some(prev) if !prev.trim().is_empty() => {
+            let ip = conn.ip_header.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{prev}, {ip}")).ok()
+        }
+        _ => Some(conn.ip_header.clone()),
     };
-    set(&mut h, &[hdr::X_FORWARDED_FOR], &xff);
+    if let Some(v) = xff {
+        h.insert(hdr::X_FORWARDED_FOR, v);
+    }
     let hop = if version == Version::HTTP_2 {
         "2 aloft"
     } else {
         "1.1 aloft"
     };
     let via = match h.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {hop}"),
-        _ => hop.to_string(),
+        Some(prev) if !prev.trim().is_empty() => {
+            HeaderValue::from_str(&format!("{prev}, {hop}")).ok()
+        }
+        _ => Some(HeaderValue::from_static(hop)),
     };
-    set(&mut h, &[header::VIA], &via);
+    if let Some(v) = via {
+        h.insert(header::VIA, v);
+    }
     h
 }
 

@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+mod acme;
 mod balance;
 mod body;
 mod edge;

@@ -15,7 +15,7 @@ struct Counter {
 /// The counters of one edge.
 #[derive(Debug, Default)]
 pub struct EntryLoad {
-    apps: Mutex<HashMap<String, Counter>>,
+    apps: Mutex<HashMap<Arc<str>, Counter>>,
 }
 
 /// One app's counts since the previous [`EntryLoad::take`].
@@ -34,20 +34,25 @@ pub struct EntrySnapshot {
 #[derive(Debug)]
 pub struct EntryGuard {
     load: Arc<EntryLoad>,
-    app: String,
+    app: Arc<str>,
 }
 
 impl EntryLoad {
     /// Counts a request of `app` entering here; it stays in flight until the guard drops.
     pub fn enter(self: &Arc<Self>, app: &str) -> EntryGuard {
         let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
-        let c = apps.entry(app.to_owned()).or_default();
+        // Only an app seen for the first time (in this period) allocates its name.
+        let app: Arc<str> = match apps.get_key_value(app) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(app),
+        };
+        let c = apps.entry(app.clone()).or_default();
         c.in_flight = c.in_flight.saturating_add(1);
         c.peak = c.peak.max(c.in_flight);
         c.requests += 1;
         EntryGuard {
             load: self.clone(),
-            app: app.to_owned(),
+            app,
         }
     }
 
@@ -59,7 +64,7 @@ impl EntryLoad {
             .iter()
             .filter(|(_, c)| c.peak > 0 || c.requests > 0 || c.in_flight > 0)
             .map(|(app, c)| EntrySnapshot {
-                app: app.clone(),
+                app: app.to_string(),
                 in_flight: c.in_flight,
                 peak: c.peak,
                 requests: c.requests,

@@ -17,11 +17,18 @@ struct Histogram {
     sum: f64,
 }
 
+/// One app's request counts (per machine and status class) and latency histogram, kept
+/// together so a request takes one lock.
+#[derive(Debug, Default)]
+struct AppRequests {
+    machines: BTreeMap<String, [u64; 5]>,
+    latency: Histogram,
+}
+
 /// Counters and gauges of one edge.
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
-    requests: Mutex<BTreeMap<String, BTreeMap<String, [u64; 5]>>>,
-    latency: Mutex<BTreeMap<String, Histogram>>,
+    requests: Mutex<BTreeMap<String, AppRequests>>,
     autostarts: Mutex<BTreeMap<String, u64>>,
     autostops: Mutex<BTreeMap<String, u64>>,
     replays: Mutex<BTreeMap<String, u64>>,
@@ -58,26 +65,21 @@ fn esc(v: &str) -> String {
 impl Metrics {
     /// One answered request. `machine` is empty when the edge answered by itself.
     pub fn request(&self, app: &str, machine: &str, status: u16, elapsed: Duration) {
-        {
-            let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-            // Look up by reference first: only a new app or machine allocates its key.
-            if !requests.contains_key(app) {
-                requests.insert(app.to_string(), BTreeMap::new());
-            }
-            if let Some(per_machine) = requests.get_mut(app) {
-                if !per_machine.contains_key(machine) {
-                    per_machine.insert(machine.to_string(), [0; 5]);
-                }
-                if let Some(counts) = per_machine.get_mut(machine) {
-                    counts[class(status)] += 1;
-                }
-            }
+        let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        // Look up by reference first: only a new app or machine allocates its key.
+        if !requests.contains_key(app) {
+            requests.insert(app.to_string(), AppRequests::default());
         }
-        let mut lat = self.latency.lock().unwrap_or_else(|e| e.into_inner());
-        if !lat.contains_key(app) {
-            lat.insert(app.to_string(), Histogram::default());
+        let Some(a) = requests.get_mut(app) else {
+            return;
+        };
+        if !a.machines.contains_key(machine) {
+            a.machines.insert(machine.to_string(), [0; 5]);
         }
-        let Some(h) = lat.get_mut(app) else { return };
+        if let Some(counts) = a.machines.get_mut(machine) {
+            counts[class(status)] += 1;
+        }
+        let h = &mut a.latency;
         let secs = elapsed.as_secs_f64();
         for (i, b) in BUCKETS.iter().enumerate() {
             if secs <= *b {
@@ -110,13 +112,9 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# HELP aloft_edge_requests_total Requests answered, by app, machine and status class.\n");
         out.push_str("# TYPE aloft_edge_requests_total counter\n");
-        for (app, per_machine) in self
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            for (machine, counts) in per_machine {
+        let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        for (app, a) in requests.iter() {
+            for (machine, counts) in &a.machines {
                 for (class, n) in CLASSES.iter().zip(counts).filter(|(_, n)| **n > 0) {
                     let _ = writeln!(
                         out,
@@ -131,12 +129,7 @@ impl Metrics {
             "# HELP aloft_edge_request_duration_seconds Time to response headers, by app.\n",
         );
         out.push_str("# TYPE aloft_edge_request_duration_seconds histogram\n");
-        for (app, h) in self
-            .latency
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
+        for (app, h) in requests.iter().map(|(app, a)| (app, &a.latency)) {
             let app = esc(app);
             for (b, c) in BUCKETS.iter().zip(h.counts) {
                 let _ = writeln!(
@@ -160,6 +153,7 @@ impl Metrics {
                 h.count
             );
         }
+        drop(requests);
         for (name, help, map) in [
             (
                 "aloft_edge_autostarts_total",

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -20,7 +21,7 @@ use crate::body::{buffer_body, Tracked};
 use crate::edge::Inner;
 use crate::headers::{forward_headers, hdr, steering, strip_hop_by_hop};
 use crate::replay::{Replay, REPLAY_HEADERS};
-use crate::routes::{self, AppRoutes, MachineRoute, ServiceRoutes};
+use crate::routes::{self, AppRoutes, MachineRoute, Routing, ServiceRoutes};
 
 /// The body type the edge sends and answers with.
 pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -32,6 +33,26 @@ pub(crate) struct ConnInfo {
     pub tls: bool,
     /// The public port the listener stands for.
     pub port: u16,
+    /// The client's address (IPv4-mapped addresses as IPv4) and `port` as header values, made
+    /// once per connection.
+    pub ip_header: HeaderValue,
+    pub port_header: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool, port: u16) -> ConnInfo {
+        let value = |s: String| {
+            HeaderValue::from_maybe_shared(Bytes::from(s))
+                .unwrap_or_else(|_| HeaderValue::from_static(""))
+        };
+        ConnInfo {
+            peer,
+            tls,
+            port,
+            ip_header: value(peer.ip().to_canonical().to_string()),
+            port_header: value(port.to_string()),
+        }
+    }
 }
 
 const MAX_REPLAYS: usize = 3;
@@ -74,60 +95,80 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
     conn: ConnInfo,
 ) -> Response<ProxyBody> {
+    if let Some(answer) = inner.acme.http01(&req) {
+        return answer;
+    }
     let started = Instant::now();
-    let request_id = format!("{:032x}", rand::random::<u128>());
-    let span = tracing::debug_span!("request", request_id = %request_id, peer = %conn.peer);
+    let request_id = request_id();
+    let span = tracing::debug_span!(
+        "request",
+        request_id = request_id.to_str().unwrap_or_default(),
+        peer = %conn.peer
+    );
+    // One snapshot of the route table for the whole request; the outcome borrows from it.
+    let routing = inner.routes.load_full();
     let mut out = Outcome::default();
-    let mut resp = route(&inner, req, &conn, &request_id, &mut out)
+    let mut resp = route(&inner, &routing, req, &conn, &request_id, &mut out)
         .instrument(span)
         .await;
     inner.metrics.request(
-        &out.app,
-        &out.machine,
+        out.app,
+        out.machine,
         resp.status().as_u16(),
         started.elapsed(),
     );
     let h = resp.headers_mut();
     h.insert(header::SERVER, HeaderValue::from_static("aloft"));
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        h.insert(hdr::FLY_REQUEST_ID, v.clone());
-        h.insert(hdr::ALOFT_REQUEST_ID, v);
-    }
+    h.insert(hdr::FLY_REQUEST_ID, request_id.clone());
+    h.insert(hdr::ALOFT_REQUEST_ID, request_id);
     resp
 }
 
-#[derive(Default)]
-struct Outcome {
-    app: String,
-    machine: String,
+/// A fresh request id: 32 lowercase hex digits, made without a formatting allocation.
+fn request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n = rand::random::<u128>();
+    let mut buf = [0u8; 32];
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&buf))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
-fn host_of(req: &Request<Incoming>) -> Option<String> {
-    req.headers()
+/// What answered a request, for the metrics.
+#[derive(Default)]
+struct Outcome<'r> {
+    app: &'r str,
+    machine: &'r str,
+}
+
+fn host_of<'a>(headers: &'a http::HeaderMap, uri: &'a Uri) -> Option<&'a str> {
+    headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .or_else(|| uri.authority().map(|a| a.as_str()))
 }
 
-async fn route(
+async fn route<'r>(
     inner: &Arc<Inner>,
-    mut req: Request<Incoming>,
+    routing: &'r Routing,
+    req: Request<Incoming>,
     conn: &ConnInfo,
-    request_id: &str,
-    out: &mut Outcome,
+    request_id: &HeaderValue,
+    out: &mut Outcome<'r>,
 ) -> Response<ProxyBody> {
-    let Some(host) = host_of(&req) else {
+    let (mut parts, body) = req.into_parts();
+    let Some(host) = host_of(&parts.headers, &parts.uri) else {
         return full(StatusCode::BAD_REQUEST, "the request has no Host header\n");
     };
-    let routing = inner.routes.load_full();
-    let Some(app) = routing.app_for_host(&host) else {
+    let Some(app) = routing.app_for_host(host) else {
         return full(
             StatusCode::NOT_FOUND,
             format!("no app is configured for host {host}\n"),
         );
     };
-    out.app = app.app.clone();
+    out.app = &app.app;
     let _entered = inner.entries.enter(&app.app);
     let Some(svc) = routes::service_for_port(app, conn.port) else {
         return full(
@@ -136,21 +177,33 @@ async fn route(
         );
     };
     if !conn.tls && svc.port(conn.port).is_some_and(|p| p.force_https) {
-        return redirect_https(inner, &host, req.uri());
+        return redirect_https(inner, host, &parts.uri);
     }
-    let mut steer = steering(req.headers());
-    let upgrade = req.headers().contains_key(header::UPGRADE) && req.version() == Version::HTTP_11;
-    let mut client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (parts, body) = req.into_parts();
-    let mut headers = forward_headers(
-        inner,
-        &parts.headers,
-        &host,
-        conn,
-        request_id,
-        parts.version,
-        upgrade,
-    );
+    let mut steer = steering(&parts.headers);
+    let upgrade = parts.headers.contains_key(header::UPGRADE) && parts.version == Version::HTTP_11;
+    // What `hyper::upgrade::on` takes from a request, taken from its parts (`None` inside when
+    // hyper offered no upgrade for it).
+    let mut client_upgrade =
+        upgrade.then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    let forwarded = |replay_src: Option<&HeaderValue>| {
+        let mut h = forward_headers(
+            inner,
+            &parts.headers,
+            host,
+            conn,
+            request_id,
+            parts.version,
+            upgrade,
+        );
+        if let Some(v) = replay_src {
+            h.insert(hdr::FLY_REPLAY_SRC, v.clone());
+            h.insert(hdr::ALOFT_REPLAY_SRC, v.clone());
+        }
+        h
+    };
+    // The headers of the next attempt; rebuilt only when a request is sent again.
+    let mut next_headers = Some(forwarded(None));
+    let mut replay_src: Option<HeaderValue> = None;
     let limit = inner.opts.max_buffered_body;
     let mut streamed: Option<ProxyBody> = None;
     let buffered: Option<Bytes> = if upgrade || body.is_end_stream() {
@@ -171,8 +224,8 @@ async fn route(
     let path = parts
         .uri
         .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let (mut attempts, mut replays) = (0, 0);
     loop {
         let (m, guard) = match acquire(inner, app, svc, &steer).await {
@@ -185,33 +238,46 @@ async fn route(
             }
             Err(e) => return full(e.status, format!("{}\n", e.message)),
         };
-        out.machine = m.id.clone();
+        out.machine = &m.id;
         let body = match (&buffered, streamed.take()) {
             (Some(b), _) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
             (None, Some(s)) => s,
             (None, None) => Empty::new().map_err(|never| match never {}).boxed(),
         };
-        let uri: Uri = match format!(
-            "http://{}{}",
-            SocketAddr::new(m.address, svc.internal_port),
-            path
-        )
-        .parse()
-        {
-            Ok(u) => u,
-            Err(_) => return full(StatusCode::BAD_REQUEST, "the request path is not valid\n"),
+        let Some(uri) = machine_uri(SocketAddr::new(m.address, svc.internal_port), &path) else {
+            return full(StatusCode::BAD_REQUEST, "the request path is not valid\n");
         };
         let mut fwd = Request::new(body);
         *fwd.method_mut() = parts.method.clone();
         *fwd.uri_mut() = uri;
-        *fwd.headers_mut() = headers.clone();
+        *fwd.headers_mut() = next_headers
+            .take()
+            .unwrap_or_else(|| forwarded(replay_src.as_ref()));
         let client = if svc.h2_backend && !upgrade {
             *fwd.version_mut() = Version::HTTP_2;
             &inner.h2_client
         } else {
             &inner.client
         };
-        let mut resp = match client.request(fwd).await {
+        // A request waiting on a host that turns unreachable over the mesh (a partition, a
+        // dead host) would wait for ever: it is given up, and retried elsewhere if it can be.
+        let Some(sent) = until_unreachable(inner, &m.host_id, client.request(fwd)).await else {
+            if parts.method.is_idempotent()
+                && buffered.is_some()
+                && attempts + 1 < inner.opts.max_attempts
+            {
+                tracing::warn!(app = %app.app, machine = %m.id, "host unreachable, trying another machine");
+                attempts += 1;
+                steer.exclude.insert(m.id.clone());
+                continue;
+            }
+            tracing::warn!(app = %app.app, machine = %m.id, "host unreachable while forwarding");
+            return full(
+                StatusCode::BAD_GATEWAY,
+                format!("machine {} of app {} became unreachable\n", m.id, app.app),
+            );
+        };
+        let mut resp = match sent {
             Ok(r) => r,
             Err(e)
                 if retryable(&e, &parts.method)
@@ -260,8 +326,7 @@ async fn route(
             inner.metrics.replay(&app.app);
             tracing::debug!(app = %app.app, machine = %m.id, ?replay, "replaying");
             if let Ok(v) = HeaderValue::from_str(&replay.source(&m.id, &m.region)) {
-                headers.insert(hdr::FLY_REPLAY_SRC, v.clone());
-                headers.insert(hdr::ALOFT_REPLAY_SRC, v);
+                replay_src = Some(v);
             }
             steer = Steering {
                 force_instance: replay.instance.clone(),
@@ -322,6 +387,43 @@ async fn route(
             }
             .boxed(),
         );
+    }
+}
+
+/// `http://ADDR/PATH` for a machine, built from parts (no string formatting and reparsing).
+fn machine_uri(addr: SocketAddr, path: &PathAndQuery) -> Option<Uri> {
+    use std::io::Write;
+    // The longest socket address, `[v6%scope]:port`, is well under 64 bytes.
+    let mut buf = [0u8; 64];
+    let mut w = &mut buf[..];
+    write!(w, "{addr}").ok()?;
+    let len = 64 - w.len();
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(Authority::from_maybe_shared(Bytes::copy_from_slice(&buf[..len])).ok()?);
+    parts.path_and_query = Some(path.clone());
+    Uri::from_parts(parts).ok()
+}
+
+/// Runs `work` unless `host` (another host than the edge's) becomes unreachable over the mesh
+/// first; `None` then.
+async fn until_unreachable<T>(
+    inner: &Inner,
+    host: &str,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    if host.is_empty() || host == inner.opts.host_id {
+        return Some(work.await);
+    }
+    let mut cut = inner.unreachable.subscribe();
+    let cut_off = async move {
+        if cut.wait_for(|u| u.contains(host)).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = work => Some(r),
+        () = cut_off => None,
     }
 }
 
@@ -388,20 +490,22 @@ pub(crate) struct Unavailable {
 
 /// Picks a machine and takes a slot on it: wakes one when none is under its soft limit, and
 /// queues (up to the queue timeout) when all are at their hard limit.
-pub(crate) async fn acquire(
+pub(crate) async fn acquire<'a>(
     inner: &Arc<Inner>,
-    app: &AppRoutes,
+    app: &'a AppRoutes,
     svc: &ServiceRoutes,
     steer: &Steering,
-) -> Result<(MachineRoute, SlotGuard), Unavailable> {
+) -> Result<(&'a MachineRoute, SlotGuard), Unavailable> {
     let deadline = tokio::time::Instant::now() + inner.opts.queue_timeout;
     let mut wake_failed: HashSet<String> = HashSet::new();
     loop {
         let rtts = inner.rtts.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let unreachable = inner.unreachable.borrow().clone();
         let here = Locality {
             region: &inner.opts.region,
             host_id: &inner.opts.host_id,
             rtts: &rtts,
+            unreachable: &unreachable,
         };
         let state = |m: &MachineRoute| inner.state_of(m);
         let limits = &svc.concurrency;
@@ -428,7 +532,7 @@ pub(crate) async fn acquire(
         }
         for m in &ranked {
             if let Some(g) = inner.loads.try_acquire(&m.id, limits.hard_limit) {
-                return Ok(((*m).clone(), g));
+                return Ok((*m, g));
             }
         }
         let any_at_hard = app.machines.iter().any(|m| {
@@ -454,7 +558,7 @@ pub(crate) async fn acquire(
         released.as_mut().enable();
         for m in &ranked {
             if let Some(g) = inner.loads.try_acquire(&m.id, limits.hard_limit) {
-                return Ok(((*m).clone(), g));
+                return Ok((*m, g));
             }
         }
         if tokio::time::timeout_at(deadline, released).await.is_err() {
@@ -467,10 +571,14 @@ pub(crate) async fn acquire(
 }
 
 async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
+    client: Option<hyper::upgrade::OnUpgrade>,
     backend: hyper::upgrade::OnUpgrade,
     guard: SlotGuard,
 ) {
+    let Some(client) = client else {
+        tracing::debug!("the client connection cannot be upgraded");
+        return;
+    };
     let (client, backend) = match tokio::try_join!(client, backend) {
         Ok(x) => x,
         Err(e) => {

@@ -55,8 +55,14 @@ impl Routing {
 
     /// The app a `Host` header (or SNI name) names; a port suffix and a trailing dot are ignored.
     pub fn app_for_host(&self, host: &str) -> Option<&AppRoutes> {
-        let name = strip_port(host).trim_end_matches('.').to_ascii_lowercase();
-        self.by_host.get(&name).map(|&i| &self.table.apps[i])
+        let name = strip_port(host).trim_end_matches('.');
+        // Hostnames are almost always lowercase already: only copy one that is not.
+        let i = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.by_host.get(&name.to_ascii_lowercase())
+        } else {
+            self.by_host.get(name)
+        };
+        i.map(|&i| &self.table.apps[i])
     }
 }
 

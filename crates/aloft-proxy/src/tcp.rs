@@ -172,11 +172,7 @@ async fn port_conn(
     let limit = inner.opts.header_read_timeout;
     if !tls {
         if http {
-            let conn = ConnInfo {
-                peer,
-                tls: false,
-                port,
-            };
+            let conn = ConnInfo::new(peer, false, port);
             serve_conn(inner.clone(), stream, conn, watcher, None).await;
             return;
         }
@@ -208,11 +204,7 @@ async fn port_conn(
     };
     if http {
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-        let conn = ConnInfo {
-            peer,
-            tls: true,
-            port,
-        };
+        let conn = ConnInfo::new(peer, true, port);
         serve_conn(inner.clone(), stream, conn, watcher, Some(h2)).await;
         return;
     }

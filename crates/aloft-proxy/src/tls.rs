@@ -233,6 +233,8 @@ pub(crate) struct CertResolver {
     issued: Mutex<HashMap<String, (std::time::Instant, Arc<CertifiedKey>)>>,
     ca: ArcSwapOption<Ca>,
     routes: Arc<ArcSwap<Routing>>,
+    /// ACME challenges: `acme-tls/1` handshakes get their challenge certificate.
+    pub acme: Arc<crate::acme::Challenges>,
 }
 
 impl std::fmt::Debug for CertResolver {
@@ -248,6 +250,7 @@ impl CertResolver {
             issued: Mutex::default(),
             ca: ArcSwapOption::new(ca),
             routes,
+            acme: Arc::default(),
         }
     }
 
@@ -283,6 +286,12 @@ impl ResolvesServerCert for CertResolver {
             .server_name()?
             .trim_end_matches('.')
             .to_ascii_lowercase();
+        if hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == crate::acme::ALPN))
+        {
+            return self.acme.tls_alpn01(&name);
+        }
         if let Some(c) = self.user_cert(&name) {
             return Some(c);
         }
@@ -309,7 +318,8 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
-/// The server-side TLS configuration: TLS 1.2 and 1.3, ALPN h2 then http/1.1.
+/// The server-side TLS configuration: TLS 1.2 and 1.3, ALPN h2 then http/1.1 (and
+/// `acme-tls/1`, which only ACME validation handshakes offer).
 pub(crate) fn server_config(resolver: Arc<CertResolver>) -> Result<rustls::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
@@ -317,7 +327,11 @@ pub(crate) fn server_config(resolver: Arc<CertResolver>) -> Result<rustls::Serve
         .map_err(TlsError::Config)?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.alpn_protocols = vec![
+        b"h2".to_vec(),
+        b"http/1.1".to_vec(),
+        crate::acme::ALPN.to_vec(),
+    ];
     Ok(cfg)
 }
 

@@ -37,6 +37,7 @@ impl Modify for BearerAuth {
         autoscale::get_policy, autoscale::put_policy, autoscale::app_load, autoscale::platform_load,
         routes::get_routes, routes::watch_routes, routes::wake, routes::idle,
         certs::root, certs::list, certs::add, certs::remove, certs::edge_tls,
+        certs::order, certs::show, certs::edge_acme,
         releases::list_releases, releases::create_release, releases::get_release, releases::set_status,
         releases::patch_status, releases::list_secrets, releases::set_secrets, releases::unset_secrets,
         serve,
