@@ -4,10 +4,13 @@
 //!
 //! The deployer runs in the CLI; the control plane records releases and publishes the route
 //! table the edges follow. The rollout itself lives in the child modules: `rollout` (the
-//! strategies and the undo log), `traffic` (cordons and the route table) and `health` (when a
-//! machine counts as healthy).
+//! strategies and the undo log), `traffic` (cordons and the route table), `health` (when a
+//! machine counts as healthy), `release_command` (`[deploy] release_command`, run before the
+//! rollout) and `build` (building the image from a Dockerfile when there is none).
 
+mod build;
 mod health;
+mod release_command;
 mod rollout;
 mod traffic;
 
@@ -25,6 +28,7 @@ use clap::Args;
 
 use crate::context::{self, UsageError};
 
+pub use release_command::ReleaseCommand;
 pub use traffic::DEFAULT_DRAIN;
 
 /// How long to wait for each machine when `[deploy] wait_timeout` is not set.
@@ -35,7 +39,8 @@ pub const DEFAULT_MAX_UNAVAILABLE: MaxUnavailable = MaxUnavailable::Fraction(0.3
 #[derive(Debug, Args)]
 pub struct DeployArgs {
     /// A registry reference, an OCI layout (DIR[:TAG]), a `docker save` archive or
-    /// docker://NAME; defaults to `[build] image` of the config.
+    /// docker://NAME; defaults to `[build] image` of the config, else the image built from
+    /// `[build] dockerfile` (or a `Dockerfile` beside the config) with the local Docker engine.
     #[arg(long, short)]
     pub image: Option<String>,
     /// rolling, immediate, canary or bluegreen (default: `[deploy] strategy`).
@@ -69,6 +74,14 @@ pub struct Plan {
     pub wait_timeout: Duration,
     pub drain: Duration,
     pub detach: bool,
+}
+
+/// Where a deploy's image comes from.
+enum Source {
+    /// `--image` or `[build] image`.
+    Image(String),
+    /// Built from a Dockerfile first.
+    Build(build::BuildSpec),
 }
 
 /// A strategy name as `--strategy` and releases spell it.
@@ -109,13 +122,20 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
             loaded.path.display()
         ))
     })?;
-    let source = args
+    let given = args
         .image
         .clone()
-        .or_else(|| config.build.as_ref().and_then(|b| b.image.clone()))
-        .ok_or_else(|| {
-            UsageError("No image: pass --image REF or set [build] image in the config".into())
-        })?;
+        .or_else(|| config.build.as_ref().and_then(|b| b.image.clone()));
+    let dir = std::env::current_dir().context("Cannot read the current directory")?;
+    let source = match given {
+        Some(image) => Source::Image(image),
+        None => Source::Build(build::spec(&dir, config.build.as_ref()).ok_or_else(|| {
+            UsageError(
+                "No image: pass --image REF, set [build] image in the config, or add a Dockerfile"
+                    .into(),
+            )
+        })?),
+    };
     let strategy = match &args.strategy {
         Some(s) => parse_strategy(s)?,
         None => config.deploy.strategy,
@@ -128,7 +148,27 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
         Some(t) => parse_flag_duration("--drain", t)?,
         None => DEFAULT_DRAIN,
     };
+    let release_command = config
+        .deploy
+        .release_command
+        .clone()
+        .map(|command| ReleaseCommand {
+            command,
+            timeout: config.deploy.release_command_timeout,
+        });
+    if let Some(rc) = &release_command {
+        // A command line that cannot be split is refused before anything is built or recorded.
+        release_command::argv(&rc.command)?;
+    }
     let api = context::api()?;
+    let source = match source {
+        Source::Image(image) => image,
+        Source::Build(spec) => {
+            let tag = build::local_tag(&app);
+            build::docker_build(spec, tag.clone()).await?;
+            format!("docker://{tag}")
+        }
+    };
     let image = resolve_image(&app, &source).await?;
     let configs = config.machine_configs(&image);
     if strategy == Strategy::Bluegreen && !configs.values().any(|c| health::checks_in(c) > 0) {
@@ -151,7 +191,9 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
         drain,
         detach: args.detach,
     };
-    roll_out(&api, &plan).await.map(drop)
+    roll_out_with(&api, &plan, release_command.as_ref())
+        .await
+        .map(drop)
 }
 
 /// A registry reference as-is; a local image (layout dir, archive, docker://) pushed to the
@@ -189,6 +231,16 @@ pub async fn resolve_image(app: &str, source: &str) -> anyhow::Result<String> {
 
 /// Records a release and rolls it out; on failure rolls back and marks it `failed`.
 pub async fn roll_out(api: &Client, plan: &Plan) -> anyhow::Result<Release> {
+    roll_out_with(api, plan, None).await
+}
+
+/// [`roll_out`], running `release_command` first: when it fails the release is marked
+/// `failed` and no machine of the app is touched.
+pub async fn roll_out_with(
+    api: &Client,
+    plan: &Plan,
+    release_command: Option<&ReleaseCommand>,
+) -> anyhow::Result<Release> {
     let release = api
         .create_release(
             &plan.app,
@@ -209,6 +261,14 @@ pub async fn roll_out(api: &Client, plan: &Plan) -> anyhow::Result<Release> {
     );
     api.set_release_status(&plan.app, v, ReleaseStatus::Running, None)
         .await?;
+    if let Some(rc) = release_command {
+        if let Err(e) = release_command::run(api, plan, v, rc).await {
+            let reason = format!("{e:#}");
+            api.set_release_status(&plan.app, v, ReleaseStatus::Failed, Some(&reason))
+                .await?;
+            return Err(e);
+        }
+    }
     let traffic = traffic::Traffic::connect(plan).await?;
     let mut rollout = rollout::Rollout::new(api, plan, traffic);
     match rollout.run().await {

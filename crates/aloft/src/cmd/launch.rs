@@ -10,7 +10,8 @@ use crate::context::{self, UsageError};
 
 #[derive(Debug, Args)]
 pub struct LaunchArgs {
-    /// The image to deploy (registry reference, OCI layout, docker archive or docker://NAME).
+    /// The image to deploy (registry reference, OCI layout, docker archive or docker://NAME);
+    /// without it, the `Dockerfile` here is built with the local Docker engine.
     #[arg(long, short)]
     pub image: Option<String>,
     /// The app name (default: the directory's name).
@@ -35,8 +36,10 @@ pub async fn run(args: LaunchArgs) -> anyhow::Result<()> {
         )
         .into());
     }
-    if !args.no_deploy && args.image.is_none() {
-        return Err(UsageError("Pass --image REF (or --no-deploy)".into()).into());
+    if !args.no_deploy && args.image.is_none() && !Path::new("Dockerfile").is_file() {
+        return Err(
+            UsageError("Pass --image REF, add a Dockerfile, or pass --no-deploy".into()).into(),
+        );
     }
     let name = match args.name {
         Some(n) => n,
