@@ -13,6 +13,8 @@ packages=(
   runc busybox-static
   skopeo umoci
   docker-registry wrk wireguard-go wireguard-tools iperf3 iputils-ping
+  bird2
+  pebble
 )
 
 missing=()
@@ -28,6 +30,11 @@ fi
 # The bench's peer registry is started on demand, never as a system service.
 if systemctl is-active --quiet docker-registry 2>/dev/null; then
   systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi
+# bird2 runs per agent (and per simulated city) with its own config and socket, never as the
+# system's routing daemon.
+if systemctl is-enabled --quiet bird 2>/dev/null || systemctl is-active --quiet bird 2>/dev/null; then
+  systemctl disable --now bird >/dev/null 2>&1 || true
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -52,6 +52,10 @@ pub struct AgentOptions {
     pub dns_listen: Option<std::net::SocketAddr>,
     /// Where DNS forwards other names; `None`: the first nameserver of `/etc/resolv.conf`.
     pub dns_upstream: Option<std::net::SocketAddr>,
+    /// Announces the edge's anycast prefixes over BGP while it is healthy; `None`: no BGP.
+    pub bgp: Option<crate::bgp::BgpOptions>,
+    /// The edge's public addresses, told to the control plane for GeoDNS.
+    pub edge_addresses: Vec<std::net::IpAddr>,
 }
 
 /// Runs the agent until `shutdown` resolves. Machines keep running after it returns.
@@ -74,6 +78,16 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     };
     // The edge first: it routes from its saved table even while the control plane is down.
     let edge = crate::edge::EdgeRole::start_or_log(&opts, &host_id).await;
+    let bgp = match &opts.bgp {
+        Some(b) => {
+            crate::bgp::BgpRole::start_or_log(
+                b.clone(),
+                edge.as_ref().map(|e| e.edge().http_addr()),
+            )
+            .await
+        }
+        None => None,
+    };
     let client = Client::new(&opts.control_url, opts.token.clone())?;
     let (cpus, memory_mb) = capacity(&opts);
 
@@ -102,6 +116,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         api_secret: Some(api_secret),
         mesh: mesh_identity.as_ref().map(|m| m.info()),
         host_index: Some(proposed_index),
+        edge_addresses: opts.edge_addresses.iter().map(|a| a.to_string()).collect(),
     };
     tokio::pin!(shutdown);
     let mut delay = Duration::from_millis(200);
@@ -212,6 +227,10 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         r = follow(&client, &host_id, &shared, &mut supervisors) => r,
         _ = &mut shutdown => Ok(()),
     };
+    // Routers move traffic away before the edge stops accepting.
+    if let Some(bgp) = bgp {
+        bgp.withdraw_and_stop().await;
+    }
     heartbeat.abort();
     if let Some(mesh) = mesh {
         mesh.shutdown();

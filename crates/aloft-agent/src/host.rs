@@ -69,6 +69,9 @@ pub struct HostRuntime {
     alive: std::sync::Mutex<std::collections::HashMap<String, (u32, u64)>>,
     /// Machines whose sandbox was seen stopped, with their exit code.
     ended: std::sync::Mutex<std::collections::HashMap<String, i32>>,
+    /// Addresses handed out by this process, per machine: a start records its machine's
+    /// addresses only once it is done, so machines starting at once must not get the same.
+    handed_out: std::sync::Mutex<std::collections::HashMap<String, (Ipv4Addr, Ipv6Addr)>>,
 }
 
 /// FNV-1a, for stable numbers derived from names.
@@ -132,6 +135,7 @@ impl HostRuntime {
             nets: Default::default(),
             alive: Default::default(),
             ended: Default::default(),
+            handed_out: Default::default(),
         })
     }
 
@@ -283,6 +287,10 @@ impl HostRuntime {
         let id = &m.assignment.id;
         self.forget_net(id);
         self.forget_status(id);
+        self.handed_out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         self.sandbox.destroy(id).await?;
         let ipv4 = m.ipv4.as_deref().and_then(|s| s.parse().ok());
         self.network.teardown_machine(id, ipv4).await?;
@@ -394,16 +402,25 @@ impl HostRuntime {
             }
         }
         let pool = network::Ipv4Pool::for_host(self.host_index);
-        let used = self.used_addresses()?;
+        let mut handed_out = self.handed_out.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mine) = handed_out.get(&m.assignment.id) {
+            return Ok(*mine);
+        }
+        let mut used = self.used_addresses()?;
+        for (v4, v6) in handed_out.values() {
+            used.0.insert(*v4);
+            if let Some(p) = network::parse_sixpn(*v6) {
+                used.1.insert(p.machine);
+            }
+        }
         let v4 = network::allocate(&used.0, &pool).ok_or_else(|| {
             AgentError::Invalid("No free private IPv4 address on this host".into())
         })?;
         let machine = network::allocate_sixpn_machine(&used.1)
             .ok_or_else(|| AgentError::Invalid("No free 6PN address on this host".into()))?;
-        Ok((
-            v4,
-            network::sixpn_address(network, self.host_index, machine),
-        ))
+        let v6 = network::sixpn_address(network, self.host_index, machine);
+        handed_out.insert(m.assignment.id.clone(), (v4, v6));
+        Ok((v4, v6))
     }
 
     fn used_addresses(&self) -> Result<(HashSet<Ipv4Addr>, HashSet<u32>), AgentError> {

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+pub mod bgp;
 mod checks;
 pub mod dns;
 pub mod edge;

@@ -1,14 +1,15 @@
 //! The agent's mesh role: runs `aloft-mesh` for this host, mirrors the control plane's peer
-//! list into it every 2 s, and hands the RTTs it measures to the edge every second.
+//! list into it every 2 s, and hands the RTTs it measures to the edge every second, with the
+//! hosts whose peers stopped answering (the edge skips their machines).
 //!
 //! The key pair lives in `<data dir>/mesh.key` (mode 0600). The endpoint the control plane
 //! learns is `--address` with `--mesh-port`. Simulated links (`--link`) apply per region.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aloft_api::{Client, MeshInfo, MeshPeer};
@@ -145,11 +146,13 @@ impl MeshRole {
         let config = MeshConfig::new(host_index, identity.endpoint, identity.key.clone());
         let mesh = Arc::new(Mesh::start(config).await?);
         let links = identity.options.links;
+        let host_ids = HostIds::default();
         let mut tasks = vec![tokio::spawn(follow_peers(
             mesh.clone(),
             client,
             host_id,
             links,
+            host_ids.clone(),
         ))];
         if let Some(edge) = edge {
             let mesh = mesh.clone();
@@ -158,6 +161,7 @@ impl MeshRole {
                 loop {
                     tick.tick().await;
                     edge.set_rtts(mesh.region_rtts());
+                    edge.set_unreachable_hosts(host_ids.of(&mesh.unreachable_peers()));
                 }
             }));
         }
@@ -185,8 +189,33 @@ impl Drop for MeshRole {
     }
 }
 
+/// The host id of each peer's host index, as the control plane last listed them.
+#[derive(Debug, Clone, Default)]
+struct HostIds(Arc<Mutex<HashMap<u32, String>>>);
+
+impl HostIds {
+    fn set(&self, listed: &[MeshPeer]) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = listed
+            .iter()
+            .map(|p| (p.host_index, p.host_id.clone()))
+            .collect();
+    }
+
+    /// The host ids of these host indexes (unknown ones are left out).
+    fn of(&self, indexes: &[u32]) -> HashSet<String> {
+        let ids = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        indexes.iter().filter_map(|i| ids.get(i).cloned()).collect()
+    }
+}
+
 /// Mirrors `GET /v1/mesh/peers` into the mesh every [`PEER_POLL`].
-async fn follow_peers(mesh: Arc<Mesh>, client: Client, host_id: String, links: Vec<MeshLink>) {
+async fn follow_peers(
+    mesh: Arc<Mesh>,
+    client: Client,
+    host_id: String,
+    links: Vec<MeshLink>,
+    host_ids: HostIds,
+) {
     let mut tick = tokio::time::interval(PEER_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<Vec<MeshPeer>> = None;
@@ -204,7 +233,10 @@ async fn follow_peers(mesh: Arc<Mesh>, client: Client, host_id: String, links: V
         }
         let peers = to_peers(&listed, &host_id, &links);
         match mesh.set_peers(peers) {
-            Ok(()) => last = Some(listed),
+            Ok(()) => {
+                host_ids.set(&listed);
+                last = Some(listed);
+            }
             Err(e) => warn!(error = %e, "the control plane's mesh peer list was refused"),
         }
     }

@@ -26,6 +26,10 @@ pub struct RegisterHostRequest {
     /// other host holds it, else the control plane assigns a fresh one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_index: Option<u32>,
+    /// The public IP addresses of the host's edge: what the control plane's GeoDNS answers
+    /// with for clients nearest this host's region.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub edge_addresses: Vec<String>,
 }
 
 /// A host's mesh identity.

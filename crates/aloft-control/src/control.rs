@@ -24,6 +24,8 @@ pub struct Control {
     heartbeat_timeout: Duration,
     started: Instant,
     pub(crate) autoscale: crate::autoscale::AutoscaleState,
+    pub(crate) liveness: crate::liveness::Liveness,
+    pub(crate) acme: crate::acme::AcmeState,
 }
 
 impl std::fmt::Debug for Control {
@@ -51,6 +53,8 @@ impl Control {
             heartbeat_timeout,
             started: Instant::now(),
             autoscale: crate::autoscale::AutoscaleState::default(),
+            liveness: crate::liveness::Liveness::default(),
+            acme: crate::acme::AcmeState::default(),
         };
         Ok((control, admin))
     }
@@ -215,7 +219,13 @@ impl Control {
     pub fn heartbeat(&self, id: &str) -> Result<Host, ApiError> {
         let mut inner = self.lock();
         inner.heartbeat(id)?;
-        inner.host(id, self.live_since())
+        let host = inner.host(id, self.live_since());
+        drop(inner);
+        // A host that was down is routable again at once, not at the next liveness check.
+        if self.liveness.down().contains(id) {
+            self.refresh_liveness()?;
+        }
+        host
     }
 
     /// Every registered host with mesh info (agents mirror this list).

@@ -7,13 +7,16 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod api;
 pub mod auth;
 pub mod autoscale;
 pub mod certs;
 pub mod control;
+pub mod geodns;
 pub mod ids;
 pub mod image;
+pub mod liveness;
 pub mod machines;
 pub mod placement;
 pub mod releases;
@@ -129,6 +132,12 @@ impl Server {
         self
     }
 
+    /// Orders certificates for custom hostnames from an ACME CA (`docs/edge.md`, "ACME").
+    pub fn acme(self, options: acme::AcmeOptions) -> Self {
+        self.control.configure_acme(options);
+        self
+    }
+
     /// The full router: `/v1` API, merged routes, and a JSON 404 fallback.
     pub fn router(&self) -> axum::Router {
         api::router(self.control.clone(), self.extra.clone())
@@ -143,6 +152,13 @@ impl Server {
         let control = self.control.clone();
         let router = self.router();
         let scaler = tokio::spawn(autoscale::scaler::run(control.clone(), self.scaler));
+        let liveness = tokio::spawn(liveness::run(
+            control.clone(),
+            self.options.heartbeat_timeout,
+        ));
+        let renewals = control
+            .acme_enabled()
+            .then(|| tokio::spawn(acme::renew_loop(control.clone())));
         tracing::info!(addr = ?listener.local_addr().ok(), "control plane listening");
         axum::serve(listener, router)
             .with_graceful_shutdown(async move {
@@ -152,6 +168,10 @@ impl Server {
             .await
             .map_err(ControlError::Serve)?;
         scaler.abort();
+        liveness.abort();
+        if let Some(r) = renewals {
+            r.abort();
+        }
         Ok(())
     }
 }

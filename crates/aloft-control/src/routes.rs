@@ -1,5 +1,7 @@
 //! The route table: every app's hostnames, services and routable machines, built from the
-//! store at its current global revision, which is also the table's revision.
+//! store at its current global revision, which is also the table's revision. Machines of
+//! hosts that are down (`liveness.rs`) are not routable. An app's custom hostnames are the
+//! exact names of its certificates (`certs.rs`).
 
 use aloft_api::routes::{
     AppRoutes, Autostop, Concurrency, ConcurrencyKind, MachineRoute, PortRoute, ProxyProtoVersion,
@@ -26,9 +28,15 @@ impl Control {
             revision: inner.revision,
             apps: Vec::with_capacity(apps.len()),
         };
+        // Machines of down hosts are left out until their host heartbeats again.
+        let down = self.liveness.down();
+        let mut hostnames = crate::certs::app_hostnames(&inner.conn)?;
         for (app, org) in apps {
-            let rows = MachineRow::list(&inner.conn, &app, false)?;
-            table.apps.push(app_routes(&app, &org, &rows));
+            let mut rows = MachineRow::list(&inner.conn, &app, false)?;
+            rows.retain(|m| !down.contains(&m.host_id));
+            let mut routes = app_routes(&app, &org, &rows);
+            routes.hostnames = hostnames.remove(&app).unwrap_or_default();
+            table.apps.push(routes);
         }
         Ok(table)
     }

@@ -52,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
                 api_secret: None,
                 mesh: None,
                 host_index: None,
+                edge_addresses: Vec::new(),
             })
             .await?;
     }

@@ -89,6 +89,22 @@ const MIGRATIONS: &[&str] = &[
      CREATE TRIGGER apps_delete_autoscale AFTER DELETE ON apps BEGIN
         DELETE FROM autoscale WHERE app = OLD.name;
      END;",
+    // 6: the public addresses of each host's edge (GeoDNS answers), comma-separated.
+    "ALTER TABLE hosts ADD COLUMN edge_addresses TEXT NOT NULL DEFAULT '';",
+    // 7: a certificate's hostname belongs to an app (edges route it there) and goes with it.
+    // The tables were created on first use before, so they may not exist yet.
+    "CREATE TABLE IF NOT EXISTS edge_certificates (hostname TEXT PRIMARY KEY, certificate TEXT NOT NULL,
+        private_key TEXT NOT NULL, fingerprint TEXT NOT NULL, created_at TEXT NOT NULL);
+     ALTER TABLE edge_certificates ADD COLUMN app TEXT;
+     CREATE TABLE IF NOT EXISTS acme_certificates (hostname TEXT PRIMARY KEY, status TEXT NOT NULL,
+        challenge TEXT, error TEXT, certificate TEXT, key_nonce BLOB, key_sealed BLOB,
+        fingerprint TEXT NOT NULL DEFAULT '', not_after INTEGER, created_at TEXT NOT NULL,
+        updated_at INTEGER NOT NULL);
+     ALTER TABLE acme_certificates ADD COLUMN app TEXT;
+     CREATE TRIGGER apps_delete_certificates AFTER DELETE ON apps BEGIN
+        DELETE FROM edge_certificates WHERE app = OLD.name;
+        DELETE FROM acme_certificates WHERE app = OLD.name;
+     END;",
 ];
 
 /// The largest host index (the 6PN host field is 16 bits wide in practice).
@@ -109,6 +125,8 @@ pub struct Inner {
     host_apps: HashMap<String, Vec<String>>,
     /// Per host, the revision of its latest machine change (watchers skip quiet hosts).
     pub host_revision: HashMap<String, u64>,
+    /// Per host, the public addresses of its edge (for GeoDNS).
+    pub edge_addresses: HashMap<String, Vec<std::net::IpAddr>>,
 }
 
 /// Current time as RFC 3339 (seconds precision, `Z`).
@@ -178,6 +196,7 @@ impl Inner {
             app_hosts: HashMap::new(),
             host_apps: HashMap::new(),
             host_revision: HashMap::new(),
+            edge_addresses: HashMap::new(),
         };
         let now = Instant::now();
         let rows: Vec<(String, String, i64, i64)> = {
@@ -202,6 +221,18 @@ impl Inner {
         let ids: Vec<String> = inner.hosts.iter().map(|h| h.id.clone()).collect();
         for id in ids {
             inner.refresh_host_usage(&id)?;
+        }
+        let edges: Vec<(String, String)> = {
+            let mut stmt = inner
+                .conn
+                .prepare("SELECT id, edge_addresses FROM hosts WHERE edge_addresses != ''")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (id, list) in edges {
+            inner
+                .edge_addresses
+                .insert(id, list.split(',').filter_map(|a| a.parse().ok()).collect());
         }
         Ok(inner)
     }
@@ -374,6 +405,16 @@ impl Inner {
     /// Registers (or re-registers) a host; it counts as seen now. A new host gets its host
     /// index here: the agent's hint when no other host holds it, else one never handed out.
     pub fn register_host(&mut self, req: &RegisterHostRequest) -> Result<(), ApiError> {
+        let edges = req
+            .edge_addresses
+            .iter()
+            .map(|a| {
+                a.parse::<std::net::IpAddr>().map_err(|_| {
+                    ApiError::BadRequest(format!("Edge address {a:?} is not an IP address"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let edge_list = req.edge_addresses.join(",");
         let tx = self.conn.transaction()?;
         let existing: Option<Option<i64>> = tx
             .query_row(
@@ -396,6 +437,10 @@ impl Inner {
              ON CONFLICT (id) DO UPDATE SET region = ?2, address = ?3, cpus = ?4, memory_mb = ?5, last_heartbeat = ?6,
                 host_index = ?7, mesh_public_key = ?8, mesh_endpoint = ?9",
             params![req.id, req.region, req.address, req.cpus, req.memory_mb, now_rfc3339(), index, key, endpoint],
+        )?;
+        tx.execute(
+            "UPDATE hosts SET edge_addresses = ?2 WHERE id = ?1",
+            params![req.id, edge_list],
         )?;
         tx.execute(
             "UPDATE meta SET value = max(value, ?1) WHERE key = 'host_index_high'",
@@ -425,6 +470,11 @@ impl Inner {
             }
         }
         self.refresh_host_usage(&req.id)?;
+        if edges.is_empty() {
+            self.edge_addresses.remove(&req.id);
+        } else {
+            self.edge_addresses.insert(req.id.clone(), edges);
+        }
         Ok(())
     }
 

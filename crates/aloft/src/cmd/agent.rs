@@ -69,6 +69,75 @@ pub struct AgentArgs {
     /// (repeatable; needs --mesh-port): delay and loss added to what this host sends there.
     #[arg(long = "link", requires = "mesh_port")]
     pub links: Vec<aloft_agent::mesh::MeshLink>,
+    /// A public address of this host's edge (repeatable, IPv4 and IPv6): the control plane's
+    /// GeoDNS answers with it for clients nearest this region.
+    #[arg(long = "edge-address", value_name = "IP")]
+    pub edge_addresses: Vec<std::net::IpAddr>,
+    #[command(flatten)]
+    pub bgp: Box<BgpArgs>,
+}
+
+/// Announcing the edge's anycast prefixes over BGP (through a bird2 process the agent runs).
+#[derive(Debug, Args)]
+pub struct BgpArgs {
+    /// This host's autonomous system number; turns BGP on.
+    #[arg(long, requires_all = ["bgp_neighbors", "anycast"])]
+    pub bgp_asn: Option<u32>,
+    /// The BGP router id (default: --address when it is an IPv4 address).
+    #[arg(long, requires = "bgp_asn")]
+    pub bgp_router_id: Option<std::net::Ipv4Addr>,
+    /// A router to announce to: ADDR, ADDR:ASN or [IPV6]:ASN (repeatable; without an ASN the
+    /// session is internal).
+    #[arg(long = "bgp-neighbor", value_name = "ADDR[:ASN]", requires = "bgp_asn")]
+    pub bgp_neighbors: Vec<aloft_agent::bgp::Neighbor>,
+    /// A prefix announced while the edge is healthy, ADDR/LEN (repeatable, IPv4 and IPv6).
+    #[arg(long = "anycast", value_name = "ADDR/LEN", requires = "bgp_asn")]
+    pub anycast: Vec<aloft_agent::bgp::Prefix>,
+    /// BGP hold time in seconds (keepalives every third of it).
+    #[arg(long, default_value_t = aloft_agent::bgp::DEFAULT_HOLD_TIME)]
+    pub bgp_hold_time: u16,
+    /// Where bird's configuration, log and the drain file live (default: <data-dir>/bgp).
+    #[arg(long)]
+    pub bird_dir: Option<PathBuf>,
+    /// bird's control socket (default: bird.ctl in --bird-dir).
+    #[arg(long)]
+    pub bird_socket: Option<PathBuf>,
+    /// The bird binary.
+    #[arg(long, default_value = "bird")]
+    pub bird: PathBuf,
+}
+
+impl BgpArgs {
+    fn options(
+        self,
+        data_dir: &std::path::Path,
+        address: &str,
+    ) -> anyhow::Result<Option<aloft_agent::bgp::BgpOptions>> {
+        let Some(asn) = self.bgp_asn else {
+            return Ok(None);
+        };
+        let router_id = match self.bgp_router_id {
+            Some(id) => id,
+            None => address.parse().map_err(|_| {
+                crate::context::UsageError(format!(
+                    "--bgp-router-id is needed: --address {address} is not an IPv4 address"
+                ))
+            })?,
+        };
+        let opts = aloft_agent::bgp::BgpOptions {
+            asn,
+            router_id,
+            neighbors: self.bgp_neighbors,
+            anycast: self.anycast,
+            dir: self.bird_dir.unwrap_or_else(|| data_dir.join("bgp")),
+            socket: self.bird_socket,
+            hold_time: self.bgp_hold_time,
+            bird: self.bird,
+        };
+        opts.validate()
+            .map_err(|e| crate::context::UsageError(e.to_string()))?;
+        Ok(Some(opts))
+    }
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -83,6 +152,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         Some(p) => p,
         None => default_init()?,
     };
+    let bgp = (*args.bgp).options(&args.data_dir, &args.address)?;
     let opts = aloft_agent::AgentOptions {
         control_url: args.control,
         token: args.token,
@@ -105,6 +175,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             port,
             links: args.links,
         }),
+        bgp,
+        edge_addresses: args.edge_addresses,
     };
     aloft_agent::run(opts, super::server::shutdown_signal()).await?;
     Ok(())

@@ -29,6 +29,76 @@ pub struct ServerArgs {
     /// Seconds a machine the autoscaler created must have been stopped before it is destroyed.
     #[arg(long, default_value_t = 600)]
     pub autoscale_destroy_after: u64,
+    #[command(flatten)]
+    pub acme: AcmeArgs,
+    #[command(flatten)]
+    pub geodns: GeoDnsArgs,
+}
+
+/// GeoDNS: answering `<app>.<zone>` with the nearest healthy edge (docs/networking.md).
+#[derive(Debug, Clone, Args)]
+pub struct GeoDnsArgs {
+    /// UDP address GeoDNS answers on (port 0 picks a free port; the bound address is printed).
+    #[arg(long, value_name = "ADDR:PORT", requires = "geodns_zone")]
+    pub geodns_listen: Option<SocketAddr>,
+    /// The zone GeoDNS is authoritative for: apps answer at <app>.<zone>.
+    #[arg(long, value_name = "DOMAIN", requires = "geodns_listen")]
+    pub geodns_zone: Option<String>,
+    /// TOML map of client networks to regions (`[networks] "192.0.2.0/24" = "ams"`).
+    #[arg(long, value_name = "FILE", requires = "geodns_listen")]
+    pub geodns_map: Option<PathBuf>,
+}
+
+impl GeoDnsArgs {
+    /// Binds GeoDNS and starts it next to the API when asked for.
+    async fn start(&self, server: &aloft_control::Server) -> anyhow::Result<()> {
+        use aloft_control::geodns::{ClientMap, GeoDns};
+        let (Some(listen), Some(zone)) = (self.geodns_listen, &self.geodns_zone) else {
+            return Ok(());
+        };
+        let map = match &self.geodns_map {
+            Some(path) => ClientMap::load(path)?,
+            None => ClientMap::default(),
+        };
+        let dns = GeoDns::bind(listen, zone, map).await?;
+        println!("geodns listening on udp://{} for {zone}", dns.local_addr()?);
+        tokio::spawn(dns.run(server.control()));
+        Ok(())
+    }
+}
+
+/// ACME certificates for custom hostnames (`aloft certs add HOST`).
+#[derive(Debug, Clone, Args)]
+pub struct AcmeArgs {
+    /// The ACME CA's directory URL (e.g. Let's Encrypt's); turns ACME orders on.
+    #[arg(long, value_name = "URL")]
+    pub acme_directory: Option<String>,
+    /// Contact email for the ACME account.
+    #[arg(long, value_name = "EMAIL", requires = "acme_directory")]
+    pub acme_email: Option<String>,
+    /// A root certificate (PEM) to check the directory's HTTPS certificate against, instead of
+    /// the system's roots (e.g. a test CA's).
+    #[arg(long, value_name = "FILE", requires = "acme_directory")]
+    pub acme_ca_root: Option<PathBuf>,
+    /// The challenge to solve: http-01 or tls-alpn-01 (default: tls-alpn-01 when every edge
+    /// serves HTTPS, http-01 otherwise).
+    #[arg(long, value_name = "TYPE", requires = "acme_directory")]
+    pub acme_challenge: Option<aloft_api::certs::AcmeChallengeType>,
+}
+
+impl AcmeArgs {
+    /// Turns ACME on for `server` when a directory was given.
+    pub fn apply(&self, server: aloft_control::Server) -> aloft_control::Server {
+        match &self.acme_directory {
+            Some(directory) => server.acme(aloft_control::acme::AcmeOptions {
+                directory: directory.clone(),
+                email: self.acme_email.clone(),
+                ca_root: self.acme_ca_root.clone(),
+                challenge: self.acme_challenge,
+            }),
+            None => server,
+        }
+    }
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -46,6 +116,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let server = with_registry(server, &data_dir)?.scaler_options(scaler);
+    let server = args.acme.apply(server);
     if let Some(token) = &server.admin_token_created {
         println!("admin token: {token}");
         println!(
@@ -53,6 +124,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             data_dir.join("admin-token").display()
         );
     }
+    args.geodns.start(&server).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("Cannot listen on {}", args.listen))?;

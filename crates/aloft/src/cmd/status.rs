@@ -22,6 +22,8 @@ struct MachineLine {
     group: String,
     region: String,
     state: String,
+    /// `ok`, or `unreachable` when its host stopped heartbeating (the host is down).
+    host_status: aloft_api::HostStatus,
     image: String,
     checks: Vec<aloft_api::CheckStatus>,
 }
@@ -49,6 +51,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
             id: m.id,
             region: m.region,
             state: m.state.to_string(),
+            host_status: m.host_status,
             image: m.config.image,
             checks: m.checks,
         })
@@ -121,7 +124,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
                 m.region.clone(),
                 m.id.clone(),
                 m.group.clone(),
-                m.state.clone(),
+                match m.host_status {
+                    aloft_api::HostStatus::Unreachable => format!("{} (host down)", m.state),
+                    _ => m.state.clone(),
+                },
                 checks,
                 m.image.clone(),
             ]

@@ -14,13 +14,17 @@ use clap::{Args, Subcommand};
 
 use crate::context::UsageError;
 
+mod bgp;
 mod demo;
 mod latency;
 mod netns;
 mod ops;
+mod partition;
 mod regions;
 mod single;
 mod topology;
+mod traffic;
+mod watch;
 
 /// The demo app's name and port.
 pub(crate) const DEMO_APP: &str = "hello";
@@ -60,6 +64,15 @@ pub struct DevArgs {
     /// Stop everything once the URL answers (for scripts and tests).
     #[arg(long)]
     pub exit_when_ready: bool,
+    /// Route each city to its nearest edge by BGP: a bird2 router per city peers with every
+    /// region's agent, which announces the anycast address while its edge is healthy.
+    #[arg(long, conflicts_with = "single")]
+    pub bgp: bool,
+    /// Autoscale the demo app in every region (1 to 3 machines, 5 requests in flight each).
+    #[arg(long, conflicts_with = "single")]
+    pub autoscale: bool,
+    #[command(flatten)]
+    pub traffic: traffic::TrafficArgs,
 }
 
 /// Which topology: its data dir and the prefix of its namespace names.
@@ -95,6 +108,26 @@ pub enum DevCommand {
         #[command(flatten)]
         at: Where,
     },
+    /// Cut all traffic between the hosts of two regions (the mesh included); both still reach
+    /// the control plane and the other regions. Their edges stop sending to each other's
+    /// machines once the mesh's probes go unanswered.
+    Partition {
+        /// One region.
+        a: String,
+        /// The other region.
+        b: String,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Undo `aloft dev partition A B`.
+    Heal {
+        /// One region.
+        a: String,
+        /// The other region.
+        b: String,
+        #[command(flatten)]
+        at: Where,
+    },
     /// Stop a running `aloft dev` and remove everything its topology left (namespaces, links,
     /// processes, containers, mounts).
     Down {
@@ -117,6 +150,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Some(DevCommand::Exec { from, at, command }) => ops::exec(&at, &from, &command),
         Some(DevCommand::Kill { region, at }) => ops::kill(&at, &region),
         Some(DevCommand::Down { purge, at }) => ops::down(&at, purge).await,
+        Some(DevCommand::Partition { a, b, at }) => partition::partition(&at, &a, &b),
+        Some(DevCommand::Heal { a, b, at }) => partition::heal(&at, &a, &b),
         None if args.single => single::run(args).await,
         None => regions::run(args).await,
     }

@@ -89,6 +89,11 @@ impl Served {
             .or_default() += 1;
     }
 
+    /// Answers so far per (client city, serving region).
+    pub fn counts(&self) -> BTreeMap<(String, String), u64> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// One line per city: `from syd: syd 12, iad 3`.
     pub fn summary(&self) -> Vec<String> {
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());

@@ -72,6 +72,13 @@ pub fn kill(at: &Where, region: &str) -> anyhow::Result<()> {
     if !topology::netns_exists(&ns) {
         return Err(UsageError(format!("The host of {region} is already dead")).into());
     }
+    let by_bgp = super::bgp::active(&topo);
+    let served: Vec<String> = topo
+        .regions
+        .iter()
+        .filter(|c| by_bgp && super::bgp::route_of(&topo, c).as_deref() == Some(region))
+        .cloned()
+        .collect();
     for pid in topology::processes_in(std::slice::from_ref(&ns)) {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
     }
@@ -81,6 +88,12 @@ pub fn kill(at: &Where, region: &str) -> anyhow::Result<()> {
     let rerouted = topo.reroute()?;
     topology::remove_machines(&at.data_dir.join("hosts").join(region));
     println!("killed the host of {region}");
+    let rerouted = if by_bgp {
+        // The cities' routers notice when the host's BGP sessions time out.
+        super::bgp::wait_moved(&topo, &served, region)
+    } else {
+        rerouted
+    };
     for (city, to) in rerouted {
         println!("clients in {city} now reach {to}");
     }

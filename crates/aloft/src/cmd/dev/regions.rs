@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::netns::{self, Dialer, Report, Served};
 use super::topology::{self, DevState, Topology, ANYCAST_V4, CONTROL_PORT, MESH_PORT};
-use super::{demo, latency, DevArgs, DEMO_APP};
+use super::{demo, latency, traffic, DevArgs, DEMO_APP};
 use crate::context::UsageError;
 
 /// A child process of `aloft dev` (the control plane or an agent) in one namespace.
@@ -82,6 +82,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let state = DevState {
         pid: std::process::id(),
         topology: topo.clone(),
+        partitions: Vec::new(),
     };
     std::fs::write(topology::state_path(&data_dir), serde_json::to_vec(&state)?)?;
 
@@ -119,22 +120,38 @@ async fn serve(
     if args.exit_when_ready {
         return Ok(());
     }
-    // Until Ctrl-C; the control plane must stay up (agents may die: `aloft dev kill`).
-    let server = run
-        .children
-        .iter_mut()
-        .find(|c| c.name == "server")
-        .map(|c| &mut c.child);
-    match server {
-        Some(server) => tokio::select! {
-            _ = &mut interrupted => Ok(()),
-            status = server.wait() => {
-                anyhow::bail!("The control plane stopped ({}); see {}", status?, log_path(&run.data_dir, "server").display())
+    if let (Some(api), every @ 1..) = (&run.api, args.traffic.summary_every) {
+        traffic::spawn_summary(
+            api.clone(),
+            run.served.clone(),
+            Duration::from_secs(every),
+            run.stop.clone(),
+        );
+    }
+    // Until Ctrl-C; the control plane must stay up. An agent that dies (`aloft dev kill`, a
+    // crash, a kill -9) takes its host down: the cities it served go to the nearest live region.
+    let mut hosts = super::watch::HostWatch::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = &mut interrupted => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        for c in run.children.iter_mut() {
+            let Some(status) = c.child.try_wait()? else {
+                continue;
+            };
+            if c.name == "server" {
+                anyhow::bail!(
+                    "The control plane stopped ({status}); see {}",
+                    log_path(&run.data_dir, "server").display()
+                )
             }
-        },
-        None => {
-            interrupted.await;
-            Ok(())
+            if let Some(region) = c.name.strip_prefix("agent-") {
+                for line in hosts.host_died(&run.topo, region)? {
+                    println!("{line}");
+                }
+            }
         }
     }
 }
@@ -143,25 +160,24 @@ async fn bring_up(args: &DevArgs, from: &str, run: &mut Running) -> anyhow::Resu
     let topo = run.topo.clone();
     let data_dir = run.data_dir.clone();
     topo.build().context("Cannot build the simulated network")?;
+    if args.bgp {
+        super::bgp::start_routers(&topo, &data_dir).context("Cannot start the cities' routers")?;
+    }
     let exe = std::env::current_exe()?;
     let bin_dir = exe.parent().map(PathBuf::from).unwrap_or_default();
 
     // The control plane, in its namespace, reached from here through a forwarder.
     let server_dir = data_dir.join("server");
     let control = SocketAddr::new(topo.control_ip(), CONTROL_PORT);
-    spawn_in(
-        run,
-        "server",
-        &topo.control_ns(),
-        &exe,
-        &[
-            "server".into(),
-            "--listen".into(),
-            control.to_string(),
-            "--data-dir".into(),
-            server_dir.display().to_string(),
-        ],
-    )?;
+    let mut server_args: Vec<String> = vec![
+        "server".into(),
+        "--listen".into(),
+        control.to_string(),
+        "--data-dir".into(),
+        server_dir.display().to_string(),
+    ];
+    server_args.extend(args.traffic.server_args());
+    spawn_in(run, "server", &topo.control_ns(), &exe, &server_args)?;
     let listener = netns::listen(None, args.listen).await.with_context(|| {
         format!(
             "Cannot listen on {} (is another aloft running?)",
@@ -218,6 +234,10 @@ async fn bring_up(args: &DevArgs, from: &str, run: &mut Running) -> anyhow::Resu
         .map(|s| s.to_string())
         .collect();
         agent_args.extend(mesh_args(&topo, region));
+        agent_args.extend(traffic::agent_args());
+        if args.bgp {
+            agent_args.extend(super::bgp::agent_args(&topo, region));
+        }
         spawn_in(
             run,
             &format!("agent-{region}"),
@@ -269,6 +289,9 @@ async fn bring_up(args: &DevArgs, from: &str, run: &mut Running) -> anyhow::Resu
             m.id, m.region, m.private_ip
         );
         run.machines.push(m);
+    }
+    if args.autoscale {
+        traffic::autoscale_demo(&api, &topo.regions).await?;
     }
 
     // Each city's localhost reaches its nearest edge; this machine's --http goes through --from.
@@ -499,10 +522,29 @@ where
 /// Stops the demo machines, the agents and the control plane, then removes the topology and
 /// whatever its processes left.
 async fn teardown(run: &mut Running) {
-    let live = run.topo.live_regions();
+    let mut live = run.topo.live_regions();
+    // A host whose agent died is down: nothing on it can be stopped through the API.
+    for c in run.children.iter_mut() {
+        if let (Some(region), Ok(Some(_))) = (c.name.strip_prefix("agent-"), c.child.try_wait()) {
+            live.retain(|r| r != region);
+        }
+    }
     if let Some(api) = &run.api {
-        let stops = run
-            .machines
+        // Every started demo machine, but in regions the autoscaler owns (it would replace
+        // them): those go down with their hosts and start again on the next run.
+        let scaled = traffic::autoscaled_regions(api).await;
+        let machines = match api
+            .list_machines(DEMO_APP, &aloft_api::ListMachinesQuery::default())
+            .await
+        {
+            Ok(all) => all
+                .into_iter()
+                .filter(|m| m.state == aloft_api::MachineState::Started)
+                .filter(|m| !scaled.contains(&m.region))
+                .collect(),
+            Err(_) => run.machines.clone(),
+        };
+        let stops = machines
             .iter()
             .filter(|m| live.contains(&m.region))
             .map(|m| async move {

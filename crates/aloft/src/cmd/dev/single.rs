@@ -78,6 +78,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             dns_listen: None,
             dns_upstream: None,
             mesh: None,
+            bgp: None,
+            edge_addresses: Vec::new(),
         };
         tokio::spawn(
             async move { aloft_agent::run(opts, async move { stop.cancelled().await }).await },
@@ -136,6 +138,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     stop.cancel();
     let _ = agent_task.await;
     let _ = server_task.await;
+    // A stopped machine keeps its network namespace; the next start builds it again.
+    super::topology::remove_machines(&args.at.data_dir.join("agent"));
     println!("stopped");
     Ok(())
 }

@@ -97,7 +97,7 @@ impl Topology {
         format!("{}-c-{region}", self.prefix)
     }
 
-    fn index(&self, region: &str) -> usize {
+    pub(super) fn index(&self, region: &str) -> usize {
         self.regions.iter().position(|r| r == region).unwrap_or(0)
     }
 
@@ -107,21 +107,21 @@ impl Topology {
     pub fn host_ip(&self, region: &str) -> Ipv4Addr {
         Ipv4Addr::new(10, 200, 0, 10 + self.index(region) as u8)
     }
-    fn host_ip6(&self, region: &str) -> Ipv6Addr {
+    pub(super) fn host_ip6(&self, region: &str) -> Ipv6Addr {
         Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 1, self.index(region) as u16)
     }
-    fn client_bb_ip(&self, region: &str) -> Ipv4Addr {
+    pub(super) fn client_bb_ip(&self, region: &str) -> Ipv4Addr {
         Ipv4Addr::new(10, 200, 0, 100 + self.index(region) as u8)
     }
-    fn client_bb_ip6(&self, region: &str) -> Ipv6Addr {
+    pub(super) fn client_bb_ip6(&self, region: &str) -> Ipv6Addr {
         Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 2, self.index(region) as u16)
     }
     /// The host's and the client's end of a city's access link.
-    fn access_ips(&self, region: &str) -> (Ipv4Addr, Ipv4Addr) {
+    pub(super) fn access_ips(&self, region: &str) -> (Ipv4Addr, Ipv4Addr) {
         let i = self.index(region) as u8;
         (Ipv4Addr::new(10, 201, i, 1), Ipv4Addr::new(10, 201, i, 2))
     }
-    fn access_ips6(&self, region: &str) -> (Ipv6Addr, Ipv6Addr) {
+    pub(super) fn access_ips6(&self, region: &str) -> (Ipv6Addr, Ipv6Addr) {
         let i = self.index(region) as u16;
         (
             Ipv6Addr::new(0xfd00, 0x201, i, 0, 0, 0, 0, 1),
@@ -293,6 +293,10 @@ impl Topology {
     /// Withdraws the anycast route of dead hosts: every city whose current host is gone is
     /// routed to its nearest live one. Returns `(city, region it now reaches)` for each change.
     pub fn reroute(&self) -> anyhow::Result<Vec<(String, String)>> {
+        if super::bgp::active(self) {
+            // The cities' routers move them by BGP.
+            return Ok(Vec::new());
+        }
         let live = self.live_regions();
         let mut changed = Vec::new();
         for city in &self.regions {
@@ -520,6 +524,9 @@ pub fn clean(prefix: &str, data_dir: &Path) -> Vec<String> {
 pub struct DevState {
     pub pid: u32,
     pub topology: Topology,
+    /// Pairs of regions whose hosts are cut off from each other (`aloft dev partition`).
+    #[serde(default)]
+    pub partitions: Vec<(String, String)>,
 }
 
 pub fn state_path(data_dir: &Path) -> PathBuf {
