@@ -25,12 +25,7 @@ async fn first_start_writes_a_private_admin_token_and_a_reopen_keeps_everything(
     env.host("h1", "ams", 4, 4096).await;
     let m = env.machine("web", json!({})).await;
     let id = m["id"].as_str().unwrap().to_owned();
-    let (_, token) = env
-        .post("/v1/tokens")
-        .json(json!({"app": "web"}))
-        .send()
-        .await;
-    let app_token = token["token"].as_str().unwrap().to_owned();
+    let app_token = env.app_token("web").await;
 
     let env = reopen(env, Duration::from_secs(15)).await;
     assert!(
@@ -210,12 +205,7 @@ async fn apps_are_created_listed_fetched_and_deleted_with_fly_shapes() {
     .send()
     .await;
     env.report("h1", &m, "destroyed").await;
-    let (_, token) = env
-        .post("/v1/tokens")
-        .json(json!({"app": "web"}))
-        .send()
-        .await;
-    let web = token["token"].as_str().unwrap().to_owned();
+    let web = env.app_token("web").await;
     assert_eq!(
         env.delete("/v1/apps/web").send().await.0,
         StatusCode::ACCEPTED

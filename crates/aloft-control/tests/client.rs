@@ -58,6 +58,7 @@ async fn the_typed_client_drives_every_kind_of_endpoint() {
             api_secret: None,
             mesh: None,
             host_index: None,
+            edge_addresses: Vec::new(),
         })
         .await
         .unwrap();

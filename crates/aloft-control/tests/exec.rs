@@ -47,20 +47,19 @@ async fn exec_needs_a_command_a_started_machine_its_apps_token_and_a_reachable_a
         "names the host: {body}"
     );
 
-    let (_, token) = env
-        .post("/v1/tokens")
-        .json(json!({"app": "other"}))
-        .send()
-        .await;
-    let other = token["token"].as_str().unwrap();
+    let other = env.app_token("other").await;
     let (status, body) = env
         .post(&exec)
-        .token(Some(other))
+        .token(Some(&other))
         .json(json!({"command": ["true"]}))
         .send()
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    let (status, _) = env.get("/v1/apps/web/logs").token(Some(other)).send().await;
+    let (status, _) = env
+        .get("/v1/apps/web/logs")
+        .token(Some(&other))
+        .send()
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     // Logs of machines whose agent cannot be reached are left out, not an error.

@@ -25,12 +25,6 @@ async fn index_of(env: &Env, body: Value) -> u64 {
     host["host_index"].as_u64().unwrap()
 }
 
-async fn token(env: &Env, body: Value) -> String {
-    let (status, t) = env.post("/v1/tokens").json(body).send().await;
-    assert!(status.is_success(), "{t}");
-    t["token"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn host_indexes_are_unique_stable_and_honour_free_hints() {
     let env = env().await;
@@ -106,7 +100,7 @@ async fn mesh_peers_list_hosts_with_mesh_info() {
     .await;
     index_of(&env, json!({"id": "plain", "region": "iad"})).await;
 
-    let join = token(&env, json!({"scope": "join"})).await;
+    let join = env.token(json!({"scope": "join"})).await;
     let (status, peers) = env.get("/v1/mesh/peers").token(Some(&join)).send().await;
     assert_eq!(status, StatusCode::OK, "{peers}");
     let peers = peers.as_array().unwrap();
@@ -150,7 +144,7 @@ async fn mesh_peers_list_hosts_with_mesh_info() {
     let (status, _) = env.get("/v1/mesh/peers").token(None).send().await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     env.app("meshy").await;
-    let app_token = token(&env, json!({"app": "meshy"})).await;
+    let app_token = env.token(json!({"app": "meshy"})).await;
     let (status, _) = env
         .get("/v1/mesh/peers")
         .token(Some(&app_token))
@@ -166,8 +160,8 @@ async fn load_reports_need_a_host_token_and_show_per_region() {
     env.host("h-ams", "ams", 4, 4096).await;
     env.host("h-syd", "syd", 4, 4096).await;
     env.machine("web", json!({"region": "ams"})).await;
-    let join = token(&env, json!({"scope": "join"})).await;
-    let user = token(&env, json!({"app": "web"})).await;
+    let join = env.token(json!({"scope": "join"})).await;
+    let user = env.token(json!({"app": "web"})).await;
     let report =
         json!({"apps": [{"app": "web", "concurrency": 3, "requests": 10, "interval_ms": 2000}]});
 
@@ -235,7 +229,7 @@ async fn autoscale_policies_are_validated_and_scoped_to_the_app() {
     env.app("web").await;
     env.app("other").await;
     env.host("h-syd", "syd", 4, 4096).await;
-    let user = token(&env, json!({"app": "web"})).await;
+    let user = env.token(json!({"app": "web"})).await;
     let policy = json!({"regions": {"syd": {"min": 0, "max": 2, "target_concurrency": 1}}});
 
     let (status, body) = env

@@ -6,12 +6,6 @@ use axum::http::StatusCode;
 use common::{env, Lines};
 use serde_json::{json, Value};
 
-async fn token(env: &common::Env, body: Value) -> String {
-    let (status, token) = env.post("/v1/tokens").json(body).send().await;
-    assert_eq!(status, StatusCode::CREATED, "{token}");
-    token["token"].as_str().unwrap().to_owned()
-}
-
 fn app<'a>(table: &'a Value, name: &str) -> &'a Value {
     table["apps"]
         .as_array()
@@ -25,8 +19,8 @@ fn app<'a>(table: &'a Value, name: &str) -> &'a Value {
 async fn join_and_admin_tokens_read_the_table_and_app_tokens_do_not() {
     let env = env().await;
     env.app("web").await;
-    let join = token(&env, json!({"scope": "join"})).await;
-    let app_token = token(&env, json!({"app": "web"})).await;
+    let join = env.token(json!({"scope": "join"})).await;
+    let app_token = env.token(json!({"app": "web"})).await;
     for path in ["/v1/routes", "/v1/routes/watch?since=0"] {
         let (status, body) = env.get(path).token(Some(&app_token)).send().await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
@@ -145,8 +139,8 @@ async fn edges_wake_and_idle_machines_with_join_tokens_and_app_tokens_cannot() {
     let env = env().await;
     env.app("web").await;
     env.host("h1", "ams", 4, 4096).await;
-    let join = token(&env, json!({"scope": "join"})).await;
-    let app_token = token(&env, json!({"app": "web"})).await;
+    let join = env.token(json!({"scope": "join"})).await;
+    let app_token = env.token(json!({"app": "web"})).await;
     let m = env.machine("web", json!({"region": "ams"})).await;
     let id = m["id"].as_str().unwrap().to_owned();
     assert_eq!(env.report("h1", &m, "started").await.0, StatusCode::OK);

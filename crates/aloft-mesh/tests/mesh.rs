@@ -430,3 +430,163 @@ fn bad_peer_lists_are_refused_whole() {
     zero.host_index = 0;
     assert!(a.call(move |mesh| mesh.set_peers(vec![zero])).is_err());
 }
+
+/// The `i`th byte of a test stream: not periodic over a TCP segment, so a segment delivered
+/// twice, dropped or out of place changes what arrives.
+fn stream_byte(i: u64) -> u8 {
+    let x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (x >> 56) as u8 ^ (i >> 13) as u8
+}
+
+/// A TCP server in `server`'s namespace reads `len` bytes and answers with how many of them
+/// differ from the expected stream; a client in `client`'s sends the stream in large writes
+/// (so the sender's TCP hands the mesh super-packets to segment).
+fn bulk_tcp(client: &Host, server: &Host, len: u64) {
+    let addr = SocketAddr::V6(SocketAddrV6::new(server.infra(), 0, 0, 0));
+    let listener = server.ns.run(move || TcpListener::bind(addr).unwrap());
+    let target = listener.local_addr().unwrap();
+    let serve = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(WAIT)).unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let (mut at, mut wrong) = (0u64, 0u64);
+        while at < len {
+            let n = conn.read(&mut buf).unwrap();
+            assert!(n > 0, "the stream ended after {at} of {len} bytes");
+            for &b in &buf[..n] {
+                wrong += u64::from(b != stream_byte(at));
+                at += 1;
+            }
+        }
+        conn.write_all(&wrong.to_be_bytes()).unwrap();
+    });
+    let wrong = client.ns.run(move || {
+        let mut conn = TcpStream::connect_timeout(&target, WAIT).unwrap();
+        conn.set_read_timeout(Some(WAIT)).unwrap();
+        let mut chunk = vec![0u8; 256 << 10];
+        let mut at = 0u64;
+        while at < len {
+            let n = chunk.len().min((len - at) as usize);
+            for (i, b) in chunk[..n].iter_mut().enumerate() {
+                *b = stream_byte(at + i as u64);
+            }
+            conn.write_all(&chunk[..n]).unwrap();
+            at += n as u64;
+        }
+        let mut answer = [0u8; 8];
+        conn.read_exact(&mut answer).unwrap();
+        u64::from_be_bytes(answer)
+    });
+    serve.join().unwrap();
+    assert_eq!(wrong, 0, "{wrong} bytes arrived corrupted");
+}
+
+#[test]
+fn a_bulk_tcp_stream_arrives_intact_both_ways() {
+    let c = cluster(2);
+    let (a, b) = (&c.hosts[0], &c.hosts[1]);
+    a.set_peers(vec![b.peer("iad")]);
+    b.set_peers(vec![a.peer("ams")]);
+    assert!(udp_round_trip(a, a.infra(), echo_of(b), WAIT));
+
+    bulk_tcp(a, b, 64 << 20);
+    bulk_tcp(b, a, 64 << 20);
+    for host in [a, b] {
+        let stats = host.stats();
+        assert_eq!(stats.bad_datagrams + stats.spoofed, 0, "{stats:?}");
+        // 128 MiB in packets of at most the MTU.
+        assert!(
+            stats.tx_packets > 40_000 && stats.rx_packets > 40_000,
+            "{stats:?}"
+        );
+    }
+}
+
+#[test]
+fn a_bulk_tcp_stream_survives_a_lossy_delayed_link() {
+    let c = cluster(2);
+    let (a, b) = (&c.hosts[0], &c.hosts[1]);
+    let mut to_b = b.peer("iad");
+    to_b.link = LinkSim::new(Duration::from_millis(5), 0.02).unwrap();
+    a.set_peers(vec![to_b]);
+    b.set_peers(vec![a.peer("ams")]);
+    wait_for("a session", || {
+        udp_round_trip(a, a.infra(), echo_of(b), IO_TIMEOUT)
+    });
+
+    // Loss and delay on a's sending side reorder and drop segments of both directions' flows.
+    bulk_tcp(a, b, 4 << 20);
+    bulk_tcp(b, a, 4 << 20);
+    assert!(a.stats().sim_lost > 0, "{:?}", a.stats());
+}
+
+#[test]
+fn udp_datagrams_keep_their_boundaries_and_contents() {
+    let c = cluster(2);
+    let (a, b) = (&c.hosts[0], &c.hosts[1]);
+    a.set_peers(vec![b.peer("iad")]);
+    b.set_peers(vec![a.peer("ams")]);
+    assert!(udp_round_trip(a, a.infra(), echo_of(b), WAIT));
+
+    const COUNT: u32 = 3000;
+    let bind = SocketAddr::V6(SocketAddrV6::new(b.infra(), 0, 0, 0));
+    let receiver = b.ns.run(move || UdpSocket::bind(bind).unwrap());
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let target = receiver.local_addr().unwrap();
+    let receive = std::thread::spawn(move || {
+        let (mut intact, mut broken) = (0u32, 0u32);
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = receiver.recv(&mut buf) {
+            let Some(seq) = buf
+                .get(..4)
+                .map(|s| u32::from_be_bytes(s.try_into().unwrap()))
+            else {
+                broken += 1;
+                continue;
+            };
+            let ok = n == datagram_len(seq) && buf[4..n].iter().all(|&x| x == seq as u8);
+            if ok {
+                intact += 1
+            } else {
+                broken += 1
+            }
+            if seq == COUNT - 1 {
+                break;
+            }
+        }
+        (intact, broken)
+    });
+    let from = SocketAddr::V6(SocketAddrV6::new(a.infra(), 0, 0, 0));
+    a.ns.run(move || {
+        let socket = UdpSocket::bind(from).unwrap();
+        for seq in 0..COUNT {
+            let mut datagram = vec![seq as u8; datagram_len(seq)];
+            datagram[..4].copy_from_slice(&seq.to_be_bytes());
+            socket.send_to(&datagram, target).unwrap();
+            if seq % 50 == 49 {
+                // Keep within the receiver's buffer: UDP has no flow control.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    });
+    let (intact, broken) = receive.join().unwrap();
+    assert_eq!(
+        broken, 0,
+        "{broken} datagrams arrived cut, merged or corrupted"
+    );
+    assert!(
+        intact > COUNT / 2,
+        "only {intact} of {COUNT} datagrams arrived"
+    );
+}
+
+/// Runs of equal sizes (which the mesh may coalesce) and odd sizes between them.
+fn datagram_len(seq: u32) -> usize {
+    if seq % 7 == 0 {
+        100 + (seq as usize * 37) % 1200
+    } else {
+        1200
+    }
+}

@@ -13,6 +13,10 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod app;
+pub mod dev;
+pub mod edge;
+
 /// How long a role may take to print its ready line.
 pub const START_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -36,6 +40,8 @@ pub enum HarnessError {
         deadline: Duration,
         output: String,
     },
+    #[error("aloft dev did not come up: {reason}\n--- its logs:\n{logs}")]
+    DevNotReady { reason: String, logs: String },
     #[error("condition {what:?} did not hold within {deadline:?}")]
     Timeout { what: String, deadline: Duration },
     #[error("reading {path}")]
@@ -65,11 +71,38 @@ impl Proc {
         envs: &[(&str, &str)],
         marker: &str,
     ) -> Result<(Proc, String), HarnessError> {
+        Proc::spawn(role, bin, args, envs, marker, true)
+    }
+
+    /// [`Proc::spawn_until`], reading only stdout (stderr is discarded): for commands whose
+    /// stdout is their report and whose stderr is a log.
+    pub fn spawn_stdout_until(
+        role: &str,
+        bin: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        marker: &str,
+    ) -> Result<(Proc, String), HarnessError> {
+        Proc::spawn(role, bin, args, envs, marker, false)
+    }
+
+    fn spawn(
+        role: &str,
+        bin: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        marker: &str,
+        with_stderr: bool,
+    ) -> Result<(Proc, String), HarnessError> {
         let mut cmd = Command::new(bin);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(if with_stderr {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .env("NO_COLOR", "1");
         for (k, v) in envs {
             cmd.env(k, v);
@@ -80,9 +113,10 @@ impl Proc {
         })?;
         let (tx, rx) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
         forward(BufReader::new(stdout), tx.clone());
-        forward(BufReader::new(stderr), tx);
+        if let Some(stderr) = child.stderr.take() {
+            forward(BufReader::new(stderr), tx);
+        }
         let mut proc = Proc {
             role: role.to_string(),
             child,
@@ -95,6 +129,17 @@ impl Proc {
 
     /// Waits for a line containing `marker`, remembering everything printed on the way.
     pub fn wait_line(&mut self, marker: &str, deadline: Duration) -> Result<String, HarnessError> {
+        self.wait_line_matching(marker, |line| line.contains(marker), deadline)
+    }
+
+    /// Waits for a line for which `want` holds (`what` names it in the error), remembering
+    /// everything printed on the way.
+    pub fn wait_line_matching(
+        &mut self,
+        what: &str,
+        want: impl Fn(&str) -> bool,
+        deadline: Duration,
+    ) -> Result<String, HarnessError> {
         let end = Instant::now() + deadline;
         loop {
             let left = end.saturating_duration_since(Instant::now());
@@ -104,7 +149,7 @@ impl Proc {
             {
                 Ok(line) => {
                     self.seen.push(line.clone());
-                    if line.contains(marker) {
+                    if want(&line) {
                         return Ok(line);
                     }
                 }
@@ -119,7 +164,7 @@ impl Proc {
                     if Instant::now() >= end {
                         return Err(HarnessError::NotReady {
                             role: self.role.clone(),
-                            marker: marker.to_string(),
+                            marker: what.to_string(),
                             deadline,
                             output: self.output(),
                         });
@@ -159,8 +204,28 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGINT (Ctrl-C), waits for the exit, and collects what it printed until its
+    /// output closed (or stayed silent for 5 s). Returns everything it printed and whether
+    /// it exited successfully.
+    pub fn interrupt(&mut self) -> (String, bool) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT)
+            .expect("the process under test can be signalled");
+        let status = self
+            .child
+            .wait()
+            .expect("the process under test is a child");
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        (self.seen.join("\n"), status.success())
+    }
+
     /// Sends SIGTERM and waits up to `deadline` for a clean exit; returns whether it exited.
     pub fn terminate(&mut self, deadline: Duration) -> bool {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return true;
+        }
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let end = Instant::now() + deadline;
@@ -487,25 +552,55 @@ impl Agent {
                 .map(|d| d.subsec_nanos())
                 .unwrap_or_default()
         );
-        let args: Vec<String> = [
+        Agent::spawn_joined(bin, server, &server.token, region, data_dir, host_id, extra)
+    }
+
+    /// Starts an agent for `region` that joins with a fresh join token (as real hosts do),
+    /// as host `HOST_NAME<pid>` (host networks are named after it, so make `host_name` unique
+    /// per test), and waits until it has joined. Its edge listens for HTTP on a free
+    /// loopback port unless `extra` has an `--http` of its own.
+    pub fn start_joining(
+        bin: &Path,
+        server: &Server,
+        region: &str,
+        data_dir: &Path,
+        host_name: &str,
+        extra: &[&str],
+    ) -> Result<Agent, HarnessError> {
+        let join = ok(server.cli(&["tokens", "create", "--join"]));
+        let host_id = format!("{host_name}{}", std::process::id());
+        Agent::spawn_joined(bin, server, join.trim(), region, data_dir, host_id, extra)
+    }
+
+    fn spawn_joined(
+        bin: &Path,
+        server: &Server,
+        token: &str,
+        region: &str,
+        data_dir: &Path,
+        host_id: String,
+        extra: &[&str],
+    ) -> Result<Agent, HarnessError> {
+        let mut args: Vec<String> = [
             "agent",
             "--control",
             &server.url,
             "--token",
-            &server.token,
+            token,
             "--region",
             region,
             "--data-dir",
             &data_dir.to_string_lossy(),
             "--host-id",
             &host_id,
-            "--http",
-            "127.0.0.1:0",
         ]
         .iter()
-        .chain(extra)
         .map(|s| s.to_string())
         .collect();
+        if !extra.contains(&"--http") {
+            args.extend(["--http".to_string(), "127.0.0.1:0".to_string()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let (proc, _) = Proc::spawn_until("aloft agent", bin, &refs, &[], " joined ")?;
         Ok(Agent {
@@ -521,31 +616,7 @@ impl Agent {
     /// network namespaces. Machines outlive their agent by design, so tests clean up here.
     pub fn remove_machines(&mut self) {
         self.proc.kill9();
-        let runc_root = self.data_dir.join("machines/runc");
-        let ids: Vec<String> = std::fs::read_dir(&runc_root)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let root = runc_root.to_string_lossy().into_owned();
-        for id in &ids {
-            let _ = run("runc", &["--root", &root, "delete", "--force", id]);
-            let _ = run("ip", &["netns", "delete", &format!("aloft-{id}")]);
-        }
-        let prefix = self.data_dir.to_string_lossy().into_owned();
-        if let Ok(mounts) = std::fs::read_to_string("/proc/mounts") {
-            let mut points: Vec<&str> = mounts
-                .lines()
-                .filter_map(|l| l.split_whitespace().nth(1))
-                .filter(|p| p.starts_with(&prefix))
-                .collect();
-            points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-            for p in points {
-                let _ = run("umount", &["-l", p]);
-            }
-        }
+        remove_agent_machines(&self.data_dir);
     }
 
     /// Kills the agent with SIGKILL and starts it again with the same arguments.
@@ -556,6 +627,69 @@ impl Agent {
         self.proc = proc;
         Ok(())
     }
+}
+
+/// Removes every machine an agent with data dir `data_dir` left on the host (stop the agent
+/// first): containers, rootfs mounts, network namespaces, stopped machines' included. For
+/// tests that start agents of their own; [`Agent`] does it when dropped.
+pub fn remove_agent_machines(data_dir: &Path) {
+    let runc_root = data_dir.join("machines/runc");
+    let ids: Vec<String> = std::fs::read_dir(&runc_root)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let root = runc_root.to_string_lossy().into_owned();
+    for id in &ids {
+        let _ = run("runc", &["--root", &root, "delete", "--force", id]);
+    }
+    // A stopped machine has no container but keeps its namespace: every machine the agent
+    // has a directory for may have one, and so may one whose destroy the agent's end cut
+    // short (its directory gone, its record still in the agent's store).
+    let mut known: Vec<String> = std::fs::read_dir(data_dir.join("machines/machines"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    known.extend(agent_store_machines(&data_dir.join("agent.db")));
+    for id in ids.iter().chain(&known) {
+        if Path::new("/run/netns").join(format!("aloft-{id}")).exists() {
+            let _ = run("ip", &["netns", "delete", &format!("aloft-{id}")]);
+        }
+    }
+    let prefix = data_dir.to_string_lossy().into_owned();
+    if let Ok(mounts) = std::fs::read_to_string("/proc/mounts") {
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|p| p.starts_with(&prefix))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = run("umount", &["-l", p]);
+        }
+    }
+}
+
+/// The machine ids in an agent's store (none if it cannot be read).
+fn agent_store_machines(db: &Path) -> Vec<String> {
+    let Ok(conn) = rusqlite::Connection::open_with_flags(
+        db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    ) else {
+        return Vec::new();
+    };
+    let _ = conn.busy_timeout(Duration::from_secs(5));
+    let Ok(mut stmt) = conn.prepare("SELECT id FROM machines") else {
+        return Vec::new();
+    };
+    stmt.query_map([], |r| r.get::<_, String>(0))
+        .map(|rows| rows.flatten().collect())
+        .unwrap_or_default()
 }
 
 impl Drop for Agent {
@@ -693,10 +827,6 @@ pub fn multilayer_image(
 impl Agent {
     /// The address of this agent's edge (`edge listening on http://ADDR`, printed at start).
     pub fn edge_addr(&mut self) -> Option<std::net::SocketAddr> {
-        let out = self.proc.output();
-        out.lines()
-            .filter_map(|l| l.split("edge listening on http://").nth(1))
-            .next_back()
-            .and_then(|a| a.trim().parse().ok())
+        self.edge_listen_addr("http")
     }
 }

@@ -3,13 +3,12 @@
 //! control plane create a machine in `syd` and start it; once the load is gone and the idle
 //! time (short here, a server option) has passed, the autoscaler stops it again.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use aloft_testkit::edge::http_status;
 use aloft_testkit::{busybox_layout, ok, skopeo_push, wait_for, Agent, Server};
 use serde_json::Value;
 
@@ -22,35 +21,6 @@ const ENTRY: &str = "/bin/busybox mkdir -p /www/cgi-bin \
     && printf '#!/bin/sh\\nsleep 2\\nprintf \"Content-Type: text/plain\\\\r\\\\n\\\\r\\\\nslow from %%s\\\\n\" \"$FLY_REGION\"\\n' > /www/cgi-bin/slow \
     && /bin/busybox chmod 755 /www/cgi-bin/slow \
     && exec /bin/busybox httpd -f -p 8080 -h /www";
-
-/// `GET path` through an edge; the status code, if any answer came.
-fn get(edge: SocketAddr, host: &str, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect_timeout(&edge, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    s.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// The edge address an agent printed.
-fn edge_of(agent: &mut Agent) -> SocketAddr {
-    let out = agent.proc.output();
-    let line = out
-        .lines()
-        .find(|l| l.contains("edge listening on http://"))
-        .expect("the agent prints its edge address");
-    line.split("http://")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 fn machines(server: &Server, app: &str) -> Vec<Value> {
     let out = ok(server.cli(&["machine", "list", "--app", app, "--json"]));
@@ -67,7 +37,7 @@ fn load_entering_a_region_creates_machines_there_and_idle_ones_stop() {
     let dir = tempfile::tempdir().unwrap();
     let _ams = Agent::start(bin(), &server, "ams", &dir.path().join("ams")).unwrap();
     let mut syd = Agent::start(bin(), &server, "syd", &dir.path().join("syd")).unwrap();
-    let syd_edge = edge_of(&mut syd);
+    let syd_edge = syd.edge_addr().expect("the agent prints its edge address");
 
     let app = "slow";
     let layout = dir.path().join("layout");
@@ -132,7 +102,12 @@ fn load_entering_a_region_creates_machines_there_and_idle_ones_stop() {
             std::thread::spawn(move || {
                 let mut answers = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
-                    answers.push(get(syd_edge, &host, "/cgi-bin/slow"));
+                    answers.push(http_status(
+                        syd_edge,
+                        &host,
+                        "/cgi-bin/slow",
+                        Duration::from_secs(60),
+                    ));
                 }
                 answers
             })

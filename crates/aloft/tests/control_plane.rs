@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::Duration;
 
-use aloft_testkit::{stderr, stdout, Server};
+use aloft_testkit::{ok, stderr, stdout, Server};
 use serde_json::{json, Value};
 
 fn bin() -> &'static Path {
@@ -217,15 +217,6 @@ fn bad_input_is_a_4xx_with_a_message() {
 fn cli_verbs_and_app_scoped_tokens() {
     let server = Server::start(bin()).unwrap();
     join_host(&server, "h1", "ams");
-    let ok = |out: std::process::Output| {
-        assert!(
-            out.status.success(),
-            "stdout:\n{}\nstderr:\n{}",
-            stdout(&out),
-            stderr(&out)
-        );
-        stdout(&out)
-    };
     ok(server.cli(&["apps", "create", "alpha"]));
     ok(server.cli(&["apps", "create", "beta"]));
     let list = ok(server.cli(&["apps", "list"]));

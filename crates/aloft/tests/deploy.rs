@@ -1,81 +1,20 @@
 //! End-to-end: `aloft launch`, `deploy`, `releases`, `rollback`, `status` and `secrets` against
 //! a real server and a real agent running busybox images with runc.
 
-use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use aloft_testkit::{busybox_layout, skopeo_push, stderr, stdout, wait_for, Agent, Server};
+use aloft_testkit::app::{machine_page, wait_machine_page};
+use aloft_testkit::{busybox_layout, ok, skopeo_push, stderr, stdout, Agent, Server};
 use serde_json::Value;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_aloft"))
 }
 
-/// Runs the CLI in `dir` (where `aloft.toml` lives) against `server`.
-fn cli_in(server: &Server, dir: &Path, args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .env("NO_COLOR", "1")
-        .env("HOME", dir)
-        .env("ALOFT_API_URL", &server.url)
-        .env("ALOFT_API_TOKEN", &server.token)
-        .env_remove("ALOFT_APP")
-        .output()
-        .expect("run aloft")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
-}
-
-/// The app's live machines as JSON.
-fn machines(server: &Server, app: &str) -> Vec<Value> {
-    let list: Value =
-        serde_json::from_str(&ok(server.cli(&["machine", "list", "--app", app, "--json"])))
-            .unwrap();
-    list.as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["state"] != "destroyed")
-        .cloned()
-        .collect()
-}
-
-/// `GET /` on a machine's private address, port 8080.
-fn get_page(ip: &str) -> Option<String> {
-    let ip: IpAddr = ip.parse().ok()?;
-    let mut s =
-        TcpStream::connect_timeout(&SocketAddr::new(ip, 8080), Duration::from_millis(500)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET / HTTP/1.0\r\nhost: x\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    Some(body)
-}
-
-/// Waits until the app's only machine serves a page containing `text`.
+/// Waits until the app's only live machine serves a page containing `text`.
 fn wait_page(server: &Server, app: &str, text: &str) {
-    wait_for(
-        &format!("the machine serves {text:?}"),
-        Duration::from_secs(30),
-        || {
-            let list = machines(server, app);
-            let ip = list.first()?["private_ip"].as_str()?.to_owned();
-            get_page(&ip).filter(|p| p.contains(text))
-        },
-    )
-    .unwrap();
+    wait_machine_page(server, app, text, Duration::from_secs(30));
 }
 
 fn httpd() -> Vec<String> {
@@ -93,7 +32,7 @@ fn layout(dir: &Path, name: &str, page: &str, entrypoint: &[String]) -> std::pat
 
 fn releases(server: &Server, dir: &Path) -> Vec<(u64, String, String)> {
     let list: Value =
-        serde_json::from_str(&ok(cli_in(server, dir, &["releases", "--json"]))).unwrap();
+        serde_json::from_str(&ok(server.cli_in(dir, &["releases", "--json"]))).unwrap();
     list.as_array()
         .unwrap()
         .iter()
@@ -130,8 +69,7 @@ fn launch_deploy_fail_with_rollback_and_rollback_by_hand() {
     let app_dir = tmp.path().join("app");
     std::fs::create_dir_all(&app_dir).unwrap();
     let v1_src = format!("{}:1", v1.display());
-    let out = ok(cli_in(
-        &server,
+    let out = ok(server.cli_in(
         &app_dir,
         &[
             "launch", "--name", "web", "--region", "ams", "--image", &v1_src,
@@ -145,15 +83,11 @@ fn launch_deploy_fail_with_rollback_and_rollback_by_hand() {
         "{toml}"
     );
     wait_page(&server, "web", "page one");
-    let first = machines(&server, "web");
+    let first = server.machine_list("web", false);
     assert_eq!(first.len(), 1);
     assert_eq!(first[0]["state"], "started");
     let id = first[0]["id"].as_str().unwrap().to_owned();
-    let refused = cli_in(
-        &server,
-        &app_dir,
-        &["launch", "--name", "web2", "--no-deploy"],
-    );
+    let refused = server.cli_in(&app_dir, &["launch", "--name", "web2", "--no-deploy"]);
     assert!(
         !refused.status.success(),
         "launch does not overwrite aloft.toml"
@@ -161,13 +95,13 @@ fn launch_deploy_fail_with_rollback_and_rollback_by_hand() {
 
     // A rolling deploy of a group of one surges: a new machine runs the new image, and the old
     // one is destroyed once the new one is healthy.
-    let out = ok(cli_in(&server, &app_dir, &["deploy", "--image", &v2_ref]));
+    let out = ok(server.cli_in(&app_dir, &["deploy", "--image", &v2_ref]));
     assert!(
         out.contains(&format!("destroyed old machine {id}")),
         "{out}"
     );
     wait_page(&server, "web", "page two");
-    let after = machines(&server, "web");
+    let after = server.machine_list("web", false);
     assert_eq!(after.len(), 1, "{after:?}");
     assert_ne!(after[0]["id"], id.as_str());
     assert_eq!(after[0]["config"]["image"], v2_ref.as_str());
@@ -178,7 +112,7 @@ fn launch_deploy_fail_with_rollback_and_rollback_by_hand() {
     assert!(list[1].2.contains("/web:deployment-"), "{list:?}");
 
     // An image that exits at once fails the release and rolls the machine back by itself.
-    let failed = cli_in(&server, &app_dir, &["deploy", "--image", &bad_ref]);
+    let failed = server.cli_in(&app_dir, &["deploy", "--image", &bad_ref]);
     assert!(!failed.status.success(), "{}", stdout(&failed));
     let err = stderr(&failed);
     assert!(
@@ -189,17 +123,17 @@ fn launch_deploy_fail_with_rollback_and_rollback_by_hand() {
     let list = releases(&server, &app_dir);
     assert_eq!((list[0].0, list[0].1.as_str()), (3, "failed"));
     assert_eq!(
-        machines(&server, "web")[0]["config"]["image"],
+        server.machine_list("web", false)[0]["config"]["image"],
         v2_ref.as_str()
     );
     wait_page(&server, "web", "page two");
 
     // rollback goes back to the release before the current one (v1) as a new release.
-    let out = ok(cli_in(&server, &app_dir, &["rollback"]));
+    let out = ok(server.cli_in(&app_dir, &["rollback"]));
     assert!(out.contains("Release v4"), "{out}");
     wait_page(&server, "web", "page one");
     let status: Value =
-        serde_json::from_str(&ok(cli_in(&server, &app_dir, &["status", "--json"]))).unwrap();
+        serde_json::from_str(&ok(server.cli_in(&app_dir, &["status", "--json"]))).unwrap();
     assert_eq!(status["release"]["version"], 4, "{status}");
     assert_eq!(status["release"]["description"], "rollback to v1");
     assert_eq!(status["machines"][0]["state"], "started", "{status}");
@@ -224,8 +158,7 @@ fn secrets_reach_the_machine_env_and_never_the_store_in_clear() {
     skopeo_push(&image, "1", &image_ref, &server.token).unwrap();
     let app_dir = tmp.path().join("sec");
     std::fs::create_dir_all(&app_dir).unwrap();
-    ok(cli_in(
-        &server,
+    ok(server.cli_in(
         &app_dir,
         &[
             "launch", "--name", "sec", "--region", "ams", "--image", &image_ref,
@@ -234,15 +167,11 @@ fn secrets_reach_the_machine_env_and_never_the_store_in_clear() {
     wait_page(&server, "sec", "greeting=\n");
 
     let value = "hunter2-in-the-env";
-    let out = ok(cli_in(
-        &server,
-        &app_dir,
-        &["secrets", "set", &format!("GREETING={value}")],
-    ));
+    let out = ok(server.cli_in(&app_dir, &["secrets", "set", &format!("GREETING={value}")]));
     assert!(out.contains("Release v2"), "set redeploys: {out}");
     wait_page(&server, "sec", &format!("greeting={value}"));
 
-    let list = ok(cli_in(&server, &app_dir, &["secrets", "list", "--json"]));
+    let list = ok(server.cli_in(&app_dir, &["secrets", "list", "--json"]));
     assert!(!list.contains(value), "{list}");
     let list: Value = serde_json::from_str(&list).unwrap();
     assert_eq!(list[0]["name"], "GREETING");
@@ -261,17 +190,13 @@ fn secrets_reach_the_machine_env_and_never_the_store_in_clear() {
     );
 
     // --stage stores without restarting; the machine keeps the old value.
-    ok(cli_in(
-        &server,
-        &app_dir,
-        &["secrets", "unset", "GREETING", "--stage"],
-    ));
+    ok(server.cli_in(&app_dir, &["secrets", "unset", "GREETING", "--stage"]));
     let page = {
-        let ip = machines(&server, "sec")[0]["private_ip"]
+        let ip = server.machine_list("sec", false)[0]["private_ip"]
             .as_str()
             .unwrap()
             .to_owned();
-        get_page(&ip).unwrap_or_default()
+        machine_page(&ip).unwrap_or_default()
     };
     assert!(page.contains(value), "{page}");
 }
@@ -302,17 +227,16 @@ fn a_deploy_whose_http_check_fails_rolls_back_by_itself() {
     )
     .unwrap();
     ok(server.cli(&["apps", "create", "chk"]));
-    ok(cli_in(&server, &app_dir, &["deploy", "--image", &good_ref]));
+    ok(server.cli_in(&app_dir, &["deploy", "--image", &good_ref]));
     let status: Value =
-        serde_json::from_str(&ok(cli_in(&server, &app_dir, &["status", "--json"]))).unwrap();
+        serde_json::from_str(&ok(server.cli_in(&app_dir, &["status", "--json"]))).unwrap();
     assert_eq!(
         status["machines"][0]["checks"][0]["status"], "passing",
         "{status}"
     );
 
     // The new machine never answers: its check stays critical past wait_timeout.
-    let failed = cli_in(
-        &server,
+    let failed = server.cli_in(
         &app_dir,
         &["deploy", "--image", &deaf_ref, "--wait-timeout", "4s"],
     );
@@ -325,7 +249,7 @@ fn a_deploy_whose_http_check_fails_rolls_back_by_itself() {
     let list = releases(&server, &app_dir);
     assert_eq!((list[0].0, list[0].1.as_str()), (2, "failed"));
     assert_eq!(
-        machines(&server, "chk")[0]["config"]["image"],
+        server.machine_list("chk", false)[0]["config"]["image"],
         good_ref.as_str()
     );
     wait_page(&server, "chk", "healthy page");

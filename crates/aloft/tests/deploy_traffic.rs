@@ -4,16 +4,16 @@
 //! busybox images (one of them a multi-layer image built by Docker) with runc.
 
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use aloft_testkit::{busybox_layout, skopeo_push, stderr, stdout, wait_for, Agent, Server};
+use aloft_testkit::edge::http_get_within;
+use aloft_testkit::{busybox_layout, ok, skopeo_push, stderr, stdout, wait_for, Agent, Server};
 use serde_json::Value;
 
 fn bin() -> &'static Path {
@@ -79,17 +79,7 @@ impl Env {
 
     /// Runs the CLI in the app directory.
     fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin())
-            .args(args)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .env("NO_COLOR", "1")
-            .env("HOME", &self.dir)
-            .env("ALOFT_API_URL", &self.server.url)
-            .env("ALOFT_API_TOKEN", &self.server.token)
-            .env_remove("ALOFT_APP")
-            .output()
-            .expect("run aloft")
+        self.server.cli_in(&self.dir, args)
     }
 
     /// A busybox httpd image serving `page` (or running `entrypoint`), pushed as `APP/web:TAG`.
@@ -145,30 +135,9 @@ impl Env {
     }
 }
 
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
-}
-
-/// `GET /` through the edge with `Host: host`: the status code and the body.
+/// `GET /` through the edge with `Host: host` (waiting at most 20 s): status and body.
 fn get(edge: SocketAddr, host: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&edge, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
-    write!(
-        s,
-        "GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    s.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_string();
-    Some((status, body))
+    http_get_within(edge, host, "/", Duration::from_secs(20))
 }
 
 /// What the load saw.

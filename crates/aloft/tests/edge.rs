@@ -7,7 +7,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use aloft_testkit::{busybox_layout, ok, skopeo_push, wait_for, Proc, Server};
+use aloft_testkit::edge::{curl_https, free_port, http_get, run_web_machine, self_signed_cert};
+use aloft_testkit::{busybox_layout, ok, skopeo_push, wait_for, Agent, Proc, Server};
 use serde_json::Value;
 
 /// Each control plane numbers its hosts from the same start, and a host's machine addresses
@@ -23,27 +24,20 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_aloft"))
 }
 
-/// `GET /` through the edge with `Host: host`: the status code and the body.
-fn get(edge: SocketAddr, host: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&edge, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(40))).ok()?;
-    write!(
-        s,
-        "GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    s.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_string();
-    Some((status, body))
-}
-
 /// An agent with its edge on a free loopback port, joined with a join token (as real hosts are).
 struct EdgeAgent {
     proc: Proc,
     args: Vec<String>,
     edge: SocketAddr,
+    data_dir: std::path::PathBuf,
+}
+
+/// The agent's machines go with it, also when a test fails.
+impl Drop for EdgeAgent {
+    fn drop(&mut self) {
+        self.proc.kill9();
+        aloft_testkit::remove_agent_machines(&self.data_dir);
+    }
 }
 
 impl EdgeAgent {
@@ -69,7 +63,12 @@ impl EdgeAgent {
         .map(|s| s.to_string())
         .collect();
         let (proc, edge) = Self::spawn(&args);
-        EdgeAgent { proc, args, edge }
+        EdgeAgent {
+            proc,
+            args,
+            edge,
+            data_dir: data_dir.to_path_buf(),
+        }
     }
 
     /// Starts the agent and reads its edge address (printed before it joins).
@@ -117,32 +116,6 @@ fn saved_state(data_dir: &Path, app: &str, id: &str) -> Option<String> {
     Some(m["state"].as_str()?.to_string())
 }
 
-fn run_machine(server: &Server, dir: &Path, app: &str) -> String {
-    let layout = dir.join(format!("layout-{app}"));
-    let page = format!("hello from {app}\n");
-    let entry = ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"];
-    busybox_layout(&layout, "1", &page, &entry).unwrap();
-    let registry = server.url.trim_start_matches("http://");
-    let image = format!("{registry}/{app}/busybox:1");
-    skopeo_push(&layout, "1", &image, &server.token).unwrap();
-    ok(server.cli(&["apps", "create", app]));
-    let run = ok(server.cli(&[
-        "machine",
-        "run",
-        &image,
-        "--app",
-        app,
-        "--region",
-        "ams",
-        "--port",
-        "80:8080/tcp:http",
-        "--json",
-    ]));
-    let m: Value = serde_json::from_str(&run).unwrap();
-    assert_eq!(m["state"], "started", "{m}");
-    m["id"].as_str().unwrap().to_string()
-}
-
 fn state(server: &Server, app: &str, id: &str) -> String {
     let out = server.cli(&["machine", "status", id, "--app", app, "--json"]);
     let m: Value = serde_json::from_str(&ok(out)).unwrap();
@@ -158,26 +131,26 @@ fn the_edge_routes_by_host_wakes_stopped_machines_and_outlives_the_control_plane
     let mut agent = EdgeAgent::start(&server, &agent_dir, "edge");
     agent.wait_joined();
 
-    let web = run_machine(&server, dir.path(), "web");
-    let other = run_machine(&server, dir.path(), "other");
+    let web = run_web_machine(&server, dir.path(), "web");
+    let other = run_web_machine(&server, dir.path(), "other");
 
     // Each app answers at its own name, and only there.
     let edge = agent.edge;
     let (status, body) = wait_for(
         "web answers through the edge",
         Duration::from_secs(20),
-        || get(edge, "web.localhost").filter(|(s, _)| *s == 200),
+        || http_get(edge, "web.localhost").filter(|(s, _)| *s == 200),
     )
     .unwrap();
     assert_eq!((status, body.as_str()), (200, "hello from web\n"));
     let (status, body) = wait_for(
         "other answers through the edge",
         Duration::from_secs(20),
-        || get(edge, "other.localhost:80").filter(|(s, _)| *s == 200),
+        || http_get(edge, "other.localhost:80").filter(|(s, _)| *s == 200),
     )
     .unwrap();
     assert_eq!((status, body.as_str()), (200, "hello from other\n"));
-    let (status, body) = get(edge, "nope.localhost").unwrap();
+    let (status, body) = http_get(edge, "nope.localhost").unwrap();
     assert_eq!(status, 404, "an unknown host reaches no machine: {body}");
     assert!(!body.contains("hello from"), "{body}");
 
@@ -187,7 +160,7 @@ fn the_edge_routes_by_host_wakes_stopped_machines_and_outlives_the_control_plane
         (saved_state(&agent_dir, "web", &web).as_deref() == Some("stopped")).then_some(())
     })
     .unwrap();
-    let (status, body) = get(edge, "web.localhost").unwrap();
+    let (status, body) = http_get(edge, "web.localhost").unwrap();
     assert_eq!(
         (status, body.as_str()),
         (200, "hello from web\n"),
@@ -204,9 +177,9 @@ fn the_edge_routes_by_host_wakes_stopped_machines_and_outlives_the_control_plane
     .unwrap();
     server.proc.kill9();
     agent.crash_and_restart();
-    let (status, body) = get(agent.edge, "web.localhost").unwrap();
+    let (status, body) = http_get(agent.edge, "web.localhost").unwrap();
     assert_eq!((status, body.as_str()), (200, "hello from web\n"));
-    let (status, body) = get(agent.edge, "other.localhost").unwrap();
+    let (status, body) = http_get(agent.edge, "other.localhost").unwrap();
     assert_eq!((status, body.as_str()), (200, "hello from other\n"));
 
     // Bring the control plane back and clean up.
@@ -230,66 +203,6 @@ fn destroyed(server: &Server, app: &str, id: &str) -> bool {
         .any(|m| m["id"] == id && m["state"] == "destroyed")
 }
 
-/// An agent whose edge serves HTTP and HTTPS on free loopback ports; returns both addresses.
-fn start_tls_agent(server: &Server, data_dir: &Path) -> (Proc, SocketAddr, SocketAddr) {
-    let join = ok(server.cli(&["tokens", "create", "--join"]));
-    let dir = data_dir.to_string_lossy().to_string();
-    let host = format!("tls{}", std::process::id());
-    let args = [
-        "agent",
-        "--control",
-        &server.url,
-        "--token",
-        join.trim(),
-        "--region",
-        "ams",
-        "--data-dir",
-        &dir,
-        "--host-id",
-        &host,
-        "--http",
-        "127.0.0.1:0",
-        "--https",
-        "127.0.0.1:0",
-    ];
-    let (mut proc, line) = Proc::spawn_until(
-        "aloft agent",
-        bin(),
-        &args,
-        &[],
-        "edge listening on http://",
-    )
-    .unwrap();
-    let http = line
-        .split("http://")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let line = proc
-        .wait_line("edge listening on https://", Duration::from_secs(20))
-        .unwrap();
-    let https = line
-        .split("https://")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    proc.wait_line(" joined ", Duration::from_secs(30)).unwrap();
-    (proc, http, https)
-}
-
-/// A port nothing listens on now, for a service's public port.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Sends `line` to the edge's TCP port and reads until `want` bytes came back.
 fn tcp_exchange(port: u16, line: &str, want: usize) -> Option<(SocketAddr, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -307,28 +220,23 @@ fn tcp_exchange(port: u16, line: &str, want: usize) -> Option<(SocketAddr, Strin
     Some((me, String::from_utf8_lossy(&got).into_owned()))
 }
 
-/// `curl` over HTTPS to `name` at the edge's address, trusting only `ca`: exit code and body.
-fn curl(https: SocketAddr, name: &str, ca: &Path) -> (i32, String) {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "20", "--cacert"])
-        .arg(ca)
-        .arg("--resolve")
-        .arg(format!("{name}:{}:127.0.0.1", https.port()))
-        .arg(format!("https://{name}:{}/", https.port()))
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
 #[test]
 fn raw_tcp_proxy_protocol_and_https_verified_against_the_cluster_root() {
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(bin()).unwrap();
-    let (mut agent, _http, https) = start_tls_agent(&server, &dir.path().join("agent"));
+    let mut agent = Agent::start_joining(
+        bin(),
+        &server,
+        "ams",
+        &dir.path().join("agent"),
+        "tls",
+        &["--https", "127.0.0.1:0"],
+    )
+    .unwrap();
+    let https = agent
+        .edge_listen_addr("https")
+        .expect("the edge serves HTTPS");
 
     // A TCP echo machine published twice: plain, and with the PROXY protocol (v1).
     let layout = dir.path().join("layout-echo");
@@ -372,53 +280,29 @@ fn raw_tcp_proxy_protocol_and_https_verified_against_the_cluster_root() {
     );
 
     // HTTPS for <app>.localhost verifies against the root `aloft certs root` exports.
-    let web = run_machine(&server, dir.path(), "web");
+    let web = run_web_machine(&server, dir.path(), "web");
     let root = dir.path().join("root.pem");
     let out = ok(server.cli(&["certs", "root", "--output", &root.to_string_lossy()]));
     assert!(out.contains("root.pem"), "{out}");
     let pem = ok(server.cli(&["certs", "root"]));
     assert_eq!(std::fs::read_to_string(&root).unwrap(), pem);
-    let (code, body) = wait_for("HTTPS through the edge", Duration::from_secs(30), || {
-        Some(curl(https, "web.localhost", &root)).filter(|(c, _)| *c == 0)
+    let answer = wait_for("HTTPS through the edge", Duration::from_secs(30), || {
+        Some(curl_https(https, "web.localhost", &root)).filter(|a| a.code == 0)
     })
     .unwrap();
-    assert_eq!((code, body.as_str()), (0, "hello from web\n"));
-    let (code, _) = curl(https, "nope.localhost", &root);
+    assert_eq!((answer.code, answer.body.as_str()), (0, "hello from web\n"));
+    let code = curl_https(https, "nope.localhost", &root).code;
     assert_ne!(code, 0, "a name without a certificate fails the handshake");
 
     // A user certificate is served by SNI once added, and no longer once removed.
-    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-        ])
-        .args([
-            "-subj",
-            "/CN=custom.example.com",
-            "-addext",
-            "subjectAltName=DNS:custom.example.com",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let (cert, key) = self_signed_cert(dir.path(), "custom.example.com");
     let (c, k) = (cert.to_string_lossy(), key.to_string_lossy());
     let err = server.cli(&[
         "certs",
         "add",
         "other.example.com",
+        "--app",
+        "web",
         "--cert",
         &c,
         "--key",
@@ -430,27 +314,29 @@ fn raw_tcp_proxy_protocol_and_https_verified_against_the_cluster_root() {
         "certs",
         "add",
         "custom.example.com",
+        "--app",
+        "web",
         "--cert",
         &c,
         "--key",
         &k,
     ]));
     assert!(ok(server.cli(&["certs", "list"])).contains("custom.example.com"));
-    let (_, body) = wait_for(
+    let answer = wait_for(
         "the edge serves the user certificate",
         Duration::from_secs(30),
-        || Some(curl(https, "custom.example.com", &cert)).filter(|(c, _)| *c == 0),
+        || Some(curl_https(https, "custom.example.com", &cert)).filter(|a| a.code == 0),
     )
     .unwrap();
-    assert!(
-        body.contains("no app is configured for host custom.example.com"),
-        "{body}"
+    assert_eq!(
+        answer.body, "hello from web\n",
+        "the name routes to its app"
     );
     ok(server.cli(&["certs", "remove", "custom.example.com"]));
     wait_for(
         "the edge drops the user certificate",
         Duration::from_secs(30),
-        || (curl(https, "custom.example.com", &cert).0 != 0).then_some(()),
+        || (curl_https(https, "custom.example.com", &cert).code != 0).then_some(()),
     )
     .unwrap();
     let err = server.cli(&["certs", "remove", "custom.example.com"]);
@@ -463,7 +349,7 @@ fn raw_tcp_proxy_protocol_and_https_verified_against_the_cluster_root() {
         (destroyed(&server, "echo", &echo) && destroyed(&server, "web", &web)).then_some(())
     })
     .unwrap();
-    agent.kill9();
+    agent.proc.kill9();
 }
 
 #[test]
@@ -473,7 +359,7 @@ fn requests_keep_succeeding_while_one_of_two_machines_stops_and_starts() {
     let server = Server::start(bin()).unwrap();
     let mut agent = EdgeAgent::start(&server, &dir.path().join("agent"), "load");
     agent.wait_joined();
-    let first = run_machine(&server, dir.path(), "pair");
+    let first = run_web_machine(&server, dir.path(), "pair");
     let image = format!(
         "{}/pair/busybox:1",
         server.url.trim_start_matches("http://")
@@ -496,7 +382,7 @@ fn requests_keep_succeeding_while_one_of_two_machines_stops_and_starts() {
     wait_for(
         "pair answers through the edge",
         Duration::from_secs(20),
-        || get(edge, "pair.localhost").filter(|(s, _)| *s == 200),
+        || http_get(edge, "pair.localhost").filter(|(s, _)| *s == 200),
     )
     .unwrap();
 
@@ -507,7 +393,7 @@ fn requests_keep_succeeding_while_one_of_two_machines_stops_and_starts() {
         move || {
             let (mut ok, mut failed) = (0u32, Vec::new());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match get(edge, "pair.localhost") {
+                match http_get(edge, "pair.localhost") {
                     Some((200, body)) if body == "hello from pair\n" => ok += 1,
                     other => failed.push(format!("{other:?}")),
                 }

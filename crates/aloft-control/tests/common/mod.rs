@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use aloft_control::acme::AcmeOptions;
 use aloft_control::{Server, ServerOptions};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
@@ -130,6 +131,30 @@ impl Env {
             .json(json!({"instance_id": current["instance_id"], "state": state}))
             .send()
             .await
+    }
+
+    /// `POST /v1/tokens` with `body` as admin (e.g. `{"app": "web"}` or `{"scope": "join"}`),
+    /// which must create it; returns the new token.
+    pub async fn token(&self, body: Value) -> String {
+        let (status, token) = self.post("/v1/tokens").json(body).send().await;
+        assert_eq!(status, StatusCode::CREATED, "{token}");
+        token["token"].as_str().unwrap().to_owned()
+    }
+
+    /// A new token scoped to app `app`.
+    pub async fn app_token(&self, app: &str) -> String {
+        self.token(json!({ "app": app })).await
+    }
+
+    /// Points the control plane's ACME client at a directory nothing listens on, so orders
+    /// are accepted and then fail.
+    pub fn use_unreachable_acme(&self) {
+        self.server.control().configure_acme(AcmeOptions {
+            directory: "https://127.0.0.1:9/dir".to_owned(),
+            email: None,
+            ca_root: None,
+            challenge: None,
+        });
     }
 
     pub async fn state(&self, app: &str, id: &str) -> String {

@@ -1,0 +1,296 @@
+//! Custom hostnames belong to apps through their certificates: the route table lists an app's
+//! exact hostnames (and its watch sends them at once), a hostname belongs to one app at a time,
+//! app tokens manage their own app's certificates only, and deleting an app drops its
+//! hostnames.
+
+mod common;
+
+use axum::http::{Method, StatusCode};
+use common::{env, Env, Lines};
+use serde_json::{json, Value};
+
+/// A self-signed certificate and key (PEM) for `host`.
+fn cert(host: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![host.to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// `POST /v1/certs` for `host` (an exact name or `*.parent`) and `app`, with a certificate
+/// valid for it.
+fn add_body(host: &str, app: &str) -> Value {
+    let (certificate, private_key) = cert(&host.to_ascii_lowercase());
+    json!({"hostname": host, "app": app, "certificate": certificate, "private_key": private_key})
+}
+
+fn hostnames(table: &Value, app: &str) -> Value {
+    table["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["app"] == app)
+        .unwrap_or_else(|| panic!("no app {app} in {table}"))["hostnames"]
+        .clone()
+}
+
+/// The next full table on the watch (keep-alive lines carry none).
+async fn next_table(watch: &mut Lines) -> Value {
+    loop {
+        let line = watch.next().await;
+        if !line["table"].is_null() {
+            return line["table"].clone();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_hostname_routes_to_the_one_app_that_holds_its_certificate() {
+    let env = env().await;
+    env.app("web").await;
+    env.app("api").await;
+    let mut watch = Lines::open(env.get("/v1/routes/watch?since=0")).await;
+    let first = next_table(&mut watch).await;
+    assert_eq!(hostnames(&first, "web"), json!([]));
+
+    // Added for web: the watch sends the hostname with web at once, at a newer revision.
+    let (status, info) = env
+        .post("/v1/certs")
+        .json(add_body("Shop.Test", "web"))
+        .send()
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{info}");
+    assert_eq!(
+        (&info["hostname"], &info["app"]),
+        (&json!("shop.test"), &json!("web"))
+    );
+    let table = next_table(&mut watch).await;
+    assert!(table["revision"].as_u64() > first["revision"].as_u64());
+    assert_eq!(hostnames(&table, "web"), json!(["shop.test"]));
+    assert_eq!(hostnames(&table, "api"), json!([]));
+
+    // Another app cannot claim it, with a user certificate or an ACME order.
+    let (status, body) = env
+        .post("/v1/certs")
+        .json(add_body("shop.test", "api"))
+        .send()
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("belongs to app \"web\""), "{error}");
+    env.use_unreachable_acme();
+    let (status, body) = env
+        .post("/v1/certs/acme")
+        .json(json!({"hostname": "shop.test", "app": "api"}))
+        .send()
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    // An unknown app is a 404; a missing app is refused.
+    let (status, body) = env
+        .post("/v1/certs")
+        .json(add_body("new.test", "nope"))
+        .send()
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _) = env
+        .post("/v1/certs/acme")
+        .json(json!({"hostname": "new.test"}))
+        .send()
+        .await;
+    assert!(status.is_client_error(), "{status}");
+
+    // An ACME order attaches its name to its app right away (while the order runs).
+    let (status, body) = env
+        .post("/v1/certs/acme")
+        .json(json!({"hostname": "order.test", "app": "api"}))
+        .send()
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["app"], "api");
+    let table = next_table(&mut watch).await;
+    assert_eq!(hostnames(&table, "api"), json!(["order.test"]));
+
+    // A wildcard certificate is served but not routed (the edges match exact names).
+    let (status, body) = env
+        .post("/v1/certs")
+        .json(add_body("*.wild.test", "web"))
+        .send()
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, table) = env.get("/v1/routes").send().await;
+    assert_eq!(hostnames(&table, "web"), json!(["shop.test"]));
+
+    // Removed: the name no longer routes to web.
+    let (status, _) = env.delete("/v1/certs/shop.test").send().await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let table = loop {
+        let table = next_table(&mut watch).await;
+        if hostnames(&table, "web") == json!([]) {
+            break table;
+        }
+    };
+    assert_eq!(hostnames(&table, "api"), json!(["order.test"]));
+    // Now api may take it.
+    let (status, body) = env
+        .post("/v1/certs")
+        .json(add_body("shop.test", "api"))
+        .send()
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, list) = env.get("/v1/certs?app=api").send().await;
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["hostname"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["order.test", "shop.test"]);
+}
+
+/// `POST /v1/certs` of a certificate for `host` and `app` with `token`.
+async fn add_as(env: &Env, token: &str, host: &str, app: &str) -> (StatusCode, Value) {
+    env.post("/v1/certs")
+        .token(Some(token))
+        .json(add_body(host, app))
+        .send()
+        .await
+}
+
+#[tokio::test]
+async fn app_tokens_manage_their_own_apps_certificates_only() {
+    let env = env().await;
+    env.app("web").await;
+    env.app("api").await;
+    let web = env.app_token("web").await;
+    let api = env.app_token("api").await;
+    let join = env.token(json!({"scope": "join"})).await;
+
+    for (token, host, want) in [
+        (&api, "shop.test", StatusCode::FORBIDDEN),
+        (&web, "shop.test", StatusCode::CREATED),
+        (&join, "join.test", StatusCode::FORBIDDEN),
+    ] {
+        let (status, body) = add_as(&env, token, host, "web").await;
+        assert_eq!(status, want, "{host} for web: {body}");
+    }
+
+    // Lists: an app token sees its own app's; another app's on request is refused.
+    let (status, list) = env.get("/v1/certs").token(Some(&web)).send().await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["app"], "web");
+    let (status, list) = env.get("/v1/certs").token(Some(&api)).send().await;
+    assert_eq!((status, list), (StatusCode::OK, json!([])));
+    let (status, _) = env.get("/v1/certs?app=web").token(Some(&api)).send().await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = env.get("/v1/certs").token(Some(&join)).send().await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Show and remove follow the certificate's app.
+    for (method, holder, token, want) in [
+        (Method::GET, "api", &api, StatusCode::FORBIDDEN),
+        (Method::GET, "web", &web, StatusCode::OK),
+        (Method::DELETE, "api", &api, StatusCode::FORBIDDEN),
+        (Method::DELETE, "web", &web, StatusCode::NO_CONTENT),
+    ] {
+        let (status, info) = env
+            .call(method.clone(), "/v1/certs/shop.test")
+            .token(Some(token))
+            .send()
+            .await;
+        assert_eq!(status, want, "{method} with {holder}'s token: {info}");
+        if status == StatusCode::OK {
+            assert_eq!(info["app"], "web", "{info}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn deleting_an_app_removes_its_hostnames_and_certificates() {
+    let env = env().await;
+    env.app("gone").await;
+    env.app("kept").await;
+    for (host, app) in [("gone.test", "gone"), ("kept.test", "kept")] {
+        let (status, body) = env.post("/v1/certs").json(add_body(host, app)).send().await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, _) = env.delete("/v1/apps/gone").send().await;
+    assert!(status.is_success(), "{status}");
+    let (_, list) = env.get("/v1/certs").send().await;
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["hostname"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["kept.test"]);
+    let (_, tls) = env.get("/v1/edge/tls").send().await;
+    let served: Vec<&str> = tls["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["hostname"].as_str().unwrap())
+        .collect();
+    assert_eq!(served, ["kept.test"]);
+    // A new app of the same name starts without the old hostname.
+    env.app("gone").await;
+    let (_, table) = env.get("/v1/routes").send().await;
+    assert_eq!(hostnames(&table, "gone"), json!([]));
+    assert_eq!(hostnames(&table, "kept"), json!(["kept.test"]));
+}
+
+#[tokio::test]
+async fn certificates_stored_before_hostnames_had_apps_are_kept_and_can_be_claimed() {
+    let env = env().await;
+    env.app("web").await;
+    let body = add_body("old.test", "web");
+    // Turn the store back into its shape before the `app` column (migration 7), with a
+    // certificate stored then.
+    let db = env.dir.path().join("aloft.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER apps_delete_certificates;
+         ALTER TABLE edge_certificates DROP COLUMN app;
+         ALTER TABLE acme_certificates DROP COLUMN app;
+         PRAGMA user_version = 6;",
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO edge_certificates (hostname, certificate, private_key, fingerprint, created_at)
+         VALUES ('old.test', ?1, ?2, 'f', '2026-01-01T00:00:00Z')",
+        [
+            body["certificate"].as_str().unwrap(),
+            body["private_key"].as_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    drop(conn);
+    let env = common::reopen(env, std::time::Duration::from_secs(30)).await;
+    // Still served, routed nowhere, listed without an app.
+    let (_, list) = env.get("/v1/certs").send().await;
+    assert_eq!(list[0]["hostname"], "old.test", "{list}");
+    assert_eq!(list[0]["app"], Value::Null, "{list}");
+    let (_, tls) = env.get("/v1/edge/tls").send().await;
+    assert_eq!(tls["certificates"][0]["hostname"], "old.test", "{tls}");
+    let (_, table) = env.get("/v1/routes").send().await;
+    assert_eq!(hostnames(&table, "web"), json!([]));
+    // An app token cannot touch it; adding it for an app claims it.
+    let web = env.app_token("web").await;
+    let (status, _) = env
+        .delete("/v1/certs/old.test")
+        .token(Some(&web))
+        .send()
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, info) = env.post("/v1/certs").json(body).send().await;
+    assert_eq!(status, StatusCode::CREATED, "{info}");
+    let (_, table) = env.get("/v1/routes").send().await;
+    assert_eq!(hostnames(&table, "web"), json!(["old.test"]));
+    // And the app's hostnames go with the app again.
+    let (status, _) = env.delete("/v1/apps/web").send().await;
+    assert!(status.is_success(), "{status}");
+    let (_, list) = env.get("/v1/certs").send().await;
+    assert_eq!(list, json!([]));
+}
