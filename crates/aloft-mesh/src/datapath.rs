@@ -311,6 +311,15 @@ impl Inbound<'_> {
             }
             Outcome::NotSixpn => bump(&shared.counters.spoofed),
             Outcome::Done => found.set_endpoint(from),
+            // A handshake response that arrives after its handshake was superseded (both
+            // sides initiated at once, or a retransmitted initiation was answered twice) is
+            // part of normal WireGuard operation, not a bad datagram.
+            Outcome::Failed(WireGuardError::UnexpectedPacket) => {
+                tracing::debug!(
+                    host_index = found.host_index,
+                    "mesh ignored a stale handshake message"
+                );
+            }
             Outcome::Failed(e) => {
                 bump(&shared.counters.bad_datagrams);
                 tracing::debug!(host_index = found.host_index, error = ?e, "mesh datagram refused");
