@@ -10,6 +10,10 @@
 #     PIN=split      wrk on core 0, backend + proxies on core 1 ("none": no pinning, every
 #                    process on every core)
 #     CONNS=50 DURATION=10s ROUNDS=1 PROTOS="http https"
+#     PROFILE=release  the cargo profile the edge is built with ("dist": the production build,
+#                    fat LTO and one codegen unit; see docs/edge.md)
+#     EDGE_BASE=PATH   also measures another build of the example edge (e.g. a copy of an
+#                    earlier target/release/examples/edge) as "base", in the same rounds
 #
 # Two wrk runs per target and protocol: a loaded one (CONNS connections) for req/s and the
 # latency under load, and a one-connection run (one request at a time) for the latency a
@@ -39,7 +43,11 @@ if [[ " $PROTOS " == *" https "* ]] && [ "$(id -u)" != 0 ]; then
     PROTOS=http
 fi
 
-cargo build --release -q -p aloft-proxy --example edge
+PROFILE=${PROFILE:-release}
+cargo build --profile "$PROFILE" -q -p aloft-proxy --example edge
+EDGE_BIN=target/$PROFILE/examples/edge
+EDGE_BASE=${EDGE_BASE:-}
+P_BASE=18084 P_BASE_TLS=18094
 
 case "$PIN" in
     split) CLIENT="taskset -c 0" SERVER="taskset -c 1" ;;
@@ -134,10 +142,18 @@ cat >"$TMP/routes.json" <<JSON
 JSON
 ALOFT_EDGE_THREADS=$THREADS ALOFT_EDGE_HTTPS=127.0.0.1:$P_EDGE_TLS \
     ALOFT_EDGE_CERT="$TMP/cert.pem" ALOFT_EDGE_KEY="$TMP/key.pem" ALOFT_EDGE_CERT_HOSTS=$HOST \
-    $SERVER target/release/examples/edge "$TMP/routes.json" "127.0.0.1:$P_EDGE" >"$TMP/edge.log" 2>&1 &
+    $SERVER "$EDGE_BIN" "$TMP/routes.json" "127.0.0.1:$P_EDGE" >"$TMP/edge.log" 2>&1 &
 PIDS+=($!)
 wait_port $P_EDGE
 wait_port $P_EDGE_TLS
+if [ -n "$EDGE_BASE" ]; then
+    ALOFT_EDGE_THREADS=$THREADS ALOFT_EDGE_HTTPS=127.0.0.1:$P_BASE_TLS \
+        ALOFT_EDGE_CERT="$TMP/cert.pem" ALOFT_EDGE_KEY="$TMP/key.pem" ALOFT_EDGE_CERT_HOSTS=$HOST \
+        $SERVER "$EDGE_BASE" "$TMP/routes.json" "127.0.0.1:$P_BASE" >"$TMP/base.log" 2>&1 &
+    PIDS+=($!)
+    wait_port $P_BASE
+    wait_port $P_BASE_TLS
+fi
 
 # Converts a wrk latency ("512.00us", "1.20ms", "1.00s") to ms.
 to_ms() {
@@ -172,8 +188,10 @@ declare -A runs
 targets() { # PROTO -> "name port" lines
     if [ "$1" = http ]; then
         printf '%s\n' "direct $P_BACKEND" "haproxy $P_HAPROXY" "aloft $P_EDGE"
+        [ -z "$EDGE_BASE" ] || echo "base $P_BASE"
     else
         printf '%s\n' "direct $P_BACKEND_TLS" "haproxy $P_HAPROXY_TLS" "aloft $P_EDGE_TLS"
+        [ -z "$EDGE_BASE" ] || echo "base $P_BASE_TLS"
     fi
 }
 for _ in $(seq 1 "$ROUNDS"); do
@@ -190,13 +208,14 @@ median() { printf '%s' "${runs[$1]}" | sort -n | awk '{a[NR]=$0} END {print a[in
 
 echo
 echo "wrk -t1 -c$CONNS -d$DURATION (and -c1 for the one-connection latency); nginx backend (1 worker);"
+echo "edge built with profile $PROFILE$([ -n "$EDGE_BASE" ] && echo "; base: $EDGE_BASE");"
 echo "proxy threads: $THREADS (HAProxy nbthread $THREADS); pinning: $PIN$([ "$PIN" = split ] && echo " (wrk on core 0; nginx, HAProxy, edge on core 1)");"
 echo "$(nproc) cores, loopback, median of $ROUNDS round(s), load average $(cut -d' ' -f1 /proc/loadavg)"
 printf '%-6s %-8s %10s %9s %9s %9s %9s %9s %9s %10s\n' proto path "req/s" "p50 ms" "p99 ms" "c1 p50" "c1 p99" "+p50 ms" "+p99 ms" "vs haproxy"
 for proto in $PROTOS; do
     read -r d_rps d_p50 d_p99 d_c50 d_c99 < <(median "$proto.direct")
     read -r h_rps _ < <(median "$proto.haproxy")
-    for name in direct haproxy aloft; do
+    for name in direct haproxy aloft $([ -z "$EDGE_BASE" ] || echo base); do
         read -r rps p50 p99 c50 c99 < <(median "$proto.$name")
         printf '%-6s %-8s %10.0f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.2fx\n' "$proto" "$name" \
             "$rps" "$p50" "$p99" "$c50" "$c99" \

@@ -10,6 +10,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::balance::SlotGuard;
 use crate::proxy::ProxyBody;
+use crate::upstream::Pooled;
 
 /// Reads a request body of unknown or small size into memory while it stays within `limit`
 /// (`Ok(Ok(bytes))`); past the limit, gives back a body that replays what was read and streams
@@ -56,10 +57,23 @@ impl Body for Prefixed {
     }
 }
 
-/// A machine's response body that holds the machine's slot until it is fully sent.
+/// A machine's response body that holds the machine's slot until it is fully sent, and gives
+/// its connection back for the next request once it was read whole.
 pub(crate) struct Tracked {
     pub inner: Incoming,
     pub guard: Option<SlotGuard>,
+    pub conn: Option<Pooled>,
+}
+
+impl Tracked {
+    fn finish(&mut self, whole: bool) {
+        self.guard.take();
+        if let Some(conn) = self.conn.take() {
+            if whole {
+                conn.release();
+            }
+        }
+    }
 }
 
 impl Body for Tracked {
@@ -71,8 +85,12 @@ impl Body for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            self.guard.take();
+        match &r {
+            // hyper stops polling once `is_end_stream` says so, so the end is noticed here.
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(true),
+            Poll::Ready(None) => self.finish(true),
+            Poll::Ready(Some(Err(_))) => self.finish(false),
+            _ => {}
         }
         r
     }

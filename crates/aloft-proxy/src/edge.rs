@@ -23,6 +23,7 @@ use crate::proxy::{self, ConnInfo, ProxyBody};
 use crate::routes::{MachineRoute, MachineState, RouteStore, RouteStoreError, RouteTable, Routing};
 use crate::tcp::{self, PortListeners};
 use crate::tls::{self, Ca, CertResolver, TlsError};
+use crate::upstream::Upstream;
 use crate::wake::{self, Waker};
 
 /// Errors starting or updating the edge.
@@ -124,7 +125,9 @@ pub(crate) struct Inner {
     overlay: Mutex<HashMap<String, MachineState>>,
     pub wake_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub waker: Option<Arc<dyn Waker>>,
-    pub client: Client<HttpConnector, ProxyBody>,
+    /// Keep-alive HTTP/1.1 connections to machines.
+    pub upstream: Arc<Upstream>,
+    /// HTTP/2 (h2c) connections to machines of services with `h2_backend`.
     pub h2_client: Client<HttpConnector, ProxyBody>,
     pub metrics: Metrics,
     /// Requests that entered at this edge, per app (for the host's load reports).
@@ -208,10 +211,7 @@ impl Edge {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(opts.connect_timeout));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(opts.idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .build(connector.clone());
+        let upstream = Arc::new(Upstream::new(opts.connect_timeout, opts.idle_timeout));
         let h2_client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(opts.idle_timeout)
             .pool_timer(TokioTimer::new())
@@ -259,7 +259,7 @@ impl Edge {
             unreachable: tokio::sync::watch::Sender::default(),
             overlay: Mutex::default(),
             wake_locks: Mutex::default(),
-            client,
+            upstream,
             h2_client,
             metrics: Metrics::default(),
             entries: Arc::default(),
@@ -287,6 +287,7 @@ impl Edge {
         }
         inner.sync_port_listeners();
         wake::spawn_autostop(&inner);
+        inner.tracker.spawn(sweep_loop(inner.clone()));
         tracing::info!(%http_addr, ?https_addr, ?admin_addr, region = %inner.opts.region, "edge listening");
         Ok(Edge {
             inner,
@@ -520,13 +521,22 @@ async fn client_conn(
 ) {
     let limit = inner.opts.header_read_timeout;
     let peer = conn.peer;
+    let stop = inner.shutdown.clone();
     match tls {
         None => {
-            // Protocol detection reads before hyper's header timer starts, so a client that
-            // never sends a byte is cut off here.
-            let mut first = [0u8; 1];
-            if let Ok(Ok(1..)) = tokio::time::timeout(limit, stream.peek(&mut first)).await {
-                serve_conn(inner.clone(), stream, conn, watcher, None).await;
+            // The first bytes tell HTTP/1 from h2c (prior knowledge) without a read through
+            // hyper's detection. Waiting for them is also what cuts off a client that never
+            // sends a byte (hyper's header timer starts only after).
+            let mut first = [0u8; H2_PREFACE.len()];
+            if let Ok(Ok(n @ 1..)) = tokio::time::timeout(limit, stream.peek(&mut first)).await {
+                let h2 = if first[..n] != H2_PREFACE[..n] {
+                    Some(false)
+                } else if n == H2_PREFACE.len() {
+                    Some(true)
+                } else {
+                    None
+                };
+                serve_conn(inner.clone(), stream, conn, (watcher, stop), h2).await;
             }
         }
         Some(acceptor) => match tokio::time::timeout(limit, acceptor.accept(stream)).await {
@@ -536,7 +546,7 @@ async fn client_conn(
                     return;
                 }
                 let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
-                serve_conn(inner.clone(), s, conn, watcher, Some(h2)).await;
+                serve_conn(inner.clone(), s, conn, (watcher, stop), Some(h2)).await;
             }
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -544,12 +554,20 @@ async fn client_conn(
     }
 }
 
-/// Serves HTTP on one client connection; `h2` is what ALPN chose, `None` to detect it.
+/// What an HTTP/2 client sends first (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How often an idle HTTP/2 client connection is pinged.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
+
+/// Serves HTTP on one client connection; `h2` is what ALPN chose, `None` to detect it. The
+/// connection is drained when `stop` (its listener's stop) is cancelled, and the watcher of
+/// the listener's graceful shutdown lives until it ends.
 pub(crate) async fn serve_conn<I>(
     inner: Arc<Inner>,
     io: I,
     conn: ConnInfo,
-    watcher: Watcher,
+    (watcher, stop): (Watcher, CancellationToken),
     h2: Option<bool>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -560,23 +578,66 @@ pub(crate) async fn serve_conn<I>(
         let conn = conn.clone();
         async move { Ok::<_, std::convert::Infallible>(proxy::handle(inner, req, conn).await) }
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    let builder = match h2 {
-        Some(true) => builder.http2_only(),
-        Some(false) => builder.http1_only(),
-        None => builder,
+    let io = TokioIo::new(io);
+    // A known protocol is served by hyper's own connection types; detection wraps every read.
+    let served: Result<(), Box<dyn std::error::Error + Send + Sync>> = match h2 {
+        Some(false) => {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            // hyper's upgradeable HTTP/1 connection is drained by hand: on `stop` it finishes
+            // the request in flight and closes.
+            let served = builder.serve_connection(io, svc).with_upgrades();
+            tokio::pin!(served);
+            let r = tokio::select! {
+                biased;
+                r = served.as_mut() => r,
+                () = stop.cancelled() => {
+                    served.as_mut().graceful_shutdown();
+                    served.await
+                }
+            };
+            drop(watcher);
+            r.map_err(Into::into)
+        }
+        Some(true) => {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(H2_KEEP_ALIVE));
+            let served = builder.serve_connection(io, svc);
+            watcher.watch(served).await.map_err(Into::into)
+        }
+        None => {
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(H2_KEEP_ALIVE));
+            watcher
+                .watch(builder.serve_connection_with_upgrades(io, svc))
+                .await
+        }
     };
-    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    if let Err(e) = watcher.watch(served).await {
+    if let Err(e) = served {
         tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
+
+/// Closes idle machine connections past the idle timeout, until shutdown.
+async fn sweep_loop(inner: Arc<Inner>) {
+    let mut every = tokio::time::interval(inner.upstream.sweep_interval());
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = every.tick() => inner.upstream.sweep(),
+        }
     }
 }
 

@@ -92,6 +92,14 @@ pub(crate) fn steering(h: &HeaderMap) -> Steering {
 }
 
 pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none of them but `Connection`: one pass over the names instead of a
+    // lookup per name.
+    if !h
+        .keys()
+        .any(|n| n == header::UPGRADE || HOP_BY_HOP.contains(n))
+    {
+        return;
+    }
     let listed: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -124,7 +132,11 @@ pub(crate) fn forward_headers(
     version: Version,
     upgrade: bool,
 ) -> HeaderMap {
-    let mut h = incoming.clone();
+    // Room for the headers added below, so the map does not grow twice on the way.
+    let mut h = HeaderMap::with_capacity(incoming.len() + 16);
+    for (name, value) in incoming {
+        h.append(name.clone(), value.clone());
+    }
     let upgrade_value = h.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut h);
     if upgrade {

@@ -22,6 +22,7 @@ mod replay;
 mod routes;
 mod tcp;
 mod tls;
+mod upstream;
 mod wake;
 
 pub use edge::{Edge, EdgeError, EdgeOptions};

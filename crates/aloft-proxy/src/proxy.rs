@@ -22,6 +22,7 @@ use crate::edge::Inner;
 use crate::headers::{forward_headers, hdr, steering, strip_hop_by_hop};
 use crate::replay::{Replay, REPLAY_HEADERS};
 use crate::routes::{self, AppRoutes, MachineRoute, Routing, ServiceRoutes};
+use crate::upstream::UpstreamError;
 
 /// The body type the edge sends and answers with.
 pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -244,24 +245,37 @@ async fn route<'r>(
             (None, Some(s)) => s,
             (None, None) => Empty::new().map_err(|never| match never {}).boxed(),
         };
-        let Some(uri) = machine_uri(SocketAddr::new(m.address, svc.internal_port), &path) else {
-            return full(StatusCode::BAD_REQUEST, "the request path is not valid\n");
-        };
+        let addr = SocketAddr::new(m.address, svc.internal_port);
         let mut fwd = Request::new(body);
         *fwd.method_mut() = parts.method.clone();
-        *fwd.uri_mut() = uri;
         *fwd.headers_mut() = next_headers
             .take()
             .unwrap_or_else(|| forwarded(replay_src.as_ref()));
-        let client = if svc.h2_backend && !upgrade {
+        let h2 = svc.h2_backend && !upgrade;
+        if h2 {
+            let Some(uri) = machine_uri(addr, &path) else {
+                return full(StatusCode::BAD_REQUEST, "the request path is not valid\n");
+            };
+            *fwd.uri_mut() = uri;
             *fwd.version_mut() = Version::HTTP_2;
-            &inner.h2_client
         } else {
-            &inner.client
+            // HTTP/1.1 to a machine: origin-form target, the `Host` header names the app.
+            *fwd.uri_mut() = Uri::from(path.clone());
+        }
+        let send = async {
+            if h2 {
+                match inner.h2_client.request(fwd).await {
+                    Ok(r) => Ok((r, None)),
+                    Err(e) => Err(UpstreamError::H2(e)),
+                }
+            } else {
+                let (r, conn) = inner.upstream.send(addr, fwd).await?;
+                Ok((r, Some(conn)))
+            }
         };
         // A request waiting on a host that turns unreachable over the mesh (a partition, a
         // dead host) would wait for ever: it is given up, and retried elsewhere if it can be.
-        let Some(sent) = until_unreachable(inner, &m.host_id, client.request(fwd)).await else {
+        let Some(sent) = until_unreachable(inner, &m.host_id, send).await else {
             if parts.method.is_idempotent()
                 && buffered.is_some()
                 && attempts + 1 < inner.opts.max_attempts
@@ -277,7 +291,7 @@ async fn route<'r>(
                 format!("machine {} of app {} became unreachable\n", m.id, app.app),
             );
         };
-        let mut resp = match sent {
+        let (mut resp, conn) = match sent {
             Ok(r) => r,
             Err(e)
                 if retryable(&e, &parts.method)
@@ -356,6 +370,9 @@ async fn route<'r>(
             match rbody.collect().await {
                 Ok(collected) => {
                     drop(guard);
+                    if let Some(conn) = conn {
+                        conn.release();
+                    }
                     strip_hop_by_hop(&mut rparts.headers);
                     let body = Full::new(collected.to_bytes())
                         .map_err(|never| match never {})
@@ -384,6 +401,7 @@ async fn route<'r>(
             Tracked {
                 inner: body,
                 guard: Some(guard),
+                conn,
             }
             .boxed(),
         );
@@ -430,7 +448,7 @@ async fn until_unreachable<T>(
 /// Whether a failed forward can go to another machine: connecting failed (nothing was sent),
 /// or, for an idempotent method, the connection was refused, reset or closed before any
 /// response came back (a machine going down under a pooled connection).
-fn retryable(e: &hyper_util::client::legacy::Error, method: &http::Method) -> bool {
+fn retryable(e: &UpstreamError, method: &http::Method) -> bool {
     if e.is_connect() {
         return true;
     }

@@ -138,7 +138,7 @@ async fn port_loop(inner: Arc<Inner>, listener: TcpListener, port: u16, stop: Ca
             },
         };
         let _ = stream.set_nodelay(true);
-        let watcher = graceful.watcher();
+        let watcher = (graceful.watcher(), stop.clone());
         inner.spawn_connection(|inner| async move {
             port_conn(&inner, stream, peer, port, watcher).await;
         });
@@ -159,7 +159,7 @@ async fn port_conn(
     stream: TcpStream,
     peer: SocketAddr,
     port: u16,
-    watcher: Watcher,
+    (watcher, stop): (Watcher, CancellationToken),
 ) {
     let local = stream.local_addr().unwrap_or(peer);
     let routing = inner.routes.load_full();
@@ -173,7 +173,7 @@ async fn port_conn(
     if !tls {
         if http {
             let conn = ConnInfo::new(peer, false, port);
-            serve_conn(inner.clone(), stream, conn, watcher, None).await;
+            serve_conn(inner.clone(), stream, conn, (watcher, stop), None).await;
             return;
         }
         let [claim] = &claims[..] else {
@@ -205,7 +205,7 @@ async fn port_conn(
     if http {
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         let conn = ConnInfo::new(peer, true, port);
-        serve_conn(inner.clone(), stream, conn, watcher, Some(h2)).await;
+        serve_conn(inner.clone(), stream, conn, (watcher, stop), Some(h2)).await;
         return;
     }
     let sni = stream.get_ref().1.server_name().map(str::to_string);
