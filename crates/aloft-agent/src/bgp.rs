@@ -338,12 +338,7 @@ impl BgpRole {
         match BgpRole::start(opts, edge).await {
             Ok(role) => Some(role),
             Err(e) => {
-                let mut chain = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    chain.push_str(&format!(": {s}"));
-                    source = s.source();
-                }
+                let chain = aloft_api::error::error_chain(&e);
                 tracing::error!(error = %chain, "this host does not announce its anycast prefixes");
                 None
             }

@@ -55,12 +55,7 @@ impl DnsRole {
         {
             Ok(server) => server,
             Err(e) => {
-                let mut chain = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    chain.push_str(&format!(": {s}"));
-                    source = s.source();
-                }
+                let chain = aloft_api::error::error_chain(&e);
                 error!(error = %chain, "the DNS server is not running on this host");
                 return None;
             }

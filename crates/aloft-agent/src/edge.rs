@@ -151,12 +151,7 @@ impl EdgeRole {
         match EdgeRole::start(opts, host_id).await {
             Ok(role) => Some(role),
             Err(e) => {
-                let mut chain = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    chain.push_str(&format!(": {s}"));
-                    source = s.source();
-                }
+                let chain = aloft_api::error::error_chain(&e);
                 tracing::error!(error = %chain, "the edge is not running on this host");
                 if let Some(ready) = &opts.edge_ready {
                     let _ = ready.send(Err(chain));

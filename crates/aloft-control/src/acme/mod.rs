@@ -101,13 +101,7 @@ pub enum AcmeError {
 impl AcmeError {
     /// The message with its sources, as stored with a failed order.
     fn chain(&self) -> String {
-        let mut out = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            out.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        out
+        aloft_api::error::error_chain(self)
     }
 }
 

@@ -109,13 +109,7 @@ impl From<rusqlite::Error> for ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        let mut detail = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            detail.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        ApiError::Internal(detail)
+        ApiError::Internal(aloft_api::error::error_chain(&e))
     }
 }
 
