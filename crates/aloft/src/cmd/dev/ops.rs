@@ -50,24 +50,8 @@ pub fn exec(at: &Where, city: &str, command: &[String]) -> anyhow::Result<()> {
 /// `aloft dev kill --region R`: the host dies with its machines and links; its city is
 /// routed to the nearest live region (the anycast route to the dead host is withdrawn).
 pub fn kill(at: &Where, region: &str) -> anyhow::Result<()> {
-    topology::check_prefix(&at.prefix)?;
-    let state = topology::read_state(&at.data_dir)
-        .filter(|s| s.topology.prefix == at.prefix && topology::dev_alive(s.pid))
-        .ok_or_else(|| {
-            UsageError(format!(
-                "No aloft dev with prefix {} runs from {}",
-                at.prefix,
-                at.data_dir.display()
-            ))
-        })?;
-    let topo = state.topology;
-    if !topo.regions.iter().any(|r| r == region) {
-        return Err(UsageError(format!(
-            "No region {region}: the regions are {}",
-            topo.regions.join(", ")
-        ))
-        .into());
-    }
+    let topo = running(at)?.topology;
+    check_region(&topo, region)?;
     let ns = topo.host_ns(region);
     if !topology::netns_exists(&ns) {
         return Err(UsageError(format!("The host of {region} is already dead")).into());
@@ -129,4 +113,29 @@ pub async fn down(at: &Where, purge: bool) -> anyhow::Result<()> {
         println!("nothing to remove");
     }
     Ok(())
+}
+
+/// The state of the `aloft dev` that runs from `at`, or an error saying none does.
+pub(super) fn running(at: &Where) -> Result<topology::DevState, UsageError> {
+    topology::check_prefix(&at.prefix)?;
+    topology::read_state(&at.data_dir)
+        .filter(|s| s.topology.prefix == at.prefix && topology::dev_alive(s.pid))
+        .ok_or_else(|| {
+            UsageError(format!(
+                "No aloft dev with prefix {} runs from {}",
+                at.prefix,
+                at.data_dir.display()
+            ))
+        })
+}
+
+/// Refuses a region the topology does not have, naming the ones it has.
+pub(super) fn check_region(topo: &Topology, region: &str) -> Result<(), UsageError> {
+    if topo.regions.iter().any(|r| r == region) {
+        return Ok(());
+    }
+    Err(UsageError(format!(
+        "No region {region}: the regions are {}",
+        topo.regions.join(", ")
+    )))
 }

@@ -80,24 +80,9 @@ fn host_of(ns: &str) -> &str {
 
 /// The running topology's state, and the pair `(a, b)` in a canonical order.
 fn load(at: &Where, a: &str, b: &str) -> anyhow::Result<(DevState, (String, String))> {
-    topology::check_prefix(&at.prefix)?;
-    let state = topology::read_state(&at.data_dir)
-        .filter(|s| s.topology.prefix == at.prefix && topology::dev_alive(s.pid))
-        .ok_or_else(|| {
-            UsageError(format!(
-                "No aloft dev with prefix {} runs from {}",
-                at.prefix,
-                at.data_dir.display()
-            ))
-        })?;
+    let state = super::ops::running(at)?;
     for r in [a, b] {
-        if !state.topology.regions.iter().any(|x| x == r) {
-            return Err(UsageError(format!(
-                "No region {r}: the regions are {}",
-                state.topology.regions.join(", ")
-            ))
-            .into());
-        }
+        super::ops::check_region(&state.topology, r)?;
     }
     if a == b {
         return Err(UsageError(format!("Give two different regions, not {a} twice")).into());
