@@ -148,7 +148,7 @@ pub(crate) fn claim(inner: &crate::store::Inner, host: &str, app: &str) -> Resul
     }
 }
 
-/// Every app's exact hostnames (wildcards are not routed), sorted, for the route table.
+/// Every app's hostnames (wildcards `*.example.com` included), sorted, for the route table.
 pub(crate) fn app_hostnames(
     conn: &Connection,
 ) -> Result<std::collections::HashMap<String, Vec<String>>, ApiError> {
@@ -162,9 +162,7 @@ pub(crate) fn app_hostnames(
     let mut out: std::collections::HashMap<String, Vec<String>> = Default::default();
     for row in rows {
         let (app, host) = row?;
-        if !host.starts_with("*.") {
-            out.entry(app).or_default().push(host);
-        }
+        out.entry(app).or_default().push(host);
     }
     Ok(out)
 }

@@ -112,7 +112,7 @@ async fn a_hostname_routes_to_the_one_app_that_holds_its_certificate() {
     let table = next_table(&mut watch).await;
     assert_eq!(hostnames(&table, "api"), json!(["order.test"]));
 
-    // A wildcard certificate is served but not routed (the edges match exact names).
+    // A wildcard hostname is routed too (the edges match it one level down).
     let (status, body) = env
         .post("/v1/certs")
         .json(add_body("*.wild.test", "web"))
@@ -120,14 +120,17 @@ async fn a_hostname_routes_to_the_one_app_that_holds_its_certificate() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let (_, table) = env.get("/v1/routes").send().await;
-    assert_eq!(hostnames(&table, "web"), json!(["shop.test"]));
+    assert_eq!(
+        hostnames(&table, "web"),
+        json!(["*.wild.test", "shop.test"])
+    );
 
     // Removed: the name no longer routes to web.
     let (status, _) = env.delete("/v1/certs/shop.test").send().await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let table = loop {
         let table = next_table(&mut watch).await;
-        if hostnames(&table, "web") == json!([]) {
+        if hostnames(&table, "web") == json!(["*.wild.test"]) {
             break table;
         }
     };

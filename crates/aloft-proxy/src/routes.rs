@@ -54,15 +54,31 @@ impl Routing {
     }
 
     /// The app a `Host` header (or SNI name) names; a port suffix and a trailing dot are ignored.
+    /// A name no app has exactly goes to the app holding the wildcard one level up
+    /// (`*.example.com` takes `a.example.com`, not `a.b.example.com` nor `example.com`).
     pub fn app_for_host(&self, host: &str) -> Option<&AppRoutes> {
         let name = strip_port(host).trim_end_matches('.');
         // Hostnames are almost always lowercase already: only copy one that is not.
-        let i = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.by_host.get(&name.to_ascii_lowercase())
+        let lower;
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = name.to_ascii_lowercase();
+            lower.as_str()
         } else {
-            self.by_host.get(name)
+            name
+        };
+        let i = match self.by_host.get(name) {
+            Some(i) => Some(i),
+            None => name
+                .split_once('.')
+                .filter(|(label, parent)| !label.is_empty() && parent.contains('.'))
+                .and_then(|(_, parent)| self.by_host.get(&format!("*.{parent}"))),
         };
         i.map(|&i| &self.table.apps[i])
+    }
+
+    /// The app called `name`.
+    pub fn app_named(&self, name: &str) -> Option<&AppRoutes> {
+        self.table.apps.iter().find(|a| a.app == name)
     }
 }
 
@@ -186,6 +202,23 @@ mod tests {
         assert_eq!(r.app_for_host("shop.example.com.").unwrap().app, "shop");
         assert!(r.app_for_host("other.aloft.test").is_none());
         assert_eq!(strip_port("[::1]:80"), "::1");
+    }
+
+    #[test]
+    fn wildcard_hostnames_take_names_one_level_down() {
+        let mut t = table();
+        t.apps[0].hostnames.push("*.Shop.Example.com".into());
+        let r = Routing::new(t, "aloft.test");
+        assert_eq!(r.app_for_host("eu.shop.example.com").unwrap().app, "shop");
+        assert_eq!(
+            r.app_for_host("EU.shop.example.com:80").unwrap().app,
+            "shop"
+        );
+        assert!(r.app_for_host("a.eu.shop.example.com").is_none());
+        assert!(r.app_for_host(".shop.example.com").is_none());
+        assert!(r.app_for_host("other.example.com").is_none());
+        assert_eq!(r.app_named("shop").unwrap().app, "shop");
+        assert!(r.app_named("Shop").is_none());
     }
 
     #[test]
