@@ -572,44 +572,20 @@ pub(crate) async fn serve_conn<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let header_timeout = inner.opts.header_read_timeout;
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let inner = inner.clone();
-        let conn = conn.clone();
-        async move { Ok::<_, std::convert::Infallible>(proxy::handle(inner, req, conn).await) }
-    });
-    let io = TokioIo::new(io);
-    // A known protocol is served by hyper's own connection types; detection wraps every read.
-    let served: Result<(), Box<dyn std::error::Error + Send + Sync>> = match h2 {
-        Some(false) => {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout);
-            // hyper's upgradeable HTTP/1 connection is drained by hand: on `stop` it finishes
-            // the request in flight and closes.
-            let served = builder.serve_connection(io, svc).with_upgrades();
-            tokio::pin!(served);
-            let r = tokio::select! {
-                biased;
-                r = served.as_mut() => r,
-                () = stop.cancelled() => {
-                    served.as_mut().graceful_shutdown();
-                    served.await
-                }
-            };
-            drop(watcher);
-            r.map_err(Into::into)
-        }
+    match h2 {
+        Some(false) => crate::h1::serve(inner, io, conn, (watcher, stop)).await,
         Some(true) => {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             builder
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Some(H2_KEEP_ALIVE));
-            let served = builder.serve_connection(io, svc);
-            watcher.watch(served).await.map_err(Into::into)
+            let served = builder.serve_connection(TokioIo::new(io), service(inner, conn));
+            if let Err(e) = watcher.watch(served).await {
+                tracing::debug!(error = %e, "client connection ended with an error");
+            }
         }
         None => {
+            let header_timeout = inner.opts.header_read_timeout;
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
@@ -619,12 +595,63 @@ pub(crate) async fn serve_conn<I>(
                 .http2()
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Some(H2_KEEP_ALIVE));
-            watcher
-                .watch(builder.serve_connection_with_upgrades(io, svc))
-                .await
+            let served =
+                builder.serve_connection_with_upgrades(TokioIo::new(io), service(inner, conn));
+            if let Err(e) = watcher.watch(served).await {
+                tracing::debug!(error = %e, "client connection ended with an error");
+            }
+        }
+    }
+}
+
+/// The hyper service that runs every request of a connection through [`proxy::handle`].
+fn service(
+    inner: Arc<Inner>,
+    conn: ConnInfo,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = hyper::Response<ProxyBody>,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future<
+        Output = Result<hyper::Response<ProxyBody>, std::convert::Infallible>,
+    > + Send,
+> + Clone {
+    hyper::service::service_fn(move |req: Request<Incoming>| {
+        let inner = inner.clone();
+        let conn = conn.clone();
+        async move { Ok::<_, std::convert::Infallible>(proxy::handle(inner, req, conn).await) }
+    })
+}
+
+/// Serves an HTTP/1 client connection with hyper (upgrades included) for the requests the
+/// relay in `h1` leaves to it. Drained by hand: on `stop` it finishes the request in flight
+/// and closes.
+pub(crate) async fn serve_http1<I>(
+    inner: Arc<Inner>,
+    io: I,
+    conn: ConnInfo,
+    (watcher, stop): (Watcher, CancellationToken),
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(inner.opts.header_read_timeout);
+    let served = builder
+        .serve_connection(TokioIo::new(io), service(inner, conn))
+        .with_upgrades();
+    tokio::pin!(served);
+    let r = tokio::select! {
+        biased;
+        r = served.as_mut() => r,
+        () = stop.cancelled() => {
+            served.as_mut().graceful_shutdown();
+            served.await
         }
     };
-    if let Err(e) = served {
+    drop(watcher);
+    if let Err(e) = r {
         tracing::debug!(error = %e, "client connection ended with an error");
     }
 }

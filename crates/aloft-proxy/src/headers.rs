@@ -51,42 +51,35 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
-fn header_str<'a>(h: &'a HeaderMap, names: &[HeaderName]) -> Option<&'a str> {
-    names
-        .iter()
-        .find_map(|n| h.get(n).and_then(|v| v.to_str().ok()))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
+pub(crate) fn steering(h: &HeaderMap) -> Steering {
+    steering_with(|name| h.get(name).and_then(|v| v.to_str().ok()))
 }
 
-pub(crate) fn steering(h: &HeaderMap) -> Steering {
+/// The steering headers' constraints, with `get` looking a header up by its lowercase name.
+pub(crate) fn steering_with<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Steering {
+    let first = |names: [&HeaderName; 2]| {
+        names
+            .iter()
+            .find_map(|n| get(n.as_str()))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+    };
+    let list = |v: Option<&str>| -> Vec<String> {
+        v.map(|v| {
+            v.split(',')
+                .map(|r| r.trim().to_string())
+                .filter(|r| !r.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+    };
     Steering {
-        force_instance: header_str(
-            h,
-            &[hdr::FLY_FORCE_INSTANCE_ID, hdr::ALOFT_FORCE_INSTANCE_ID],
-        )
-        .map(String::from),
-        prefer_instance: header_str(
-            h,
-            &[hdr::FLY_PREFER_INSTANCE_ID, hdr::ALOFT_PREFER_INSTANCE_ID],
-        )
-        .map(String::from),
-        prefer_regions: header_str(h, &[hdr::FLY_PREFER_REGION, hdr::ALOFT_PREFER_REGION])
-            .map(|v| {
-                v.split(',')
-                    .map(|r| r.trim().to_string())
-                    .filter(|r| !r.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default(),
-        force_regions: header_str(h, &[hdr::FLY_FORCE_REGION, hdr::ALOFT_FORCE_REGION])
-            .map(|v| {
-                v.split(',')
-                    .map(|r| r.trim().to_string())
-                    .filter(|r| !r.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default(),
+        force_instance: first([&hdr::FLY_FORCE_INSTANCE_ID, &hdr::ALOFT_FORCE_INSTANCE_ID])
+            .map(String::from),
+        prefer_instance: first([&hdr::FLY_PREFER_INSTANCE_ID, &hdr::ALOFT_PREFER_INSTANCE_ID])
+            .map(String::from),
+        prefer_regions: list(first([&hdr::FLY_PREFER_REGION, &hdr::ALOFT_PREFER_REGION])),
+        force_regions: list(first([&hdr::FLY_FORCE_REGION, &hdr::ALOFT_FORCE_REGION])),
         exclude: HashSet::new(),
     }
 }

@@ -12,7 +12,9 @@
 mod acme;
 mod balance;
 mod body;
+mod chunked;
 mod edge;
+mod h1;
 mod headers;
 mod load;
 mod metrics;

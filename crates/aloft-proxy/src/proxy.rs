@@ -56,7 +56,7 @@ impl ConnInfo {
     }
 }
 
-const MAX_REPLAYS: usize = 3;
+pub(crate) const MAX_REPLAYS: usize = 3;
 
 /// Answers up to this size (by `content-length`) to idempotent, buffered requests are read whole
 /// before they are passed on, so a machine failing mid-answer can be retried.
@@ -100,7 +100,7 @@ pub(crate) async fn handle(
         return answer;
     }
     let started = Instant::now();
-    let request_id = request_id();
+    let request_id = RequestId::new().header();
     let span = tracing::debug_span!(
         "request",
         request_id = request_id.to_str().unwrap_or_default(),
@@ -125,16 +125,28 @@ pub(crate) async fn handle(
     resp
 }
 
-/// A fresh request id: 32 lowercase hex digits, made without a formatting allocation.
-fn request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let n = rand::random::<u128>();
-    let mut buf = [0u8; 32];
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+/// A request id: 32 random lowercase hex digits, made without a formatting allocation.
+pub(crate) struct RequestId([u8; 32]);
+
+impl RequestId {
+    pub fn new() -> RequestId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let n = rand::random::<u128>();
+        let mut buf = [0u8; 32];
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        RequestId(buf)
     }
-    HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&buf))
-        .unwrap_or_else(|_| HeaderValue::from_static("0"))
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn header(&self) -> HeaderValue {
+        HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&self.0))
+            .unwrap_or_else(|_| HeaderValue::from_static("0"))
+    }
 }
 
 /// What answered a request, for the metrics.
@@ -159,11 +171,12 @@ async fn route<'r>(
     request_id: &HeaderValue,
     out: &mut Outcome<'r>,
 ) -> Response<ProxyBody> {
+    let port = conn.port;
     let (mut parts, body) = req.into_parts();
     let Some(host) = host_of(&parts.headers, &parts.uri) else {
         return full(StatusCode::BAD_REQUEST, "the request has no Host header\n");
     };
-    let Some(app) = routing.app_for_host(host) else {
+    let Some(mut app) = routing.app_for_host(host) else {
         return full(
             StatusCode::NOT_FOUND,
             format!("no app is configured for host {host}\n"),
@@ -171,7 +184,7 @@ async fn route<'r>(
     };
     out.app = &app.app;
     let _entered = inner.entries.enter(&app.app);
-    let Some(svc) = routes::service_for_port(app, conn.port) else {
+    let Some(mut svc) = routes::service_for_port(app, conn.port) else {
         return full(
             StatusCode::NOT_FOUND,
             format!("app {} has no service on port {}\n", app.app, conn.port),
@@ -339,21 +352,14 @@ async fn route<'r>(
             }
             inner.metrics.replay(&app.app);
             tracing::debug!(app = %app.app, machine = %m.id, ?replay, "replaying");
+            match replay_target(routing, &replay, (app, svc), port) {
+                Ok((a, s)) => (app, svc, out.app) = (a, s, &a.app),
+                Err(e) => return full(StatusCode::BAD_GATEWAY, e),
+            }
             if let Ok(v) = HeaderValue::from_str(&replay.source(&m.id, &m.region)) {
                 replay_src = Some(v);
             }
-            steer = Steering {
-                force_instance: replay.instance.clone(),
-                prefer_instance: replay.prefer_instance.clone(),
-                prefer_regions: replay.regions.clone(),
-                force_regions: Vec::new(),
-                exclude: HashSet::new(),
-            };
-            if replay.elsewhere
-                || (!replay.regions.is_empty() && !replay.regions.contains(&m.region))
-            {
-                steer.exclude.insert(m.id.clone());
-            }
+            steer = replay_steering(&replay, m);
             drop(guard);
             continue;
         }
@@ -408,6 +414,46 @@ async fn route<'r>(
     }
 }
 
+/// The app and service a replay's `app=` field sends the request to: an app of the same
+/// organization, by its service on the request's port; the current ones without the field.
+pub(crate) fn replay_target<'r>(
+    routing: &'r Routing,
+    replay: &Replay,
+    (app, svc): (&'r AppRoutes, &'r ServiceRoutes),
+    port: u16,
+) -> Result<(&'r AppRoutes, &'r ServiceRoutes), String> {
+    let Some(name) = &replay.app else {
+        return Ok((app, svc));
+    };
+    let target = routing
+        .app_named(name)
+        .filter(|a| a.org == app.org)
+        .ok_or_else(|| {
+            format!(
+                "app {} asked for a replay to app {name}, which is not an app of its organization\n",
+                app.app
+            )
+        })?;
+    let svc = routes::service_for_port(target, port)
+        .ok_or_else(|| format!("app {name} has no service on port {port}\n"))?;
+    Ok((target, svc))
+}
+
+/// Where a replay asked by machine `m` goes next.
+pub(crate) fn replay_steering(replay: &Replay, m: &MachineRoute) -> Steering {
+    let mut steer = Steering {
+        force_instance: replay.instance.clone(),
+        prefer_instance: replay.prefer_instance.clone(),
+        prefer_regions: replay.regions.clone(),
+        force_regions: Vec::new(),
+        exclude: HashSet::new(),
+    };
+    if replay.elsewhere || (!replay.regions.is_empty() && !replay.regions.contains(&m.region)) {
+        steer.exclude.insert(m.id.clone());
+    }
+    steer
+}
+
 /// `http://ADDR/PATH` for a machine, built from parts (no string formatting and reparsing).
 fn machine_uri(addr: SocketAddr, path: &PathAndQuery) -> Option<Uri> {
     use std::io::Write;
@@ -425,7 +471,7 @@ fn machine_uri(addr: SocketAddr, path: &PathAndQuery) -> Option<Uri> {
 
 /// Runs `work` unless `host` (another host than the edge's) becomes unreachable over the mesh
 /// first; `None` then.
-async fn until_unreachable<T>(
+pub(crate) async fn until_unreachable<T>(
     inner: &Inner,
     host: &str,
     work: impl std::future::Future<Output = T>,

@@ -12,6 +12,8 @@ pub struct Replay {
     pub prefer_instance: Option<String>,
     /// Any machine but the one that answered.
     pub elsewhere: bool,
+    /// Another app (of the same organization) takes the request.
+    pub app: Option<String>,
     /// Opaque state handed to the next machine in `fly-replay-src`.
     pub state: Option<String>,
 }
@@ -20,7 +22,7 @@ pub struct Replay {
 pub const REPLAY_HEADERS: [&str; 2] = ["fly-replay", "aloft-replay"];
 
 impl Replay {
-    /// Parses `region=ams,fra;instance=...;prefer_instance=...;elsewhere=true;state=...`.
+    /// Parses `region=ams,fra;instance=...;prefer_instance=...;app=...;elsewhere=true;state=...`.
     /// Unknown fields are ignored; a header asking for nothing yields `None`.
     pub fn parse(value: &str) -> Option<Replay> {
         let mut r = Replay::default();
@@ -41,6 +43,7 @@ impl Replay {
                     r.prefer_instance = Some(val.to_string()).filter(|s| !s.is_empty())
                 }
                 "elsewhere" => r.elsewhere = val.eq_ignore_ascii_case("true"),
+                "app" => r.app = Some(val.to_string()).filter(|s| !s.is_empty()),
                 "state" => r.state = Some(val.to_string()),
                 _ => {}
             }
@@ -48,6 +51,7 @@ impl Replay {
         let empty = r.regions.is_empty()
             && r.instance.is_none()
             && r.prefer_instance.is_none()
+            && r.app.is_none()
             && !r.elsewhere;
         (!empty).then_some(r)
     }
@@ -81,6 +85,10 @@ mod tests {
         assert_eq!(r.prefer_instance.as_deref(), Some("m2"));
         assert!(r.elsewhere);
         assert_eq!(r.state.as_deref(), Some("abc=1"));
+        assert_eq!(
+            Replay::parse("app=other").unwrap().app.as_deref(),
+            Some("other")
+        );
         let src = r.source("m9", "ord");
         assert!(src.starts_with("instance=m9;region=ord;t="), "{src}");
         assert!(src.ends_with(";state=abc=1"), "{src}");

@@ -17,6 +17,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::h1::MachineConn;
 use crate::proxy::ProxyBody;
 
 /// Why a request could not be sent to a machine or got no answer.
@@ -58,9 +59,11 @@ struct Idle {
     since: Instant,
 }
 
-/// The idle HTTP/1.1 connections to machines, by address.
+/// The idle HTTP/1.1 connections to machines, by address: hyper's, and the relay's plain ones
+/// (see `h1`).
 pub(crate) struct Upstream {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    raw: Mutex<HashMap<SocketAddr, Vec<(MachineConn, Instant)>>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -88,6 +91,7 @@ impl Upstream {
     pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Upstream {
         Upstream {
             idle: Mutex::default(),
+            raw: Mutex::default(),
             connect_timeout,
             idle_timeout,
         }
@@ -178,6 +182,55 @@ impl Upstream {
             list.retain(|c| !c.tx.is_closed() && now.duration_since(c.since) < self.idle_timeout);
             !list.is_empty()
         });
+        drop(idle);
+        let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
+        raw.retain(|_, list| {
+            list.retain(|(_, since)| now.duration_since(*since) < self.idle_timeout);
+            !list.is_empty()
+        });
+    }
+
+    /// The most recently used idle plain connection to `addr` that the machine has not closed.
+    pub fn checkout_raw(&self, addr: SocketAddr) -> Option<MachineConn> {
+        let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
+        let list = raw.get_mut(&addr)?;
+        let now = Instant::now();
+        while let Some((c, since)) = list.pop() {
+            if now.duration_since(since) >= self.idle_timeout {
+                list.clear();
+                break;
+            }
+            if still_open(&c.stream) {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Gives back a plain connection whose last answer was read whole.
+    pub fn put_raw(&self, addr: SocketAddr, conn: MachineConn) {
+        let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
+        raw.entry(addr).or_default().push((conn, Instant::now()));
+    }
+
+    /// A new plain connection to `addr`.
+    pub async fn connect_raw(&self, addr: SocketAddr) -> Result<MachineConn, UpstreamError> {
+        let stream = self.tcp(addr).await?;
+        Ok(MachineConn {
+            stream,
+            buf: bytes::BytesMut::with_capacity(8192),
+        })
+    }
+
+    async fn tcp(&self, addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
+                Err(_) => return Err(UpstreamError::ConnectTimeout { addr }),
+            };
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
     }
 
     /// How often [`Upstream::sweep`] should run.
@@ -186,13 +239,7 @@ impl Upstream {
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<ProxyBody>, UpstreamError> {
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
-                Err(_) => return Err(UpstreamError::ConnectTimeout { addr }),
-            };
-        let _ = stream.set_nodelay(true);
+        let stream = self.tcp(addr).await?;
         let (tx, conn) = http1::Builder::new()
             .writev(true)
             .handshake(TokioIo::new(stream))
@@ -223,6 +270,20 @@ fn keeps_alive(resp: &Response<Incoming>) -> bool {
         hyper::Version::HTTP_11 => !has("close"),
         hyper::Version::HTTP_10 => has("keep-alive"),
         _ => false,
+    }
+}
+
+/// Whether an idle connection is still open: nothing (not even its close) arrived on it since
+/// its last answer. Costs no system call unless the reactor saw it turn readable.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => matches!(
+            stream.try_read(&mut [0u8; 1]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        ),
     }
 }
 

@@ -87,6 +87,7 @@ fn replay_values_never_panic_and_read_back_what_was_written() {
                 !r.regions.is_empty()
                     || r.instance.is_some()
                     || r.prefer_instance.is_some()
+                    || r.app.is_some()
                     || r.elsewhere,
                 "{v:?} parsed to an empty replay"
             );

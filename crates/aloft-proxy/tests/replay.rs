@@ -99,3 +99,54 @@ async fn aloft_replay_is_honoured_too() {
     );
     assert!(r.body.contains(";state=aloft body=the body"), "{}", r.body);
 }
+
+#[tokio::test]
+async fn replays_to_another_app_of_the_same_organization_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = shared_port().await;
+    let _backends = [
+        Backend::start((ip(71), port).into(), "a1").await,
+        Backend::start((ip(72), port).into(), "b1").await,
+        Backend::start((ip(73), port).into(), "g1").await,
+    ];
+    let alpha = app("alpha", port, vec![machine("a1", "ams", "h1", 71)]);
+    let beta = app("beta", port, vec![machine("b1", "ams", "h1", 72)]);
+    let mut gamma = app("gamma", port, vec![machine("g1", "ams", "h1", 73)]);
+    gamma.org = "other-org".into();
+    let edge = edge_with(vec![alpha, beta, gamma], |_| {}).await;
+    let ask = |to: &str| format!("app={to}");
+    let r = replay(&edge, "x-test-replay", &ask("beta")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.body.starts_with("machine=b1 src=instance=a1;"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.ends_with("body=the body"), "{}", r.body);
+    for to in ["gamma", "nosuchapp"] {
+        let r = replay(&edge, "x-test-replay", &ask(to)).await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
+        assert!(
+            r.body.contains("not an app of its organization"),
+            "{}",
+            r.body
+        );
+    }
+    // The same through hyper's path (an HTTP/1.0 client).
+    for (to, want) in [("beta", "200 OK"), ("gamma", "502 Bad Gateway")] {
+        let mut s = tokio::net::TcpStream::connect(edge.http_addr())
+            .await
+            .unwrap();
+        let req = format!(
+            "POST /replay HTTP/1.0\r\nHost: alpha.aloft.test\r\nx-test-replay: app={to}\r\n\
+             Content-Length: 4\r\n\r\ndata"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).await.unwrap();
+        assert!(got.contains(want), "{to}: {got}");
+        if to == "beta" {
+            assert!(got.contains("machine=b1 src=instance=a1;"), "{got}");
+        }
+    }
+}
