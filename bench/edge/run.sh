@@ -7,6 +7,9 @@
 #
 #   bench/edge/run.sh
 #     THREADS=1      HAProxy nbthread = edge runtime threads (1: a current-thread runtime)
+#     LAYOUT=workers with THREADS > 1, the edge serves connections on THREADS connection
+#                    workers (a single-threaded runtime each); "runtime": one multi-threaded
+#                    tokio runtime of THREADS workers
 #     PIN=split      wrk on core 0, backend + proxies on core 1 ("none": no pinning, every
 #                    process on every core)
 #     CONNS=50 DURATION=10s ROUNDS=1 PROTOS="http https"
@@ -25,6 +28,12 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 DURATION=${DURATION:-10s}
 THREADS=${THREADS:-1}
+LAYOUT=${LAYOUT:-workers}
+case "$LAYOUT" in
+    workers) [ "$THREADS" -gt 1 ] && EDGE_ENV="ALOFT_EDGE_WORKERS=$THREADS" || EDGE_ENV="" ;;
+    runtime) EDGE_ENV="" ;;
+    *) echo "LAYOUT is workers or runtime" >&2; exit 2 ;;
+esac
 PIN=${PIN:-split}
 CONNS=${CONNS:-50}
 ROUNDS=${ROUNDS:-1}
@@ -140,14 +149,14 @@ cat >"$TMP/routes.json" <<JSON
                 "concurrency": {"kind": "requests", "soft_limit": 100000}}],
   "machines": [{"id": "m1", "region": "local", "host_id": "bench", "address": "127.0.0.1", "state": "started"}]}]}
 JSON
-ALOFT_EDGE_THREADS=$THREADS ALOFT_EDGE_HTTPS=127.0.0.1:$P_EDGE_TLS \
+env $EDGE_ENV ALOFT_EDGE_THREADS=$THREADS ALOFT_EDGE_HTTPS=127.0.0.1:$P_EDGE_TLS \
     ALOFT_EDGE_CERT="$TMP/cert.pem" ALOFT_EDGE_KEY="$TMP/key.pem" ALOFT_EDGE_CERT_HOSTS=$HOST \
     $SERVER "$EDGE_BIN" "$TMP/routes.json" "127.0.0.1:$P_EDGE" >"$TMP/edge.log" 2>&1 &
 PIDS+=($!)
 wait_port $P_EDGE
 wait_port $P_EDGE_TLS
 if [ -n "$EDGE_BASE" ]; then
-    ALOFT_EDGE_THREADS=$THREADS ALOFT_EDGE_HTTPS=127.0.0.1:$P_BASE_TLS \
+    env $EDGE_ENV ALOFT_EDGE_THREADS=$THREADS ALOFT_EDGE_HTTPS=127.0.0.1:$P_BASE_TLS \
         ALOFT_EDGE_CERT="$TMP/cert.pem" ALOFT_EDGE_KEY="$TMP/key.pem" ALOFT_EDGE_CERT_HOSTS=$HOST \
         $SERVER "$EDGE_BASE" "$TMP/routes.json" "127.0.0.1:$P_BASE" >"$TMP/base.log" 2>&1 &
     PIDS+=($!)
@@ -209,7 +218,7 @@ median() { printf '%s' "${runs[$1]}" | sort -n | awk '{a[NR]=$0} END {print a[in
 echo
 echo "wrk -t1 -c$CONNS -d$DURATION (and -c1 for the one-connection latency); nginx backend (1 worker);"
 echo "edge built with profile $PROFILE$([ -n "$EDGE_BASE" ] && echo "; base: $EDGE_BASE");"
-echo "proxy threads: $THREADS (HAProxy nbthread $THREADS); pinning: $PIN$([ "$PIN" = split ] && echo " (wrk on core 0; nginx, HAProxy, edge on core 1)");"
+echo "proxy threads: $THREADS (HAProxy nbthread $THREADS; edge layout $LAYOUT); pinning: $PIN$([ "$PIN" = split ] && echo " (wrk on core 0; nginx, HAProxy, edge on core 1)");"
 echo "$(nproc) cores, loopback, median of $ROUNDS round(s), load average $(cut -d' ' -f1 /proc/loadavg)"
 printf '%-6s %-8s %10s %9s %9s %9s %9s %9s %9s %10s\n' proto path "req/s" "p50 ms" "p99 ms" "c1 p50" "c1 p99" "+p50 ms" "+p99 ms" "vs haproxy"
 for proto in $PROTOS; do

@@ -44,6 +44,9 @@ pub struct AgentOptions {
     pub https: Option<std::net::SocketAddr>,
     /// Apps answer at `<app>.<domain>` on the edge; `None`: `localhost`.
     pub domain: Option<String>,
+    /// Threads serving the edge's HTTP and HTTPS client connections, one single-threaded
+    /// runtime each (`EdgeOptions::workers`); 0: the agent's own runtime.
+    pub edge_workers: usize,
     /// Told the edge's bound HTTP address once it listens, or why it could not start.
     pub edge_ready: Option<crate::edge::EdgeReady>,
     /// Runs the WireGuard mesh between hosts; `None`: no mesh.

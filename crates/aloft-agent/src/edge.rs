@@ -77,6 +77,7 @@ impl EdgeRole {
         let domain = opts.domain.as_deref().unwrap_or("localhost");
         let mut edge_opts = EdgeOptions::new(http, domain, &opts.region, host_id);
         edge_opts.route_store = Some(store);
+        edge_opts.workers = opts.edge_workers;
         // Services' other public ports (raw TCP, TLS, PROXY protocol) on the edge's address.
         edge_opts.tcp_listen = Some(http.ip());
         let client = RoutesClient::new(&opts.control_url, opts.token.clone())?;

@@ -4,7 +4,9 @@
 //! cargo run --release -p aloft-proxy --example edge -- ROUTES.json [LISTEN] [DOMAIN] [REGION]
 //! ```
 //! `LISTEN` defaults to `127.0.0.1:8080`, `DOMAIN` to `aloft.test`, `REGION` to `local`.
-//! `ALOFT_EDGE_THREADS` sets the number of runtime threads (default 1: a current-thread runtime).
+//! `ALOFT_EDGE_THREADS` sets the number of runtime threads (default 1: a current-thread runtime);
+//! `ALOFT_EDGE_WORKERS=N` serves client connections on N connection workers instead (each its
+//! own single-threaded runtime; the listeners stay on a current-thread runtime).
 //! `ALOFT_EDGE_HTTPS=ADDR` also serves HTTPS on `ADDR` with the certificate chain and key in
 //! `ALOFT_EDGE_CERT` and `ALOFT_EDGE_KEY` (PEM files) for every hostname in `ALOFT_EDGE_CERT_HOSTS`
 //! (comma-separated, default `*.DOMAIN`).
@@ -32,10 +34,18 @@ fn main() -> anyhow::Result<()> {
         .context("LISTEN is not an address")?;
     let domain = args.get(2).map_or("aloft.test", String::as_str);
     let region = args.get(3).map_or("local", String::as_str);
-    let threads = std::env::var("ALOFT_EDGE_THREADS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(1);
+    let number = |var: &str, default: usize| {
+        std::env::var(var)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(default)
+    };
+    let workers = number("ALOFT_EDGE_WORKERS", 0);
+    let threads = if workers > 0 {
+        1
+    } else {
+        number("ALOFT_EDGE_THREADS", 1)
+    };
     let table: aloft_proxy::RouteTable = serde_json::from_slice(
         &std::fs::read(path).with_context(|| format!("cannot read {path}"))?,
     )
@@ -53,6 +63,7 @@ fn main() -> anyhow::Result<()> {
     };
     rt.block_on(async {
         let mut opts = aloft_proxy::EdgeOptions::new(listen, domain, region, "bench");
+        opts.workers = workers;
         let https = std::env::var("ALOFT_EDGE_HTTPS").ok();
         if let Some(addr) = &https {
             opts.https_listen = Some(addr.parse().context("ALOFT_EDGE_HTTPS is not an address")?);

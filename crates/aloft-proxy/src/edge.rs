@@ -80,6 +80,11 @@ pub struct EdgeOptions {
     pub drain_timeout: Duration,
     /// Machines tried for one request when connecting fails.
     pub max_attempts: usize,
+    /// Threads that serve the HTTP and HTTPS listeners' client connections, each running its
+    /// own single-threaded runtime with its own machine connections (thread per core, as
+    /// HAProxy's threads and nginx's workers do); connections are handed to them in turn. 0
+    /// serves them on the runtime that started the edge.
+    pub workers: usize,
 }
 
 impl EdgeOptions {
@@ -107,6 +112,7 @@ impl EdgeOptions {
             max_buffered_body: 1 << 20,
             drain_timeout: Duration::from_secs(10),
             max_attempts: 3,
+            workers: 0,
         }
     }
 }
@@ -137,6 +143,9 @@ pub(crate) struct Inner {
     pub tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
     pub listeners: PortListeners,
     pub runtime: tokio::runtime::Handle,
+    /// The connection workers' queues (empty without workers), and the next one to use.
+    workers: Vec<tokio::sync::mpsc::UnboundedSender<Accepted>>,
+    next_worker: std::sync::atomic::AtomicUsize,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     update_lock: Mutex<()>,
@@ -249,6 +258,9 @@ impl Edge {
         let tls = https.as_ref().map(|_| acceptor.clone());
         let region_header = http::HeaderValue::from_str(&opts.region)
             .unwrap_or_else(|_| http::HeaderValue::from_static(""));
+        let (queues, worker_rxs): (Vec<_>, Vec<_>) = (0..opts.workers)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
         let inner = Arc::new(Inner {
             waker: opts.waker.clone(),
             opts,
@@ -268,10 +280,18 @@ impl Edge {
             tls_acceptor: Some(acceptor),
             listeners: PortListeners::default(),
             runtime: tokio::runtime::Handle::current(),
+            workers: queues,
+            next_worker: Default::default(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             update_lock: Mutex::new(()),
         });
+        for (i, rx) in worker_rxs.into_iter().enumerate() {
+            start_worker(&inner, i, rx).map_err(|source| EdgeError::Listen {
+                addr: http_addr,
+                source,
+            })?;
+        }
         let port = inner.opts.http_port;
         inner
             .tracker
@@ -499,6 +519,22 @@ async fn accept_loop(
         let conn = ConnInfo::new(peer, tls.is_some(), port);
         let watcher = graceful.watcher();
         let tls = tls.clone();
+        if !inner.workers.is_empty() {
+            let i = inner.next_worker.fetch_add(1, Ordering::Relaxed) % inner.workers.len();
+            // Off this runtime's reactor, onto the worker's.
+            match stream.into_std() {
+                Ok(stream) => {
+                    let _ = inner.workers[i].send(Accepted {
+                        stream,
+                        tls,
+                        conn,
+                        watcher,
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot hand a connection to a worker"),
+            }
+            continue;
+        }
         inner.spawn_connection(|inner| async move {
             client_conn(&inner, stream, tls, conn, watcher).await;
         });
@@ -510,6 +546,83 @@ async fn accept_loop(
     {
         tracing::warn!("connections still open after the drain timeout");
     }
+}
+
+/// A client connection accepted on the HTTP or HTTPS listener, for a worker.
+struct Accepted {
+    stream: std::net::TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    conn: ConnInfo,
+    watcher: Watcher,
+}
+
+/// Starts connection worker `index`: a thread with a single-threaded runtime that serves the
+/// connections sent to it, until the queue closes and its connections are done (or the
+/// drain timeout passes after shutdown).
+fn start_worker(
+    inner: &Arc<Inner>,
+    index: usize,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
+) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let inner = inner.clone();
+    std::thread::Builder::new()
+        .name(format!("edge-worker-{index}"))
+        .spawn(move || {
+            crate::upstream::set_worker(index + 1);
+            rt.block_on(async move {
+                let local = TaskTracker::new();
+                loop {
+                    let accepted = tokio::select! {
+                        a = rx.recv() => a,
+                        () = inner.shutdown.cancelled() => None,
+                    };
+                    let Some(Accepted {
+                        stream,
+                        tls,
+                        conn,
+                        watcher,
+                    }) = accepted
+                    else {
+                        break;
+                    };
+                    let stream = match tokio::net::TcpStream::from_std(stream) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "worker cannot take a connection");
+                            continue;
+                        }
+                    };
+                    let inner = inner.clone();
+                    let edge_tracker = inner.tracker.clone();
+                    // Tracked by the edge (for its drain) and by this worker (which must not
+                    // drop its runtime under them).
+                    local.spawn(edge_tracker.track_future(async move {
+                        inner
+                            .metrics
+                            .open_connections
+                            .fetch_add(1, Ordering::Relaxed);
+                        client_conn(&inner, stream, tls, conn, watcher).await;
+                        inner
+                            .metrics
+                            .open_connections
+                            .fetch_sub(1, Ordering::Relaxed);
+                    }));
+                }
+                // After a shutdown: what runs on this runtime (connections, and tunnels they
+                // started) gets the drain timeout, as on the edge's own runtime.
+                local.close();
+                let drain = inner.opts.drain_timeout;
+                let _ = tokio::time::timeout(drain, async {
+                    local.wait().await;
+                    inner.tracker.wait().await;
+                })
+                .await;
+            });
+        })?;
+    Ok(())
 }
 
 async fn client_conn(

@@ -63,7 +63,9 @@ struct Idle {
 /// (see `h1`).
 pub(crate) struct Upstream {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
-    raw: Mutex<HashMap<SocketAddr, Vec<(MachineConn, Instant)>>>,
+    /// The relay's, one pool per connection worker (a connection belongs to the reactor of the
+    /// runtime that made it); see [`set_worker`].
+    raw: [Mutex<RawPool>; RAW_SHARDS],
     connect_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -91,7 +93,7 @@ impl Upstream {
     pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Upstream {
         Upstream {
             idle: Mutex::default(),
-            raw: Mutex::default(),
+            raw: std::array::from_fn(|_| Mutex::default()),
             connect_timeout,
             idle_timeout,
         }
@@ -183,16 +185,18 @@ impl Upstream {
             !list.is_empty()
         });
         drop(idle);
-        let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
-        raw.retain(|_, list| {
-            list.retain(|(_, since)| now.duration_since(*since) < self.idle_timeout);
-            !list.is_empty()
-        });
+        for shard in &self.raw {
+            let mut raw = shard.lock().unwrap_or_else(|e| e.into_inner());
+            raw.retain(|_, list| {
+                list.retain(|(_, since)| now.duration_since(*since) < self.idle_timeout);
+                !list.is_empty()
+            });
+        }
     }
 
     /// The most recently used idle plain connection to `addr` that the machine has not closed.
     pub fn checkout_raw(&self, addr: SocketAddr) -> Option<MachineConn> {
-        let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
+        let mut raw = self.raw_shard().lock().unwrap_or_else(|e| e.into_inner());
         let list = raw.get_mut(&addr)?;
         let now = Instant::now();
         while let Some((c, since)) = list.pop() {
@@ -209,8 +213,12 @@ impl Upstream {
 
     /// Gives back a plain connection whose last answer was read whole.
     pub fn put_raw(&self, addr: SocketAddr, conn: MachineConn) {
-        let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
+        let mut raw = self.raw_shard().lock().unwrap_or_else(|e| e.into_inner());
         raw.entry(addr).or_default().push((conn, Instant::now()));
+    }
+
+    fn raw_shard(&self) -> &Mutex<RawPool> {
+        &self.raw[WORKER.with(|w| w.get()) % RAW_SHARDS]
     }
 
     /// A new plain connection to `addr`.
@@ -271,6 +279,23 @@ fn keeps_alive(resp: &Response<Incoming>) -> bool {
         hyper::Version::HTTP_10 => has("keep-alive"),
         _ => false,
     }
+}
+
+type RawPool = HashMap<SocketAddr, Vec<(MachineConn, Instant)>>;
+
+/// Pools of plain machine connections: one for connections made outside connection workers,
+/// and one per worker (workers past the last share pools round the ring, each pool still
+/// serving one runtime's connections only when there are fewer workers than this).
+const RAW_SHARDS: usize = 64;
+
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks this thread as connection worker `n` (from 1): its machine connections are pooled
+/// apart from other threads'.
+pub(crate) fn set_worker(n: usize) {
+    WORKER.with(|w| w.set(n));
 }
 
 /// Whether an idle connection is still open: nothing (not even its close) arrived on it since

@@ -510,3 +510,44 @@ async fn oversized_and_invalid_heads_are_refused() {
         assert_eq!(a.status, status, "{:?}", &req[..20]);
     }
 }
+
+#[tokio::test]
+async fn connection_workers_serve_and_drain() {
+    let port = shared_port().await;
+    let m = RawMachine::start((ip(62), port).into()).await;
+    let edge = edge_with(
+        vec![app("alpha", port, vec![machine("r1", "ams", "h1", 62)])],
+        |o| o.workers = 2,
+    )
+    .await;
+    // Clients on both workers, several requests each; each worker keeps its own machine
+    // connections, so at most one per worker.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let mut s = client(&edge).await;
+        let mut buf = Vec::new();
+        for _ in 0..3 {
+            s.write_all(get("/chunked").as_bytes()).await.unwrap();
+            let a = read_answer(&mut s, &mut buf, false).await;
+            assert_eq!((a.status, a.body.as_str()), (200, "hello world"), "{a:?}");
+        }
+        clients.push(s);
+    }
+    assert!(
+        (1..=2).contains(&m.conns.load(Ordering::SeqCst)),
+        "{} machine connections",
+        m.conns.load(Ordering::SeqCst)
+    );
+    assert!(edge
+        .metrics_text()
+        .contains("aloft_edge_open_connections 4"));
+    // A drain closes idle keep-alive connections and returns.
+    tokio::time::timeout(Duration::from_secs(20), edge.shutdown())
+        .await
+        .expect("the edge drains");
+    for mut s in clients {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut rest));
+        assert!(read.await.is_ok(), "the connection is closed");
+    }
+}

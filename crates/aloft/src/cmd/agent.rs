@@ -37,6 +37,10 @@ pub struct AgentArgs {
     /// Apps answer at <app>.<domain> on the edge.
     #[arg(long, default_value = "localhost")]
     pub domain: String,
+    /// Threads serving the edge's HTTP and HTTPS client connections, each with its own event
+    /// loop and machine connections (default: one per CPU; 0: share the agent's runtime).
+    #[arg(long)]
+    pub edge_workers: Option<usize>,
     /// CPUs offered to machines (default: all).
     #[arg(long)]
     pub cpus: Option<i64>,
@@ -167,6 +171,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         http: Some(args.http),
         https: args.https,
         domain: Some(args.domain),
+        edge_workers: args
+            .edge_workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         edge_ready: None,
         api_listen: args.api_listen,
         dns_listen: args.dns_listen,

@@ -74,6 +74,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             http: Some(args.http),
             https: None,
             domain: Some(args.domain.clone()),
+            edge_workers: 0,
             edge_ready: Some(edge_tx),
             dns_listen: None,
             dns_upstream: None,
