@@ -211,6 +211,13 @@ fn parse_request(buf: &[u8], head: &mut RequestHead) -> Result<Option<usize>, Re
     Ok(Some(len))
 }
 
+/// Whether `buf` may hold a whole head (an empty line after a line end), looking only at what
+/// came after the first `from` bytes (and the three before, where a line end may have started).
+fn may_end_head(buf: &[u8], from: usize) -> bool {
+    let tail = &buf[from.saturating_sub(3).min(buf.len())..];
+    tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n")
+}
+
 /// Why a request head is answered with an error and the connection closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refusal {
@@ -410,8 +417,13 @@ pub(crate) async fn serve<I>(
     let mut head = RequestHead::default();
     loop {
         c.timer.start();
+        // What of `buf` was already looked at for the end of the head: a head sent in small
+        // pieces is parsed once its end is there, not again on every read.
+        let mut scanned = 0;
         let head_len = loop {
-            if !c.buf.is_empty() {
+            let complete = may_end_head(&c.buf, scanned);
+            scanned = c.buf.len();
+            if complete || c.buf.len() >= MAX_HEAD {
                 match parse_request(&c.buf, &mut head) {
                     Ok(Some(n)) => break n,
                     Ok(None) => {}
@@ -1224,6 +1236,19 @@ mod tests {
         for gone in ["Content-Length", "x-a", "nginx", "Connection"] {
             assert!(!text.contains(gone), "{gone} in {text}");
         }
+    }
+
+    #[test]
+    fn a_head_is_parsed_only_once_its_end_may_be_there() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert!(may_end_head(head, 0));
+        assert!(!may_end_head(&head[..head.len() - 1], 0));
+        // The end arriving in the last read, split from the line end before it.
+        assert!(may_end_head(head, head.len() - 1));
+        assert!(may_end_head(head, head.len() - 2));
+        assert!(may_end_head(b"GET / HTTP/1.1\nHost: a\n\n", 20));
+        assert!(!may_end_head(b"GET / HTTP/1.1\r\nHost: a\r\n", 0));
+        assert!(!may_end_head(b"", 0));
     }
 
     #[test]

@@ -551,3 +551,20 @@ async fn connection_workers_serve_and_drain() {
         assert!(read.await.is_ok(), "the connection is closed");
     }
 }
+
+#[tokio::test]
+async fn a_head_sent_a_byte_at_a_time_is_served() {
+    let (_m, edge) = setup().await;
+    let mut s = client(&edge).await;
+    s.set_nodelay(true).unwrap();
+    let req = b"GET / HTTP/1.1\r\nHost: alpha.aloft.test\r\nX-A: 1\r\n\r\n";
+    for (i, b) in req.iter().enumerate() {
+        s.write_all(&[*b]).await.unwrap();
+        if i % 8 == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let mut buf = Vec::new();
+    let a = read_answer(&mut s, &mut buf, false).await;
+    assert_eq!((a.status, a.body.as_str()), (200, "conn=1"), "{a:?}");
+}
