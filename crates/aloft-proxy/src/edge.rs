@@ -636,22 +636,7 @@ async fn client_conn(
     let peer = conn.peer;
     let stop = inner.shutdown.clone();
     match tls {
-        None => {
-            // The first bytes tell HTTP/1 from h2c (prior knowledge) without a read through
-            // hyper's detection. Waiting for them is also what cuts off a client that never
-            // sends a byte (hyper's header timer starts only after).
-            let mut first = [0u8; H2_PREFACE.len()];
-            if let Ok(Ok(n @ 1..)) = tokio::time::timeout(limit, stream.peek(&mut first)).await {
-                let h2 = if first[..n] != H2_PREFACE[..n] {
-                    Some(false)
-                } else if n == H2_PREFACE.len() {
-                    Some(true)
-                } else {
-                    None
-                };
-                serve_conn(inner.clone(), stream, conn, (watcher, stop), h2).await;
-            }
-        }
+        None => serve_plain(inner, stream, conn, (watcher, stop)).await,
         Some(acceptor) => match tokio::time::timeout(limit, acceptor.accept(stream)).await {
             Ok(Ok(s)) => {
                 if s.get_ref().1.alpn_protocol() == Some(crate::acme::ALPN) {
@@ -664,6 +649,29 @@ async fn client_conn(
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         },
+    }
+}
+
+/// Serves HTTP on a plain client connection. The first bytes tell HTTP/1 from h2c (prior
+/// knowledge) without a read through hyper's detection; waiting for them is also what cuts off
+/// a client that never sends a byte.
+pub(crate) async fn serve_plain(
+    inner: &Arc<Inner>,
+    stream: tokio::net::TcpStream,
+    conn: ConnInfo,
+    (watcher, stop): (Watcher, CancellationToken),
+) {
+    let limit = inner.opts.header_read_timeout;
+    let mut first = [0u8; H2_PREFACE.len()];
+    if let Ok(Ok(n @ 1..)) = tokio::time::timeout(limit, stream.peek(&mut first)).await {
+        let h2 = if first[..n] != H2_PREFACE[..n] {
+            Some(false)
+        } else if n == H2_PREFACE.len() {
+            Some(true)
+        } else {
+            None
+        };
+        serve_conn(inner.clone(), stream, conn, (watcher, stop), h2).await;
     }
 }
 

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::balance::Steering;
-use crate::edge::{serve_conn, Inner};
+use crate::edge::{serve_conn, serve_plain, Inner};
 use crate::proxy::{acquire, ConnInfo};
 use crate::proxy_proto;
 use crate::routes::{AppRoutes, PortRoute, Routing, ServiceRoutes};
@@ -173,7 +173,7 @@ async fn port_conn(
     if !tls {
         if http {
             let conn = ConnInfo::new(peer, false, port);
-            serve_conn(inner.clone(), stream, conn, (watcher, stop), None).await;
+            serve_plain(inner, stream, conn, (watcher, stop)).await;
             return;
         }
         let [claim] = &claims[..] else {
