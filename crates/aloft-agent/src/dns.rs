@@ -251,6 +251,7 @@ mod tests {
                 app: "Shop".into(),
                 org: "acme".into(),
                 hostnames: vec![],
+                addresses: Vec::new(),
                 services: vec![],
                 machines: vec![
                     machine("m1", "fdaa:0:1:0:2:0:1:2", MachineState::Started),

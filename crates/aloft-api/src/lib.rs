@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod exec;
 pub mod hosts;
+pub mod ips;
 pub mod latency;
 pub mod machine;
 pub mod releases;

@@ -28,6 +28,11 @@ pub struct AppRoutes {
     /// Custom hostnames besides `<app>.<domain>`.
     #[serde(default)]
     pub hostnames: Vec<String>,
+    /// The app's dedicated public addresses (`aloft ips allocate`): a connection to one of them
+    /// belongs to this app, whatever the port, Host or SNI.
+    #[serde(default)]
+    #[schema(value_type = Vec<String>)]
+    pub addresses: Vec<IpAddr>,
     #[serde(default)]
     pub services: Vec<ServiceRoutes>,
     #[serde(default)]

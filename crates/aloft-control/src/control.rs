@@ -26,6 +26,7 @@ pub struct Control {
     pub(crate) autoscale: crate::autoscale::AutoscaleState,
     pub(crate) liveness: crate::liveness::Liveness,
     pub(crate) acme: crate::acme::AcmeState,
+    pub(crate) ip_pools: crate::ips::IpPools,
 }
 
 impl std::fmt::Debug for Control {
@@ -55,6 +56,7 @@ impl Control {
             autoscale: crate::autoscale::AutoscaleState::default(),
             liveness: crate::liveness::Liveness::default(),
             acme: crate::acme::AcmeState::default(),
+            ip_pools: crate::ips::IpPools::default(),
         };
         Ok((control, admin))
     }

@@ -16,6 +16,7 @@ pub mod control;
 pub mod geodns;
 pub mod ids;
 pub mod image;
+pub mod ips;
 pub mod liveness;
 pub mod machines;
 pub mod placement;
@@ -135,6 +136,13 @@ impl Server {
     /// Orders certificates for custom hostnames from an ACME CA (`docs/edge.md`, "ACME").
     pub fn acme(self, options: acme::AcmeOptions) -> Self {
         self.control.configure_acme(options);
+        self
+    }
+
+    /// Allocates dedicated app addresses from these networks (`docs/edge.md`, "Dedicated
+    /// addresses").
+    pub fn ip_pools(self, pools: Vec<ips::IpPool>) -> Self {
+        self.control.configure_ip_pools(pools);
         self
     }
 

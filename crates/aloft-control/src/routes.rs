@@ -1,7 +1,7 @@
 //! The route table: every app's hostnames, services and routable machines, built from the
 //! store at its current global revision, which is also the table's revision. Machines of
 //! hosts that are down (`liveness.rs`) are not routable. An app's custom hostnames are the
-//! exact names of its certificates (`certs.rs`).
+//! exact names of its certificates (`certs.rs`); its dedicated addresses come from `ips.rs`.
 
 use aloft_api::routes::{
     AppRoutes, Autostop, Concurrency, ConcurrencyKind, MachineRoute, PortRoute, ProxyProtoVersion,
@@ -31,11 +31,13 @@ impl Control {
         // Machines of down hosts are left out until their host heartbeats again.
         let down = self.liveness.down();
         let mut hostnames = crate::certs::app_hostnames(&inner.conn)?;
+        let mut addresses = crate::ips::app_addresses(&inner.conn)?;
         for (app, org) in apps {
             let mut rows = MachineRow::list(&inner.conn, &app, false)?;
             rows.retain(|m| !down.contains(&m.host_id));
             let mut routes = app_routes(&app, &org, &rows);
             routes.hostnames = hostnames.remove(&app).unwrap_or_default();
+            routes.addresses = addresses.remove(&app).unwrap_or_default();
             table.apps.push(routes);
         }
         Ok(table)
@@ -71,6 +73,7 @@ pub fn app_routes(app: &str, org: &str, rows: &[MachineRow]) -> AppRoutes {
         app: app.to_owned(),
         org: org.to_owned(),
         hostnames: Vec::new(),
+        addresses: Vec::new(),
         services,
         machines,
     }

@@ -68,6 +68,9 @@ enum Command {
     /// The cluster's root CA and user TLS certificates served by the edges.
     #[command(subcommand)]
     Certs(cmd::certs::CertsCommand),
+    /// The app's dedicated public IP addresses.
+    #[command(subcommand)]
+    Ips(cmd::ips::IpsCommand),
     /// Change how many machines the app runs per region, and their size.
     #[command(subcommand)]
     Scale(cmd::scale::ScaleCommand),
@@ -128,6 +131,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(a) => cmd::status::run(a).await,
         Command::Secrets(c) => cmd::secrets::run(c).await,
         Command::Certs(c) => cmd::certs::run(c).await,
+        Command::Ips(c) => cmd::ips::run(c).await,
         Command::Scale(c) => cmd::scale::run(c).await,
         Command::Open(a) => cmd::open::run(a).await,
         Command::Completions { shell } => {

@@ -7,6 +7,7 @@
 //! - 404: unknown app, machine, host or route; also a lease `GET` when none is held.
 //! - 408: `wait` timed out. 409: the machine is leased and the request lacks its nonce; an
 //!   agent report naming an old instance. 413: a body over 1 MiB.
+//! - 422: the server is not configured for the request (no `--ip-pool` of the asked family).
 //! - 412: the machine's state does not allow the action (an invalid transition, deleting a
 //!   running machine without `force=true`), or no live host in the region has room.
 //! - 500: internal failures, logged with detail and answered with a generic message.
@@ -16,6 +17,7 @@ mod autoscale;
 mod certs;
 mod exec;
 mod hosts;
+mod ips;
 mod machines;
 pub mod openapi;
 mod releases;
@@ -60,6 +62,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     Precondition(String),
+    /// Well-formed, but the server cannot do it as configured (422).
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -80,6 +85,7 @@ impl ApiError {
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Precondition(_) => StatusCode::PRECONDITION_FAILED,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -330,6 +336,7 @@ pub fn routes() -> (Router<Arc<Control>>, Vec<(Method, &'static str)>) {
     let r = exec::routes(r);
     let r = routes::routes(r);
     let r = certs::routes(r);
+    let r = ips::routes(r);
     let r = releases::routes(r);
     let r = autoscale::routes(r);
     let r = r.at(Method::GET, "/v1/openapi.json", openapi::serve);

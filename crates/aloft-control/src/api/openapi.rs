@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{apps, autoscale, certs, exec, hosts, machines, releases, routes};
+use super::{apps, autoscale, certs, exec, hosts, ips, machines, releases, routes};
 
 struct BearerAuth;
 
@@ -38,6 +38,7 @@ impl Modify for BearerAuth {
         routes::get_routes, routes::watch_routes, routes::wake, routes::idle,
         certs::root, certs::list, certs::add, certs::remove, certs::edge_tls,
         certs::order, certs::show, certs::edge_acme,
+        ips::allocate, ips::list, ips::release,
         releases::list_releases, releases::create_release, releases::get_release, releases::set_status,
         releases::patch_status, releases::list_secrets, releases::set_secrets, releases::unset_secrets,
         serve,

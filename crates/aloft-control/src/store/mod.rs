@@ -105,6 +105,14 @@ const MIGRATIONS: &[&str] = &[
         DELETE FROM edge_certificates WHERE app = OLD.name;
         DELETE FROM acme_certificates WHERE app = OLD.name;
      END;",
+    // 8: dedicated public addresses of apps (`ips.rs`); an app's are freed when it is deleted
+    // (by the trigger, inside the app's delete transaction).
+    "CREATE TABLE IF NOT EXISTS app_ips (address TEXT PRIMARY KEY, app TEXT NOT NULL,
+        kind TEXT NOT NULL, created_at TEXT NOT NULL);
+     CREATE INDEX IF NOT EXISTS app_ips_by_app ON app_ips (app);
+     CREATE TRIGGER IF NOT EXISTS apps_delete_ips AFTER DELETE ON apps BEGIN
+        DELETE FROM app_ips WHERE app = OLD.name;
+     END;",
 ];
 
 /// The largest host index (the 6PN host field is 16 bits wide in practice).

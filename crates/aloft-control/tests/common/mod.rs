@@ -157,6 +157,12 @@ impl Env {
         });
     }
 
+    /// Sets the networks dedicated addresses are allocated from, as `--ip-pool` does.
+    pub fn use_ip_pools(&self, pools: &[&str]) {
+        let pools = pools.iter().map(|p| p.parse().unwrap()).collect();
+        self.server.control().configure_ip_pools(pools);
+    }
+
     pub async fn state(&self, app: &str, id: &str) -> String {
         let (status, m) = self
             .get(format!("/v1/apps/{app}/machines/{id}"))

@@ -7,6 +7,7 @@ pub mod certs;
 pub mod deploy;
 pub mod dev;
 pub mod image;
+pub mod ips;
 pub mod launch;
 pub mod logs;
 pub mod machine;

@@ -29,6 +29,11 @@ pub struct ServerArgs {
     /// Seconds a machine the autoscaler created must have been stopped before it is destroyed.
     #[arg(long, default_value_t = 600)]
     pub autoscale_destroy_after: u64,
+    /// A network dedicated app addresses are allocated from (`aloft ips allocate-v4/-v6`),
+    /// IPv4 or IPv6 in CIDR notation, e.g. 203.0.113.0/28 or 2001:db8:1::/120; repeatable,
+    /// the first pool of a family is used first.
+    #[arg(long = "ip-pool", value_name = "CIDR")]
+    pub ip_pools: Vec<aloft_control::ips::IpPool>,
     #[command(flatten)]
     pub acme: AcmeArgs,
     #[command(flatten)]
@@ -116,7 +121,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let server = with_registry(server, &data_dir)?.scaler_options(scaler);
-    let server = args.acme.apply(server);
+    let server = args.acme.apply(server).ip_pools(args.ip_pools);
     if let Some(token) = &server.admin_token_created {
         println!("admin token: {token}");
         println!(
