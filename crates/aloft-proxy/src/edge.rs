@@ -516,7 +516,8 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let conn = ConnInfo::new(peer, tls.is_some(), port);
+        let local = stream.local_addr().map_or(peer.ip(), |a| a.ip());
+        let conn = ConnInfo::new(peer, local, tls.is_some(), port);
         let watcher = graceful.watcher();
         let tls = tls.clone();
         if !inner.workers.is_empty() {

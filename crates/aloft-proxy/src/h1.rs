@@ -242,9 +242,9 @@ fn plan<'r>(
     inner: &Inner,
     routing: &'r Routing,
     head: &'r RequestHead,
-    port: u16,
-    tls: bool,
+    conn: &ConnInfo,
 ) -> Option<Plan<'r>> {
+    let (port, tls) = (conn.port, conn.tls);
     if head.minor != 1 || !head.target().starts_with(b"/") || head.target().starts_with(ACME_PREFIX)
     {
         return None;
@@ -284,7 +284,9 @@ fn plan<'r>(
         return None;
     }
     let host = host?;
-    let app = routing.app_for_host(host)?;
+    let app = routing
+        .app_for_host(host)
+        .or_else(|| routing.app_for_address(conn.local))?;
     let svc = routes::service_for_port(app, port)?;
     if svc.h2_backend || (!tls && svc.port(port).is_some_and(|p| p.force_https)) {
         return None;
@@ -450,7 +452,7 @@ pub(crate) async fn serve<I>(
         };
         let routing = inner.routes.load_full();
         head.bytes = c.buf.split_to(head_len).freeze();
-        let Some(plan) = plan(&inner, &routing, &head, conn.port, conn.tls) else {
+        let Some(plan) = plan(&inner, &routing, &head, &conn) else {
             // hyper serves the rest of the connection, from this request on.
             let mut read = BytesMut::with_capacity(head.bytes.len() + c.buf.len());
             read.extend_from_slice(&head.bytes);

@@ -31,6 +31,8 @@ pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
 #[derive(Debug, Clone)]
 pub(crate) struct ConnInfo {
     pub peer: SocketAddr,
+    /// The address the client connected to (for apps' dedicated addresses).
+    pub local: std::net::IpAddr,
     pub tls: bool,
     /// The public port the listener stands for.
     pub port: u16,
@@ -41,13 +43,14 @@ pub(crate) struct ConnInfo {
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr, tls: bool, port: u16) -> ConnInfo {
+    pub fn new(peer: SocketAddr, local: std::net::IpAddr, tls: bool, port: u16) -> ConnInfo {
         let value = |s: String| {
             HeaderValue::from_maybe_shared(Bytes::from(s))
                 .unwrap_or_else(|_| HeaderValue::from_static(""))
         };
         ConnInfo {
             peer,
+            local,
             tls,
             port,
             ip_header: value(peer.ip().to_canonical().to_string()),
@@ -173,10 +176,21 @@ async fn route<'r>(
 ) -> Response<ProxyBody> {
     let port = conn.port;
     let (mut parts, body) = req.into_parts();
-    let Some(host) = host_of(&parts.headers, &parts.uri) else {
-        return full(StatusCode::BAD_REQUEST, "the request has no Host header\n");
+    let by_address = routing.app_for_address(conn.local);
+    let address_name;
+    let (host, found) = match host_of(&parts.headers, &parts.uri) {
+        Some(host) => (host, routing.app_for_host(host).or(by_address)),
+        // On an app's dedicated address a request without a Host still has an app.
+        None if by_address.is_some() => {
+            address_name = match conn.local {
+                std::net::IpAddr::V6(a) => format!("[{a}]"),
+                a => a.to_string(),
+            };
+            (address_name.as_str(), by_address)
+        }
+        None => return full(StatusCode::BAD_REQUEST, "the request has no Host header\n"),
     };
-    let Some(mut app) = routing.app_for_host(host) else {
+    let Some(mut app) = found else {
         return full(
             StatusCode::NOT_FOUND,
             format!("no app is configured for host {host}\n"),

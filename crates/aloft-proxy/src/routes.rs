@@ -39,18 +39,27 @@ pub enum RouteStoreError {
 pub(crate) struct Routing {
     pub table: RouteTable,
     by_host: HashMap<String, usize>,
+    by_address: HashMap<std::net::IpAddr, usize>,
 }
 
 impl Routing {
     pub fn new(table: RouteTable, domain: &str) -> Self {
         let mut by_host = HashMap::new();
+        let mut by_address = HashMap::new();
         for (i, app) in table.apps.iter().enumerate() {
+            for a in &app.addresses {
+                by_address.insert(a.to_canonical(), i);
+            }
             by_host.insert(format!("{}.{}", app.app, domain).to_ascii_lowercase(), i);
             for h in &app.hostnames {
                 by_host.insert(h.trim_end_matches('.').to_ascii_lowercase(), i);
             }
         }
-        Routing { table, by_host }
+        Routing {
+            table,
+            by_host,
+            by_address,
+        }
     }
 
     /// The app a `Host` header (or SNI name) names; a port suffix and a trailing dot are ignored.
@@ -74,6 +83,15 @@ impl Routing {
                 .and_then(|(_, parent)| self.by_host.get(&format!("*.{parent}"))),
         };
         i.map(|&i| &self.table.apps[i])
+    }
+
+    /// The app holding dedicated address `ip` (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn app_for_address(&self, ip: std::net::IpAddr) -> Option<&AppRoutes> {
+        if self.by_address.is_empty() {
+            return None;
+        }
+        let i = self.by_address.get(&ip.to_canonical())?;
+        Some(&self.table.apps[*i])
     }
 
     /// The app called `name`.
@@ -218,6 +236,7 @@ mod tests {
         assert!(r.app_for_host(".shop.example.com").is_none());
         assert!(r.app_for_host("other.example.com").is_none());
         assert_eq!(r.app_named("shop").unwrap().app, "shop");
+        assert!(r.app_for_address("10.9.9.9".parse().unwrap()).is_none());
         assert!(r.app_named("Shop").is_none());
     }
 

@@ -163,16 +163,23 @@ async fn port_conn(
 ) {
     let local = stream.local_addr().unwrap_or(peer);
     let routing = inner.routes.load_full();
-    let claims = claims(&routing, port);
+    let mut claims = claims(&routing, port);
     if claims.is_empty() {
         return;
+    }
+    // On an app's dedicated address the port is that app's alone.
+    if let Some(owner) = routing.app_for_address(local.ip()) {
+        claims.retain(|c| c.app.app == owner.app);
+        if claims.is_empty() {
+            return;
+        }
     }
     let tls = claims.iter().any(|c| has(c.port, "tls"));
     let http = claims.iter().any(|c| has(c.port, "http"));
     let limit = inner.opts.header_read_timeout;
     if !tls {
         if http {
-            let conn = ConnInfo::new(peer, false, port);
+            let conn = ConnInfo::new(peer, local.ip(), false, port);
             serve_plain(inner, stream, conn, (watcher, stop)).await;
             return;
         }
@@ -204,7 +211,7 @@ async fn port_conn(
     };
     if http {
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-        let conn = ConnInfo::new(peer, true, port);
+        let conn = ConnInfo::new(peer, local.ip(), true, port);
         serve_conn(inner.clone(), stream, conn, (watcher, stop), Some(h2)).await;
         return;
     }

@@ -347,3 +347,87 @@ async fn hard_limit_on_connections_queues_the_next_connection() {
     drop(held);
     assert_eq!(second.await.unwrap(), "solo plain second");
 }
+
+#[tokio::test]
+async fn a_dedicated_address_gives_its_app_every_connection_to_it() {
+    let internal = shared_port().await;
+    let public = free_public_port().await;
+    let web = free_public_port().await;
+    let _a = EchoMachine::start((ip(83), internal).into(), "m-alpha").await;
+    let _b = EchoMachine::start((ip(84), internal).into(), "m-beta").await;
+    let _g = Backend::start((ip(85), internal).into(), "g1").await;
+    let mut alpha = tcp_app(
+        "alpha",
+        internal,
+        public,
+        &[],
+        vec![machine("m-alpha", "ams", "h1", 83)],
+    );
+    alpha.addresses = vec![ip(81)];
+    let mut beta = tcp_app(
+        "beta",
+        internal,
+        public,
+        &[],
+        vec![machine("m-beta", "ams", "h1", 84)],
+    );
+    beta.addresses = vec![ip(82)];
+    let mut gamma = tcp_app(
+        "gamma",
+        internal,
+        web,
+        &["http"],
+        vec![machine("g1", "ams", "h1", 85)],
+    );
+    gamma.addresses = vec![ip(86)];
+    let _edge = edge_with(vec![alpha, beta, gamma], |o| {
+        o.tcp_listen = Some("0.0.0.0".parse().unwrap());
+    })
+    .await;
+    // Both apps list the raw port; each one's address reaches its own machine.
+    for (n, want) in [(81, "m-alpha plain hi"), (82, "m-beta plain hi")] {
+        let s = TcpStream::connect(SocketAddr::new(ip(n), public))
+            .await
+            .unwrap();
+        assert_eq!(talk(s, "hi").await, want);
+    }
+    // On an address that is no app's, two apps list the port: refused.
+    let mut s = TcpStream::connect(SocketAddr::new(ip(1), public))
+        .await
+        .unwrap();
+    let _ = s.write_all(b"hi\n").await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut got))
+        .await
+        .expect("closed");
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    // HTTP on the dedicated address: a Host no app has, and no Host at all, reach the app.
+    for req in [
+        "GET / HTTP/1.1\r\nHost: unknown.example\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.0\r\n\r\n",
+    ] {
+        let mut s = TcpStream::connect(SocketAddr::new(ip(86), web))
+            .await
+            .unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut got = String::new();
+        tokio::time::timeout(Duration::from_secs(20), s.read_to_string(&mut got))
+            .await
+            .expect("answered")
+            .unwrap();
+        assert!(
+            got.starts_with("HTTP/1.") && got.contains(" 200 OK") && got.ends_with("machine=g1"),
+            "{req:?}: {got}"
+        );
+    }
+    // The same Host on the edge's shared address is nobody's.
+    let mut s = TcpStream::connect(SocketAddr::new(ip(1), web))
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: unknown.example\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).await.unwrap();
+    assert!(got.starts_with("HTTP/1.1 404"), "{got}");
+}

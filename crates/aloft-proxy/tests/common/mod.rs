@@ -239,6 +239,7 @@ pub fn app(name: &str, port: u16, machines: Vec<MachineRoute>) -> AppRoutes {
         app: name.into(),
         org: "personal".into(),
         hostnames: vec![],
+        addresses: Vec::new(),
         services: vec![service(port)],
         machines,
     }
