@@ -6,7 +6,7 @@
 mod common;
 
 use axum::http::{Method, StatusCode};
-use common::{env, Env, Lines};
+use common::{app_field, env, Env, Lines};
 use serde_json::{json, Value};
 
 /// A self-signed certificate and key (PEM) for `host`.
@@ -27,23 +27,7 @@ fn add_body(host: &str, app: &str) -> Value {
 }
 
 fn hostnames(table: &Value, app: &str) -> Value {
-    table["apps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["app"] == app)
-        .unwrap_or_else(|| panic!("no app {app} in {table}"))["hostnames"]
-        .clone()
-}
-
-/// The next full table on the watch (keep-alive lines carry none).
-async fn next_table(watch: &mut Lines) -> Value {
-    loop {
-        let line = watch.next().await;
-        if !line["table"].is_null() {
-            return line["table"].clone();
-        }
-    }
+    app_field(table, app, "hostnames")
 }
 
 #[tokio::test]
@@ -52,7 +36,7 @@ async fn a_hostname_routes_to_the_one_app_that_holds_its_certificate() {
     env.app("web").await;
     env.app("api").await;
     let mut watch = Lines::open(env.get("/v1/routes/watch?since=0")).await;
-    let first = next_table(&mut watch).await;
+    let first = watch.next_table().await;
     assert_eq!(hostnames(&first, "web"), json!([]));
 
     // Added for web: the watch sends the hostname with web at once, at a newer revision.
@@ -66,7 +50,7 @@ async fn a_hostname_routes_to_the_one_app_that_holds_its_certificate() {
         (&info["hostname"], &info["app"]),
         (&json!("shop.test"), &json!("web"))
     );
-    let table = next_table(&mut watch).await;
+    let table = watch.next_table().await;
     assert!(table["revision"].as_u64() > first["revision"].as_u64());
     assert_eq!(hostnames(&table, "web"), json!(["shop.test"]));
     assert_eq!(hostnames(&table, "api"), json!([]));
@@ -109,7 +93,7 @@ async fn a_hostname_routes_to_the_one_app_that_holds_its_certificate() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["app"], "api");
-    let table = next_table(&mut watch).await;
+    let table = watch.next_table().await;
     assert_eq!(hostnames(&table, "api"), json!(["order.test"]));
 
     // A wildcard hostname is routed too (the edges match it one level down).
@@ -129,7 +113,7 @@ async fn a_hostname_routes_to_the_one_app_that_holds_its_certificate() {
     let (status, _) = env.delete("/v1/certs/shop.test").send().await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let table = loop {
-        let table = next_table(&mut watch).await;
+        let table = watch.next_table().await;
         if hostnames(&table, "web") == json!(["*.wild.test"]) {
             break table;
         }

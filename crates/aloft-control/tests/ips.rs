@@ -5,27 +5,11 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{env, Lines};
+use common::{app_field, env, Lines};
 use serde_json::{json, Value};
 
 fn addresses(table: &Value, app: &str) -> Value {
-    table["apps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["app"] == app)
-        .unwrap_or_else(|| panic!("no app {app} in {table}"))["addresses"]
-        .clone()
-}
-
-/// The next full table on the watch (keep-alive lines carry none).
-async fn next_table(watch: &mut Lines) -> Value {
-    loop {
-        let line = watch.next().await;
-        if !line["table"].is_null() {
-            return line["table"].clone();
-        }
-    }
+    app_field(table, app, "addresses")
 }
 
 fn error_of(body: &Value) -> &str {
@@ -39,7 +23,7 @@ async fn addresses_are_allocated_listed_routed_and_released() {
     env.app("web").await;
     env.app("api").await;
     let mut watch = Lines::open(env.get("/v1/routes/watch?since=0")).await;
-    let first = next_table(&mut watch).await;
+    let first = watch.next_table().await;
     assert_eq!(addresses(&first, "web"), json!([]));
 
     // The lowest free address of the first pool of each family (not the network address).
@@ -54,7 +38,7 @@ async fn addresses_are_allocated_listed_routed_and_released() {
         (&json!("203.0.113.1"), &json!("v4"), &json!("web"))
     );
     assert!(v4["created_at"].as_str().unwrap().ends_with('Z'), "{v4}");
-    let table = next_table(&mut watch).await;
+    let table = watch.next_table().await;
     assert!(table["revision"].as_u64() > first["revision"].as_u64());
     assert_eq!(addresses(&table, "web"), json!(["203.0.113.1"]));
 
@@ -102,7 +86,7 @@ async fn addresses_are_allocated_listed_routed_and_released() {
     let (status, _) = env.delete("/v1/apps/web/ips/203.0.113.1").send().await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let table = loop {
-        let table = next_table(&mut watch).await;
+        let table = watch.next_table().await;
         if addresses(&table, "web") == json!(["203.0.113.3", "2001:db8:1::"]) {
             break table;
         }

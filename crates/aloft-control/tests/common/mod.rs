@@ -288,4 +288,25 @@ impl Lines {
         .await
         .expect("no watch line within 10 s")
     }
+
+    /// The next full route table on a routes watch (keep-alive lines carry none).
+    pub async fn next_table(&mut self) -> Value {
+        loop {
+            let line = self.next().await;
+            if !line["table"].is_null() {
+                return line["table"].clone();
+            }
+        }
+    }
+}
+
+/// Field `field` of app `app` in route table `table`.
+pub fn app_field(table: &Value, app: &str, field: &str) -> Value {
+    table["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["app"] == app)
+        .unwrap_or_else(|| panic!("no app {app} in {table}"))[field]
+        .clone()
 }
