@@ -142,7 +142,7 @@ fn a_machine_whose_image_is_missing_fails_fast_with_a_reason() {
         err.contains("failed") && err.contains("broken/nothing"),
         "{err}"
     );
-    assert!(!err.contains("408"), "{err}");
+    assert!(!err.contains("HTTP 408"), "{err}");
 }
 
 #[test]
