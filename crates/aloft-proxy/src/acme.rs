@@ -21,7 +21,7 @@ use crate::tls::TlsError;
 /// The ALPN protocol of TLS-ALPN-01 validation handshakes.
 pub(crate) const ALPN: &[u8] = b"acme-tls/1";
 
-const HTTP_PREFIX: &str = "/.well-known/acme-challenge/";
+pub(crate) const HTTP_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// The challenges the edge answers now.
 #[derive(Default)]

@@ -38,9 +38,6 @@ use crate::routes::{self, AppRoutes, Routing, ServiceRoutes};
 /// Request and response heads larger than this are refused.
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
-/// Answers up to this size are read whole before any of it is passed on (see `proxy`).
-const MAX_BUFFERED_RESPONSE: u64 = 64 * 1024;
-const ACME_PREFIX: &[u8] = b"/.well-known/acme-challenge/";
 
 /// What a header is to the relay, by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +62,7 @@ enum Kind {
     Replay,
 }
 
-const NAMES: [(&str, Kind); 33] = [
+const NAMES: [(&str, Kind); 38] = [
     ("host", Kind::Host),
     ("content-length", Kind::ContentLength),
     ("transfer-encoding", Kind::TransferEncoding),
@@ -97,31 +94,20 @@ const NAMES: [(&str, Kind); 33] = [
     ("aloft-force-instance-id", Kind::Steer),
     ("fly-prefer-instance-id", Kind::Steer),
     ("aloft-prefer-instance-id", Kind::Steer),
+    ("fly-prefer-region", Kind::Steer),
+    ("aloft-prefer-region", Kind::Steer),
+    ("fly-force-region", Kind::Steer),
+    ("aloft-force-region", Kind::Steer),
     ("server", Kind::Server),
     ("fly-replay", Kind::Replay),
+    ("aloft-replay", Kind::Replay),
 ];
 
 fn classify(name: &[u8]) -> Kind {
-    // The steering names not in the table share their prefixes with ones that are.
-    for (n, k) in NAMES {
-        if n.len() == name.len() && name.eq_ignore_ascii_case(n.as_bytes()) {
-            return k;
-        }
-    }
-    for n in [
-        "fly-prefer-region",
-        "aloft-prefer-region",
-        "fly-force-region",
-        "aloft-force-region",
-    ] {
-        if n.len() == name.len() && name.eq_ignore_ascii_case(n.as_bytes()) {
-            return Kind::Steer;
-        }
-    }
-    if name.eq_ignore_ascii_case(b"aloft-replay") {
-        return Kind::Replay;
-    }
-    Kind::Other
+    NAMES
+        .iter()
+        .find(|(n, _)| n.len() == name.len() && name.eq_ignore_ascii_case(n.as_bytes()))
+        .map_or(Kind::Other, |(_, k)| *k)
 }
 
 /// One header of a parsed head, as ranges into the head's bytes.
@@ -172,10 +158,7 @@ impl RequestHead {
     }
 
     fn idempotent(&self) -> bool {
-        matches!(
-            self.method(),
-            b"GET" | b"HEAD" | b"PUT" | b"DELETE" | b"OPTIONS" | b"TRACE"
-        )
+        http::Method::from_bytes(self.method()).is_ok_and(|m| m.is_idempotent())
     }
 }
 
@@ -245,7 +228,11 @@ fn plan<'r>(
     conn: &ConnInfo,
 ) -> Option<Plan<'r>> {
     let (port, tls) = (conn.port, conn.tls);
-    if head.minor != 1 || !head.target().starts_with(b"/") || head.target().starts_with(ACME_PREFIX)
+    if head.minor != 1
+        || !head.target().starts_with(b"/")
+        || head
+            .target()
+            .starts_with(crate::acme::HTTP_PREFIX.as_bytes())
     {
         return None;
     }
@@ -679,8 +666,10 @@ fn parse_answer(
     let (mut chunked, mut coded, mut close, mut keep_alive) = (false, false, false, false);
     let mut listed: Vec<&[u8]> = Vec::new();
     let mut replay = None;
-    for h in resp.headers.iter() {
-        match classify(h.name.as_bytes()) {
+    let mut kinds = [Kind::Other; MAX_HEADERS];
+    for (h, kind) in resp.headers.iter().zip(kinds.iter_mut()) {
+        *kind = classify(h.name.as_bytes());
+        match *kind {
             Kind::ContentLength => {
                 let n = parse_length(h.value).ok_or("sent a content-length that is not valid")?;
                 if length.is_some_and(|l| l != n) {
@@ -730,9 +719,9 @@ fn parse_answer(
     };
     let reuse = framing != Framing::Close && if minor == 1 { !close } else { keep_alive };
     status_line(out, status, resp.reason.unwrap_or(""));
-    for h in resp.headers.iter() {
+    for (h, kind) in resp.headers.iter().zip(kinds) {
         let name = h.name.as_bytes();
-        match classify(name) {
+        match kind {
             Kind::Connection | Kind::HopByHop | Kind::Upgrade | Kind::Server | Kind::RequestId => {
                 continue
             }
@@ -807,29 +796,16 @@ async fn relay<I: AsyncRead + AsyncWrite + Unpin>(
     let mut request = Vec::with_capacity(head.bytes.len() + 512 + body.len());
     machine_request(&mut request, head, plan.host, fwd, &request_id, None, &body);
     let (mut attempts, mut replays) = (0usize, 0usize);
-    let fail = |c: &mut Client<I>, status: StatusCode, msg: String| {
-        simple(&mut c.out, status, &msg, Some(&request_id), false);
-        status
-    };
-    loop {
+    // The loop ends in the answer relayed, or with the edge's own error answer: the machine
+    // it is counted against, its status and its text.
+    let (machine, status, msg) = loop {
         let (m, guard) = match proxy::acquire(inner, app, svc, &steer).await {
             Ok(x) => x,
-            Err(e) => {
-                let status = if attempts > 0 {
-                    fail(
-                        c,
-                        StatusCode::BAD_GATEWAY,
-                        format!("no machine of app {} accepted a connection\n", app.app),
-                    )
-                } else {
-                    fail(c, e.status, format!("{}\n", e.message))
-                };
-                inner
-                    .metrics
-                    .request(&app.app, "", status.as_u16(), started.elapsed());
-                c.write_out().await?;
-                return Ok(true);
+            Err(_) if attempts > 0 => {
+                let msg = format!("no machine of app {} accepted a connection\n", app.app);
+                break ("", StatusCode::BAD_GATEWAY, msg);
             }
+            Err(e) => break ("", e.status, format!("{}\n", e.message)),
         };
         let addr = SocketAddr::new(m.address, svc.internal_port);
         let exchange = exchange(
@@ -861,41 +837,21 @@ async fn relay<I: AsyncRead + AsyncWrite + Unpin>(
                 tracing::warn!(app = %app.app, machine = %m.id, reason = %msg, "forwarding failed");
                 c.out.clear();
                 let msg = format!("machine {} of app {} {msg}\n", m.id, app.app);
-                let status = fail(c, StatusCode::BAD_GATEWAY, msg);
-                inner
-                    .metrics
-                    .request(&app.app, &m.id, status.as_u16(), started.elapsed());
-                c.write_out().await?;
-                return Ok(true);
+                break (&m.id, StatusCode::BAD_GATEWAY, msg);
             }
         };
         if let Some(replay) = answer.replay {
             c.out.clear();
             replays += 1;
             if replays > proxy::MAX_REPLAYS {
-                let status = fail(
-                    c,
-                    StatusCode::BAD_GATEWAY,
-                    format!("too many replays for app {}\n", app.app),
-                );
-                inner
-                    .metrics
-                    .request(&app.app, &m.id, status.as_u16(), started.elapsed());
-                c.write_out().await?;
-                return Ok(true);
+                let msg = format!("too many replays for app {}\n", app.app);
+                break (&m.id, StatusCode::BAD_GATEWAY, msg);
             }
             inner.metrics.replay(&app.app);
             tracing::debug!(app = %app.app, machine = %m.id, ?replay, "replaying");
             match proxy::replay_target(plan.routing, &replay, (app, svc), plan.port) {
                 Ok(target) => (app, svc) = target,
-                Err(e) => {
-                    let status = fail(c, StatusCode::BAD_GATEWAY, e);
-                    inner
-                        .metrics
-                        .request(&app.app, &m.id, status.as_u16(), started.elapsed());
-                    c.write_out().await?;
-                    return Ok(true);
-                }
+                Err(e) => break (&m.id, StatusCode::BAD_GATEWAY, e),
             }
             // The answer's body is not wanted; a connection with a body left on it is closed.
             if answer.reuse && up.buf.is_empty() && answer.framing == Framing::Empty {
@@ -920,7 +876,13 @@ async fn relay<I: AsyncRead + AsyncWrite + Unpin>(
             .metrics
             .request(&app.app, &m.id, answer.status, started.elapsed());
         return relay_body(inner, c, addr, up, &answer, guard).await;
-    }
+    };
+    simple(&mut c.out, status, &msg, Some(&request_id), false);
+    inner
+        .metrics
+        .request(&app.app, machine, status.as_u16(), started.elapsed());
+    c.write_out().await?;
+    Ok(true)
 }
 
 /// Sends `request` to the machine at `addr` over a pooled connection (or a new one) and reads
@@ -957,7 +919,7 @@ async fn exchange(
         match answer {
             Ok(Ok(a)) => {
                 if let Framing::Length(n) = a.framing {
-                    if n <= MAX_BUFFERED_RESPONSE {
+                    if n <= proxy::MAX_BUFFERED_RESPONSE {
                         match read_exact_body(&mut up, n).await {
                             Ok(()) => {
                                 out.extend_from_slice(b"\r\n");

@@ -63,7 +63,7 @@ pub(crate) const MAX_REPLAYS: usize = 3;
 
 /// Answers up to this size (by `content-length`) to idempotent, buffered requests are read whole
 /// before they are passed on, so a machine failing mid-answer can be retried.
-const MAX_BUFFERED_RESPONSE: u64 = 64 * 1024;
+pub(crate) const MAX_BUFFERED_RESPONSE: u64 = 64 * 1024;
 
 pub(crate) fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
     let mut r = Response::new(
