@@ -159,19 +159,18 @@ impl Inner {
         F: FnOnce(Arc<Inner>) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let inner = self.clone();
-        let fut = conn(self.clone());
-        self.tracker.spawn(async move {
-            inner
-                .metrics
-                .open_connections
-                .fetch_add(1, Ordering::Relaxed);
-            fut.await;
-            inner
-                .metrics
-                .open_connections
-                .fetch_sub(1, Ordering::Relaxed);
-        });
+        self.tracker.spawn(self.clone().counted(conn(self.clone())));
+    }
+
+    /// `conn`, counted in the open-connections gauge while it runs.
+    async fn counted(self: Arc<Self>, conn: impl std::future::Future<Output = ()>) {
+        self.metrics
+            .open_connections
+            .fetch_add(1, Ordering::Relaxed);
+        conn.await;
+        self.metrics
+            .open_connections
+            .fetch_sub(1, Ordering::Relaxed);
     }
 
     pub fn state_of(&self, m: &MachineRoute) -> MachineState {
@@ -596,21 +595,13 @@ fn start_worker(
                             continue;
                         }
                     };
-                    let inner = inner.clone();
-                    let edge_tracker = inner.tracker.clone();
+                    let served = {
+                        let inner = inner.clone();
+                        async move { client_conn(&inner, stream, tls, conn, watcher).await }
+                    };
                     // Tracked by the edge (for its drain) and by this worker (which must not
                     // drop its runtime under them).
-                    local.spawn(edge_tracker.track_future(async move {
-                        inner
-                            .metrics
-                            .open_connections
-                            .fetch_add(1, Ordering::Relaxed);
-                        client_conn(&inner, stream, tls, conn, watcher).await;
-                        inner
-                            .metrics
-                            .open_connections
-                            .fetch_sub(1, Ordering::Relaxed);
-                    }));
+                    local.spawn(inner.tracker.track_future(inner.clone().counted(served)));
                 }
                 // After a shutdown: what runs on this runtime (connections, and tunnels they
                 // started) gets the drain timeout, as on the edge's own runtime.
