@@ -27,15 +27,29 @@ fn get_page(ip: &str) -> Option<String> {
 
 /// The pids of the machine's httpd, found by the machine's cgroup.
 fn pid_of_httpd(id: &str) -> Vec<String> {
-    let mut pids = Vec::new();
+    // busybox httpd forks a child per request; only the server itself (an httpd whose parent
+    // is not an httpd) counts.
+    let mut found: Vec<(String, String)> = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
         let cmd = std::fs::read_to_string(entry.path().join("cmdline")).unwrap_or_default();
         if cgroup.contains(&format!("/aloft/{id}")) && cmd.contains("httpd") {
-            pids.push(entry.file_name().to_string_lossy().to_string());
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // The fields after the parenthesised command: state, then the parent's pid.
+            let ppid = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .unwrap_or_default()
+                .to_string();
+            found.push((entry.file_name().to_string_lossy().to_string(), ppid));
         }
     }
-    pids
+    let servers: Vec<String> = found
+        .iter()
+        .filter(|(_, ppid)| !found.iter().any(|(pid, _)| pid == ppid))
+        .map(|(pid, _)| pid.clone())
+        .collect();
+    servers
 }
 
 #[test]
