@@ -52,15 +52,50 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// How to reach a registry for [`ImageStore::pull`].
+/// How to reach one registry.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryAccess {
+    /// Credentials, sent to this registry only (and to its token service only when that is
+    /// served from the same host).
+    pub credentials: Option<Credentials>,
+    /// Speak plain `http://` (the built-in registry on a private address, insecure registries).
+    pub plain_http: bool,
+}
+
+/// How to reach registries for [`ImageStore::pull`].
+///
+/// A registry not listed in `registries` is reached anonymously over HTTPS: credentials are
+/// never sent to a registry (or token service) a reference happens to name.
 #[derive(Debug, Clone, Default)]
 pub struct PullOptions {
-    /// Credentials, if the registry wants them.
-    pub credentials: Option<Credentials>,
-    /// Speak plain `http://` (the built-in registry on `127.0.0.1`, insecure registries).
-    pub plain_http: bool,
     /// Registry host (`host[:port]`) for references that name none, e.g. the built-in one.
     pub default_registry: Option<String>,
+    /// Names that stand for another registry host (`name` → `host[:port]`), e.g. the built-in
+    /// registry's cluster-wide name mapped to this host's route to the control plane.
+    pub aliases: std::collections::BTreeMap<String, String>,
+    /// Per registry host (after aliases): credentials and scheme.
+    pub registries: std::collections::BTreeMap<String, RegistryAccess>,
+}
+
+impl PullOptions {
+    /// Options that reach one registry with `access` (and every other anonymously).
+    pub fn for_registry(registry: impl Into<String>, access: RegistryAccess) -> PullOptions {
+        let mut registries = std::collections::BTreeMap::new();
+        registries.insert(registry.into(), access);
+        PullOptions {
+            registries,
+            ..PullOptions::default()
+        }
+    }
+
+    /// The registry host a reference's registry name stands for.
+    pub fn resolve<'a>(&'a self, registry: &'a str) -> &'a str {
+        self.aliases.get(registry).map_or(registry, String::as_str)
+    }
+
+    fn access(&self, host: &str) -> RegistryAccess {
+        self.registries.get(host).cloned().unwrap_or_default()
+    }
 }
 
 /// The runtime settings from an image config.

@@ -119,6 +119,8 @@ pub(crate) struct RegistryClient {
     http: reqwest::Client,
     base: String,
     registry: String,
+    /// `host[:port]` the requests go to: credentials go nowhere else.
+    authority: String,
     repository: String,
     credentials: Option<Credentials>,
     authorization: tokio::sync::Mutex<Option<HeaderValue>>,
@@ -173,24 +175,37 @@ fn parse_challenge(header: &str) -> (String, Vec<(String, String)>) {
     (scheme.to_ascii_lowercase(), params)
 }
 
+/// `host[:port]` of a token realm URL, as written in the URL.
+fn realm_authority(realm: &str) -> Option<String> {
+    let url = reqwest::Url::parse(realm).ok()?;
+    let host = url.host_str()?;
+    Some(match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    })
+}
+
 impl RegistryClient {
     pub(crate) fn new(
         http: reqwest::Client,
         reference: &Reference,
         opts: &PullOptions,
     ) -> RegistryClient {
-        let scheme = if opts.plain_http { "http" } else { "https" };
+        let host = opts.resolve(&reference.registry);
+        let access = opts.access(host);
+        let scheme = if access.plain_http { "http" } else { "https" };
         // Docker Hub's canonical name is not its API host.
-        let host = match reference.registry.as_str() {
+        let api_host = match host {
             "docker.io" | "index.docker.io" => "registry-1.docker.io",
             other => other,
         };
         RegistryClient {
             http,
-            base: format!("{scheme}://{host}/v2/{}", reference.repository),
+            base: format!("{scheme}://{api_host}/v2/{}", reference.repository),
             registry: reference.registry.clone(),
+            authority: api_host.to_owned(),
             repository: reference.repository.clone(),
-            credentials: opts.credentials.clone(),
+            credentials: access.credentials,
             authorization: tokio::sync::Mutex::new(None),
         }
     }
@@ -231,8 +246,12 @@ impl RegistryClient {
                 let mut query = vec![("scope", scope)];
                 query.extend(param("service").map(|s| ("service", s)));
                 let mut req = self.http.get(&realm).query(&query);
-                if let Some(basic) = self.basic() {
-                    req = req.header(AUTHORIZATION, basic);
+                // A token service on another host gets no credentials: a registry must not be
+                // able to send them wherever its challenge points.
+                if realm_authority(&realm).as_deref() == Some(self.authority.as_str()) {
+                    if let Some(basic) = self.basic() {
+                        req = req.header(AUTHORIZATION, basic);
+                    }
                 }
                 let resp = req.send().await.map_err(http_err(&realm))?;
                 if !resp.status().is_success() {

@@ -5,8 +5,9 @@
 //! `trusted.overlay.opaque=y` on its directory. We keep layers separate instead of
 //! flattening them so that one unpacked layer is shared by every image and machine that
 //! uses it, and the agent can stack them as overlayfs lower dirs as they are. Device nodes
-//! shipped *by a layer* are refused (including a raw 0:0 device), so the only device nodes
-//! in the store are whiteouts we made ourselves. FIFOs are harmless and are extracted.
+//! shipped *by a layer* (rootfs tarballs carry `/dev`) are left out, a raw 0:0 device
+//! included, so the only device nodes in the store are whiteouts we made ourselves; the
+//! sandbox brings its own `/dev`. FIFOs are harmless and are extracted.
 //! Setuid/setgid bits and owners are kept: the sandbox, not the store, confines them.
 
 use std::collections::HashSet;
@@ -431,11 +432,8 @@ impl Extractor<'_> {
                     .map_err(|e| ImageError::io(&path)(e.into()))?;
             }
             EntryType::Char | EntryType::Block => {
-                return Err(hostile(
-                    self.digest,
-                    &raw,
-                    "device nodes are not allowed in layers",
-                ));
+                tracing::debug!(digest = %self.digest, path = %raw.display(), "leaving out a device node");
+                return Ok(());
             }
             other => {
                 tracing::debug!(digest = %self.digest, path = %raw.display(), ?other, "skipping tar entry");

@@ -8,7 +8,7 @@ use std::fs;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use aloft_image::{Credentials, ImageError, ImageStore, PullOptions};
+use aloft_image::{Credentials, ImageError, ImageStore, PullOptions, RegistryAccess};
 use aloft_registry::{router, Identity, Registry, RegistryAuth};
 use axum::extract::Request;
 use axum::middleware::{self, Next};
@@ -121,15 +121,28 @@ async fn put_manifest(
     assert_eq!(resp.status(), 201, "put manifest {reference}");
 }
 
-fn opts() -> PullOptions {
-    PullOptions {
-        credentials: Some(Credentials {
-            username: "agent".into(),
-            password: TOKEN.into(),
-        }),
-        plain_http: true,
-        default_registry: None,
-    }
+fn opts(addr: impl std::fmt::Display) -> PullOptions {
+    PullOptions::for_registry(
+        addr.to_string(),
+        RegistryAccess {
+            credentials: Some(Credentials {
+                username: "agent".into(),
+                password: TOKEN.into(),
+            }),
+            plain_http: true,
+        },
+    )
+}
+
+/// Plain HTTP to `addr`, no credentials.
+fn anonymous(addr: impl std::fmt::Display) -> PullOptions {
+    PullOptions::for_registry(
+        addr.to_string(),
+        RegistryAccess {
+            credentials: None,
+            plain_http: true,
+        },
+    )
 }
 
 fn app_image(base: &common::Layer, marker: &str) -> BuiltImage {
@@ -176,7 +189,7 @@ async fn pull_follows_the_token_flow_and_picks_linux_amd64_from_an_index() {
 
     let store = ImageStore::open(tmp.path().join("store")).unwrap();
     let reference = format!("{addr}/web/app:v1");
-    let img = store.pull(&reference, &opts()).await.unwrap();
+    let img = store.pull(&reference, &opts(addr)).await.unwrap();
     assert_eq!(img.manifest_digest, amd64.manifest_digest);
     assert_eq!(img.reference, reference);
     assert_eq!(img.config.env, ["MARKER=amd64"]);
@@ -193,7 +206,7 @@ async fn pull_follows_the_token_flow_and_picks_linux_amd64_from_an_index() {
     // By digest, with the registry taken from the options.
     let by_digest = PullOptions {
         default_registry: Some(addr.to_string()),
-        ..opts()
+        ..opts(addr)
     };
     let again = store
         .pull(&format!("web/app@{}", arm64.manifest_digest), &by_digest)
@@ -213,20 +226,20 @@ async fn pull_without_valid_credentials_is_refused() {
     push(addr, "web/app", "v1", &app_image(&base_layer(), "x")).await;
     let store = ImageStore::open(tmp.path().join("store")).unwrap();
     let reference = format!("{addr}/web/app:v1");
-    let wrong = PullOptions {
-        credentials: Some(Credentials {
-            username: "agent".into(),
-            password: "not-the-token".into(),
-        }),
-        ..opts()
-    };
-    for o in [
-        wrong,
-        PullOptions {
-            credentials: None,
-            ..opts()
+    let wrong = PullOptions::for_registry(
+        addr.to_string(),
+        RegistryAccess {
+            credentials: Some(Credentials {
+                username: "agent".into(),
+                password: "not-the-token".into(),
+            }),
+            plain_http: true,
         },
-    ] {
+    );
+    // Credentials for another registry are not sent to this one.
+    let mut elsewhere = opts("registry.example:5000");
+    elsewhere.registries.extend(anonymous(addr).registries);
+    for o in [wrong, anonymous(addr), elsewhere] {
         let err = store.pull(&reference, &o).await.unwrap_err();
         assert!(matches!(err, ImageError::Auth { .. }), "{err:?}");
     }
@@ -248,7 +261,7 @@ async fn concurrent_pulls_fetch_and_unpack_each_blob_once() {
     let pulls = (0..10).map(|i| {
         let store = store.clone();
         let reference = format!("{addr}/web/{}:v1", if i % 2 == 0 { "a" } else { "b" });
-        tokio::spawn(async move { store.pull(&reference, &opts()).await })
+        tokio::spawn(async move { store.pull(&reference, &opts(addr)).await })
     });
     let images: Vec<_> = futures::future::join_all(pulls)
         .await
@@ -296,10 +309,7 @@ async fn a_registry_serving_wrong_bytes_is_caught_and_nothing_is_kept() {
     let fixture = Fixture::start(content).await;
 
     let store = ImageStore::open(tmp.path().join("store")).unwrap();
-    let o = PullOptions {
-        credentials: None,
-        ..opts()
-    };
+    let o = anonymous(fixture.addr);
     let err = store
         .pull(&format!("{}/web/app:v1", fixture.addr), &o)
         .await
@@ -328,13 +338,16 @@ async fn a_bearer_challenge_from_another_token_service_is_answered() {
     content.auth = Some(("robot".into(), "s3cret".into()));
     let fixture = Fixture::start(content).await;
     let store = ImageStore::open(tmp.path().join("store")).unwrap();
-    let o = PullOptions {
-        credentials: Some(Credentials {
-            username: "robot".into(),
-            password: "s3cret".into(),
-        }),
-        ..opts()
-    };
+    let o = PullOptions::for_registry(
+        fixture.addr.to_string(),
+        RegistryAccess {
+            credentials: Some(Credentials {
+                username: "robot".into(),
+                password: "s3cret".into(),
+            }),
+            plain_http: true,
+        },
+    );
     let got = store
         .pull(&format!("{}/team/app:v2", fixture.addr), &o)
         .await
@@ -355,10 +368,7 @@ async fn a_blob_longer_than_its_descriptor_says_is_refused() {
     let fixture = Fixture::start(content).await;
 
     let store = ImageStore::open(tmp.path().join("store")).unwrap();
-    let o = PullOptions {
-        credentials: None,
-        ..opts()
-    };
+    let o = anonymous(fixture.addr);
     let err = store
         .pull(&format!("{}/web/app:v1", fixture.addr), &o)
         .await
