@@ -85,7 +85,7 @@ fn cities_follow_bgp_to_the_nearest_healthy_edge() {
     dev.wait_answered_by("syd", "syd", Duration::from_secs(60));
 
     // syd's host dies: its sessions go and syd is routed to iad by BGP.
-    let out = dev.dev_cmd(&["kill", "--region", "syd"]);
+    let out = dev.dev_cmd(&["kill", "syd"]);
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{printed}");
     assert!(

@@ -103,7 +103,7 @@ fn a_request_from_a_city_whose_machine_is_stopped_starts_it_there() {
 fn a_dead_region_is_replaced_by_the_nearest_live_one() {
     let dev = start(&prefix(), None);
     assert_eq!(dev.region_from("syd"), "syd");
-    let out = dev.dev_cmd(&["kill", "--region", "syd"]);
+    let out = dev.dev_cmd(&["kill", "syd"]);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -52,6 +52,10 @@ pub struct DevArgs {
     /// Where apps answer on this machine (forwarded to the nearest edge of --from's city).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
+    /// Where apps answer over HTTPS on this machine (certificates of the cluster's CA:
+    /// `aloft certs root > ca.pem`, then `curl --cacert ca.pem`).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub https: SocketAddr,
     /// The city whose nearest edge serves --http (default: the first region).
     #[arg(long)]
     pub from: Option<String>,
@@ -103,7 +107,7 @@ pub enum DevCommand {
     /// Kill a region's host (its agent, edge and machines die, its links go down); its city's
     /// clients are routed to the nearest live region.
     Kill {
-        #[arg(long)]
+        /// The region (one of the regions).
         region: String,
         #[command(flatten)]
         at: Where,

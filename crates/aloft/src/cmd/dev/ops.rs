@@ -47,7 +47,7 @@ pub fn exec(at: &Where, city: &str, command: &[String]) -> anyhow::Result<()> {
     std::process::exit(status.code().unwrap_or(1));
 }
 
-/// `aloft dev kill --region R`: the host dies with its machines and links; its city is
+/// `aloft dev kill R`: the host dies with its machines and links; its city is
 /// routed to the nearest live region (the anycast route to the dead host is withdrawn).
 pub fn kill(at: &Where, region: &str) -> anyhow::Result<()> {
     let topo = running(at)?.topology;
