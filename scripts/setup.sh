@@ -11,7 +11,7 @@ packages=(
   build-essential pkg-config ca-certificates curl jq git bc
   iproute2 iptables
   runc busybox-static
-  skopeo umoci
+  skopeo umoci debootstrap
   docker-registry wrk wireguard-go wireguard-tools iperf3 iputils-ping
   bird2
   pebble

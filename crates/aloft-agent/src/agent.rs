@@ -42,7 +42,8 @@ pub struct AgentOptions {
     pub http: Option<std::net::SocketAddr>,
     /// The edge's HTTPS address (certificates from the edge's own CA); `None`: no HTTPS.
     pub https: Option<std::net::SocketAddr>,
-    /// Apps answer at `<app>.<domain>` on the edge; `None`: `localhost`.
+    /// Apps answer at `<app>.<domain>` on the edge; `None`: the cluster's domain, as the
+    /// control plane tells it.
     pub domain: Option<String>,
     /// Threads serving the edge's HTTP and HTTPS client connections, one single-threaded
     /// runtime each (`EdgeOptions::workers`); 0: the agent's own runtime.
@@ -79,6 +80,15 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
             id
         }
     };
+    let client = Client::new(&opts.control_url, opts.token.clone())?;
+    tokio::pin!(shutdown);
+    let Some(cluster) = cluster_info(&client, &store, &mut shutdown).await? else {
+        return Ok(());
+    };
+    let opts = AgentOptions {
+        domain: opts.domain.clone().or_else(|| Some(cluster.domain.clone())),
+        ..opts
+    };
     // The edge first: it routes from its saved table even while the control plane is down.
     let edge = crate::edge::EdgeRole::start_or_log(&opts, &host_id).await;
     let bgp = match &opts.bgp {
@@ -91,7 +101,6 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         }
         None => None,
     };
-    let client = Client::new(&opts.control_url, opts.token.clone())?;
     let (cpus, memory_mb) = capacity(&opts);
 
     let (api_address, api_secret, host_api) = start_host_api(&opts, &store).await?;
@@ -121,7 +130,6 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         host_index: Some(proposed_index),
         edge_addresses: opts.edge_addresses.iter().map(|a| a.to_string()).collect(),
     };
-    tokio::pin!(shutdown);
     let mut delay = Duration::from_millis(200);
     let joined = loop {
         tokio::select! {
@@ -154,6 +162,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
                 runc: opts.runc.clone(),
                 init_binary: opts.init_binary.clone(),
                 control_url: opts.control_url.clone(),
+                registry_name: cluster.registry.clone(),
                 token: opts.token.clone(),
                 nameserver: crate::dns::machine_nameserver(opts.dns_listen),
             },
@@ -251,6 +260,52 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     }
     info!("agent stopping; machines keep running");
     result
+}
+
+/// The cluster's shared names: the copy saved at the last start (so a host restarting while
+/// the control plane is down still routes and pulls), refreshed from the control plane when it
+/// answers; on a first start, waits for the control plane. `None` if shut down meanwhile.
+async fn cluster_info(
+    client: &Client,
+    store: &AgentStore,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Option<aloft_api::ClusterInfo>, AgentError> {
+    let saved = store
+        .meta("cluster")?
+        .and_then(|s| serde_json::from_str::<aloft_api::ClusterInfo>(&s).ok());
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let asked = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(3), client.cluster()) => r,
+            _ = shutdown.as_mut() => return Ok(None),
+        };
+        match asked {
+            Ok(Ok(cluster)) => {
+                if saved.as_ref() != Some(&cluster) {
+                    let json = serde_json::to_string(&cluster).unwrap_or_default();
+                    store.set_meta("cluster", &json)?;
+                }
+                return Ok(Some(cluster));
+            }
+            Ok(Err(e)) if e.status().is_some_and(|s| (400..500).contains(&s)) => {
+                return Err(AgentError::Join(e));
+            }
+            Ok(Err(e)) => {
+                if saved.is_some() {
+                    warn!(error = %supervisor::error_chain(&e), "cannot reach the control plane; using the saved cluster names");
+                    return Ok(saved);
+                }
+                warn!(error = %supervisor::error_chain(&e), "cannot reach the control plane; retrying");
+            }
+            Err(_) if saved.is_some() => return Ok(saved),
+            Err(_) => warn!("the control plane did not answer; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.as_mut() => return Ok(None),
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// Binds and spawns the host API; returns the address to register, its secret and the task.

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use aloft_api::AssignedMachine;
-use aloft_image::{Credentials, Image, ImageStore, PullOptions};
+use aloft_image::{Credentials, Image, ImageStore, PullOptions, RegistryAccess};
 use tracing::{debug, info};
 
 use crate::network::{self, HostNetwork, MachineNet, MachineNetRequest, NetworkOptions};
@@ -30,6 +30,9 @@ pub struct HostOptions {
     pub init_binary: PathBuf,
     /// The control plane, whose built-in registry serves images without a registry host.
     pub control_url: String,
+    /// The built-in registry's cluster-wide name: references naming it are pulled from the
+    /// control plane at `control_url`.
+    pub registry_name: String,
     pub token: String,
     /// The nameserver in machines' `/etc/resolv.conf`; `None`: the pool gateway (where the
     /// host's DNS listens by default).
@@ -113,15 +116,7 @@ impl HostRuntime {
             runtime::SandboxOptions::new(opts.data_dir.join("machines"), opts.init_binary.clone());
         sandbox_opts.runc = opts.runc.clone();
         let sandbox = runtime::SandboxDriver::new(sandbox_opts);
-        let (registry, plain_http) = registry_of(&opts.control_url);
-        let pull = PullOptions {
-            credentials: Some(Credentials {
-                username: "aloft".into(),
-                password: opts.token.clone(),
-            }),
-            plain_http,
-            default_registry: Some(registry),
-        };
+        let pull = pull_options(&opts);
         Ok(HostRuntime {
             images,
             network,
@@ -528,6 +523,28 @@ fn registry_of(control_url: &str) -> (String, bool) {
         .trim_start_matches("https://");
     let host = rest.split('/').next().unwrap_or(rest).to_string();
     (host, plain)
+}
+
+/// How this host pulls: the registry's cluster-wide name (and references that name no
+/// registry) lead to the control plane, the only registry that gets this host's credentials;
+/// every other registry is pulled from anonymously.
+fn pull_options(opts: &HostOptions) -> PullOptions {
+    let (control, plain_http) = registry_of(&opts.control_url);
+    let mut pull = PullOptions::for_registry(
+        control.clone(),
+        RegistryAccess {
+            credentials: Some(Credentials {
+                username: "aloft".into(),
+                password: opts.token.clone(),
+            }),
+            plain_http,
+        },
+    );
+    pull.default_registry = Some(opts.registry_name.clone());
+    if opts.registry_name != control {
+        pull.aliases.insert(opts.registry_name.clone(), control);
+    }
+    pull
 }
 
 fn guest(a: &AssignedMachine) -> (u32, u64) {

@@ -99,3 +99,21 @@ pub struct RegionsResponse {
     #[serde(rename = "Regions")]
     pub regions: Vec<RegionInfo>,
 }
+
+/// Answer of `GET /v1/cluster`: the names every host and client of this cluster shares.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterInfo {
+    /// The built-in registry's cluster-wide name (like `registry.fly.io`): image references
+    /// the CLI and deploys write use it, and every host maps it to its own route to the
+    /// control plane.
+    pub registry: String,
+    /// Apps answer at `<app>.<domain>`.
+    pub domain: String,
+}
+
+impl ClusterInfo {
+    /// `registry.<domain>`, the registry's name when the operator does not choose one.
+    pub fn default_registry(domain: &str) -> String {
+        format!("registry.{domain}")
+    }
+}

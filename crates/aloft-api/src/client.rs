@@ -72,6 +72,16 @@ impl Client {
         })
     }
 
+    /// The control plane's URL this client talks to.
+    pub fn base_url(&self) -> &str {
+        self.base.as_str()
+    }
+
+    /// The bearer token this client sends (the registry takes the same token).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     /// A copy of this client that sends `fly-machine-lease-nonce: nonce` on every request.
     pub fn with_lease_nonce(&self, nonce: impl Into<String>) -> Client {
         Client {
@@ -450,6 +460,11 @@ impl Client {
     /// `GET /v1/platform/regions`.
     pub async fn platform_regions(&self) -> Result<RegionsResponse, ClientError> {
         self.get(self.url(&["v1", "platform", "regions"])).await
+    }
+
+    /// `GET /v1/cluster`: the registry's cluster-wide name and the apps' domain.
+    pub async fn cluster(&self) -> Result<ClusterInfo, ClientError> {
+        self.get(self.url(&["v1", "cluster"])).await
     }
 
     /// `GET /v1/openapi.json`.

@@ -22,6 +22,7 @@ pub struct Control {
     revision: watch::Sender<u64>,
     shutdown: watch::Sender<bool>,
     heartbeat_timeout: Duration,
+    cluster: aloft_api::ClusterInfo,
     started: Instant,
     pub(crate) autoscale: crate::autoscale::AutoscaleState,
     pub(crate) liveness: crate::liveness::Liveness,
@@ -40,6 +41,7 @@ impl Control {
     pub fn open(
         data_dir: &std::path::Path,
         heartbeat_timeout: Duration,
+        cluster: aloft_api::ClusterInfo,
     ) -> Result<(Control, Option<String>), StoreError> {
         let conn = store::open(data_dir)?;
         let mut inner = Inner::load(conn)?;
@@ -52,6 +54,7 @@ impl Control {
             revision: watch::Sender::new(revision),
             shutdown: watch::Sender::new(false),
             heartbeat_timeout,
+            cluster,
             started: Instant::now(),
             autoscale: crate::autoscale::AutoscaleState::default(),
             liveness: crate::liveness::Liveness::default(),
@@ -85,6 +88,11 @@ impl Control {
             }
             newer
         });
+    }
+
+    /// The registry's cluster-wide name and the apps' domain.
+    pub fn cluster(&self) -> &aloft_api::ClusterInfo {
+        &self.cluster
     }
 
     /// How many `wait` requests and watch streams are listening for changes.

@@ -43,15 +43,23 @@ pub struct ServerOptions {
     pub data_dir: PathBuf,
     /// A host silent this long is unreachable (default 15 s).
     pub heartbeat_timeout: Duration,
+    /// The names hosts and clients share: the registry's cluster-wide name and the apps'
+    /// domain.
+    pub cluster: aloft_api::ClusterInfo,
 }
 
 impl ServerOptions {
-    /// Defaults: listen on 127.0.0.1:4280, 15 s heartbeat timeout.
+    /// Defaults: listen on 127.0.0.1:4280, 15 s heartbeat timeout, apps at `<app>.localhost`,
+    /// the registry named `registry.localhost`.
     pub fn new(data_dir: impl Into<PathBuf>) -> ServerOptions {
         ServerOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 4280)),
             data_dir: data_dir.into(),
             heartbeat_timeout: Duration::from_secs(15),
+            cluster: aloft_api::ClusterInfo {
+                registry: aloft_api::ClusterInfo::default_registry("localhost"),
+                domain: "localhost".to_owned(),
+            },
         }
     }
 }
@@ -93,7 +101,8 @@ impl Server {
     pub async fn open(options: ServerOptions) -> Result<Server, ControlError> {
         let dir = options.data_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| ControlError::DataDir(dir.clone(), e))?;
-        let (control, admin) = Control::open(&dir, options.heartbeat_timeout)?;
+        let (control, admin) =
+            Control::open(&dir, options.heartbeat_timeout, options.cluster.clone())?;
         if let Some(token) = &admin {
             let path = dir.join("admin-token");
             write_secret(&path, token).map_err(|e| ControlError::AdminToken(path, e))?;

@@ -72,6 +72,8 @@ impl Dev {
             "127.0.0.1:0",
             "--http",
             "127.0.0.1:0",
+            "--https",
+            "127.0.0.1:0",
         ];
         args.extend_from_slice(extra);
         let (proc, _) = Proc::spawn_stdout_until("aloft dev", bin, &args, &[], "control plane")?;
@@ -180,6 +182,22 @@ impl Dev {
                 ("ALOFT_API_TOKEN", token.as_str()),
             ],
         )
+    }
+
+    /// Runs the CLI against its control plane as admin in `dir` (where the app's config
+    /// lives), with `dir` as `HOME` and without `ALOFT_APP`.
+    pub fn cli_in(&self, dir: &std::path::Path, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .args(args)
+            .current_dir(dir)
+            .stdin(std::process::Stdio::null())
+            .env("NO_COLOR", "1")
+            .env("HOME", dir)
+            .env("ALOFT_API_URL", &self.api_url)
+            .env("ALOFT_API_TOKEN", self.token())
+            .env_remove("ALOFT_APP")
+            .output()
+            .expect("the aloft binary runs")
     }
 
     /// [`Dev::cli`] that must succeed and print JSON; returns it parsed.

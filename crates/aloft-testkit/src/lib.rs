@@ -14,6 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub mod app;
+pub mod debian;
 pub mod dev;
 pub mod edge;
 
@@ -599,6 +600,9 @@ impl Agent {
         .collect();
         if !extra.contains(&"--http") {
             args.extend(["--http".to_string(), "127.0.0.1:0".to_string()]);
+        }
+        if !extra.contains(&"--https") && !extra.contains(&"--no-https") {
+            args.extend(["--https".to_string(), "127.0.0.1:0".to_string()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();

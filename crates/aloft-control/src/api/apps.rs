@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use aloft_api::{
-    App, CreateAppRequest, CreateTokenRequest, CreateTokenResponse, ErrorBody, ListAppsQuery,
-    ListAppsResponse, RegionsResponse,
+    App, ClusterInfo, CreateAppRequest, CreateTokenRequest, CreateTokenResponse, ErrorBody,
+    ListAppsQuery, ListAppsResponse, RegionsResponse,
 };
 use axum::extract::State;
 use axum::http::{Method, StatusCode};
@@ -20,6 +20,7 @@ pub(super) fn routes(r: Routes) -> Routes {
         .at(Method::DELETE, "/v1/apps/{app}", delete_app)
         .at(Method::POST, "/v1/tokens", create_token)
         .at(Method::GET, "/v1/platform/regions", regions)
+        .at(Method::GET, "/v1/cluster", cluster)
 }
 
 /// List apps (an app token sees only its app).
@@ -102,4 +103,14 @@ pub(super) async fn regions(
     Json(RegionsResponse {
         regions: control.regions(),
     })
+}
+
+/// The registry's cluster-wide name and the apps' domain (any token).
+#[utoipa::path(get, path = "/v1/cluster", tag = "platform",
+    responses((status = 200, body = ClusterInfo), (status = 401, body = ErrorBody)))]
+pub(super) async fn cluster(
+    State(control): State<Arc<Control>>,
+    _scope: Scope,
+) -> Json<ClusterInfo> {
+    Json(control.cluster().clone())
 }

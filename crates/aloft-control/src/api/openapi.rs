@@ -25,7 +25,7 @@ impl Modify for BearerAuth {
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     paths(
-        apps::list_apps, apps::create_app, apps::get_app, apps::delete_app, apps::create_token, apps::regions,
+        apps::list_apps, apps::create_app, apps::get_app, apps::delete_app, apps::create_token, apps::regions, apps::cluster,
         machines::list_machines, machines::create_machine, machines::get_machine, machines::update_machine,
         machines::delete_machine, machines::start, machines::stop, machines::restart, machines::signal,
         machines::suspend, machines::cordon, machines::uncordon, machines::wait, machines::get_lease,

@@ -31,12 +31,17 @@ pub struct AgentArgs {
     /// The edge's HTTP address (public traffic for this host's region).
     #[arg(long, default_value = "0.0.0.0:80")]
     pub http: std::net::SocketAddr,
-    /// The edge's HTTPS address (certificates from the edge's own CA in the data dir).
+    /// The edge's HTTPS address: `<app>.<domain>` with certificates of the cluster's CA
+    /// (`aloft certs root`), custom hostnames with theirs.
+    #[arg(long, default_value = "0.0.0.0:443", conflicts_with = "no_https")]
+    pub https: std::net::SocketAddr,
+    /// Serve no HTTPS on this host's edge.
     #[arg(long)]
-    pub https: Option<std::net::SocketAddr>,
-    /// Apps answer at <app>.<domain> on the edge.
-    #[arg(long, default_value = "localhost")]
-    pub domain: String,
+    pub no_https: bool,
+    /// Apps answer at <app>.<domain> on the edge (default: the cluster's, `aloft server
+    /// --domain`).
+    #[arg(long)]
+    pub domain: Option<String>,
     /// Threads serving the edge's HTTP and HTTPS client connections, each with its own event
     /// loop and machine connections (default: one per CPU; 0: share the agent's runtime).
     #[arg(long)]
@@ -169,8 +174,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         runc: args.runc,
         init_binary: init,
         http: Some(args.http),
-        https: args.https,
-        domain: Some(args.domain),
+        https: (!args.no_https).then_some(args.https),
+        domain: args.domain,
         edge_workers: args
             .edge_workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),

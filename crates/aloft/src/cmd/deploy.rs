@@ -161,6 +161,8 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
         release_command::argv(&rc.command)?;
     }
     let api = context::api()?;
+    // The token, the app and the registry are checked before anything is built or pushed.
+    let destination = super::image::Destination::check(&api, &app).await?;
     let source = match source {
         Source::Image(image) => image,
         Source::Build(spec) => {
@@ -169,7 +171,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
             format!("docker://{tag}")
         }
     };
-    let image = resolve_image(&app, &source).await?;
+    let image = resolve_image(&destination, &source).await?;
     let configs = config.machine_configs(&image);
     if strategy == Strategy::Bluegreen && !configs.values().any(|c| health::checks_in(c) > 0) {
         return Err(UsageError(
@@ -197,36 +199,43 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
 }
 
 /// A registry reference as-is; a local image (layout dir, archive, docker://) pushed to the
-/// built-in registry as `APP:deployment-<digest>` first.
-pub async fn resolve_image(app: &str, source: &str) -> anyhow::Result<String> {
-    let local = source.starts_with("docker://")
-        || Path::new(source).exists()
-        || source
-            .rsplit_once(':')
-            .is_some_and(|(p, _)| Path::new(p).is_dir());
-    if !local {
+/// built-in registry as `APP:deployment-<digest>` first, and named by the registry's
+/// cluster-wide name pinned to its digest.
+pub async fn resolve_image(
+    destination: &super::image::Destination,
+    source: &str,
+) -> anyhow::Result<String> {
+    if !is_local(source) {
         return Ok(source.to_owned());
     }
-    let (url, token) = context::api_url_and_token()?;
-    let registry = url
-        .trim_start_matches("http://")
-        .trim_start_matches("https://")
-        .trim_end_matches('/')
-        .to_string();
     let scratch = std::env::temp_dir().join(format!("aloft-deploy-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)
         .with_context(|| format!("Cannot create {}", scratch.display()))?;
-    let pushable = super::image::load_source(source, &scratch)?;
-    // Tagged by content, so a later push cannot move what this release runs.
-    let digest = aloft_image::Digest::sha256_of(&pushable.manifest);
-    let short: String = digest.hex().chars().take(12).collect();
-    let dest = format!("{registry}/{app}:deployment-{short}");
-    let target =
-        aloft_image::push::PushTarget::parse(&dest, Some(token), url.starts_with("http://"))?;
-    super::image::push_with_progress(&pushable, &target).await?;
+    let pushed = match super::image::load_source(source, &scratch) {
+        Ok(pushable) => {
+            // Tagged by content, so a later push cannot move what this release runs.
+            let digest = aloft_image::Digest::sha256_of(&pushable.manifest);
+            let short: String = digest.hex().chars().take(12).collect();
+            destination
+                .push(&pushable, &format!("deployment-{short}"))
+                .await
+        }
+        Err(e) => Err(e),
+    };
     let _ = std::fs::remove_dir_all(&scratch);
-    println!("Pushed {dest}");
-    Ok(dest)
+    let reference = pushed?;
+    println!("Pushed {reference}");
+    Ok(reference)
+}
+
+/// Whether `source` names a local image (layout dir, archive, docker://) rather than a
+/// registry reference.
+fn is_local(source: &str) -> bool {
+    source.starts_with("docker://")
+        || Path::new(source).exists()
+        || source
+            .rsplit_once(':')
+            .is_some_and(|(p, _)| Path::new(p).is_dir())
 }
 
 /// Records a release and rolls it out; on failure rolls back and marks it `failed`.

@@ -39,19 +39,16 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
     match cmd {
         ImageCommand::Push { source, app, tag } => {
             let app = context::app(app)?;
-            let (url, token) = context::api_url_and_token()?;
-            let registry = url
-                .trim_start_matches("http://")
-                .trim_start_matches("https://")
-                .trim_end_matches('/')
-                .to_string();
-            let dest = format!("{registry}/{app}:{tag}");
-            let target = PushTarget::parse(&dest, Some(token), url.starts_with("http://"))?;
+            let api = context::api()?;
+            let destination = Destination::check(&api, &app).await?;
             let scratch = tempdir()?;
-            let image = load_source(&source, &scratch)?;
-            let digest = push_with_progress(&image, &target).await?;
+            let loaded = load_source(&source, &scratch);
+            let pushed = match loaded {
+                Ok(image) => destination.push(&image, &tag).await,
+                Err(e) => Err(e),
+            };
             let _ = std::fs::remove_dir_all(&scratch);
-            println!("Pushed {dest}@{digest}");
+            println!("Pushed {}", pushed?);
         }
         ImageCommand::List { app, json } => {
             let images = list(app.as_deref()).await?;
@@ -97,6 +94,63 @@ pub async fn run(cmd: ImageCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where an app's images go in the built-in registry, checked before anything is pushed.
+pub struct Destination {
+    app: String,
+    cluster: aloft_api::ClusterInfo,
+    url: String,
+    token: String,
+}
+
+impl Destination {
+    /// Checks that the token is valid, the app exists and the token may push to it, and
+    /// learns the registry's cluster-wide name.
+    pub async fn check(api: &aloft_api::Client, app: &str) -> anyhow::Result<Destination> {
+        let cluster = api
+            .cluster()
+            .await
+            .with_context(|| format!("Cannot reach the control plane at {}", api.base_url()))?;
+        match api.get_app(app).await {
+            Ok(_) => {}
+            Err(e) if e.status() == Some(404) => {
+                return Err(UsageError(format!(
+                    "App {app:?} does not exist: create it with `aloft apps create {app}` \
+                     (or `aloft launch` in the app's directory)"
+                ))
+                .into())
+            }
+            Err(e) => return Err(e).with_context(|| format!("Cannot push images for app {app:?}")),
+        }
+        Ok(Destination {
+            app: app.to_owned(),
+            cluster,
+            url: api.base_url().to_owned(),
+            token: api.token().to_owned(),
+        })
+    }
+
+    /// Pushes `image` as `<app>:<tag>` through the CLI's route to the registry and returns
+    /// the reference every host pulls it by: `<registry name>/<app>:<tag>@<digest>`, pinned
+    /// to what was pushed.
+    pub async fn push(&self, image: &PushableImage, tag: &str) -> anyhow::Result<String> {
+        let registry = self
+            .url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .trim_end_matches('/');
+        let target = PushTarget::parse(
+            &format!("{registry}/{}:{tag}", self.app),
+            Some(self.token.clone()),
+            self.url.starts_with("http://"),
+        )?;
+        let digest = push_with_progress(image, &target).await?;
+        Ok(format!(
+            "{}/{}:{tag}@{digest}",
+            self.cluster.registry, self.app
+        ))
+    }
 }
 
 /// Repositories (all, or one app's) and their tags, from the registry's catalog.

@@ -34,6 +34,15 @@ pub struct ServerArgs {
     /// the first pool of a family is used first.
     #[arg(long = "ip-pool", value_name = "CIDR")]
     pub ip_pools: Vec<aloft_control::ips::IpPool>,
+    /// Apps answer at <app>.<domain> on every edge (hosts take it from here unless their
+    /// agent is given its own --domain).
+    #[arg(long, default_value = "localhost", value_parser = domain_name)]
+    pub domain: String,
+    /// The built-in registry's cluster-wide name, used in every image reference the CLI and
+    /// deploys write; each host maps it to its own route to this server (default:
+    /// registry.<domain>).
+    #[arg(long, value_name = "NAME", value_parser = domain_name)]
+    pub registry_name: Option<String>,
     #[command(flatten)]
     pub acme: AcmeArgs,
     #[command(flatten)]
@@ -112,6 +121,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         listen: args.listen,
         data_dir: data_dir.clone(),
         heartbeat_timeout: Duration::from_secs(args.heartbeat_timeout),
+        cluster: aloft_api::ClusterInfo {
+            registry: args
+                .registry_name
+                .unwrap_or_else(|| aloft_api::ClusterInfo::default_registry(&args.domain)),
+            domain: args.domain,
+        },
     })
     .await
     .with_context(|| format!("Cannot open the control plane in {}", data_dir.display()))?;
@@ -138,6 +153,28 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     server.serve(listener, shutdown_signal()).await?;
     println!("aloft server stopped");
     Ok(())
+}
+
+/// A DNS name: dot-separated labels of lowercase letters, digits and inner dashes.
+pub fn domain_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a DNS name (lowercase letters, digits, inner dashes, dot-separated)"
+        ))
+    }
 }
 
 /// Mounts the built-in registry (kept in `DATA_DIR/registry`) at `/v2`.

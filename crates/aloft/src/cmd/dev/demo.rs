@@ -7,21 +7,15 @@ use aloft_api::{
     MachineState, WaitQuery,
 };
 use aloft_image::build::{self, BuildConfig};
-use aloft_image::push::PushTarget;
 use anyhow::Context as _;
 
 use super::{DEMO_APP, DEMO_PORT};
 use crate::context::UsageError;
 
 /// Packages the `hello` binary (with its shared libraries) as an image and pushes it to the
-/// registry at `push_to` (`host:port`). Returns the reference hosts pull it by, at `pull_from`.
-pub async fn push_image(
-    data_dir: &Path,
-    bin_dir: &Path,
-    push_to: &str,
-    pull_from: &str,
-    token: &str,
-) -> anyhow::Result<String> {
+/// built-in registry through `api` (creating the demo app first). Returns the reference hosts
+/// pull it by (the registry's cluster-wide name, pinned to the pushed digest).
+pub async fn push_image(api: &Client, data_dir: &Path, bin_dir: &Path) -> anyhow::Result<String> {
     let hello = bin_dir.join("hello");
     if !hello.exists() {
         return Err(UsageError(format!(
@@ -43,15 +37,11 @@ pub async fn push_image(
             ..Default::default()
         },
     )?;
-    let target = PushTarget::parse(
-        &format!("{push_to}/{DEMO_APP}:latest"),
-        Some(token.to_string()),
-        true,
-    )?;
+    ensure_app(api).await?;
+    let destination = crate::cmd::image::Destination::check(api, DEMO_APP).await?;
     let image = aloft_image::push::from_oci_layout(&layout, Some("latest"))?;
-    let digest = crate::cmd::image::push_with_progress(&image, &target).await?;
-    let reference = format!("{pull_from}/{DEMO_APP}:latest");
-    println!("image          {reference}@{digest}");
+    let reference = destination.push(&image, "latest").await?;
+    println!("image          {reference}");
     Ok(reference)
 }
 

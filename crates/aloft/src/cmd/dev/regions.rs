@@ -175,6 +175,8 @@ async fn bring_up(args: &DevArgs, from: &str, run: &mut Running) -> anyhow::Resu
         control.to_string(),
         "--data-dir".into(),
         server_dir.display().to_string(),
+        "--domain".into(),
+        args.domain.clone(),
     ];
     server_args.extend(args.traffic.server_args());
     spawn_in(run, "server", &topo.control_ns(), &exe, &server_args)?;
@@ -227,6 +229,8 @@ async fn bring_up(args: &DevArgs, from: &str, run: &mut Running) -> anyhow::Resu
             &topo.host_ip(region).to_string(),
             "--http",
             "[::]:80",
+            "--https",
+            "[::]:443",
             "--domain",
             &args.domain,
         ]
@@ -266,16 +270,7 @@ async fn bring_up(args: &DevArgs, from: &str, run: &mut Running) -> anyhow::Resu
     }
 
     // The demo app: one machine per region.
-    let registry = control.to_string();
-    let image = demo::push_image(
-        &data_dir,
-        &bin_dir,
-        &local_api.to_string(),
-        &registry,
-        &token,
-    )
-    .await?;
-    demo::ensure_app(&api).await?;
+    let image = demo::push_image(&api, &data_dir, &bin_dir).await?;
     let placed = futures::future::join_all(
         topo.regions
             .iter()
@@ -294,47 +289,39 @@ async fn bring_up(args: &DevArgs, from: &str, run: &mut Running) -> anyhow::Resu
         traffic::autoscale_demo(&api, &topo.regions).await?;
     }
 
-    // Each city's localhost reaches its nearest edge; this machine's --http goes through --from.
-    let anycast = SocketAddr::new(IpAddr::V4(ANYCAST_V4), 80);
+    // Each city's localhost reaches its nearest edge; this machine's --http and --https go
+    // through --from's.
     for city in &topo.regions {
         let ns = topo.client_ns(city);
-        for local in ["127.0.0.1:80", "[::1]:80"] {
-            let local: SocketAddr = local.parse()?;
+        for (local, port) in [
+            ("127.0.0.1", 80),
+            ("::1", 80),
+            ("127.0.0.1", 443),
+            ("::1", 443),
+        ] {
+            let local = SocketAddr::new(local.parse()?, port);
             let listener = netns::listen(Some(&ns), local)
                 .await
                 .with_context(|| format!("Cannot listen on {local} in {ns}"))?;
+            // Plain HTTP answers name the region that served them; TLS is relayed as is.
+            let report = (port == 80).then(|| Report {
+                city: city.clone(),
+                served: run.served.clone(),
+                verbose: args.verbose,
+            });
             netns::spawn_forwarder(
                 listener,
                 Dialer {
                     netns: Some(ns.clone()),
-                    target: anycast,
+                    target: SocketAddr::new(IpAddr::V4(ANYCAST_V4), port),
                 },
-                Some(Report {
-                    city: city.clone(),
-                    served: run.served.clone(),
-                    verbose: args.verbose,
-                }),
+                report,
                 run.stop.clone(),
             );
         }
     }
-    let listener = netns::listen(None, args.http)
-        .await
-        .with_context(|| format!("Cannot listen on {} (is another aloft running?)", args.http))?;
-    let http = listener.local_addr()?;
-    netns::spawn_forwarder(
-        listener,
-        Dialer {
-            netns: Some(topo.client_ns(from)),
-            target: anycast,
-        },
-        Some(Report {
-            city: from.to_string(),
-            served: run.served.clone(),
-            verbose: args.verbose,
-        }),
-        run.stop.clone(),
-    );
+    let http = forward_local(run, &topo, from, args.http, 80, args.verbose).await?;
+    let https = forward_local(run, &topo, from, args.https, 443, args.verbose).await?;
 
     // Wait until every city is answered, and say by which region.
     let host = format!("{DEMO_APP}.{}", args.domain);
@@ -344,12 +331,18 @@ async fn bring_up(args: &DevArgs, from: &str, run: &mut Running) -> anyhow::Resu
         println!("  from {city:<5} answered by {region}");
     }
     let app_url = format!("http://{host}:{}", http.port());
+    let secure_url = format!("https://{host}:{}", https.port());
+    let far = topo.regions.last().map_or("ams", String::as_str);
     println!();
     println!("  {app_url}");
+    println!("  {secure_url}");
     println!();
     println!(
-        "Try: curl {app_url}    or    aloft dev exec --from {} -- curl -s http://{host}/",
-        topo.regions.last().map_or("ams", String::as_str)
+        "HTTPS is signed by the cluster's CA: aloft certs root > ca.pem, then curl --cacert ca.pem {secure_url}"
+    );
+    println!(
+        "Try: curl {app_url}    or    aloft dev exec --from {far} -- curl -s http://{host}/    \
+         (https://{host}/ with --cacert from any city too)"
     );
     println!(
         "(Ctrl-C stops everything; {} is kept; logs in {})",
@@ -357,6 +350,37 @@ async fn bring_up(args: &DevArgs, from: &str, run: &mut Running) -> anyhow::Resu
         data_dir.join("logs").display()
     );
     Ok(())
+}
+
+/// Listens on `local` on this machine and forwards to `port` of the anycast address as seen
+/// from `city`; returns the bound address.
+async fn forward_local(
+    run: &Running,
+    topo: &Topology,
+    city: &str,
+    local: SocketAddr,
+    port: u16,
+    verbose: bool,
+) -> anyhow::Result<SocketAddr> {
+    let listener = netns::listen(None, local)
+        .await
+        .with_context(|| format!("Cannot listen on {local} (is another aloft running?)"))?;
+    let bound = listener.local_addr()?;
+    let report = (port == 80).then(|| Report {
+        city: city.to_string(),
+        served: run.served.clone(),
+        verbose,
+    });
+    netns::spawn_forwarder(
+        listener,
+        Dialer {
+            netns: Some(topo.client_ns(city)),
+            target: SocketAddr::new(IpAddr::V4(ANYCAST_V4), port),
+        },
+        report,
+        run.stop.clone(),
+    );
+    Ok(bound)
 }
 
 /// Asks the demo app from `city`'s client namespace through the anycast address until it

@@ -23,6 +23,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         listen: args.listen,
         data_dir: server_dir.clone(),
         heartbeat_timeout: Duration::from_secs(15),
+        cluster: aloft_api::ClusterInfo {
+            registry: aloft_api::ClusterInfo::default_registry(&args.domain),
+            domain: args.domain.clone(),
+        },
     })
     .await
     .with_context(|| format!("Cannot open the control plane in {}", server_dir.display()))?;
@@ -72,7 +76,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             init_binary: crate::cmd::agent::default_init()?,
             api_listen: None,
             http: Some(args.http),
-            https: None,
+            https: Some(args.https),
             domain: Some(args.domain.clone()),
             edge_workers: 0,
             edge_ready: Some(edge_tx),
@@ -100,8 +104,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     wait_for_region(&api, &args.region).await?;
 
     // The demo app: image, app, machine.
-    let registry = url.trim_start_matches("http://");
-    let image = demo::push_image(&args.at.data_dir, &bin_dir, registry, registry, &token).await?;
+    let image = demo::push_image(&api, &args.at.data_dir, &bin_dir).await?;
     let machine = demo::ensure_machine(&api, &args.region, &image).await?;
     println!(
         "machine        {} in {} at {}",
@@ -112,7 +115,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     wait_for_answer(edge_addr, &format!("{DEMO_APP}.{}", args.domain)).await?;
     println!();
     println!("  {app_url}");
-    println!();
+    if args.https.port() != 0 {
+        println!("  https://{DEMO_APP}.{}:{}", args.domain, args.https.port());
+        println!();
+        println!(
+            "HTTPS is signed by the cluster's CA: aloft certs root > ca.pem, then curl --cacert ca.pem"
+        );
+    }
     println!(
         "Try: curl {app_url}    (Ctrl-C stops everything; {} is kept)",
         args.at.data_dir.display()
