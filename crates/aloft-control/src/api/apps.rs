@@ -12,6 +12,7 @@ use axum::Json;
 
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, Routes, Scope};
 use crate::control::Control;
+use crate::services::tokens::TokenScope;
 
 pub(super) fn routes(r: Routes) -> Routes {
     r.at(Method::GET, "/v1/apps", list_apps)
@@ -30,7 +31,11 @@ pub(super) async fn list_apps(
     scope: Scope,
     ApiQuery(query): ApiQuery<ListAppsQuery>,
 ) -> Result<Json<ListAppsResponse>, ApiError> {
-    let apps = control.list_apps(query.org_slug.as_deref(), &scope.0)?;
+    let only = match &scope.0 {
+        TokenScope::App(app) => Some(app.as_str()),
+        _ => None,
+    };
+    let apps = control.apps().list(query.org_slug.as_deref(), only)?;
     Ok(Json(ListAppsResponse {
         total_apps: apps.len() as u64,
         apps,
@@ -46,7 +51,7 @@ pub(super) async fn create_app(
     ApiJson(req): ApiJson<CreateAppRequest>,
 ) -> Result<(StatusCode, Json<App>), ApiError> {
     scope.require_admin()?;
-    let app = control.create_app(
+    let app = control.apps().create(
         &req.app_name,
         req.org_slug.as_deref(),
         req.network.as_deref(),
@@ -63,7 +68,7 @@ pub(super) async fn get_app(
     ApiPath(app): ApiPath<String>,
 ) -> Result<Json<App>, ApiError> {
     scope.require_app(&app)?;
-    Ok(Json(control.get_app(&app)?))
+    Ok(Json(control.apps().get(&app)?))
 }
 
 /// Delete an app that has no machines left (202).
@@ -75,7 +80,7 @@ pub(super) async fn delete_app(
     ApiPath(app): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     scope.require_admin()?;
-    control.delete_app(&app)?;
+    control.apps().delete(&app)?;
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -88,7 +93,7 @@ pub(super) async fn create_token(
     ApiJson(req): ApiJson<CreateTokenRequest>,
 ) -> Result<(StatusCode, Json<CreateTokenResponse>), ApiError> {
     scope.require_admin()?;
-    let token = control.create_token(&req)?;
+    let token = control.tokens().create(&req)?;
     Ok((StatusCode::CREATED, Json(CreateTokenResponse { token })))
 }
 
@@ -100,6 +105,6 @@ pub(super) async fn regions(
     _scope: Scope,
 ) -> Json<RegionsResponse> {
     Json(RegionsResponse {
-        regions: control.regions(),
+        regions: control.hosts().regions(),
     })
 }

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, Routes, Scope};
 use crate::control::Control;
-use crate::machines::exec::AgentTarget;
+use crate::services::machines::exec::AgentTarget;
 
 /// How long connecting to an agent may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -83,7 +83,7 @@ pub(super) async fn exec(
 ) -> Result<Json<ExecResponse>, ApiError> {
     scope.require_app(&app)?;
     req.argv().map_err(ApiError::BadRequest)?;
-    let target = control.exec_target(&app, &machine)?;
+    let target = control.machines().exec_target(&app, &machine)?;
     let timeout = Duration::from_secs(req.timeout_secs()) + EXEC_SLACK;
     let response = http()
         .post(agent_url(&target, "exec"))
@@ -115,7 +115,10 @@ pub(super) async fn logs(
     ApiQuery(query): ApiQuery<LogsQuery>,
 ) -> Result<Response, ApiError> {
     scope.require_app(&app)?;
-    let targets = control.log_targets(&app, query.region.as_deref(), query.machine.as_deref())?;
+    let targets =
+        control
+            .machines()
+            .log_targets(&app, query.region.as_deref(), query.machine.as_deref())?;
     let (tx, mut rx) = mpsc::channel::<Bytes>(256);
     for target in targets {
         tokio::spawn(pump(target, query.follow, tx.clone()));
