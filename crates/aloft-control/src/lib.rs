@@ -25,7 +25,7 @@ pub mod core;
 mod layering;
 pub mod services;
 
-pub use services::{acme, autoscale, geodns, ips};
+pub use services::{acme, autoscale, geodns, ips, placement};
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -36,6 +36,9 @@ fn user_info() -> CertificateInfo {
     }
 }
 
+/// A sealed value: (nonce, ciphertext).
+pub type SealedBlob = (Vec<u8>, Vec<u8>);
+
 /// An issued ACME certificate with its sealed key.
 #[derive(Debug, Clone)]
 pub struct IssuedRow {
@@ -275,8 +278,8 @@ impl Db<'_> {
             > 0)
     }
 
-    /// The sealed account credentials for an ACME directory: (nonce, sealed).
-    pub fn acme_account(&self, directory: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    /// The sealed account credentials for an ACME directory.
+    pub fn acme_account(&self, directory: &str) -> Result<Option<SealedBlob>, StoreError> {
         Ok(self
             .conn
             .query_row(

@@ -66,7 +66,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
         DELETE FROM edge_certificates WHERE app = OLD.name;
         DELETE FROM acme_certificates WHERE app = OLD.name;
      END;",
-    // 8: dedicated public addresses of apps (`ips.rs`); an app's are freed when it is deleted
+    // 8: dedicated public addresses of apps (the ips service); an app's are freed when it is deleted
     // (by the trigger, inside the app's delete transaction).
     "CREATE TABLE IF NOT EXISTS app_ips (address TEXT PRIMARY KEY, app TEXT NOT NULL,
         kind TEXT NOT NULL, created_at TEXT NOT NULL);

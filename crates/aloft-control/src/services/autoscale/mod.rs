@@ -44,14 +44,14 @@ pub enum AutoscaleError {
     Store(#[from] StoreError),
 }
 
-/// Load reports (in memory: a restarted control plane waits for the next reports) and the
-/// scaler's memory.
+/// The latest load report of each host (in memory: a restarted control plane waits for the
+/// next reports).
 #[derive(Debug, Default)]
 struct Loads {
     loads: Mutex<HashMap<String, HostLoad>>,
 }
 
-/// The autoscaling service: load reports, policies and the scaler.
+/// The autoscaling service: load reports, policies, and the scaler with its memory.
 #[derive(Debug)]
 pub struct Autoscale {
     store: Arc<Store>,

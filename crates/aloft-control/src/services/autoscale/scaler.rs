@@ -347,12 +347,7 @@ impl Autoscale {
     fn autoscale_start(&self, app: &str, id: &str) -> Result<(), MachineError> {
         self.machines
             .mutate(app, id, Caller::User(None), |row, extra, _| {
-                if !is_startable(row.state) {
-                    return Err(MachineError::WrongState(format!(
-                        "Machine {id} is {}, not stopped",
-                        row.state
-                    )));
-                }
+                require_stopped(row)?;
                 row.desired = DesiredState::Started;
                 go(row, extra, MachineState::Starting, "start", SOURCE)?;
                 row.restart_seq += 1;
@@ -366,8 +361,8 @@ impl Autoscale {
             .mutate(app, id, Caller::User(None), |row, extra, _| {
                 if row.state != MachineState::Started {
                     return Err(MachineError::WrongState(format!(
-                        "Machine {id} is {}, not started",
-                        row.state
+                        "Machine {} is {}, not started",
+                        row.id, row.state
                     )));
                 }
                 row.desired = DesiredState::Stopped;
@@ -381,12 +376,7 @@ impl Autoscale {
     fn autoscale_destroy(&self, app: &str, id: &str) -> Result<(), MachineError> {
         self.machines
             .mutate(app, id, Caller::User(None), |row, extra, _| {
-                if !is_startable(row.state) {
-                    return Err(MachineError::WrongState(format!(
-                        "Machine {id} is {}, not stopped",
-                        row.state
-                    )));
-                }
+                require_stopped(row)?;
                 row.desired = DesiredState::Destroyed;
                 row.lease = None;
                 go(row, extra, MachineState::Destroying, "destroy", SOURCE)
@@ -407,6 +397,18 @@ impl Autoscale {
         };
         let m = self.machines.create_by(app, req, SOURCE, SOURCE)?;
         Ok(m.id)
+    }
+}
+
+/// Only a stopped (or suspended) machine is started or destroyed by the scaler.
+fn require_stopped(row: &MachineRow) -> Result<(), MachineError> {
+    if is_startable(row.state) {
+        Ok(())
+    } else {
+        Err(MachineError::WrongState(format!(
+            "Machine {} is {}, not stopped",
+            row.id, row.state
+        )))
     }
 }
 

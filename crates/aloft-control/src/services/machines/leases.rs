@@ -4,13 +4,13 @@ use std::collections::BTreeMap;
 
 use aloft_api::{Lease, MachineEvent, MachineVersion};
 
-use super::{checked_ttl, new_lease, now_unix, Caller, MachineError, Machines, DEFAULT_LEASE_TTL};
+use super::{checked_ttl, new_lease, unix_now, Caller, MachineError, Machines, DEFAULT_LEASE_TTL};
 
 impl Machines {
     pub fn get_lease(&self, app: &str, id: &str) -> Result<Lease, MachineError> {
         let inner = self.store.lock();
         let row = inner.db().machine(app, id)?;
-        row.active_lease(now_unix())
+        row.active_lease(unix_now())
             .cloned()
             .ok_or_else(|| MachineError::NotFound(format!("Machine {id} has no active lease")))
     }
@@ -27,9 +27,9 @@ impl Machines {
     ) -> Result<Lease, MachineError> {
         let ttl = checked_ttl(ttl.unwrap_or(DEFAULT_LEASE_TTL))?;
         let (lease, _) = self.mutate(app, id, Caller::User(nonce), |row, _, _| {
-            let lease = match row.active_lease(now_unix()) {
+            let lease = match row.active_lease(unix_now()) {
                 Some(current) => Lease {
-                    expires_at: now_unix() + ttl as i64,
+                    expires_at: unix_now() + ttl as i64,
                     description: description.unwrap_or_else(|| current.description.clone()),
                     ..current.clone()
                 },
@@ -48,7 +48,7 @@ impl Machines {
         nonce: Option<&str>,
     ) -> Result<(), MachineError> {
         self.mutate(app, id, Caller::User(nonce), |row, _, _| {
-            if row.active_lease(now_unix()).is_none() {
+            if row.active_lease(unix_now()).is_none() {
                 return Err(MachineError::NotFound(format!(
                     "Machine {id} has no active lease"
                 )));

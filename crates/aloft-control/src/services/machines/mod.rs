@@ -20,7 +20,7 @@ use super::hosts::Hosts;
 use super::image::parse_image_ref;
 use super::placement::{place, PlacementRequest};
 use crate::core::state::transition;
-use crate::core::store::{MachineRow, NewMachine, PendingEvent};
+use crate::core::store::{unix_now, MachineRow, NewMachine, PendingEvent};
 use crate::core::{now_rfc3339, Inner, Store};
 
 pub use error::MachineError;
@@ -41,10 +41,6 @@ pub(crate) const MAX_WAIT: u64 = 300;
 pub enum Caller<'a> {
     User(Option<&'a str>),
     Agent,
-}
-
-pub(crate) fn now_unix() -> i64 {
-    chrono::Utc::now().timestamp()
 }
 
 pub(crate) fn event(kind: &str, status: &str, source: &'static str) -> PendingEvent {
@@ -73,7 +69,7 @@ pub(crate) fn go(
 }
 
 pub(crate) fn check_lease(row: &MachineRow, nonce: Option<&str>) -> Result<(), MachineError> {
-    match row.active_lease(now_unix()) {
+    match row.active_lease(unix_now()) {
         Some(lease) if nonce != Some(lease.nonce.as_str()) => Err(MachineError::Leased(format!(
             "Machine {} is leased by {} until {}; send its nonce in the fly-machine-lease-nonce header",
             row.id,
@@ -306,7 +302,7 @@ pub(crate) fn checked_ttl(ttl: u64) -> Result<u64, MachineError> {
 pub(crate) fn new_lease(row: &MachineRow, ttl: u64, owner: &str, description: &str) -> Lease {
     Lease {
         nonce: crate::core::ids::short_id()[..12].to_owned(),
-        expires_at: now_unix() + ttl as i64,
+        expires_at: unix_now() + ttl as i64,
         owner: owner.to_owned(),
         description: description.to_owned(),
         version: row.version.clone(),
