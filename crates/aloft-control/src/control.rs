@@ -18,6 +18,7 @@ use crate::services::apps::Apps;
 use crate::services::autoscale::scaler::Action;
 use crate::services::autoscale::{self, Autoscale, AutoscaleError, ScalerOptions};
 use crate::services::certs::Certs;
+use crate::services::exec::Exec;
 use crate::services::geodns::{LiveEdge, Zone};
 use crate::services::hosts::{self, Hosts, LivenessChange};
 use crate::services::ips::{IpPool, Ips};
@@ -34,6 +35,7 @@ pub struct Control {
     apps: Arc<Apps>,
     hosts: Arc<Hosts>,
     machines: Arc<Machines>,
+    exec: Exec,
     secrets: Secrets,
     releases: Releases,
     autoscale: Arc<Autoscale>,
@@ -62,6 +64,7 @@ impl Control {
         let machines = Arc::new(Machines::new(store.clone(), hosts.clone()));
         let control = Control {
             apps: Arc::new(Apps::new(store.clone(), tokens.clone())),
+            exec: Exec::new(machines.clone()),
             secrets: Secrets::new(store.clone()),
             releases: Releases::new(store.clone()),
             autoscale: Arc::new(Autoscale::new(
@@ -95,6 +98,10 @@ impl Control {
 
     pub fn machines(&self) -> &Machines {
         &self.machines
+    }
+
+    pub fn exec(&self) -> &Exec {
+        &self.exec
     }
 
     pub fn secrets(&self) -> &Secrets {

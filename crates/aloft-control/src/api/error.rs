@@ -15,6 +15,7 @@ use crate::services::acme::AcmeError;
 use crate::services::apps::AppError;
 use crate::services::autoscale::AutoscaleError;
 use crate::services::certs::CertError;
+use crate::services::exec::{ExecError, Refusal};
 use crate::services::hosts::HostError;
 use crate::services::image::ImageRefError;
 use crate::services::ips::IpError;
@@ -186,6 +187,23 @@ impl From<MachineError> for ApiError {
             MachineError::HostUnavailable(message) => ApiError::Unavailable(message),
             MachineError::Secrets(e) => e.into(),
             MachineError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<ExecError> for ApiError {
+    fn from(e: ExecError) -> Self {
+        match e {
+            ExecError::Invalid(message) => ApiError::BadRequest(message),
+            ExecError::Machine(e) => e.into(),
+            ExecError::Refused { kind, message } => match kind {
+                Refusal::Invalid => ApiError::BadRequest(message),
+                Refusal::NotFound => ApiError::NotFound(message),
+                Refusal::WrongState => ApiError::Precondition(message),
+            },
+            ExecError::Unreachable { .. } | ExecError::AgentFailed { .. } => {
+                ApiError::Unavailable(e.to_string())
+            }
         }
     }
 }

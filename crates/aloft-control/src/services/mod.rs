@@ -9,6 +9,7 @@
 //! - `hosts`: registration, heartbeats, liveness, regions, mesh peers.
 //! - `secrets`: app secrets sealed at rest.
 //! - `machines`: the Machines API, leases, agents' reports and watch, exec targets.
+//! - `exec`: commands and log streams in machines, through their hosts' agents.
 //! - `releases`: release records.
 //! - `autoscale`: load reports, policies, the scaler (drives `machines`).
 //! - `certs`: the cluster CA, user and ACME certificates as stored.
@@ -21,6 +22,7 @@ pub mod acme;
 pub mod apps;
 pub mod autoscale;
 pub mod certs;
+pub mod exec;
 pub mod geodns;
 pub mod hosts;
 pub mod image;

@@ -19,8 +19,8 @@ pub struct AgentTarget {
 }
 
 impl Machines {
-    /// The agent to exec in a machine through: 404 for an unknown machine, 412 unless it is
-    /// started, 503 when its host is unreachable or has no API.
+    /// The agent to exec in a machine through; fails for an unknown machine, one that is not
+    /// started, or one whose host is unreachable or has no agent API.
     pub fn exec_target(&self, app: &str, id: &str) -> Result<AgentTarget, MachineError> {
         let inner = self.store.lock();
         inner.db().require_app(app)?;
