@@ -8,21 +8,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aloft_api::WatchEvent;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::core::{Store, StoreError};
-use crate::services::acme::{self, Acme, AcmeOptions};
+use crate::services::acme::{self, Acme};
 use crate::services::apps::Apps;
-use crate::services::autoscale::scaler::Action;
-use crate::services::autoscale::{self, Autoscale, AutoscaleError, ScalerOptions};
+use crate::services::autoscale::{self, Autoscale, ScalerOptions};
 use crate::services::certs::Certs;
 use crate::services::exec::Exec;
 use crate::services::geodns::{LiveEdge, Zone};
-use crate::services::hosts::{self, Hosts, LivenessChange};
-use crate::services::ips::{IpPool, Ips};
-use crate::services::machines::{MachineError, Machines};
+use crate::services::hosts::{self, Hosts};
+use crate::services::ips::Ips;
+use crate::services::machines::Machines;
 use crate::services::releases::Releases;
 use crate::services::routes::RouteTables;
 use crate::services::secrets::Secrets;
@@ -154,45 +152,6 @@ impl Control {
 
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.store.revisions().shutdown_signal()
-    }
-
-    /// Orders certificates from an ACME CA (once, before serving).
-    pub fn configure_acme(&self, options: AcmeOptions) {
-        self.acme.configure(options);
-    }
-
-    /// Allocates dedicated addresses from these networks (once, before serving).
-    pub fn configure_ip_pools(&self, pools: Vec<IpPool>) {
-        self.ips.configure(pools);
-    }
-
-    /// Checks host liveness now (the liveness loop does this every fraction of the
-    /// heartbeat timeout).
-    pub fn refresh_liveness(&self) -> Result<LivenessChange, StoreError> {
-        self.hosts.refresh_liveness()
-    }
-
-    /// One autoscaler pass now.
-    pub fn autoscale_tick(&self, opts: &ScalerOptions) -> Vec<(String, String, Action)> {
-        self.autoscale.tick(opts)
-    }
-
-    /// Keeps a host's latest load report.
-    pub fn record_load(
-        &self,
-        host: &str,
-        report: aloft_api::LoadReport,
-    ) -> Result<(), AutoscaleError> {
-        self.autoscale.record_load(host, report)
-    }
-
-    /// Assignments of `host` changed after `since`, and the revision the answer is complete to.
-    pub fn host_changes(
-        &self,
-        host: &str,
-        since: u64,
-    ) -> Result<(Vec<WatchEvent>, u64), MachineError> {
-        self.machines.host_changes(host, since)
     }
 
     /// Starts the loops that must run once per cluster: host liveness, the autoscaler and

@@ -136,14 +136,14 @@ impl Server {
 
     /// Orders certificates for custom hostnames from an ACME CA (`docs/edge.md`, "ACME").
     pub fn acme(self, options: acme::AcmeOptions) -> Self {
-        self.control.configure_acme(options);
+        self.control.acme().configure(options);
         self
     }
 
     /// Allocates dedicated app addresses from these networks (`docs/edge.md`, "Dedicated
     /// addresses").
     pub fn ip_pools(self, pools: Vec<ips::IpPool>) -> Self {
-        self.control.configure_ip_pools(pools);
+        self.control.ips().configure(pools);
         self
     }
 

@@ -1,4 +1,5 @@
-//! The HTTP API: routing, authentication, extractors and the one place errors become statuses.
+//! The HTTP API: routing, authentication and extractors; handlers extract, authorize, call
+//! one service and map its error. `error.rs` is the one place errors become statuses.
 //!
 //! Status codes (every error body is `{"error": "..."}`):
 //! - 400: malformed or mistyped JSON, bad query, invalid config (image reference, guest size

@@ -190,8 +190,8 @@ impl Acme {
         self.state.options.get().is_some()
     }
 
-    /// `POST /v1/certs/acme`: records a pending certificate for the hostname and starts its
-    /// order (unless one is running), replacing a user certificate of the same name.
+    /// Records a pending certificate for the hostname of an app and starts its order (unless
+    /// one is running), replacing a user certificate of the same name.
     pub fn order(
         self: &Arc<Self>,
         req: &OrderCertificateRequest,
@@ -281,7 +281,7 @@ impl Acme {
         Ok(())
     }
 
-    /// `GET /v1/edge/acme`: records what the edge has installed, then answers with the
+    /// An edge's long poll: records what the edge has installed, then answers with the
     /// challenges once they differ from `seen` (or after the poll wait).
     pub async fn edge_acme(&self, edge: &str, https: bool, seen: Option<u64>) -> EdgeAcme {
         self.state.record(edge, https, seen);
