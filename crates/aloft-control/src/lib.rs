@@ -1,30 +1,31 @@
 //! The control plane: the Fly-compatible Machines API (`/v1`), tokens, hosts, placement and
 //! the agent protocol, over an embedded SQLite store in the data directory.
 //!
-//! It owns apps, machines' desired config and state, hosts and the global revision. It must
-//! not run machines (the agent does) nor parse `aloft.toml` (the CLI does); it talks to
-//! both only through the wire types in `aloft-api`.
+//! It owns apps, machines' desired config and state, hosts, releases, secrets, certificates,
+//! dedicated addresses and the global revision. It must not run machines (the agent does) nor
+//! parse `aloft.toml` (the CLI does); it talks to both only through the wire types in
+//! `aloft-api`.
+//!
+//! Three layers, each importing only downwards (`layering.rs` tests it):
+//! - [`core`]: the store and all its SQL, revisions and change notification, the machine
+//!   lifecycle. It must never import `services`, `api` or `control`, nor any HTTP type.
+//! - [`services`]: one service per subject with its own state and error enum. A service must
+//!   never import `api` or `control`, and chooses no HTTP status.
+//! - [`api`]: axum handlers (extract, authorize, call a service) and the one place service
+//!   errors become HTTP statuses.
+//!
+//! [`Control`] composes the services and starts the singleton loops; [`Server`] serves it.
 
 #![forbid(unsafe_code)]
 
-pub mod acme;
 pub mod api;
-pub mod auth;
-pub mod autoscale;
-pub mod certs;
 pub mod control;
-pub mod geodns;
-pub mod ids;
-pub mod image;
-pub mod ips;
-pub mod liveness;
-pub mod machines;
-pub mod placement;
-pub mod releases;
-pub mod routes;
-pub mod secrets;
-pub mod state;
-pub mod store;
+pub mod core;
+#[cfg(test)]
+mod layering;
+pub mod services;
+
+pub use services::{acme, autoscale, geodns, ips, placement};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,8 +34,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use auth::TokenScope;
 pub use control::Control;
+pub use services::tokens::TokenScope;
 
 /// Where and how the server runs.
 #[derive(Debug, Clone)]
@@ -70,7 +71,7 @@ pub enum ControlError {
     #[error("Cannot create data directory {0}")]
     DataDir(PathBuf, #[source] std::io::Error),
     #[error("Cannot open the store")]
-    Store(#[from] store::StoreError),
+    Store(#[from] core::StoreError),
     #[error("Cannot write admin token to {0}")]
     AdminToken(PathBuf, #[source] std::io::Error),
     #[error("HTTP server failed")]
@@ -144,14 +145,14 @@ impl Server {
 
     /// Orders certificates for custom hostnames from an ACME CA (`docs/edge.md`, "ACME").
     pub fn acme(self, options: acme::AcmeOptions) -> Self {
-        self.control.configure_acme(options);
+        self.control.acme().configure(options);
         self
     }
 
     /// Allocates dedicated app addresses from these networks (`docs/edge.md`, "Dedicated
     /// addresses").
     pub fn ip_pools(self, pools: Vec<ips::IpPool>) -> Self {
-        self.control.configure_ip_pools(pools);
+        self.control.ips().configure(pools);
         self
     }
 
@@ -168,14 +169,7 @@ impl Server {
     ) -> Result<(), ControlError> {
         let control = self.control.clone();
         let router = self.router();
-        let scaler = tokio::spawn(autoscale::scaler::run(control.clone(), self.scaler));
-        let liveness = tokio::spawn(liveness::run(
-            control.clone(),
-            self.options.heartbeat_timeout,
-        ));
-        let renewals = control
-            .acme_enabled()
-            .then(|| tokio::spawn(acme::renew_loop(control.clone())));
+        let loops = control.start_loops(self.scaler);
         tracing::info!(addr = ?listener.local_addr().ok(), "control plane listening");
         axum::serve(listener, router)
             .with_graceful_shutdown(async move {
@@ -184,11 +178,7 @@ impl Server {
             })
             .await
             .map_err(ControlError::Serve)?;
-        scaler.abort();
-        liveness.abort();
-        if let Some(r) = renewals {
-            r.abort();
-        }
+        drop(loops);
         Ok(())
     }
 }

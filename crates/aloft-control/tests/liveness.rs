@@ -53,7 +53,7 @@ async fn a_silent_host_leaves_the_route_table_and_comes_back_when_it_heartbeats(
     let env = reopen(env, Duration::from_millis(1500)).await;
     let control = env.server.control();
     assert_eq!(
-        control.refresh_liveness().unwrap(),
+        control.hosts().refresh_liveness().unwrap(),
         Default::default(),
         "nothing is down right after a start"
     );
@@ -71,7 +71,7 @@ async fn a_silent_host_leaves_the_route_table_and_comes_back_when_it_heartbeats(
     let change = loop {
         let (status, _) = env.post("/v1/hosts/near/heartbeat").send().await;
         assert_eq!(status, StatusCode::OK);
-        let change = control.refresh_liveness().unwrap();
+        let change = control.hosts().refresh_liveness().unwrap();
         if change.revision.is_some() {
             break change;
         }
@@ -109,7 +109,10 @@ async fn a_silent_host_leaves_the_route_table_and_comes_back_when_it_heartbeats(
         .await;
     assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{body}");
     // A second check changes nothing.
-    assert_eq!(control.refresh_liveness().unwrap(), Default::default());
+    assert_eq!(
+        control.hosts().refresh_liveness().unwrap(),
+        Default::default()
+    );
 
     // syd heartbeats again: its machine is routable at once, at a newer revision.
     let (status, host) = env.post("/v1/hosts/far/heartbeat").send().await;

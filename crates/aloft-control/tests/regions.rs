@@ -360,14 +360,14 @@ async fn the_scaler_follows_the_load_entering_a_region_within_bounds() {
     };
 
     // No load: nothing happens.
-    assert!(control.autoscale_tick(&opts).is_empty());
+    assert!(control.autoscale().tick(&opts).is_empty());
     // Load entering at ams does not scale syd.
-    control.record_load("h-ams", load(5)).unwrap();
-    assert!(control.autoscale_tick(&opts).is_empty());
+    control.autoscale().record_load("h-ams", load(5)).unwrap();
+    assert!(control.autoscale().tick(&opts).is_empty());
 
     // Five in flight at syd with a target of 1 and a max of 2: two clones appear in syd.
-    control.record_load("h-syd", load(5)).unwrap();
-    let done = control.autoscale_tick(&opts);
+    control.autoscale().record_load("h-syd", load(5)).unwrap();
+    let done = control.autoscale().tick(&opts);
     assert_eq!(
         done.iter()
             .map(|(_, r, a)| (r.as_str(), a.clone()))
@@ -387,7 +387,7 @@ async fn the_scaler_follows_the_load_entering_a_region_within_bounds() {
         );
     }
     // Starting machines count: a second pass does not create more.
-    assert!(control.autoscale_tick(&opts).is_empty());
+    assert!(control.autoscale().tick(&opts).is_empty());
     for m in &syd {
         let (status, body) = env.report("h-syd", m, "started").await;
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -408,12 +408,12 @@ async fn the_scaler_follows_the_load_entering_a_region_within_bounds() {
 
     // The load goes: after the (here zero) idle time both stop, never below min 0; the
     // machine in ams, outside the policy, is left alone.
-    control.record_load("h-syd", load(0)).unwrap();
+    control.autoscale().record_load("h-syd", load(0)).unwrap();
     assert!(
-        control.autoscale_tick(&opts).is_empty(),
+        control.autoscale().tick(&opts).is_empty(),
         "the first quiet pass only starts the clock"
     );
-    let done = control.autoscale_tick(&opts);
+    let done = control.autoscale().tick(&opts);
     assert_eq!(done.len(), 2, "{done:?}");
     assert!(
         done.iter()
@@ -434,8 +434,8 @@ async fn the_scaler_follows_the_load_entering_a_region_within_bounds() {
     );
 
     // Load again: the stopped clones start before anything new is created.
-    control.record_load("h-syd", load(1)).unwrap();
-    let done = control.autoscale_tick(&opts);
+    control.autoscale().record_load("h-syd", load(1)).unwrap();
+    let done = control.autoscale().tick(&opts);
     assert_eq!(done.len(), 1, "{done:?}");
     assert!(matches!(&done[0].2, Action::Start(_)), "{done:?}");
 
@@ -448,13 +448,13 @@ async fn the_scaler_follows_the_load_entering_a_region_within_bounds() {
         .send()
         .await;
     env.report("h-syd", &m, "started").await;
-    control.record_load("h-syd", load(0)).unwrap();
+    control.autoscale().record_load("h-syd", load(0)).unwrap();
     let quick = ScalerOptions {
         destroy_after: Duration::ZERO,
         ..opts
     };
-    let mut done = control.autoscale_tick(&quick);
-    done.extend(control.autoscale_tick(&quick));
+    let mut done = control.autoscale().tick(&quick);
+    done.extend(control.autoscale().tick(&quick));
     let stopped: Vec<_> = done
         .iter()
         .filter(|(_, _, a)| matches!(a, Action::Stop(_)))

@@ -207,7 +207,13 @@ async fn agents_receive_secrets_with_their_assignments() {
         .send()
         .await;
     env.machine("web", json!({"region": "ams"})).await;
-    let events = env.server.control().host_changes("h1", 0).unwrap().0;
+    let events = env
+        .server
+        .control()
+        .machines()
+        .host_changes("h1", 0)
+        .unwrap()
+        .0;
     assert_eq!(events.len(), 1);
     let m = events[0].machine.as_ref().unwrap();
     assert_eq!(m.secrets.get("TOKEN").map(String::as_str), Some("abc"));

@@ -12,6 +12,7 @@ use axum::Json;
 
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, Routes, Scope};
 use crate::control::Control;
+use crate::services::tokens::TokenScope;
 
 pub(super) fn routes(r: Routes) -> Routes {
     r.at(Method::GET, "/v1/apps", list_apps)
@@ -31,7 +32,11 @@ pub(super) async fn list_apps(
     scope: Scope,
     ApiQuery(query): ApiQuery<ListAppsQuery>,
 ) -> Result<Json<ListAppsResponse>, ApiError> {
-    let apps = control.list_apps(query.org_slug.as_deref(), &scope.0)?;
+    let only = match &scope.0 {
+        TokenScope::App(app) => Some(app.as_str()),
+        _ => None,
+    };
+    let apps = control.apps().list(query.org_slug.as_deref(), only)?;
     Ok(Json(ListAppsResponse {
         total_apps: apps.len() as u64,
         apps,
@@ -47,7 +52,7 @@ pub(super) async fn create_app(
     ApiJson(req): ApiJson<CreateAppRequest>,
 ) -> Result<(StatusCode, Json<App>), ApiError> {
     scope.require_admin()?;
-    let app = control.create_app(
+    let app = control.apps().create(
         &req.app_name,
         req.org_slug.as_deref(),
         req.network.as_deref(),
@@ -64,7 +69,7 @@ pub(super) async fn get_app(
     ApiPath(app): ApiPath<String>,
 ) -> Result<Json<App>, ApiError> {
     scope.require_app(&app)?;
-    Ok(Json(control.get_app(&app)?))
+    Ok(Json(control.apps().get(&app)?))
 }
 
 /// Delete an app that has no machines left (202).
@@ -76,7 +81,7 @@ pub(super) async fn delete_app(
     ApiPath(app): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     scope.require_admin()?;
-    control.delete_app(&app)?;
+    control.apps().delete(&app)?;
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -89,7 +94,7 @@ pub(super) async fn create_token(
     ApiJson(req): ApiJson<CreateTokenRequest>,
 ) -> Result<(StatusCode, Json<CreateTokenResponse>), ApiError> {
     scope.require_admin()?;
-    let token = control.create_token(&req)?;
+    let token = control.tokens().create(&req)?;
     Ok((StatusCode::CREATED, Json(CreateTokenResponse { token })))
 }
 
@@ -101,7 +106,7 @@ pub(super) async fn regions(
     _scope: Scope,
 ) -> Json<RegionsResponse> {
     Json(RegionsResponse {
-        regions: control.regions(),
+        regions: control.hosts().regions(),
     })
 }
 

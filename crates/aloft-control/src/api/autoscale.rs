@@ -10,6 +10,7 @@ use axum::Json;
 
 use super::{ApiError, ApiJson, ApiPath, Routes, Scope};
 use crate::control::Control;
+use crate::services::tokens::TokenScope;
 
 pub(super) fn routes(r: Routes) -> Routes {
     r.at(Method::GET, "/v1/apps/{app}/autoscale", get_policy)
@@ -27,7 +28,7 @@ pub(super) async fn get_policy(
     ApiPath(app): ApiPath<String>,
 ) -> Result<Json<AutoscalePolicy>, ApiError> {
     scope.require_app(&app)?;
-    Ok(Json(control.get_autoscale(&app)?))
+    Ok(Json(control.autoscale().policy(&app)?))
 }
 
 /// Replaces the app's autoscaling policy; `{"regions": {}}` turns autoscaling off.
@@ -42,7 +43,7 @@ pub(super) async fn put_policy(
     ApiJson(policy): ApiJson<AutoscalePolicy>,
 ) -> Result<Json<AutoscalePolicy>, ApiError> {
     scope.require_app(&app)?;
-    Ok(Json(control.set_autoscale(&app, policy)?))
+    Ok(Json(control.autoscale().set_policy(&app, policy)?))
 }
 
 /// The app's live load entering each region, its machines there, and the scaler's target.
@@ -54,7 +55,7 @@ pub(super) async fn app_load(
     ApiPath(app): ApiPath<String>,
 ) -> Result<Json<AppLoadStatus>, ApiError> {
     scope.require_app(&app)?;
-    Ok(Json(control.app_load(&app)?))
+    Ok(Json(control.autoscale().app_load(&app)?))
 }
 
 /// Live load and machines per region, summed over the apps the token can see.
@@ -64,5 +65,14 @@ pub(super) async fn platform_load(
     State(control): State<Arc<Control>>,
     scope: Scope,
 ) -> Result<Json<Vec<RegionLoad>>, ApiError> {
-    Ok(Json(control.platform_load(&scope.0)?))
+    let only = match &scope.0 {
+        TokenScope::App(app) => Some(app.as_str()),
+        TokenScope::Admin => None,
+        TokenScope::Join => {
+            return Err(ApiError::Forbidden(
+                "A join token cannot read app load".to_owned(),
+            ))
+        }
+    };
+    Ok(Json(control.autoscale().platform_load(only)?))
 }

@@ -15,8 +15,8 @@ use axum::http::{Method, StatusCode};
 use axum::Json;
 
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, Routes, Scope};
-use crate::auth::TokenScope;
 use crate::control::Control;
+use crate::services::tokens::TokenScope;
 
 pub(super) fn routes(r: Routes) -> Routes {
     r.at(Method::GET, "/v1/certs/root", root)
@@ -37,7 +37,7 @@ pub(super) async fn root(
     State(control): State<Arc<Control>>,
     _scope: Scope,
 ) -> Result<Json<RootCertificate>, ApiError> {
-    Ok(Json(control.root_certificate()?))
+    Ok(Json(control.certs().root_certificate()?))
 }
 
 /// Query of `GET /v1/certs`.
@@ -67,7 +67,7 @@ pub(super) async fn list(
             None
         }
     };
-    Ok(Json(control.list_certificates(app.as_deref())?))
+    Ok(Json(control.certs().list(app.as_deref())?))
 }
 
 /// Allows the certificate of an app to the admin and to that app's tokens; a certificate
@@ -91,7 +91,7 @@ pub(super) async fn add(
     ApiJson(req): ApiJson<AddCertificateRequest>,
 ) -> Result<(StatusCode, Json<CertificateInfo>), ApiError> {
     scope.require_app(&req.app)?;
-    Ok((StatusCode::CREATED, Json(control.add_certificate(&req)?)))
+    Ok((StatusCode::CREATED, Json(control.certs().add(&req)?)))
 }
 
 /// Removes the certificate (user or ACME) of a hostname; the name no longer routes to its app.
@@ -104,9 +104,9 @@ pub(super) async fn remove(
     ApiPath(hostname): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     if !matches!(scope.0, TokenScope::Admin) {
-        require_owner(&scope, &control.certificate(&hostname)?)?;
+        require_owner(&scope, &control.certs().get(&hostname)?)?;
     }
-    control.remove_certificate(&hostname)?;
+    control.certs().remove(&hostname)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -119,7 +119,7 @@ pub(super) async fn edge_tls(
     scope: Scope,
 ) -> Result<Json<EdgeTls>, ApiError> {
     scope.require_hosts()?;
-    Ok(Json(control.edge_tls()?))
+    Ok(Json(control.certs().edge_tls()?))
 }
 
 /// Orders a certificate for a hostname of an app from the server's ACME CA (needs
@@ -136,7 +136,7 @@ pub(super) async fn order(
     ApiJson(req): ApiJson<OrderCertificateRequest>,
 ) -> Result<(StatusCode, Json<CertificateInfo>), ApiError> {
     scope.require_app(&req.app)?;
-    Ok((StatusCode::ACCEPTED, Json(control.order_certificate(&req)?)))
+    Ok((StatusCode::ACCEPTED, Json(control.acme().order(&req)?)))
 }
 
 /// One certificate (user or ACME) with its status and expiry.
@@ -148,7 +148,7 @@ pub(super) async fn show(
     scope: Scope,
     ApiPath(hostname): ApiPath<String>,
 ) -> Result<Json<CertificateInfo>, ApiError> {
-    let info = control.certificate(&hostname)?;
+    let info = control.certs().get(&hostname)?;
     require_owner(&scope, &info)?;
     Ok(Json(info))
 }
@@ -174,5 +174,7 @@ pub(super) async fn edge_acme(
     ApiQuery(q): ApiQuery<EdgeAcmeQuery>,
 ) -> Result<Json<EdgeAcme>, ApiError> {
     scope.require_hosts()?;
-    Ok(Json(control.edge_acme(&q.edge, q.https, q.seen).await))
+    Ok(Json(
+        control.acme().edge_acme(&q.edge, q.https, q.seen).await,
+    ))
 }

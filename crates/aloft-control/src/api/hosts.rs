@@ -43,7 +43,7 @@ pub(super) async fn mesh_peers(
     scope: Scope,
 ) -> Result<Json<Vec<MeshPeer>>, ApiError> {
     scope.require_hosts()?;
-    Ok(Json(control.mesh_peers()?))
+    Ok(Json(control.hosts().mesh_peers()?))
 }
 
 /// An agent reports the load that entered at its edge since its previous report; the
@@ -59,7 +59,7 @@ pub(super) async fn report_load(
     ApiJson(report): ApiJson<LoadReport>,
 ) -> Result<Json<OkResponse>, ApiError> {
     scope.require_hosts()?;
-    control.record_load(&host, report)?;
+    control.autoscale().record_load(&host, report)?;
     Ok(Json(OkResponse { ok: true }))
 }
 
@@ -71,7 +71,7 @@ pub(super) async fn list_hosts(
     scope: Scope,
 ) -> Result<Json<Vec<Host>>, ApiError> {
     scope.require_admin()?;
-    Ok(Json(control.list_hosts()?))
+    Ok(Json(control.hosts().list()?))
 }
 
 /// Register (or re-register) a host (join or admin token).
@@ -83,8 +83,10 @@ pub(super) async fn register_host(
     ApiJson(req): ApiJson<RegisterHostRequest>,
 ) -> Result<Json<Host>, ApiError> {
     scope.require_hosts()?;
-    let host = control.register_host(&req)?;
-    control.record_host_secret(&req.id, req.api_secret.as_deref())?;
+    let host = control.hosts().register(&req)?;
+    control
+        .hosts()
+        .record_secret(&req.id, req.api_secret.as_deref())?;
     Ok(Json(host))
 }
 
@@ -97,7 +99,7 @@ pub(super) async fn heartbeat(
     ApiPath(host): ApiPath<String>,
 ) -> Result<Json<Host>, ApiError> {
     scope.require_hosts()?;
-    Ok(Json(control.heartbeat(&host)?))
+    Ok(Json(control.hosts().heartbeat(&host)?))
 }
 
 /// Newline-delimited JSON `WatchEvent`s: every assignment changed after `since`, then live
@@ -114,7 +116,7 @@ pub(super) async fn watch(
     // Subscribe before the first query so no change falls between them; an unknown host
     // fails with a status rather than a broken stream.
     let mut revisions = control.subscribe();
-    let (first, mut since) = control.host_changes(&host, query.since)?;
+    let (first, mut since) = control.machines().host_changes(&host, query.since)?;
     let mut shutdown = control.shutdown_signal();
     let stream = async_stream::stream! {
         for event in first {
@@ -126,7 +128,7 @@ pub(super) async fn watch(
                     if changed.is_err() {
                         break;
                     }
-                    match control.host_changes(&host, since) {
+                    match control.machines().host_changes(&host, since) {
                         Ok((events, reached)) => {
                             for event in events {
                                 yield Ok(line(&event));
@@ -142,7 +144,7 @@ pub(super) async fn watch(
                 () = tokio::time::sleep(KEEPALIVE) => {
                     yield Ok(line(&WatchEvent { revision: since, machine: None }));
                 }
-                () = crate::control::shutting_down(&mut shutdown) => break,
+                () = crate::core::shutting_down(&mut shutdown) => break,
             }
         }
     };
@@ -170,6 +172,6 @@ pub(super) async fn report_status(
     ApiJson(report): ApiJson<StatusReport>,
 ) -> Result<Json<OkResponse>, ApiError> {
     scope.require_hosts()?;
-    control.report_status(&host, &machine, report)?;
+    control.machines().report_status(&host, &machine, report)?;
     Ok(Json(OkResponse { ok: true }))
 }

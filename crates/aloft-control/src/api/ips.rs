@@ -35,7 +35,7 @@ pub(super) async fn allocate(
     scope.require_app(&app)?;
     Ok((
         StatusCode::CREATED,
-        Json(control.allocate_ip(&app, req.kind)?),
+        Json(control.ips().allocate(&app, req.kind)?),
     ))
 }
 
@@ -49,7 +49,7 @@ pub(super) async fn list(
     ApiPath(app): ApiPath<String>,
 ) -> Result<Json<Vec<AppIp>>, ApiError> {
     scope.require_app(&app)?;
-    Ok(Json(control.list_ips(&app)?))
+    Ok(Json(control.ips().list(&app)?))
 }
 
 /// Releases one of the app's dedicated addresses; edges stop routing it to the app. `404`
@@ -65,6 +65,6 @@ pub(super) async fn release(
     ApiPath((app, address)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     scope.require_app(&app)?;
-    control.release_ip(&app, &address)?;
+    control.ips().release(&app, &address)?;
     Ok(StatusCode::NO_CONTENT)
 }

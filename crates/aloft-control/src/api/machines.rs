@@ -146,7 +146,7 @@ pub(super) async fn list_machines(
             )))
         }
     };
-    let machines = control.list_machines(
+    let machines = control.machines().list(
         &app,
         query
             .get("region")
@@ -170,7 +170,11 @@ pub(super) async fn create_machine(
     ApiJson(req): ApiJson<CreateMachineRequest>,
 ) -> Result<Json<Machine>, ApiError> {
     scope.require_app(&app)?;
-    Ok(Json(control.create_machine(&app, req, &scope.0.owner())?))
+    Ok(Json(control.machines().create(
+        &app,
+        req,
+        &scope.0.owner(),
+    )?))
 }
 
 /// Get a machine.
@@ -183,7 +187,7 @@ pub(super) async fn get_machine(
     ApiPath((app, id)): AppMachine,
 ) -> Result<Json<Machine>, ApiError> {
     scope.require_app(&app)?;
-    Ok(Json(control.get_machine(&app, &id)?))
+    Ok(Json(control.machines().get(&app, &id)?))
 }
 
 /// Update a machine's config: a new version; a running machine is replaced.
@@ -198,7 +202,7 @@ pub(super) async fn update_machine(
     ApiJson(req): ApiJson<CreateMachineRequest>,
 ) -> Result<Json<Machine>, ApiError> {
     scope.require_app(&app)?;
-    Ok(Json(control.update_machine(
+    Ok(Json(control.machines().update(
         &app,
         &id,
         req,
@@ -218,7 +222,9 @@ pub(super) async fn delete_machine(
     ApiQuery(query): ApiQuery<DeleteMachineQuery>,
 ) -> Result<Json<OkResponse>, ApiError> {
     scope.require_app(&app)?;
-    control.delete_machine(&app, &id, query.force.unwrap_or(false), nonce(&headers))?;
+    control
+        .machines()
+        .delete(&app, &id, query.force.unwrap_or(false), nonce(&headers))?;
     Ok(ok())
 }
 
@@ -233,7 +239,11 @@ pub(super) async fn start(
     ApiPath((app, id)): AppMachine,
 ) -> Result<Json<StartResponse>, ApiError> {
     scope.require_app(&app)?;
-    Ok(Json(control.start_machine(&app, &id, nonce(&headers))?))
+    Ok(Json(control.machines().start(
+        &app,
+        &id,
+        nonce(&headers),
+    )?))
 }
 
 /// Stop a machine (optional body `signal`, `timeout`).
@@ -248,7 +258,9 @@ pub(super) async fn stop(
     OptionalJson(body): OptionalJson<StopRequest>,
 ) -> Result<Json<OkResponse>, ApiError> {
     scope.require_app(&app)?;
-    control.stop_machine(&app, &id, body.unwrap_or_default(), nonce(&headers))?;
+    control
+        .machines()
+        .stop(&app, &id, body.unwrap_or_default(), nonce(&headers))?;
     Ok(ok())
 }
 
@@ -263,7 +275,7 @@ pub(super) async fn restart(
     ApiPath((app, id)): AppMachine,
 ) -> Result<Json<OkResponse>, ApiError> {
     scope.require_app(&app)?;
-    control.restart_machine(&app, &id, nonce(&headers))?;
+    control.machines().restart(&app, &id, nonce(&headers))?;
     Ok(ok())
 }
 
@@ -279,7 +291,9 @@ pub(super) async fn signal(
     ApiJson(body): ApiJson<SignalRequest>,
 ) -> Result<Json<OkResponse>, ApiError> {
     scope.require_app(&app)?;
-    control.signal_machine(&app, &id, &body.signal, nonce(&headers))?;
+    control
+        .machines()
+        .signal(&app, &id, &body.signal, nonce(&headers))?;
     Ok(ok())
 }
 
@@ -294,7 +308,7 @@ pub(super) async fn suspend(
     ApiPath((app, id)): AppMachine,
 ) -> Result<Json<OkResponse>, ApiError> {
     scope.require_app(&app)?;
-    control.suspend_machine(&app, &id, nonce(&headers))?;
+    control.machines().suspend(&app, &id, nonce(&headers))?;
     Ok(ok())
 }
 
@@ -308,7 +322,9 @@ pub(super) async fn cordon(
     ApiPath((app, id)): AppMachine,
 ) -> Result<Json<OkResponse>, ApiError> {
     scope.require_app(&app)?;
-    control.set_cordon(&app, &id, true, nonce(&headers))?;
+    control
+        .machines()
+        .set_cordon(&app, &id, true, nonce(&headers))?;
     Ok(ok())
 }
 
@@ -322,7 +338,9 @@ pub(super) async fn uncordon(
     ApiPath((app, id)): AppMachine,
 ) -> Result<Json<OkResponse>, ApiError> {
     scope.require_app(&app)?;
-    control.set_cordon(&app, &id, false, nonce(&headers))?;
+    control
+        .machines()
+        .set_cordon(&app, &id, false, nonce(&headers))?;
     Ok(ok())
 }
 
@@ -338,6 +356,7 @@ pub(super) async fn wait(
 ) -> Result<Json<OkResponse>, ApiError> {
     scope.require_app(&app)?;
     control
+        .machines()
         .wait(
             &app,
             &id,
@@ -359,7 +378,7 @@ pub(super) async fn get_lease(
     ApiPath((app, id)): AppMachine,
 ) -> Result<Json<LeaseResponse>, ApiError> {
     scope.require_app(&app)?;
-    let data = control.get_lease(&app, &id)?;
+    let data = control.machines().get_lease(&app, &id)?;
     Ok(Json(LeaseResponse {
         status: "success".to_owned(),
         data,
@@ -380,7 +399,7 @@ pub(super) async fn acquire_lease(
 ) -> Result<Json<LeaseResponse>, ApiError> {
     scope.require_app(&app)?;
     let body = body.unwrap_or_default();
-    let data = control.acquire_lease(
+    let data = control.machines().acquire_lease(
         &app,
         &id,
         body.ttl.or(query.ttl),
@@ -405,7 +424,9 @@ pub(super) async fn release_lease(
     ApiPath((app, id)): AppMachine,
 ) -> Result<Json<OkResponse>, ApiError> {
     scope.require_app(&app)?;
-    control.release_lease(&app, &id, nonce(&headers))?;
+    control
+        .machines()
+        .release_lease(&app, &id, nonce(&headers))?;
     Ok(ok())
 }
 
@@ -419,7 +440,7 @@ pub(super) async fn get_metadata(
     ApiPath((app, id)): AppMachine,
 ) -> Result<Json<BTreeMap<String, String>>, ApiError> {
     scope.require_app(&app)?;
-    Ok(Json(control.metadata(&app, &id)?))
+    Ok(Json(control.machines().metadata(&app, &id)?))
 }
 
 /// Set one metadata key (204).
@@ -434,7 +455,9 @@ pub(super) async fn set_metadata(
     ApiJson(body): ApiJson<MetadataValue>,
 ) -> Result<StatusCode, ApiError> {
     scope.require_app(&app)?;
-    control.set_metadata(&app, &id, &key, Some(body.value), nonce(&headers))?;
+    control
+        .machines()
+        .set_metadata(&app, &id, &key, Some(body.value), nonce(&headers))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -449,7 +472,9 @@ pub(super) async fn delete_metadata(
     ApiPath((app, id, key)): ApiPath<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
     scope.require_app(&app)?;
-    control.set_metadata(&app, &id, &key, None, nonce(&headers))?;
+    control
+        .machines()
+        .set_metadata(&app, &id, &key, None, nonce(&headers))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -462,7 +487,7 @@ pub(super) async fn events(
     ApiPath((app, id)): AppMachine,
 ) -> Result<Json<Vec<MachineEvent>>, ApiError> {
     scope.require_app(&app)?;
-    Ok(Json(control.events(&app, &id)?))
+    Ok(Json(control.machines().events(&app, &id)?))
 }
 
 /// The machine's config versions, newest first.
@@ -474,5 +499,5 @@ pub(super) async fn versions(
     ApiPath((app, id)): AppMachine,
 ) -> Result<Json<Vec<MachineVersion>>, ApiError> {
     scope.require_app(&app)?;
-    Ok(Json(control.versions(&app, &id)?))
+    Ok(Json(control.machines().versions(&app, &id)?))
 }

@@ -1,4 +1,5 @@
-//! The HTTP API: routing, authentication, extractors and the one place errors become statuses.
+//! The HTTP API: routing, authentication and extractors; handlers extract, authorize, call
+//! one service and map its error. `error.rs` is the one place errors become statuses.
 //!
 //! Status codes (every error body is `{"error": "..."}`):
 //! - 400: malformed or mistyped JSON, bad query, invalid config (image reference, guest size
@@ -15,6 +16,7 @@
 mod apps;
 mod autoscale;
 mod certs;
+mod error;
 mod exec;
 mod hosts;
 mod ips;
@@ -25,142 +27,23 @@ mod routes;
 
 use std::sync::Arc;
 
-use aloft_api::ErrorBody;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{Method, StatusCode};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter};
-use axum::{Json, Router};
+use axum::Router;
 use serde::de::DeserializeOwned;
 
-use crate::auth::TokenScope;
+pub use error::ApiError;
+
 use crate::control::Control;
-use crate::placement::PlacementError;
-use crate::state::InvalidTransition;
+use crate::services::tokens::TokenScope;
 
 /// Largest request body the API accepts.
 pub const BODY_LIMIT: usize = 1024 * 1024;
-
-/// Every way an API call fails; `IntoResponse` turns it into a status and `{"error": ...}`.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    Unauthorized(String),
-    #[error("{0}")]
-    Forbidden(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Timeout(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    Precondition(String),
-    /// Well-formed, but the server cannot do it as configured (422).
-    #[error("{0}")]
-    Unprocessable(String),
-    #[error("{0}")]
-    PayloadTooLarge(String),
-    #[error("{0}")]
-    Unavailable(String),
-    /// Logged, never shown.
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl ApiError {
-    /// The HTTP status of this error.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Precondition(_) => StatusCode::PRECONDITION_FAILED,
-            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        let error = match self {
-            ApiError::Internal(detail) => {
-                tracing::error!(%detail, "API request failed");
-                "Internal server error".to_owned()
-            }
-            other => other.to_string(),
-        };
-        (status, Json(ErrorBody { error })).into_response()
-    }
-}
-
-impl From<rusqlite::Error> for ApiError {
-    fn from(e: rusqlite::Error) -> Self {
-        ApiError::Internal(format!("Database error: {e}"))
-    }
-}
-
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
-        ApiError::Internal(aloft_api::error::error_chain(&e))
-    }
-}
-
-impl From<InvalidTransition> for ApiError {
-    fn from(e: InvalidTransition) -> Self {
-        ApiError::Precondition(e.to_string())
-    }
-}
-
-impl From<PlacementError> for ApiError {
-    fn from(e: PlacementError) -> Self {
-        match e {
-            PlacementError::UnknownRegion { .. } => ApiError::BadRequest(e.to_string()),
-            _ => ApiError::Precondition(e.to_string()),
-        }
-    }
-}
-
-impl From<crate::image::ImageRefError> for ApiError {
-    fn from(e: crate::image::ImageRefError) -> Self {
-        ApiError::BadRequest(e.to_string())
-    }
-}
-
-impl From<BytesRejection> for ApiError {
-    fn from(r: BytesRejection) -> Self {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(format!("Request body is larger than {BODY_LIMIT} bytes"))
-        } else {
-            ApiError::BadRequest(format!("Cannot read request body: {}", r.body_text()))
-        }
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(r: QueryRejection) -> Self {
-        ApiError::BadRequest(r.body_text())
-    }
-}
-
-impl From<PathRejection> for ApiError {
-    fn from(r: PathRejection) -> Self {
-        ApiError::BadRequest(r.body_text())
-    }
-}
 
 /// A JSON body; malformed or mistyped JSON is a 400 with the parser's message.
 #[derive(Debug)]
@@ -286,7 +169,7 @@ async fn authenticate(
         )
         .into_response();
     };
-    match control.authenticate(bearer) {
+    match control.tokens().authenticate(bearer) {
         Some(scope) => {
             req.extensions_mut().insert(scope);
             next.run(req).await

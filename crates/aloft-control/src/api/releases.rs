@@ -45,7 +45,7 @@ pub(super) async fn list_releases(
     ApiPath(app): ApiPath<String>,
 ) -> Result<Json<Vec<Release>>, ApiError> {
     scope.require_app(&app)?;
-    Ok(Json(control.list_releases(&app)?))
+    Ok(Json(control.releases().list(&app)?))
 }
 
 /// Record a release (status `pending`, next version number).
@@ -59,7 +59,7 @@ pub(super) async fn create_release(
     ApiJson(req): ApiJson<CreateReleaseRequest>,
 ) -> Result<(StatusCode, Json<Release>), ApiError> {
     scope.require_app(&app)?;
-    let release = control.create_release(&app, &req, &scope.0)?;
+    let release = control.releases().create(&app, &req, &scope.0.owner())?;
     Ok((StatusCode::CREATED, Json(release)))
 }
 
@@ -73,7 +73,7 @@ pub(super) async fn get_release(
     ApiPath((app, version)): ApiPath<(String, u64)>,
 ) -> Result<Json<Release>, ApiError> {
     scope.require_app(&app)?;
-    Ok(Json(control.get_release(&app, version)?))
+    Ok(Json(control.releases().get(&app, version)?))
 }
 
 /// Set a release's status.
@@ -87,7 +87,10 @@ pub(super) async fn set_status(
     ApiJson(req): ApiJson<ReleaseStatusRequest>,
 ) -> Result<Json<Release>, ApiError> {
     scope.require_app(&app)?;
-    let release = control.set_release_status(&app, version, &req.status, req.reason.as_deref())?;
+    let release =
+        control
+            .releases()
+            .set_status(&app, version, &req.status, req.reason.as_deref())?;
     Ok(Json(release))
 }
 
@@ -113,7 +116,7 @@ pub(super) async fn list_secrets(
     ApiPath(app): ApiPath<String>,
 ) -> Result<Json<Vec<SecretInfo>>, ApiError> {
     scope.require_app(&app)?;
-    Ok(Json(control.list_secrets(&app)?))
+    Ok(Json(control.secrets().list(&app)?))
 }
 
 /// Set secrets (encrypted at rest). Machines get them on their next update.
@@ -127,7 +130,7 @@ pub(super) async fn set_secrets(
     ApiJson(req): ApiJson<SetSecretsRequest>,
 ) -> Result<Json<Vec<SecretInfo>>, ApiError> {
     scope.require_app(&app)?;
-    Ok(Json(control.set_secrets(&app, &req.values)?))
+    Ok(Json(control.secrets().set(&app, &req.values)?))
 }
 
 /// Remove secrets by name (404 naming the first unknown one; nothing is removed then).
@@ -141,5 +144,5 @@ pub(super) async fn unset_secrets(
     ApiJson(req): ApiJson<UnsetSecretsRequest>,
 ) -> Result<Json<Vec<SecretInfo>>, ApiError> {
     scope.require_app(&app)?;
-    Ok(Json(control.unset_secrets(&app, &req.names)?))
+    Ok(Json(control.secrets().unset(&app, &req.names)?))
 }

@@ -15,8 +15,8 @@ use axum::Json;
 
 use super::hosts::KEEPALIVE;
 use super::{ApiError, ApiJson, ApiQuery, Routes, Scope};
-use crate::auth::TokenScope;
 use crate::control::Control;
+use crate::services::tokens::TokenScope;
 
 pub(super) fn routes(r: Routes) -> Routes {
     r.at(Method::GET, "/v1/routes", get_routes)
@@ -43,7 +43,7 @@ pub(super) async fn get_routes(
     scope: Scope,
 ) -> Result<Json<RouteTable>, ApiError> {
     require_edge(&scope)?;
-    Ok(Json(control.route_table()?))
+    Ok(Json(control.routes().table()?))
 }
 
 /// Newline-delimited JSON `RoutesEvent`s: the full table first if the revision is past
@@ -59,7 +59,7 @@ pub(super) async fn watch_routes(
     require_edge(&scope)?;
     // Subscribe before the first build so no change falls between them.
     let mut revisions = control.subscribe();
-    let first = control.route_table()?;
+    let first = control.routes().table()?;
     let mut shutdown = control.shutdown_signal();
     let stream = async_stream::stream! {
         let mut reached = first.revision.max(query.since);
@@ -75,7 +75,7 @@ pub(super) async fn watch_routes(
                     if changed.is_err() {
                         break;
                     }
-                    match control.route_table() {
+                    match control.routes().table() {
                         Ok(table) => {
                             reached = table.revision;
                             if last.as_ref() != Some(&table.apps) {
@@ -92,7 +92,7 @@ pub(super) async fn watch_routes(
                 () = tokio::time::sleep(KEEPALIVE) => {
                     yield Ok(line(&RoutesEvent { revision: reached, table: None }));
                 }
-                () = crate::control::shutting_down(&mut shutdown) => break,
+                () = crate::core::shutting_down(&mut shutdown) => break,
             }
         }
     };
@@ -117,9 +117,10 @@ pub(super) async fn wake(
     ApiJson(req): ApiJson<WakeRequest>,
 ) -> Result<Json<OkResponse>, ApiError> {
     require_edge(&scope)?;
-    control.start_machine(&req.app, &req.machine_id, None)?;
+    control.machines().start(&req.app, &req.machine_id, None)?;
     let timeout = req.timeout.unwrap_or(WAKE_WAIT_SECS);
     control
+        .machines()
         .wait(
             &req.app,
             &req.machine_id,
@@ -142,9 +143,13 @@ pub(super) async fn idle(
 ) -> Result<Json<OkResponse>, ApiError> {
     require_edge(&scope)?;
     match req.mode {
-        Autostop::Suspend => control.suspend_machine(&req.app, &req.machine_id, None)?,
+        Autostop::Suspend => control
+            .machines()
+            .suspend(&req.app, &req.machine_id, None)?,
         Autostop::Stop | Autostop::Off => {
-            control.stop_machine(&req.app, &req.machine_id, StopRequest::default(), None)?
+            control
+                .machines()
+                .stop(&req.app, &req.machine_id, StopRequest::default(), None)?
         }
     }
     Ok(Json(OkResponse { ok: true }))

@@ -149,7 +149,7 @@ impl Env {
     /// Points the control plane's ACME client at a directory nothing listens on, so orders
     /// are accepted and then fail.
     pub fn use_unreachable_acme(&self) {
-        self.server.control().configure_acme(AcmeOptions {
+        self.server.control().acme().configure(AcmeOptions {
             directory: "https://127.0.0.1:9/dir".to_owned(),
             email: None,
             ca_root: None,
@@ -160,7 +160,7 @@ impl Env {
     /// Sets the networks dedicated addresses are allocated from, as `--ip-pool` does.
     pub fn use_ip_pools(&self, pools: &[&str]) {
         let pools = pools.iter().map(|p| p.parse().unwrap()).collect();
-        self.server.control().configure_ip_pools(pools);
+        self.server.control().ips().configure(pools);
     }
 
     pub async fn state(&self, app: &str, id: &str) -> String {
