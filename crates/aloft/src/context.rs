@@ -79,27 +79,51 @@ pub fn api() -> anyhow::Result<aloft_api::Client> {
     Ok(aloft_api::Client::new(&url, token)?)
 }
 
+/// Where the CLI's control plane and token come from, and what they are.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub url: String,
+    /// `ALOFT_API_URL`, the login file, or the default.
+    pub url_from: String,
+    pub token: Option<String>,
+    /// `ALOFT_API_TOKEN`, the login file, or the local server's admin token.
+    pub token_from: String,
+}
+
+/// The API URL and token, and where each came from (without failing when there is no token).
+pub fn endpoint() -> Endpoint {
+    let saved = saved_login();
+    let login = config_path().display().to_string();
+    let env = |name: &str| std::env::var(name).ok().filter(|s| !s.is_empty());
+    let (url, url_from) = match (env("ALOFT_API_URL"), &saved) {
+        (Some(url), _) => (url, "ALOFT_API_URL".to_owned()),
+        (None, Some(s)) => (s.api_url.clone(), login.clone()),
+        (None, None) => (DEFAULT_API_URL.to_owned(), "the default".to_owned()),
+    };
+    let admin = default_server_dir().join("admin-token");
+    let (token, token_from) = match (env("ALOFT_API_TOKEN"), &saved) {
+        (Some(t), _) => (Some(t), "ALOFT_API_TOKEN".to_owned()),
+        (None, Some(s)) => (Some(s.token.clone()), login),
+        (None, None) => match std::fs::read_to_string(&admin) {
+            Ok(t) => (Some(t.trim().to_owned()), admin.display().to_string()),
+            Err(_) => (None, "nowhere".to_owned()),
+        },
+    };
+    Endpoint {
+        url,
+        url_from,
+        token,
+        token_from,
+    }
+}
+
 /// The API URL and token to use.
 pub fn api_url_and_token() -> anyhow::Result<(String, String)> {
-    let saved = saved_login();
-    let url = std::env::var("ALOFT_API_URL")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .or_else(|| saved.as_ref().map(|s| s.api_url.clone()))
-        .unwrap_or_else(|| DEFAULT_API_URL.to_string());
-    let token = std::env::var("ALOFT_API_TOKEN")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .or_else(|| saved.as_ref().map(|s| s.token.clone()))
-        .or_else(|| {
-            std::fs::read_to_string(default_server_dir().join("admin-token"))
-                .ok()
-                .map(|t| t.trim().to_string())
-        })
-        .ok_or_else(|| {
-            UsageError("No API token: set ALOFT_API_TOKEN or run `aloft auth login`".to_string())
-        })?;
-    Ok((url, token))
+    let e = endpoint();
+    let token = e.token.ok_or_else(|| {
+        UsageError("No API token: set ALOFT_API_TOKEN or run `aloft auth login`".to_string())
+    })?;
+    Ok((e.url, token))
 }
 
 /// The app to act on: the flag, else `$ALOFT_APP`, else the `app` of `aloft.toml`/`fly.toml`
@@ -117,8 +141,10 @@ pub fn app(flag: Option<String>) -> anyhow::Result<String> {
             }
         }
     }
-    Err(
-        UsageError("No app given: pass --app NAME (or run in a directory with aloft.toml)".into())
+    Err(UsageError(
+        "No app given: pass --app NAME, run in the app's directory (with its aloft.toml or \
+         fly.toml), or create one there with `aloft launch`"
             .into(),
     )
+    .into())
 }

@@ -74,6 +74,14 @@ enum Command {
     /// Change how many machines the app runs per region, and their size.
     #[command(subcommand)]
     Scale(cmd::scale::ScaleCommand),
+    /// Show, check, and list the environment of the app's config file.
+    #[command(subcommand)]
+    Config(cmd::config::ConfigCommand),
+    /// The health checks of the app's machines.
+    #[command(subcommand)]
+    Checks(cmd::checks::ChecksCommand),
+    /// Check the CLI's setup (token, API, hosts, registry, DNS) and say what to fix.
+    Doctor(cmd::doctor::DoctorArgs),
     /// Print the app's URL and open it in a browser when there is one.
     Open(cmd::open::OpenArgs),
     /// Print a shell completion script.
@@ -104,6 +112,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if output::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             output::print_error(&err, verbose);
             ExitCode::from(exit_code(&err))
@@ -133,6 +142,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs(c) => cmd::certs::run(c).await,
         Command::Ips(c) => cmd::ips::run(c).await,
         Command::Scale(c) => cmd::scale::run(c).await,
+        Command::Config(c) => cmd::config::run(c).await,
+        Command::Checks(c) => cmd::checks::run(c).await,
+        Command::Doctor(a) => cmd::doctor::run(a).await,
         Command::Open(a) => cmd::open::run(a).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
@@ -142,7 +154,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The one place where errors become exit codes: 2 for bad usage or input the API refused,
+/// The one place where errors become exit codes: 2 for bad usage, a config file with errors,
+/// or input the API refused,
 /// 3 for authentication and permission errors, 4 when something was not found, 1 otherwise.
 fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
@@ -154,7 +167,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
                 _ => 1,
             };
         }
-        if cause.downcast_ref::<context::UsageError>().is_some() {
+        if cause.downcast_ref::<context::UsageError>().is_some()
+            || cause.downcast_ref::<aloft_config::ConfigError>().is_some()
+        {
             return 2;
         }
     }

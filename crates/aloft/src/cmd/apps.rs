@@ -25,6 +25,17 @@ pub enum AppsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Restart every started machine of the app, one at a time, each healthy before the next.
+    Restart {
+        /// The app (default: `app` of the config here).
+        name: Option<String>,
+        /// Do not wait for each machine's checks before restarting the next.
+        #[arg(long)]
+        skip_health_checks: bool,
+        /// Per-machine timeout, e.g. `2m`.
+        #[arg(long, default_value = "2m")]
+        wait_timeout: String,
+    },
     /// Destroy an app and all its machines.
     #[command(alias = "delete", alias = "rm")]
     Destroy {
@@ -66,6 +77,15 @@ pub async fn run(cmd: AppsCommand) -> anyhow::Result<()> {
                 .map(|a| vec![a.name.clone(), a.id.clone(), a.machine_count.to_string()])
                 .collect();
             output::table(&["NAME", "ID", "MACHINES"], &rows);
+        }
+        AppsCommand::Restart {
+            name,
+            skip_health_checks,
+            wait_timeout,
+        } => {
+            let app = context::app(name)?;
+            let timeout = super::deploy::parse_flag_duration("--wait-timeout", &wait_timeout)?;
+            super::restart::rolling(&api, &app, !skip_health_checks, timeout).await?;
         }
         AppsCommand::Destroy { name, yes } => {
             if !yes {

@@ -5,17 +5,19 @@
 //! The deployer runs in the CLI; the control plane records releases and publishes the route
 //! table the edges follow. The rollout itself lives in the child modules: `rollout` (the
 //! strategies and the undo log), `traffic` (cordons and the route table), `health` (when a
-//! machine counts as healthy), `release_command` (`[deploy] release_command`, run before the
-//! rollout) and `build` (building the image from a Dockerfile when there is none).
+//! machine counts as healthy, and why one is not), `progress` (what a deploy shows while it
+//! runs), `release_command` (`[deploy] release_command`, run before the rollout) and `build`
+//! (building the image from a Dockerfile when there is none).
 
 mod build;
 mod health;
+mod progress;
 mod release_command;
 mod rollout;
 mod traffic;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aloft_api::{
@@ -28,6 +30,8 @@ use clap::Args;
 
 use crate::context::{self, UsageError};
 
+pub use health::{checks_in, event_reason, wait_healthy, MachineFailure};
+pub use progress::{Progress, Step};
 pub use release_command::ReleaseCommand;
 pub use traffic::DEFAULT_DRAIN;
 
@@ -36,13 +40,33 @@ pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(120);
 /// `[deploy] max_unavailable` when the config does not say (Fly's default).
 pub const DEFAULT_MAX_UNAVAILABLE: MaxUnavailable = MaxUnavailable::Fraction(0.33);
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Default)]
 pub struct DeployArgs {
+    /// The config file (default: aloft.toml, else fly.toml, in this directory).
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// A registry reference, an OCI layout (DIR[:TAG]), a `docker save` archive or
     /// docker://NAME; defaults to `[build] image` of the config, else the image built from
     /// `[build] dockerfile` (or a `Dockerfile` beside the config) with the local Docker engine.
     #[arg(long, short)]
     pub image: Option<String>,
+    /// A build argument for `docker build`, NAME=VALUE (repeatable; adds to `[build.args]`).
+    #[arg(long = "build-arg", value_name = "NAME=VALUE")]
+    pub build_args: Vec<String>,
+    /// An environment variable for the machines, NAME=VALUE (repeatable; adds to `[env]`).
+    #[arg(long, short, value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// Deploy only to these regions (comma-separated): their machines are replaced, and a
+    /// process group with no machine there gets one (two with --ha). Others are left alone.
+    #[arg(long, value_delimiter = ',', value_name = "REGION,…")]
+    pub regions: Vec<String>,
+    /// A process group without machines gets two (in the primary region, or in each of
+    /// --regions) instead of one, so one can fail or restart while the other serves.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub ha: Option<bool>,
+    /// The primary region (default: `primary_region` of the config).
+    #[arg(long, value_name = "REGION")]
+    pub primary_region: Option<String>,
     /// rolling, immediate, canary or bluegreen (default: `[deploy] strategy`).
     #[arg(long)]
     pub strategy: Option<String>,
@@ -65,7 +89,12 @@ pub struct DeployArgs {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub app: String,
+    /// The primary region.
     pub region: String,
+    /// `--regions`: only machines there are touched, and groups get machines there.
+    pub regions: Option<Vec<String>>,
+    /// Machines a group without any gets per region: 1, or 2 with `--ha`.
+    pub per_region: usize,
     pub image: String,
     pub configs: BTreeMap<String, MachineConfig>,
     pub strategy: Strategy,
@@ -107,26 +136,50 @@ pub fn parse_flag_duration(flag: &str, value: &str) -> Result<Duration, UsageErr
 }
 
 pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
-    let loaded = aloft_config::load_dir(Path::new("."))?;
+    let loaded = super::config::load(args.config.as_deref())?;
     for w in &loaded.warnings {
         eprintln!("{w}");
     }
-    let config = loaded.config;
+    let mut config = loaded.config;
     let app = match args.app.clone().or_else(|| config.app.clone()) {
         Some(app) => app,
         None => context::app(None)?,
     };
-    let region = config.primary_region.clone().ok_or_else(|| {
+    let region = args
+        .primary_region
+        .clone()
+        .or_else(|| config.primary_region.clone());
+    let region = region.ok_or_else(|| {
         UsageError(format!(
-            "{} has no primary_region: add `primary_region = \"ams\"`",
+            "{} has no primary_region: add `primary_region = \"ams\"` or pass --primary-region",
             loaded.path.display()
         ))
     })?;
+    let env = super::machine::key_values(&args.env, "--env")?;
+    let build_args = super::machine::key_values(&args.build_args, "--build-arg")?;
+    if !build_args.is_empty() {
+        config
+            .build
+            .get_or_insert_with(Default::default)
+            .args
+            .extend(build_args);
+    }
+    let mut regions = args.regions.clone();
+    let mut seen = std::collections::HashSet::new();
+    regions.retain(|r| seen.insert(r.clone()));
+    let regions = (!regions.is_empty()).then_some(regions);
+    if let Some(bad) = regions
+        .iter()
+        .flatten()
+        .find(|r| r.is_empty() || !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+    {
+        return Err(UsageError(format!("--regions: {bad:?} is not a region code")).into());
+    }
     let given = args
         .image
         .clone()
         .or_else(|| config.build.as_ref().and_then(|b| b.image.clone()));
-    let dir = std::env::current_dir().context("Cannot read the current directory")?;
+    let dir = config_dir(&loaded.path)?;
     let source = match given {
         Some(image) => Source::Image(image),
         None => Source::Build(build::spec(&dir, config.build.as_ref()).ok_or_else(|| {
@@ -172,7 +225,14 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
         }
     };
     let image = resolve_image(&destination, &source).await?;
-    let configs = config.machine_configs(&image);
+    let mut configs = config.machine_configs(&image);
+    if !env.is_empty() {
+        for c in configs.values_mut() {
+            c.env
+                .get_or_insert_with(Default::default)
+                .extend(env.clone());
+        }
+    }
     if strategy == Strategy::Bluegreen && !configs.values().any(|c| health::checks_in(c) > 0) {
         return Err(UsageError(
             "The bluegreen strategy needs at least one health check ([[http_service.checks]], \
@@ -185,6 +245,8 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
         configs,
         app,
         region,
+        regions,
+        per_region: if args.ha.unwrap_or(false) { 2 } else { 1 },
         image,
         strategy,
         max_unavailable: config.deploy.max_unavailable,
@@ -196,6 +258,15 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
     roll_out_with(&api, &plan, release_command.as_ref())
         .await
         .map(drop)
+}
+
+/// The directory a config file is in (builds use it as their context).
+fn config_dir(path: &Path) -> anyhow::Result<PathBuf> {
+    let cwd = std::env::current_dir().context("Cannot read the current directory")?;
+    Ok(match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => cwd.join(p),
+        _ => cwd,
+    })
 }
 
 /// A registry reference as-is; a local image (layout dir, archive, docker://) pushed to the
@@ -289,16 +360,21 @@ pub async fn roll_out_with(
             Ok(done)
         }
         Err(reason) => {
+            let details = reason
+                .chain()
+                .find_map(|c| c.downcast_ref::<MachineFailure>())
+                .map(MachineFailure::details)
+                .unwrap_or_default();
             let reason = format!("{reason:#}");
             let (count, rolled) = rollout.roll_back().await;
             api.set_release_status(&plan.app, v, ReleaseStatus::Failed, Some(&reason))
                 .await?;
             match rolled {
                 Ok(()) => anyhow::bail!(
-                    "Release v{v} failed: {reason}; rolled back {count} machine(s) to the previous release"
+                    "Release v{v} failed: {reason}; rolled back {count} machine(s) to the previous release{details}"
                 ),
                 Err(e) => {
-                    anyhow::bail!("Release v{v} failed: {reason}; rolling back also failed: {e:#}")
+                    anyhow::bail!("Release v{v} failed: {reason}; rolling back also failed: {e:#}{details}")
                 }
             }
         }

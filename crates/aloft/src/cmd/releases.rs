@@ -106,6 +106,8 @@ pub async fn redeploy(
     let plan = Plan {
         app: app.to_owned(),
         region,
+        regions: None,
+        per_region: 1,
         image: target.image.clone(),
         configs: target.configs.clone(),
         strategy,

@@ -1,21 +1,138 @@
-//! When a machine counts as healthy during a deploy, and waiting for one to be gone.
+//! When a machine counts as healthy during a deploy, why one is not (its latest event and last
+//! log lines), and waiting for one to be gone.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use aloft_api::{Client, Machine, MachineConfig, MachineState};
 
+use super::progress::{Progress, Step};
+
 /// How long a machine without checks must stay up, without exiting, to count as healthy.
 pub const DEFAULT_SETTLE: Duration = Duration::from_secs(2);
 pub(super) const POLL: Duration = Duration::from_millis(200);
 
+/// How many of a failed machine's last log lines a deploy error shows.
+const FAILED_LOG_LINES: usize = 10;
+/// How long fetching a failed machine's logs may take before the error goes without them.
+const LOGS_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A machine that did not become healthy: what happened, why (from its latest event or a
+/// failing check), and the last lines it logged.
+#[derive(Debug, thiserror::Error)]
+#[error("{summary}")]
+pub struct MachineFailure {
+    pub app: String,
+    pub machine: String,
+    pub summary: String,
+    pub logs: Vec<String>,
+}
+
+impl MachineFailure {
+    /// The log lines and where to read more, as lines to print under the error.
+    pub fn details(&self) -> String {
+        let mut out = String::new();
+        if self.logs.is_empty() {
+            out.push_str(&format!("\n  machine {} logged nothing", self.machine));
+        } else {
+            out.push_str(&format!("\n  last log lines of machine {}:", self.machine));
+            for line in &self.logs {
+                out.push_str(&format!("\n    {line}"));
+            }
+        }
+        out.push_str(&format!(
+            "\n  more: aloft logs --app {} --machine {}",
+            self.app, self.machine
+        ));
+        out
+    }
+}
+
+/// The reason the newest event of `m` gives (its message, else its exit code), if any.
+pub fn event_reason(m: &Machine) -> Option<String> {
+    let e = m.events.iter().max_by_key(|e| e.timestamp)?;
+    let request = e.request.as_ref();
+    let message = request.and_then(|r| r.get("message")?.as_str().map(str::to_owned));
+    let code = request.and_then(|r| r.get("exit_event")?.get("exit_code")?.as_i64());
+    match (message, code) {
+        (Some(m), Some(c)) => Some(format!("{m}, exit code {c}")),
+        (Some(m), None) => Some(m),
+        (None, Some(c)) => Some(format!("exit code {c}")),
+        (None, None) => None,
+    }
+}
+
+/// The last lines machine `id` logged (empty when they cannot be had quickly).
+pub async fn last_log_lines(api: &Client, app: &str, id: &str, n: usize) -> Vec<String> {
+    use futures::StreamExt as _;
+    let query = aloft_api::LogsQuery {
+        machine: Some(id.to_owned()),
+        ..Default::default()
+    };
+    let fetch = async {
+        let mut lines = Vec::new();
+        let Ok(stream) = api.app_logs(app, &query).await else {
+            return lines;
+        };
+        let mut stream = Box::pin(stream);
+        while let Some(Ok(entry)) = stream.next().await {
+            lines.push(entry.message);
+            if lines.len() > n {
+                lines.remove(0);
+            }
+        }
+        lines
+    };
+    tokio::time::timeout(LOGS_DEADLINE, fetch)
+        .await
+        .unwrap_or_default()
+}
+
+/// Builds the error for machine `m` that failed to become healthy.
+async fn failure(api: &Client, app: &str, m: &Machine, summary: String) -> anyhow::Error {
+    MachineFailure {
+        app: app.to_owned(),
+        machine: m.id.clone(),
+        summary,
+        logs: last_log_lines(api, app, &m.id, FAILED_LOG_LINES).await,
+    }
+    .into()
+}
+
 /// Waits until the machine runs `updated`'s instance and is healthy: its checks pass, or,
-/// without checks, it stays up for [`DEFAULT_SETTLE`] without exiting.
-pub(super) async fn wait_healthy(
+/// without checks, it stays up for [`DEFAULT_SETTLE`] without exiting. Each step is shown on
+/// `progress`; a failure is a [`MachineFailure`] with the machine's last log lines.
+pub async fn wait_healthy(
     api: &Client,
     app: &str,
     updated: &Machine,
     timeout: Duration,
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    let result = watch(api, app, updated, timeout, progress).await;
+    let step = match &result {
+        Ok(()) => Step::Healthy,
+        Err(e) => Step::Failed(short(&e.to_string())),
+    };
+    progress.machine(&updated.id, &updated.region, step);
+    result
+}
+
+/// The first line of `text`, at most 60 characters.
+fn short(text: &str) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    match line.char_indices().nth(60) {
+        Some((i, _)) => format!("{}…", &line[..i]),
+        None => line.to_owned(),
+    }
+}
+
+async fn watch(
+    api: &Client,
+    app: &str,
+    updated: &Machine,
+    timeout: Duration,
+    progress: &Progress,
 ) -> anyhow::Result<()> {
     let id = &updated.id;
     let instance = &updated.instance_id;
@@ -44,8 +161,10 @@ pub(super) async fn wait_healthy(
                 .as_ref()
                 .and_then(|r| r.get("message").and_then(|v| v.as_str()))
                 .map(str::to_owned)
+                .or_else(|| event_reason(&m))
                 .unwrap_or_else(|| exit.status.clone());
-            anyhow::bail!("machine {id} exited after starting ({why})");
+            let summary = format!("machine {id} exited after starting ({why})");
+            return Err(failure(api, app, &m, summary).await);
         }
         match m.state {
             MachineState::Started => {
@@ -55,34 +174,52 @@ pub(super) async fn wait_healthy(
                     if since_start.elapsed() >= DEFAULT_SETTLE {
                         return Ok(());
                     }
-                } else if m.checks.len() >= want && m.checks.iter().all(|c| c.status == "passing") {
-                    return Ok(());
+                    progress.machine(id, &m.region, Step::Settling);
+                } else {
+                    let passing = m.checks.iter().filter(|c| c.status == "passing").count();
+                    if m.checks.len() >= want && passing == m.checks.len() {
+                        return Ok(());
+                    }
+                    progress.machine(
+                        id,
+                        &m.region,
+                        Step::Checks {
+                            passing,
+                            total: want.max(m.checks.len()),
+                        },
+                    );
                 }
             }
             MachineState::Failed | MachineState::Stopped | MachineState::Destroyed => {
-                anyhow::bail!("machine {id} is {} instead of started", m.state);
+                let summary = match event_reason(&m) {
+                    Some(why) => format!("machine {id} is {} instead of started: {why}", m.state),
+                    None => format!("machine {id} is {} instead of started", m.state),
+                };
+                return Err(failure(api, app, &m, summary).await);
             }
-            _ => {}
+            _ => progress.machine(id, &m.region, Step::Starting),
         }
         if Instant::now() >= deadline {
             if let Some(c) = m.checks.iter().find(|c| c.status != "passing") {
-                anyhow::bail!(
+                let summary = format!(
                     "machine {id} check {} is {} after {}s: {}",
                     c.name,
                     c.status,
                     timeout.as_secs(),
                     c.output.trim()
                 );
+                return Err(failure(api, app, &m, summary).await);
             }
             if m.state == MachineState::Started {
                 eprintln!("warning: machine {id} reported no check results; counting it healthy");
                 return Ok(());
             }
-            anyhow::bail!(
+            let summary = format!(
                 "machine {id} is {} after {}s, not started",
                 m.state,
                 timeout.as_secs()
             );
+            return Err(failure(api, app, &m, summary).await);
         }
         tokio::time::sleep(POLL).await;
     }
@@ -94,8 +231,11 @@ pub(super) async fn wait_all_healthy(
     app: &str,
     machines: &[Machine],
     timeout: Duration,
+    progress: &Progress,
 ) -> anyhow::Result<()> {
-    let waits = machines.iter().map(|m| wait_healthy(api, app, m, timeout));
+    let waits = machines
+        .iter()
+        .map(|m| wait_healthy(api, app, m, timeout, progress));
     futures::future::try_join_all(waits).await.map(drop)
 }
 
@@ -124,7 +264,7 @@ pub(super) async fn wait_destroyed(
 }
 
 /// How many checks a config asks the agent to run (top-level and service checks).
-pub(super) fn checks_in(config: &MachineConfig) -> usize {
+pub fn checks_in(config: &MachineConfig) -> usize {
     let top = config.checks.as_ref().map_or(0, BTreeMap::len);
     let services: usize = config
         .services

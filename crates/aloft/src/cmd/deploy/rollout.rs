@@ -18,6 +18,7 @@ use aloft_config::{MaxUnavailable, Strategy};
 use anyhow::Context as _;
 
 use super::health::{wait_all_healthy, wait_destroyed, wait_healthy, POLL};
+use super::progress::{Progress, Step};
 use super::traffic::Traffic;
 use super::{group_of, live_machines, Plan};
 
@@ -46,6 +47,22 @@ pub(super) struct Rollout<'a> {
     undo: Vec<Undo>,
     /// Machines this deploy cordoned and has not given traffic back yet.
     held: BTreeSet<String>,
+    progress: Progress,
+}
+
+/// The regions where a group whose live machines are `group` gets new ones: the primary region
+/// (or each of `--regions`) when it has none at all; with `--regions`, also each listed region
+/// where it has none.
+pub(super) fn empty_regions(plan: &Plan, group: &[&Machine]) -> Vec<String> {
+    match &plan.regions {
+        None if group.is_empty() => vec![plan.region.clone()],
+        None => Vec::new(),
+        Some(regions) => regions
+            .iter()
+            .filter(|r| !group.iter().any(|m| &m.region == *r))
+            .cloned()
+            .collect(),
+    }
 }
 
 /// How many machines of a group of `n` a rolling batch takes: `max_unavailable` of them,
@@ -66,6 +83,7 @@ impl<'a> Rollout<'a> {
             traffic,
             undo: Vec::new(),
             held: BTreeSet::new(),
+            progress: Progress::new(),
         }
     }
 
@@ -75,14 +93,20 @@ impl<'a> Rollout<'a> {
         let machines = live_machines(self.api, &plan.app).await?;
         let wait = !plan.detach && plan.strategy != Strategy::Immediate;
         for (group, config) in &plan.configs {
-            let mine: Vec<Machine> = machines
+            let all: Vec<&Machine> = machines.iter().filter(|m| &group_of(m) == group).collect();
+            let mine: Vec<Machine> = all
                 .iter()
-                .filter(|m| &group_of(m) == group)
-                .cloned()
+                .filter(|m| plan.regions.as_ref().is_none_or(|r| r.contains(&m.region)))
+                .map(|m| (*m).clone())
                 .collect();
+            let empty = empty_regions(plan, &all);
+            if !empty.is_empty() {
+                self.first_machines(group, config, &empty, wait).await?;
+            }
             if mine.is_empty() {
-                self.first_machine(group, config, wait).await?;
-            } else if !wait {
+                continue;
+            }
+            if !wait {
                 self.update_unwaited(group, config, &mine).await?;
             } else {
                 match plan.strategy {
@@ -97,29 +121,43 @@ impl<'a> Rollout<'a> {
         Ok(())
     }
 
-    /// A group without machines gets one in the primary region.
-    async fn first_machine(
+    /// A group without machines in a region it deploys to gets its first ones there.
+    async fn first_machines(
         &mut self,
         group: &str,
         config: &MachineConfig,
+        regions: &[String],
         wait: bool,
     ) -> anyhow::Result<()> {
-        let region = &self.plan.region;
-        let m = self
-            .api
-            .create_machine(
+        let mut created = Vec::new();
+        for region in regions {
+            for _ in 0..self.plan.per_region.max(1) {
+                let m = self
+                    .api
+                    .create_machine(
+                        &self.plan.app,
+                        &CreateMachineRequest {
+                            config: config.clone(),
+                            region: Some(region.clone()),
+                            ..CreateMachineRequest::default()
+                        },
+                    )
+                    .await?;
+                self.progress
+                    .line(&format!("  {group}: created machine {} in {region}", m.id));
+                self.undo.push(Undo::Created { id: m.id.clone() });
+                created.push(m);
+            }
+        }
+        if wait {
+            wait_all_healthy(
+                self.api,
                 &self.plan.app,
-                &CreateMachineRequest {
-                    config: config.clone(),
-                    region: Some(region.clone()),
-                    ..CreateMachineRequest::default()
-                },
+                &created,
+                self.plan.wait_timeout,
+                &self.progress,
             )
             .await?;
-        println!("  {group}: created machine {} in {region}", m.id);
-        self.undo.push(Undo::Created { id: m.id.clone() });
-        if wait {
-            wait_healthy(self.api, &self.plan.app, &m, self.plan.wait_timeout).await?;
         }
         Ok(())
     }
@@ -133,7 +171,10 @@ impl<'a> Rollout<'a> {
     ) -> anyhow::Result<()> {
         for old in mine {
             let m = self.update(old, config).await?;
-            println!("  {group}: updating machine {} in {}", m.id, m.region);
+            self.progress.line(&format!(
+                "  {group}: updating machine {} in {}",
+                m.id, m.region
+            ));
         }
         Ok(())
     }
@@ -149,7 +190,7 @@ impl<'a> Rollout<'a> {
         }
         let batch = batch_size(self.plan.max_unavailable, mine.len());
         for chunk in mine.chunks(batch) {
-            self.replace_in_place(group, config, chunk).await?;
+            self.replace_in_place(config, chunk).await?;
         }
         Ok(())
     }
@@ -164,17 +205,25 @@ impl<'a> Rollout<'a> {
             return Ok(());
         };
         let canary = self.launch(group, config, &last.region).await?;
-        println!("  {group}: canary {} starts", canary.id);
-        wait_healthy(self.api, &self.plan.app, &canary, self.plan.wait_timeout).await?;
+        self.progress
+            .line(&format!("  {group}: canary {} starts", canary.id));
+        wait_healthy(
+            self.api,
+            &self.plan.app,
+            &canary,
+            self.plan.wait_timeout,
+            &self.progress,
+        )
+        .await?;
         self.admit(std::slice::from_ref(&canary.id)).await?;
-        println!(
+        self.progress.line(&format!(
             "  {group}: canary {} is healthy and takes traffic",
             canary.id
-        );
+        ));
         if !rest.is_empty() {
             let batch = batch_size(self.plan.max_unavailable, mine.len());
             for chunk in rest.chunks(batch) {
-                self.replace_in_place(group, config, chunk).await?;
+                self.replace_in_place(config, chunk).await?;
             }
         }
         self.retire(group, std::slice::from_ref(last)).await
@@ -190,14 +239,23 @@ impl<'a> Rollout<'a> {
         for old in blue {
             green.push(self.launch(group, config, &old.region).await?);
         }
-        println!(
+        self.progress.line(&format!(
             "  {group}: {} green machine(s) started alongside the blue set",
             green.len()
-        );
-        wait_all_healthy(self.api, &self.plan.app, &green, self.plan.wait_timeout).await?;
+        ));
+        wait_all_healthy(
+            self.api,
+            &self.plan.app,
+            &green,
+            self.plan.wait_timeout,
+            &self.progress,
+        )
+        .await?;
         let ids: Vec<String> = green.iter().map(|m| m.id.clone()).collect();
         self.admit(&ids).await?;
-        println!("  {group}: green set healthy; cutting traffic over");
+        self.progress.line(&format!(
+            "  {group}: green set healthy; cutting traffic over"
+        ));
         self.retire(group, blue).await
     }
 
@@ -209,7 +267,14 @@ impl<'a> Rollout<'a> {
         old: &Machine,
     ) -> anyhow::Result<()> {
         let new = self.launch(group, config, &old.region).await?;
-        wait_healthy(self.api, &self.plan.app, &new, self.plan.wait_timeout).await?;
+        wait_healthy(
+            self.api,
+            &self.plan.app,
+            &new,
+            self.plan.wait_timeout,
+            &self.progress,
+        )
+        .await?;
         self.admit(std::slice::from_ref(&new.id)).await?;
         self.retire(group, std::slice::from_ref(old)).await
     }
@@ -217,7 +282,6 @@ impl<'a> Rollout<'a> {
     /// Cordon, drain, update, wait until healthy, uncordon.
     async fn replace_in_place(
         &mut self,
-        group: &str,
         config: &MachineConfig,
         chunk: &[Machine],
     ) -> anyhow::Result<()> {
@@ -226,10 +290,17 @@ impl<'a> Rollout<'a> {
         let mut updated = Vec::with_capacity(chunk.len());
         for old in chunk {
             let m = self.update(old, config).await?;
-            println!("  {group}: updating machine {} in {}", m.id, m.region);
+            self.progress.machine(&m.id, &m.region, Step::Replacing);
             updated.push(m);
         }
-        wait_all_healthy(self.api, &self.plan.app, &updated, self.plan.wait_timeout).await?;
+        wait_all_healthy(
+            self.api,
+            &self.plan.app,
+            &updated,
+            self.plan.wait_timeout,
+            &self.progress,
+        )
+        .await?;
         self.admit(&ids).await
     }
 
@@ -262,10 +333,10 @@ impl<'a> Rollout<'a> {
     ) -> anyhow::Result<Machine> {
         let m = self.start_cordoned(config, region).await?;
         self.undo.push(Undo::Created { id: m.id.clone() });
-        println!(
+        self.progress.line(&format!(
             "  {group}: created machine {} in {region} (no traffic until healthy)",
             m.id
-        );
+        ));
         Ok(m)
     }
 
@@ -322,7 +393,8 @@ impl<'a> Rollout<'a> {
         }
         for m in old {
             wait_destroyed(self.api, &self.plan.app, &m.id, self.plan.wait_timeout).await?;
-            println!("  {group}: destroyed old machine {}", m.id);
+            self.progress
+                .line(&format!("  {group}: destroyed old machine {}", m.id));
         }
         Ok(())
     }
@@ -348,7 +420,7 @@ impl<'a> Rollout<'a> {
         let mut first: Option<anyhow::Error> = None;
         for step in steps.into_iter().rev() {
             if let Err(e) = self.undo_step(step).await {
-                eprintln!("  {e:#}");
+                self.progress.line(&format!("  {e:#}"));
                 first.get_or_insert(e);
             }
         }
@@ -381,12 +453,14 @@ impl<'a> Rollout<'a> {
                     )
                     .await
                     .with_context(|| format!("Cannot roll back machine {id}"))?;
-                let healthy = wait_healthy(api, app, &m, self.plan.wait_timeout).await;
+                let healthy =
+                    wait_healthy(api, app, &m, self.plan.wait_timeout, &self.progress).await;
                 // Even a previous release that is not healthy again gets its traffic back:
                 // it is what served before this deploy.
                 self.admit(std::slice::from_ref(&id)).await?;
                 healthy.with_context(|| format!("Machine {id} rolled back but is not healthy"))?;
-                println!("  rolled back machine {id} to {}", m.config.image);
+                self.progress
+                    .line(&format!("  rolled back machine {id} to {}", m.config.image));
             }
             Undo::Created { id } => {
                 if !self.held.contains(&id) {
@@ -398,7 +472,7 @@ impl<'a> Rollout<'a> {
                     .await
                     .with_context(|| format!("Cannot destroy new machine {id}"))?;
                 wait_destroyed(api, app, &id, self.plan.wait_timeout).await?;
-                println!("  destroyed new machine {id}");
+                self.progress.line(&format!("  destroyed new machine {id}"));
             }
             Undo::Destroyed {
                 group,
@@ -406,12 +480,12 @@ impl<'a> Rollout<'a> {
                 config,
             } => {
                 let m = self.start_cordoned(&config, &region).await?;
-                wait_healthy(api, app, &m, self.plan.wait_timeout).await?;
+                wait_healthy(api, app, &m, self.plan.wait_timeout, &self.progress).await?;
                 self.admit(std::slice::from_ref(&m.id)).await?;
-                println!(
+                self.progress.line(&format!(
                     "  {group}: recreated machine {} in {region} for a destroyed one",
                     m.id
-                );
+                ));
             }
         }
         Ok(())
