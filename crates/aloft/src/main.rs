@@ -52,7 +52,7 @@ enum Command {
     /// List regions that have live hosts.
     #[command(subcommand)]
     Regions(cmd::regions::RegionsCommand),
-    /// Create an app, write its aloft.toml, and deploy it.
+    /// Create an app and deploy it: from the fly.toml here as it is, else from a new aloft.toml.
     Launch(cmd::launch::LaunchArgs),
     /// Deploy the app in this directory: push, release, roll out, roll back on failure.
     Deploy(cmd::deploy::DeployArgs),

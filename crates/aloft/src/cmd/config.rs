@@ -47,7 +47,14 @@ pub struct FileArgs {
 /// Reads the config named by `-c/--config`, or `aloft.toml`/`fly.toml` in this directory.
 pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
     let Some(path) = path else {
-        return aloft_config::load_dir(Path::new("."));
+        // The file here by its bare name, so diagnostics read `fly.toml:3:1`.
+        return match [aloft_config::ALOFT_TOML, aloft_config::FLY_TOML]
+            .into_iter()
+            .find(|name| Path::new(name).exists())
+        {
+            Some(name) => load(Some(Path::new(name))),
+            None => aloft_config::load_dir(Path::new(".")),
+        };
     };
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),

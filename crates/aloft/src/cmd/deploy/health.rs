@@ -70,31 +70,43 @@ pub async fn last_log_lines(api: &Client, app: &str, id: &str, n: usize) -> Vec<
         ..Default::default()
     };
     let fetch = async {
-        let mut lines = Vec::new();
+        let mut entries = Vec::new();
         let Ok(stream) = api.app_logs(app, &query).await else {
-            return lines;
+            return Vec::new();
         };
         let mut stream = Box::pin(stream);
         while let Some(Ok(entry)) = stream.next().await {
-            lines.push(entry.message);
-            if lines.len() > n {
-                lines.remove(0);
-            }
+            entries.push(entry);
         }
-        lines
+        // Lines of the app's streams and of its init come interleaved; time orders them.
+        entries.sort_by(|a, b| a.timestamp.cmp(&b.timestamp));
+        let skip = entries.len().saturating_sub(n);
+        entries.into_iter().skip(skip).map(|e| e.message).collect()
     };
     tokio::time::timeout(LOGS_DEADLINE, fetch)
         .await
         .unwrap_or_default()
 }
 
+/// What the host appends to an exit event's message; the error lists the lines itself.
+const HOST_LOG_TAIL: &str = "; last log lines:";
+
 /// Builds the error for machine `m` that failed to become healthy.
 async fn failure(api: &Client, app: &str, m: &Machine, summary: String) -> anyhow::Error {
+    let logs = last_log_lines(api, app, &m.id, FAILED_LOG_LINES).await;
+    // The host's own summary of the log lines is left out when the lines themselves follow.
+    let summary = match summary.split_once(HOST_LOG_TAIL) {
+        Some((head, tail)) if !logs.is_empty() => {
+            let close = if tail.ends_with(')') { ")" } else { "" };
+            format!("{head}{close}")
+        }
+        _ => summary,
+    };
     MachineFailure {
         app: app.to_owned(),
         machine: m.id.clone(),
         summary,
-        logs: last_log_lines(api, app, &m.id, FAILED_LOG_LINES).await,
+        logs,
     }
     .into()
 }
@@ -177,9 +189,6 @@ async fn watch(
                     progress.machine(id, &m.region, Step::Settling);
                 } else {
                     let passing = m.checks.iter().filter(|c| c.status == "passing").count();
-                    if m.checks.len() >= want && passing == m.checks.len() {
-                        return Ok(());
-                    }
                     progress.machine(
                         id,
                         &m.region,
@@ -188,6 +197,9 @@ async fn watch(
                             total: want.max(m.checks.len()),
                         },
                     );
+                    if m.checks.len() >= want && passing == m.checks.len() {
+                        return Ok(());
+                    }
                 }
             }
             MachineState::Failed | MachineState::Stopped | MachineState::Destroyed => {

@@ -44,6 +44,16 @@ impl Step {
         }
     }
 
+    /// What a plain line says: only the steps every run of the same deploy goes through (a
+    /// fast machine may be started before it is first looked at), check counts left out.
+    fn plain(&self) -> Option<String> {
+        match self {
+            Step::Starting => None,
+            Step::Checks { .. } => Some("waiting for checks".to_owned()),
+            other => Some(other.text()),
+        }
+    }
+
     fn done(&self) -> bool {
         matches!(self, Step::Healthy | Step::Failed(_))
     }
@@ -95,7 +105,10 @@ impl Progress {
         }
         let label = format!("  machine {id} in {region}");
         let Some(bars) = &self.bars else {
-            println!("{label}: {}", step.text());
+            let before = state.get(id).and_then(|l| l.step.plain());
+            if let Some(text) = step.plain().filter(|t| before.as_ref() != Some(t)) {
+                println!("{label}: {text}");
+            }
             state.insert(id.to_owned(), Line { step, bar: None });
             return;
         };
