@@ -8,6 +8,7 @@ use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::context::{self, UsageError};
+use crate::output::{self, Stream};
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
@@ -236,23 +237,41 @@ pub fn load_source(source: &str, scratch: &Path) -> anyhow::Result<PushableImage
     .into())
 }
 
-/// Pushes with one progress bar per blob (plain lines when not on a terminal).
+/// Pushes with one progress bar per blob on a terminal, a plain line per blob otherwise.
 pub async fn push_with_progress(
     image: &PushableImage,
     target: &PushTarget,
 ) -> anyhow::Result<String> {
+    let terminal = Stream::Stderr.is_terminal();
     let bars = indicatif::MultiProgress::new();
-    let style = ProgressStyle::with_template("{prefix:.bold} {bar:30} {bytes}/{total_bytes} {msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let template = if output::colour(Stream::Stderr) {
+        "{prefix:.bold} {bar:30} {bytes}/{total_bytes} {msg}"
+    } else {
+        "{prefix} {bar:30} {bytes}/{total_bytes} {msg}"
+    };
+    let style =
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar());
     let live = std::sync::Mutex::new(std::collections::HashMap::<String, ProgressBar>::new());
+    let short = |d: &str| {
+        d.trim_start_matches("sha256:")
+            .chars()
+            .take(12)
+            .collect::<String>()
+    };
     let report = |p: PushProgress| {
+        if !terminal {
+            match p {
+                PushProgress::Skipped { digest, size } => {
+                    eprintln!("  {} {}: already there", short(&digest), human(size));
+                }
+                PushProgress::Uploading { .. } => {}
+                PushProgress::Uploaded { digest, size } => {
+                    eprintln!("  {} {}: pushed", short(&digest), human(size));
+                }
+            }
+            return;
+        }
         let mut live = live.lock().unwrap_or_else(|e| e.into_inner());
-        let short = |d: &str| {
-            d.trim_start_matches("sha256:")
-                .chars()
-                .take(12)
-                .collect::<String>()
-        };
         match p {
             PushProgress::Skipped { digest, size } => {
                 let bar = bars.add(ProgressBar::new(size).with_style(style.clone()));
@@ -274,4 +293,29 @@ pub async fn push_with_progress(
         }
     };
     Ok(push::push(image, target, &report).await?)
+}
+
+/// A size in bytes as people read it: `512 B`, `3.4 MB`.
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KB", "MB", "GB", "TB"];
+    if bytes < 1000 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1000.0;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(super::human(512), "512 B");
+        assert_eq!(super::human(3_400_000), "3.4 MB");
+        assert_eq!(super::human(1_000), "1.0 KB");
+    }
 }
