@@ -77,6 +77,22 @@ pub fn state(stream: Stream, state: &str) -> String {
     paint(stream, p, state)
 }
 
+/// An image reference for a table: a tagged reference pinned to a digest
+/// (`registry/app:tag@sha256:…`) without its digest, which `--json` still shows.
+pub fn short_image(image: &str) -> &str {
+    match image.split_once('@') {
+        Some((named, _))
+            if named
+                .rsplit('/')
+                .next()
+                .is_some_and(|last| last.contains(':')) =>
+        {
+            named
+        }
+        _ => image,
+    }
+}
+
 /// One line `error: …: root cause`; with `--verbose` every cause follows on its own line.
 /// A `hint:` line follows when the error has an obvious next step.
 pub fn print_error(err: &anyhow::Error, verbose: bool) {
@@ -244,5 +260,14 @@ mod tests {
             "http://127.0.0.1:9"
         );
         assert_eq!(visible_len("\x1b[32mstarted\x1b[0m"), 7);
+        assert_eq!(
+            short_image("r.localhost/web:deployment-1a@sha256:ab"),
+            "r.localhost/web:deployment-1a"
+        );
+        assert_eq!(
+            short_image("127.0.0.1:5000/web@sha256:ab"),
+            "127.0.0.1:5000/web@sha256:ab"
+        );
+        assert_eq!(short_image("127.0.0.1:5000/web:1"), "127.0.0.1:5000/web:1");
     }
 }

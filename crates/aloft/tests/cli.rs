@@ -36,6 +36,8 @@ fn settings(dir: Option<&Path>) -> insta::Settings {
         // Scratch directories of other runs.
         (r"/tmp/\.tmp[A-Za-z0-9]+", "[TEMP]"),
         (r"sha256:[0-9a-f]{64}", "sha256:[DIGEST]"),
+        // A pushed blob's line: short digest and size.
+        (r"\b[0-9a-f]{12} [0-9.]+ (B|KB|MB|GB):", "[BLOB] [SIZE]:"),
         (r"deployment-[0-9a-f]{12}", "deployment-[SHORT]"),
         (
             r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)",

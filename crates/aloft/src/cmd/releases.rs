@@ -42,7 +42,7 @@ pub async fn list(args: ReleasesArgs) -> anyhow::Result<()> {
             vec![
                 format!("v{}", r.version),
                 r.status.to_string(),
-                r.image.clone(),
+                output::short_image(&r.image).to_owned(),
                 r.strategy.clone(),
                 r.description.clone(),
                 r.user.clone(),

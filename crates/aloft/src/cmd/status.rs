@@ -69,7 +69,12 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     }
     println!("App      {} ({})", status.app.name, status.app.status);
     match &status.release {
-        Some(r) => println!("Release  v{} {} {}", r.version, r.status, r.image),
+        Some(r) => println!(
+            "Release  v{} {} {}",
+            r.version,
+            r.status,
+            output::short_image(&r.image)
+        ),
         None => println!("Release  none"),
     }
     println!();
@@ -126,10 +131,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
                 m.group.clone(),
                 match m.host_status {
                     aloft_api::HostStatus::Unreachable => format!("{} (host down)", m.state),
-                    _ => m.state.clone(),
+                    _ => output::state(output::Stream::Stdout, &m.state),
                 },
                 checks,
-                m.image.clone(),
+                output::short_image(&m.image).to_owned(),
             ]
         })
         .collect();

@@ -62,8 +62,16 @@ pub fn event_reason(m: &Machine) -> Option<String> {
     }
 }
 
-/// The last lines machine `id` logged (empty when they cannot be had quickly).
-pub async fn last_log_lines(api: &Client, app: &str, id: &str, n: usize) -> Vec<String> {
+/// The last lines machine `id` logged (empty when they cannot be had quickly), only those
+/// from `since_ms` on (its current instance) unless that leaves none (the host's clock may be
+/// behind the control plane's).
+pub async fn last_log_lines(
+    api: &Client,
+    app: &str,
+    id: &str,
+    n: usize,
+    since_ms: i64,
+) -> Vec<String> {
     use futures::StreamExt as _;
     let query = aloft_api::LogsQuery {
         machine: Some(id.to_owned()),
@@ -78,8 +86,14 @@ pub async fn last_log_lines(api: &Client, app: &str, id: &str, n: usize) -> Vec<
         while let Some(Ok(entry)) = stream.next().await {
             entries.push(entry);
         }
+        let ms = |e: &aloft_api::LogEntry| {
+            chrono::DateTime::parse_from_rfc3339(&e.timestamp).map_or(0, |t| t.timestamp_millis())
+        };
         // Lines of the app's streams and of its init come interleaved; time orders them.
-        entries.sort_by(|a, b| a.timestamp.cmp(&b.timestamp));
+        entries.sort_by_key(ms);
+        if entries.iter().any(|e| ms(e) >= since_ms) {
+            entries.retain(|e| ms(e) >= since_ms);
+        }
         let skip = entries.len().saturating_sub(n);
         entries.into_iter().skip(skip).map(|e| e.message).collect()
     };
@@ -91,9 +105,16 @@ pub async fn last_log_lines(api: &Client, app: &str, id: &str, n: usize) -> Vec<
 /// What the host appends to an exit event's message; the error lists the lines itself.
 const HOST_LOG_TAIL: &str = "; last log lines:";
 
-/// Builds the error for machine `m` that failed to become healthy.
-async fn failure(api: &Client, app: &str, m: &Machine, summary: String) -> anyhow::Error {
-    let logs = last_log_lines(api, app, &m.id, FAILED_LOG_LINES).await;
+/// Builds the error for machine `m` that failed to become healthy; its instance's log lines
+/// are those from `since_ms` on.
+async fn failure(
+    api: &Client,
+    app: &str,
+    m: &Machine,
+    since_ms: i64,
+    summary: String,
+) -> anyhow::Error {
+    let logs = last_log_lines(api, app, &m.id, FAILED_LOG_LINES, since_ms).await;
     // The host's own summary of the log lines is left out when the lines themselves follow.
     let summary = match summary.split_once(HOST_LOG_TAIL) {
         Some((head, tail)) if !logs.is_empty() => {
@@ -124,7 +145,11 @@ pub async fn wait_healthy(
     let result = watch(api, app, updated, timeout, progress).await;
     let step = match &result {
         Ok(()) => Step::Healthy,
-        Err(e) => Step::Failed(short(&e.to_string())),
+        Err(e) => {
+            let text = e.to_string();
+            let own = format!("machine {} ", updated.id);
+            Step::Failed(short(text.strip_prefix(&own).unwrap_or(&text)))
+        }
     };
     progress.machine(&updated.id, &updated.region, step);
     result
@@ -176,7 +201,7 @@ async fn watch(
                 .or_else(|| event_reason(&m))
                 .unwrap_or_else(|| exit.status.clone());
             let summary = format!("machine {id} exited after starting ({why})");
-            return Err(failure(api, app, &m, summary).await);
+            return Err(failure(api, app, &m, since, summary).await);
         }
         match m.state {
             MachineState::Started => {
@@ -207,7 +232,7 @@ async fn watch(
                     Some(why) => format!("machine {id} is {} instead of started: {why}", m.state),
                     None => format!("machine {id} is {} instead of started", m.state),
                 };
-                return Err(failure(api, app, &m, summary).await);
+                return Err(failure(api, app, &m, since, summary).await);
             }
             _ => progress.machine(id, &m.region, Step::Starting),
         }
@@ -220,7 +245,7 @@ async fn watch(
                     timeout.as_secs(),
                     c.output.trim()
                 );
-                return Err(failure(api, app, &m, summary).await);
+                return Err(failure(api, app, &m, since, summary).await);
             }
             if m.state == MachineState::Started {
                 eprintln!("warning: machine {id} reported no check results; counting it healthy");
@@ -231,7 +256,7 @@ async fn watch(
                 m.state,
                 timeout.as_secs()
             );
-            return Err(failure(api, app, &m, summary).await);
+            return Err(failure(api, app, &m, since, summary).await);
         }
         tokio::time::sleep(POLL).await;
     }

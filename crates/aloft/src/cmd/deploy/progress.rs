@@ -103,8 +103,9 @@ impl Progress {
         if state.get(id).is_some_and(|l| l.step == step) {
             return;
         }
-        let label = format!("  machine {id} in {region}");
+        let label = format!("machine {id} in {region}");
         let Some(bars) = &self.bars else {
+            let label = format!("  {label}");
             let before = state.get(id).and_then(|l| l.step.plain());
             if let Some(text) = step.plain().filter(|t| before.as_ref() != Some(t)) {
                 println!("{label}: {text}");
@@ -115,10 +116,10 @@ impl Progress {
         let bar = match state.remove(id).and_then(|l| l.bar) {
             Some(bar) => bar,
             None => {
-                let style = ProgressStyle::with_template("{spinner} {prefix}: {msg}")
+                let style = ProgressStyle::with_template("  {spinner} {prefix}: {msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_spinner());
                 let bar = bars.add(ProgressBar::new_spinner().with_style(style));
-                bar.set_prefix(label);
+                bar.set_prefix(label.clone());
                 bar.enable_steady_tick(Duration::from_millis(120));
                 bar
             }
@@ -129,7 +130,13 @@ impl Progress {
             _ => step.text(),
         };
         if step.done() {
-            bar.finish_with_message(text);
+            // A finished machine leaves the live lines for a printed one: indicatif's println
+            // would otherwise wipe finished bars.
+            bar.finish_and_clear();
+            bars.remove(&bar);
+            if bars.println(format!("  {label}: {text}")).is_err() {
+                println!("  {label}: {text}");
+            }
             state.insert(id.to_owned(), Line { step, bar: None });
         } else {
             bar.set_message(text);

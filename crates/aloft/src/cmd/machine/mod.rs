@@ -224,7 +224,7 @@ fn row(m: &Machine) -> Vec<String> {
         m.name.clone(),
         output::state(Stream::Stdout, &m.state.to_string()),
         m.region.clone(),
-        m.config.image.clone(),
+        output::short_image(&m.config.image).to_owned(),
         m.private_ip.clone(),
         format!("{:?}", m.host_status).to_lowercase(),
         m.updated_at.clone(),
