@@ -310,6 +310,10 @@ fn launch_adopts_a_fly_toml_as_it_is() {
     let list = server.machine_list("flyweb", false);
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["config"]["env"]["MODE"], "fly");
+    // With a host, the app and its name under localhost, doctor finds nothing to fix.
+    let doctor = ok(server.cli_in(&app_dir, &["doctor"]));
+    assert!(doctor.contains("Everything checked is fine"), "{doctor}");
+    assert!(!doctor.contains("FAIL"), "{doctor}");
     // A second launch here would create a second app from the same file: it names the app
     // that exists instead.
     let again = server.cli_in(&app_dir, &["launch"]);

@@ -276,6 +276,9 @@ fn deploy_without_an_image_builds_the_dockerfile_with_target_and_args() {
     let out = ok(server.cli_in(&dir, &["deploy"]));
     assert!(out.contains(&format!("/{app}:deployment-")), "{out}");
     wait_page(&server, &app, "built page from-args-5e2b");
+    // `--build-arg` wins over `[build.args]`, as flyctl's does.
+    ok(server.cli_in(&dir, &["deploy", "--build-arg", "PAGE=from-flag-77c1"]));
+    wait_page(&server, &app, "built page from-flag-77c1");
     let live = server.machine_list(&app, false);
     assert!(
         live[0]["config"]["image"]
@@ -313,7 +316,8 @@ fn deploy_without_an_image_builds_the_dockerfile_with_target_and_args() {
     let err = stderr(&failed);
     assert!(err.contains("`docker build` of"), "{err}");
     assert!(err.contains("missing-4b7d.txt"), "{err}");
-    assert_eq!(releases(&server, &dir).len(), 1);
+    // The two deploys above, and none for the build that failed.
+    assert_eq!(releases(&server, &dir).len(), 2);
 }
 
 #[test]
