@@ -153,6 +153,23 @@ fn machine_update_clone_kill_suspend_leases_and_wait() {
         events.contains("SIGKILL") && events.contains("137"),
         "{events}"
     );
+    // update --skip-start changes a machine that is down without starting it.
+    ok(server.cli(&[
+        "machine",
+        "update",
+        &id,
+        "--app",
+        "web",
+        "--env",
+        "AFTER=1",
+        "--skip-start",
+    ]));
+    let m = machine(&server, "web", &id);
+    assert_eq!(m["config"]["env"]["AFTER"], "1", "{m}");
+    assert!(
+        matches!(m["state"].as_str(), Some("stopped" | "failed")),
+        "{m}"
+    );
 
     // suspend: the copy is no longer started (suspended where the runtime can keep its memory).
     ok(server.cli(&["machine", "suspend", &copy_id, "--app", "web"]));

@@ -39,6 +39,9 @@ pub struct UpdateArgs {
     /// Set metadata KEY=VALUE (repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     metadata: Vec<String>,
+    /// Leave a stopped machine stopped (a started one is always restarted with the change).
+    #[arg(long)]
+    skip_start: bool,
     /// Do not wait for the machine to start again.
     #[arg(long, short)]
     detach: bool,
@@ -139,10 +142,12 @@ pub async fn update(api: &Client, args: UpdateArgs) -> anyhow::Result<()> {
     }
     let req = CreateMachineRequest {
         config,
+        skip_launch: args.skip_start,
         ..Default::default()
     };
     let m = api.update_machine(&app, &args.id, &req).await?;
-    let m = settle(api, &app, m, args.detach).await?;
+    let stays_down = args.skip_start && old.state != aloft_api::MachineState::Started;
+    let m = settle(api, &app, m, args.detach || stays_down).await?;
     if args.json {
         return output::json(&m);
     }
