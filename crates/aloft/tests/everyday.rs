@@ -153,6 +153,9 @@ fn machine_update_clone_kill_suspend_leases_and_wait() {
         events.contains("SIGKILL") && events.contains("137"),
         "{events}"
     );
+    // machine status shows the events with their reasons.
+    let status = ok(server.cli(&["machine", "status", &id, "--app", "web"]));
+    assert!(status.contains("exit code 137"), "{status}");
     // update --skip-start changes a machine that is down without starting it.
     ok(server.cli(&[
         "machine",

@@ -30,7 +30,7 @@ use clap::Args;
 
 use crate::context::{self, UsageError};
 
-pub use health::{checks_in, event_reason, wait_healthy, MachineFailure};
+pub use health::{checks_in, event_reason, reason_of, wait_healthy, MachineFailure};
 pub use progress::{Progress, Step};
 pub use release_command::ReleaseCommand;
 pub use traffic::DEFAULT_DRAIN;

@@ -50,7 +50,11 @@ impl MachineFailure {
 
 /// The reason the newest event of `m` gives (its message, else its exit code), if any.
 pub fn event_reason(m: &Machine) -> Option<String> {
-    let e = m.events.iter().max_by_key(|e| e.timestamp)?;
+    reason_of(m.events.iter().max_by_key(|e| e.timestamp)?)
+}
+
+/// The reason one event gives: its message, its exit code, or both.
+pub fn reason_of(e: &aloft_api::MachineEvent) -> Option<String> {
     let request = e.request.as_ref();
     let message = request.and_then(|r| r.get("message")?.as_str().map(str::to_owned));
     let code = request.and_then(|r| r.get("exit_event")?.get("exit_code")?.as_i64());

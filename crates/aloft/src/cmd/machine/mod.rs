@@ -256,12 +256,18 @@ fn print_status(m: &Machine) {
         println!("  {k:<11} {v}");
     }
     if !m.events.is_empty() {
-        println!("Events:");
+        println!("Events (newest first):");
         for e in m.events.iter().take(10) {
-            println!(
-                "  {}  {:<8} {:<10} {}",
-                e.timestamp, e.kind, e.status, e.source
+            let when = chrono::DateTime::from_timestamp_millis(e.timestamp).map_or_else(
+                || e.timestamp.to_string(),
+                |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             );
+            let why = crate::cmd::deploy::reason_of(e).unwrap_or_default();
+            let line = format!(
+                "  {when}  {:<8} {:<10} {:<5} {why}",
+                e.kind, e.status, e.source
+            );
+            println!("{}", line.trim_end());
         }
     }
     if !m.checks.is_empty() {
