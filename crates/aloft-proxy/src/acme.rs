@@ -15,7 +15,7 @@ use rustls::pki_types::PrivateKeyDer;
 use rustls::sign::CertifiedKey;
 use sha2::{Digest as _, Sha256};
 
-use crate::proxy::{full, ProxyBody};
+use crate::body::{full, ProxyBody};
 use crate::tls::TlsError;
 
 /// The ALPN protocol of TLS-ALPN-01 validation handshakes.

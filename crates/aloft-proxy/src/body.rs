@@ -1,16 +1,41 @@
-//! Body types: request bodies buffered for retry (or streamed past the limit) and response
+//! Body types: the edge's own answers, request bodies buffered for retry (or streamed past the limit) and response
 //! bodies that hold their machine's slot until sent.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::balance::SlotGuard;
-use crate::proxy::ProxyBody;
 use crate::upstream::Pooled;
+
+/// The body type the edge sends and answers with.
+pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// A whole body of `bytes`.
+pub(crate) fn whole(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+pub(crate) fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// A short plain-text answer from the edge itself.
+pub(crate) fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut r = Response::new(whole(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
 
 /// Reads a request body of unknown or small size into memory while it stays within `limit`
 /// (`Ok(Ok(bytes))`); past the limit, gives back a body that replays what was read and streams

@@ -1,14 +1,71 @@
-//! Headers on the way to machines and back: the platform's forwarding headers, hop-by-hop
-//! removal, and the request headers that steer machine choice.
+//! Headers on the way to machines and back: the platform's forwarding headers (from the client
+//! connection's [`ConnInfo`] and the request's [`RequestId`]), hop-by-hop removal, and the
+//! request headers that steer machine choice.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 
 use crate::balance::Steering;
-use crate::edge::Inner;
-use crate::proxy::ConnInfo;
+
+/// The client connection a request arrived on.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The address the client connected to (for apps' dedicated addresses).
+    pub local: std::net::IpAddr,
+    pub tls: bool,
+    /// The public port the listener stands for.
+    pub port: u16,
+    /// The client's address (IPv4-mapped addresses as IPv4) and `port` as header values, made
+    /// once per connection.
+    pub ip_header: HeaderValue,
+    pub port_header: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, local: std::net::IpAddr, tls: bool, port: u16) -> ConnInfo {
+        let value = |s: String| {
+            HeaderValue::from_maybe_shared(Bytes::from(s))
+                .unwrap_or_else(|_| HeaderValue::from_static(""))
+        };
+        ConnInfo {
+            peer,
+            local,
+            tls,
+            port,
+            ip_header: value(peer.ip().to_canonical().to_string()),
+            port_header: value(port.to_string()),
+        }
+    }
+}
+
+/// A request id: 32 random lowercase hex digits, made without a formatting allocation.
+pub(crate) struct RequestId([u8; 32]);
+
+impl RequestId {
+    pub fn new() -> RequestId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let n = rand::random::<u128>();
+        let mut buf = [0u8; 32];
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        RequestId(buf)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn header(&self) -> HeaderValue {
+        HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&self.0))
+            .unwrap_or_else(|_| HeaderValue::from_static("0"))
+    }
+}
 
 /// Header names the edge reads and writes, parsed once at compile time.
 pub(crate) mod hdr {
@@ -117,7 +174,7 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// forwarding headers. Values that do not change per request (client address, ports, region)
 /// are shared, not rebuilt.
 pub(crate) fn forward_headers(
-    inner: &Inner,
+    region: &HeaderValue,
     incoming: &HeaderMap,
     host: &str,
     conn: &ConnInfo,
@@ -149,8 +206,8 @@ pub(crate) fn forward_headers(
     h.insert(hdr::FLY_FORWARDED_PORT, conn.port_header.clone());
     h.insert(hdr::ALOFT_FORWARDED_PORT, conn.port_header.clone());
     h.insert(hdr::X_FORWARDED_PORT, conn.port_header.clone());
-    h.insert(hdr::FLY_REGION, inner.region_header.clone());
-    h.insert(hdr::ALOFT_REGION, inner.region_header.clone());
+    h.insert(hdr::FLY_REGION, region.clone());
+    h.insert(hdr::ALOFT_REGION, region.clone());
     h.insert(hdr::FLY_REQUEST_ID, request_id.clone());
     h.insert(hdr::ALOFT_REQUEST_ID, request_id.clone());
     let (proto, ssl) = if conn.tls {

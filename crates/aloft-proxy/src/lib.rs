@@ -14,25 +14,29 @@ mod balance;
 mod body;
 mod chunked;
 mod edge;
+mod flow;
 mod h1;
 mod headers;
+mod hyper_engine;
 mod load;
 mod metrics;
-mod proxy;
+mod options;
 pub mod proxy_proto;
 mod replay;
 mod routes;
+mod serve;
+mod shared;
 mod tcp;
 mod tls;
 mod upstream;
 mod wake;
 
-pub use edge::{Edge, EdgeError, EdgeOptions};
+pub use edge::{Edge, EdgeError};
 pub use load::{EntryGuard, EntryLoad, EntrySnapshot};
+pub use options::{EdgeOptions, WakeFuture, Waker};
 pub use replay::{Replay, REPLAY_HEADERS};
 pub use routes::{
     AppRoutes, Autostop, Concurrency, ConcurrencyKind, MachineRoute, MachineState, PortRoute,
     ProxyProtoVersion, RouteStore, RouteStoreError, RouteTable, ServiceRoutes,
 };
 pub use tls::{Ca, TlsError};
-pub use wake::{WakeFuture, Waker};

@@ -14,14 +14,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::balance::Steering;
-use crate::edge::{serve_conn, serve_plain, Inner};
-use crate::proxy::{acquire, ConnInfo};
+use crate::flow::acquire;
+use crate::headers::ConnInfo;
 use crate::proxy_proto;
 use crate::routes::{AppRoutes, PortRoute, Routing, ServiceRoutes};
+use crate::serve::{serve_conn, serve_plain};
+use crate::shared::Shared;
 
 /// One bound public port.
-pub(crate) struct PortListener {
-    pub addr: SocketAddr,
+struct PortListener {
+    addr: SocketAddr,
     stop: CancellationToken,
 }
 
@@ -34,7 +36,7 @@ impl Drop for PortListener {
 /// The bound listeners by public port.
 #[derive(Default)]
 pub(crate) struct PortListeners {
-    pub ports: std::sync::Mutex<BTreeMap<u16, PortListener>>,
+    ports: std::sync::Mutex<BTreeMap<u16, PortListener>>,
 }
 
 /// One app's claim on a public port.
@@ -62,30 +64,27 @@ fn claims(routing: &Routing, port: u16) -> Vec<Claim<'_>> {
     out
 }
 
-impl Inner {
+impl PortListeners {
     /// Binds listeners for public ports that appeared in the route table and closes those of
     /// ports that left it (their open connections go on). A port that cannot be bound is
     /// logged and tried again with the next table.
-    pub(crate) fn sync_port_listeners(self: &Arc<Self>) {
-        let Some(ip) = self.opts.tcp_listen else {
+    pub fn sync(&self, shared: &Arc<Shared>) {
+        let opts = shared.opts();
+        let Some(ip) = opts.tcp_listen else {
             return;
         };
-        let routing = self.routes.load_full();
+        let routing = shared.routing();
         let mut wanted: Vec<u16> = routing
             .table
             .apps
             .iter()
             .flat_map(|a| a.services.iter())
             .flat_map(|s| s.ports.iter().map(|p| p.port))
-            .filter(|p| *p != self.opts.http_port && *p != self.opts.https_port)
+            .filter(|p| *p != opts.http_port && *p != opts.https_port)
             .collect();
         wanted.sort_unstable();
         wanted.dedup();
-        let mut ports = self
-            .listeners
-            .ports
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut ports = self.ports.lock().unwrap_or_else(|e| e.into_inner());
         ports.retain(|port, l| {
             let keep = wanted.binary_search(port).is_ok();
             if !keep {
@@ -93,14 +92,14 @@ impl Inner {
             }
             keep
         });
-        if self.shutdown.is_cancelled() {
+        if shared.shutdown_signal().is_cancelled() {
             return;
         }
         for port in wanted {
             if ports.contains_key(&port) {
                 continue;
             }
-            match self.bind_port(ip, port) {
+            match bind_port(shared, ip, port) {
                 Ok(l) => {
                     ports.insert(port, l);
                 }
@@ -109,21 +108,32 @@ impl Inner {
         }
     }
 
-    fn bind_port(self: &Arc<Self>, ip: IpAddr, port: u16) -> std::io::Result<PortListener> {
-        let std_listener = std::net::TcpListener::bind(SocketAddr::new(ip, port))?;
-        std_listener.set_nonblocking(true)?;
-        let addr = std_listener.local_addr()?;
-        let _in_runtime = self.runtime.enter();
-        let listener = TcpListener::from_std(std_listener)?;
-        let stop = self.shutdown.child_token();
-        tracing::info!(port, %addr, "listening on a service port");
-        self.tracker
-            .spawn(port_loop(self.clone(), listener, port, stop.clone()));
-        Ok(PortListener { addr, stop })
+    /// The addresses the service-port listeners are bound to, by public port.
+    pub fn bound(&self) -> HashMap<u16, SocketAddr> {
+        self.ports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(p, l)| (*p, l.addr))
+            .collect()
     }
 }
 
-async fn port_loop(inner: Arc<Inner>, listener: TcpListener, port: u16, stop: CancellationToken) {
+fn bind_port(shared: &Arc<Shared>, ip: IpAddr, port: u16) -> std::io::Result<PortListener> {
+    let std_listener = std::net::TcpListener::bind(SocketAddr::new(ip, port))?;
+    std_listener.set_nonblocking(true)?;
+    let addr = std_listener.local_addr()?;
+    let _in_runtime = shared.runtime().enter();
+    let listener = TcpListener::from_std(std_listener)?;
+    let stop = shared.shutdown_signal().child_token();
+    tracing::info!(port, %addr, "listening on a service port");
+    shared
+        .tracker()
+        .spawn(port_loop(shared.clone(), listener, port, stop.clone()));
+    Ok(PortListener { addr, stop })
+}
+
+async fn port_loop(shared: Arc<Shared>, listener: TcpListener, port: u16, stop: CancellationToken) {
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -139,12 +149,12 @@ async fn port_loop(inner: Arc<Inner>, listener: TcpListener, port: u16, stop: Ca
         };
         let _ = stream.set_nodelay(true);
         let watcher = (graceful.watcher(), stop.clone());
-        inner.spawn_connection(|inner| async move {
-            port_conn(&inner, stream, peer, port, watcher).await;
+        shared.spawn_connection(|shared| async move {
+            port_conn(&shared, stream, peer, port, watcher).await;
         });
     }
     drop(listener);
-    if tokio::time::timeout(inner.opts.drain_timeout, graceful.shutdown())
+    if tokio::time::timeout(shared.opts().drain_timeout, graceful.shutdown())
         .await
         .is_err()
     {
@@ -155,14 +165,14 @@ async fn port_loop(inner: Arc<Inner>, listener: TcpListener, port: u16, stop: Ca
 /// One client connection on a service port: HTTP when a service there has the `http` handler,
 /// raw TCP otherwise.
 async fn port_conn(
-    inner: &Arc<Inner>,
+    shared: &Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
     port: u16,
     (watcher, stop): (Watcher, CancellationToken),
 ) {
     let local = stream.local_addr().unwrap_or(peer);
-    let routing = inner.routes.load_full();
+    let routing = shared.routing();
     let mut claims = claims(&routing, port);
     if claims.is_empty() {
         return;
@@ -176,11 +186,11 @@ async fn port_conn(
     }
     let tls = claims.iter().any(|c| has(c.port, "tls"));
     let http = claims.iter().any(|c| has(c.port, "http"));
-    let limit = inner.opts.header_read_timeout;
+    let limit = shared.opts().header_read_timeout;
     if !tls {
         if http {
             let conn = ConnInfo::new(peer, local.ip(), false, port);
-            serve_plain(inner, stream, conn, (watcher, stop)).await;
+            serve_plain(shared, stream, conn, (watcher, stop)).await;
             return;
         }
         let [claim] = &claims[..] else {
@@ -192,12 +202,10 @@ async fn port_conn(
             );
             return;
         };
-        forward(inner, stream, claim, peer, local).await;
+        forward(shared, stream, claim, peer, local).await;
         return;
     }
-    let Some(acceptor) = inner.tls_acceptor.clone() else {
-        return;
-    };
+    let acceptor = shared.tls_acceptor().clone();
     let stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -212,7 +220,7 @@ async fn port_conn(
     if http {
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         let conn = ConnInfo::new(peer, local.ip(), true, port);
-        serve_conn(inner.clone(), stream, conn, (watcher, stop), Some(h2)).await;
+        serve_conn(shared.clone(), stream, conn, (watcher, stop), Some(h2)).await;
         return;
     }
     let sni = stream.get_ref().1.server_name().map(str::to_string);
@@ -227,14 +235,14 @@ async fn port_conn(
             return;
         }
     };
-    forward(inner, stream, claim, peer, local).await;
+    forward(shared, stream, claim, peer, local).await;
 }
 
 /// Takes a slot on a machine of the claim's app (waking one if needed), connects to it (another
 /// machine if connecting fails: no byte was sent yet), writes the PROXY header if the port asks
 /// for one, then copies bytes both ways until either side closes.
 async fn forward<I>(
-    inner: &Arc<Inner>,
+    shared: &Shared,
     mut client: I,
     claim: &Claim<'_>,
     peer: SocketAddr,
@@ -246,7 +254,7 @@ async fn forward<I>(
     let mut steer = Steering::default();
     let mut attempts = 0;
     let (machine, _slot, mut backend) = loop {
-        let (m, slot) = match acquire(inner, app, svc, &steer).await {
+        let (m, slot) = match acquire(shared, app, svc, &steer).await {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(app = %app.app, %peer, reason = %e.message, "no machine for a TCP connection");
@@ -254,7 +262,8 @@ async fn forward<I>(
             }
         };
         let addr = SocketAddr::new(m.address, svc.internal_port);
-        match tokio::time::timeout(inner.opts.connect_timeout, TcpStream::connect(addr)).await {
+        let connecting = TcpStream::connect(addr);
+        match tokio::time::timeout(shared.opts().connect_timeout, connecting).await {
             Ok(Ok(s)) => break (m, slot, s),
             Ok(Err(e)) => {
                 tracing::warn!(app = %app.app, machine = %m.id, %addr, error = %e, "connect failed");
@@ -262,14 +271,14 @@ async fn forward<I>(
             Err(_) => tracing::warn!(app = %app.app, machine = %m.id, %addr, "connect timed out"),
         }
         attempts += 1;
-        if attempts >= inner.opts.max_attempts {
+        if attempts >= shared.opts().max_attempts {
             tracing::warn!(app = %app.app, %peer, "no machine accepted a TCP connection");
             return;
         }
         steer.exclude.insert(m.id.clone());
     };
     let _ = backend.set_nodelay(true);
-    inner.metrics.tcp_connection(&app.app);
+    shared.metrics().tcp_connection(&app.app);
     if let Some(version) = claim.port.proxy_proto {
         let header = proxy_proto::encode(version, peer, local);
         if let Err(e) = backend.write_all(&header).await {
@@ -281,15 +290,4 @@ async fn forward<I>(
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
         tracing::debug!(machine = %machine.id, error = %e, "TCP connection ended with an error");
     }
-}
-
-/// The addresses the service-port listeners are bound to, by public port.
-pub(crate) fn bound(listeners: &PortListeners) -> HashMap<u16, SocketAddr> {
-    listeners
-        .ports
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .map(|(p, l)| (*p, l.addr))
-        .collect()
 }

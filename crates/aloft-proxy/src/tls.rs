@@ -229,12 +229,12 @@ pub(crate) fn certified_key(
 /// Picks the certificate for a TLS handshake by SNI: a user certificate (exact name, then
 /// wildcard), else one issued by the cluster CA for a hostname in the route table.
 pub(crate) struct CertResolver {
-    pub user: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    user: RwLock<HashMap<String, Arc<CertifiedKey>>>,
     issued: Mutex<HashMap<String, (std::time::Instant, Arc<CertifiedKey>)>>,
     ca: ArcSwapOption<Ca>,
     routes: Arc<ArcSwap<Routing>>,
     /// ACME challenges: `acme-tls/1` handshakes get their challenge certificate.
-    pub acme: Arc<crate::acme::Challenges>,
+    acme: crate::acme::Challenges,
 }
 
 impl std::fmt::Debug for CertResolver {
@@ -250,8 +250,24 @@ impl CertResolver {
             issued: Mutex::default(),
             ca: ArcSwapOption::new(ca),
             routes,
-            acme: Arc::default(),
+            acme: crate::acme::Challenges::default(),
         }
+    }
+
+    /// The ACME challenges answered (TLS-ALPN-01 here, HTTP-01 by the request path).
+    pub fn acme(&self) -> &crate::acme::Challenges {
+        &self.acme
+    }
+
+    /// Serves `key` for `host` (which may be `*.example.com`) from now on.
+    pub fn add_user(&self, host: String, key: Arc<CertifiedKey>) {
+        let mut user = self.user.write().unwrap_or_else(|e| e.into_inner());
+        user.insert(host, key);
+    }
+
+    /// Replaces every user certificate with `certs`.
+    pub fn set_users(&self, certs: HashMap<String, Arc<CertifiedKey>>) {
+        *self.user.write().unwrap_or_else(|e| e.into_inner()) = certs;
     }
 
     /// Issues app certificates from `ca` from now on (those issued by another CA are dropped).

@@ -17,8 +17,13 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::h1::MachineConn;
-use crate::proxy::ProxyBody;
+use crate::body::ProxyBody;
+
+/// A plain connection to a machine (the relay's), with what was read from it and not used yet.
+pub(crate) struct MachineConn {
+    pub stream: TcpStream,
+    pub buf: bytes::BytesMut,
+}
 
 /// Why a request could not be sent to a machine or got no answer.
 #[derive(Debug, thiserror::Error)]
