@@ -16,7 +16,6 @@ use rustls::sign::CertifiedKey;
 use sha2::{Digest as _, Sha256};
 
 use crate::body::{full, ProxyBody};
-use crate::tls::TlsError;
 
 /// The ALPN protocol of TLS-ALPN-01 validation handshakes.
 pub(crate) const ALPN: &[u8] = b"acme-tls/1";
@@ -38,10 +37,19 @@ impl std::fmt::Debug for Challenges {
     }
 }
 
+/// Why a challenge's answer cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AcmeError {
+    #[error("Cannot make the TLS-ALPN-01 certificate for {host}")]
+    Cert { host: String, source: rcgen::Error },
+    #[error("The TLS-ALPN-01 key for {host} is not a supported key type")]
+    Key { host: String },
+}
+
 /// The TLS-ALPN-01 certificate for `host`: self-signed, the hostname as its only name, and the
 /// sha256 of the key authorization in a critical acmeIdentifier extension.
-fn challenge_cert(host: &str, key_authorization: &str) -> Result<CertifiedKey, TlsError> {
-    let err = |source| TlsError::Issue {
+fn challenge_cert(host: &str, key_authorization: &str) -> Result<CertifiedKey, AcmeError> {
+    let err = |source| AcmeError::Cert {
         host: host.to_string(),
         source,
     };
@@ -54,7 +62,7 @@ fn challenge_cert(host: &str, key_authorization: &str) -> Result<CertifiedKey, T
     let cert = params.self_signed(&key).map_err(err)?;
     let der = PrivateKeyDer::Pkcs8(key.serialize_der().into());
     let signing =
-        rustls::crypto::ring::sign::any_supported_type(&der).map_err(|_| TlsError::KeyPem {
+        rustls::crypto::ring::sign::any_supported_type(&der).map_err(|_| AcmeError::Key {
             host: host.to_string(),
         })?;
     Ok(CertifiedKey::new(vec![cert.der().clone()], signing))
@@ -67,7 +75,7 @@ fn normal(host: &str) -> String {
 impl Challenges {
     /// Replaces the set of challenges. A TLS-ALPN-01 certificate already built for the same
     /// key authorization is kept. Entries that cannot be built are returned as errors.
-    pub fn set(&self, challenges: &[AcmeChallenge]) -> Vec<TlsError> {
+    pub fn set(&self, challenges: &[AcmeChallenge]) -> Vec<AcmeError> {
         let mut http = HashMap::new();
         let mut tls = HashMap::new();
         let mut errors = Vec::new();

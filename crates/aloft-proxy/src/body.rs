@@ -1,5 +1,5 @@
-//! Body types: the edge's own answers, request bodies buffered for retry (or streamed past the limit) and response
-//! bodies that hold their machine's slot until sent.
+//! Body types: the edge's own answers, and request bodies buffered so they can be sent again
+//! (or streamed past the limit).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -9,10 +9,7 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-
-use crate::balance::SlotGuard;
-use crate::upstream::Pooled;
+use hyper::body::{Body, Frame, Incoming};
 
 /// The body type the edge sends and answers with.
 pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -79,52 +76,5 @@ impl Body for Prefixed {
 
     fn is_end_stream(&self) -> bool {
         self.read.is_none() && self.rest.is_end_stream()
-    }
-}
-
-/// A machine's response body that holds the machine's slot until it is fully sent, and gives
-/// its connection back for the next request once it was read whole.
-pub(crate) struct Tracked {
-    pub inner: Incoming,
-    pub guard: Option<SlotGuard>,
-    pub conn: Option<Pooled>,
-}
-
-impl Tracked {
-    fn finish(&mut self, whole: bool) {
-        self.guard.take();
-        if let Some(conn) = self.conn.take() {
-            if whole {
-                conn.release();
-            }
-        }
-    }
-}
-
-impl Body for Tracked {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
-        match &r {
-            // hyper stops polling once `is_end_stream` says so, so the end is noticed here.
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(true),
-            Poll::Ready(None) => self.finish(true),
-            Poll::Ready(Some(Err(_))) => self.finish(false),
-            _ => {}
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

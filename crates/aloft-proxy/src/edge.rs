@@ -234,7 +234,10 @@ impl Edge {
         challenges: &[aloft_api::certs::AcmeChallenge],
     ) -> Vec<EdgeError> {
         let errors = self.shared.acme().set(challenges);
-        errors.into_iter().map(EdgeError::from).collect()
+        errors
+            .into_iter()
+            .map(|e| EdgeError::Tls(e.into()))
+            .collect()
     }
 
     /// Issues app certificates from `ca` (e.g. the cluster CA) from now on.

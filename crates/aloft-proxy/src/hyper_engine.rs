@@ -4,7 +4,9 @@
 //! while it holds its machine's slot. Upgrades become a byte tunnel once the machine says `101`.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -13,12 +15,12 @@ use http::request::Parts;
 use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Incoming};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
 use crate::balance::SlotGuard;
-use crate::body::{self, buffer_body, full, ProxyBody, Tracked};
+use crate::body::{self, buffer_body, full, ProxyBody};
 use crate::flow::{self, Dest, Engine, Failure, Flow, Forwarded, Sending};
 use crate::headers::{forward_headers, hdr, steering, strip_hop_by_hop, ConnInfo, RequestId};
 use crate::replay::{Replay, REPLAY_HEADERS};
@@ -239,6 +241,53 @@ async fn serve<'r>(
                 .boxed(),
             )
         }
+    }
+}
+
+/// A machine's response body that holds the machine's slot until it is fully sent, and gives
+/// its connection back for the next request once it was read whole.
+struct Tracked {
+    inner: Incoming,
+    guard: Option<SlotGuard>,
+    conn: Option<Pooled>,
+}
+
+impl Tracked {
+    fn finish(&mut self, whole: bool) {
+        self.guard.take();
+        if let Some(conn) = self.conn.take() {
+            if whole {
+                conn.release();
+            }
+        }
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            // hyper stops polling once `is_end_stream` says so, so the end is noticed here.
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(true),
+            Poll::Ready(None) => self.finish(true),
+            Poll::Ready(Some(Err(_))) => self.finish(false),
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -34,6 +34,16 @@ pub enum TlsError {
     Config(#[source] rustls::Error),
 }
 
+/// The ACME module's errors as the edge reports them (their host, as a certificate's).
+impl From<crate::acme::AcmeError> for TlsError {
+    fn from(e: crate::acme::AcmeError) -> TlsError {
+        match e {
+            crate::acme::AcmeError::Cert { host, source } => TlsError::Issue { host, source },
+            crate::acme::AcmeError::Key { host } => TlsError::KeyPem { host },
+        }
+    }
+}
+
 const CA_CERT_FILE: &str = "ca.pem";
 const CA_KEY_FILE: &str = "ca-key.pem";
 
