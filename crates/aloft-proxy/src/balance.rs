@@ -16,7 +16,7 @@ use crate::routes::{Concurrency, MachineRoute, MachineState};
 pub(crate) struct Loads {
     inner: Mutex<HashMap<Arc<str>, MachineLoad>>,
     /// Woken whenever a slot is released, so queued requests can look again.
-    pub released: Notify,
+    released: Notify,
 }
 
 #[derive(Debug, Clone)]
@@ -46,6 +46,11 @@ impl Loads {
             last_active: Instant::now(),
             id,
         })
+    }
+
+    /// Completes when a slot is released after it was enabled (or first polled).
+    pub fn released(&self) -> tokio::sync::futures::Notified<'_> {
+        self.released.notified()
     }
 
     pub fn load(&self, machine: &str) -> u32 {

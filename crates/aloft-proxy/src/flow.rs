@@ -155,7 +155,7 @@ pub(crate) async fn acquire<'a>(
             });
         }
         // Arm the wait, then look once more so a slot freed in between is not missed.
-        let released = loads.released.notified();
+        let released = loads.released();
         tokio::pin!(released);
         released.as_mut().enable();
         for m in &ranked {

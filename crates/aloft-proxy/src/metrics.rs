@@ -33,8 +33,8 @@ pub(crate) struct Metrics {
     autostops: Mutex<BTreeMap<String, u64>>,
     replays: Mutex<BTreeMap<String, u64>>,
     tcp_connections: Mutex<BTreeMap<String, u64>>,
-    pub open_connections: AtomicI64,
-    pub autostop_cycles: AtomicU64,
+    open_connections: AtomicI64,
+    autostop_cycles: AtomicU64,
 }
 
 fn bump(map: &Mutex<BTreeMap<String, u64>>, app: &str) {
@@ -100,6 +100,16 @@ impl Metrics {
 
     pub fn replay(&self, app: &str) {
         bump(&self.replays, app);
+    }
+
+    /// A client connection opened (`1`) or closed (`-1`).
+    pub fn connections(&self, change: i64) {
+        self.open_connections.fetch_add(change, Ordering::Relaxed);
+    }
+
+    /// One autostop pass ran.
+    pub fn autostop_cycle(&self) {
+        self.autostop_cycles.fetch_add(1, Ordering::Relaxed);
     }
 
     /// One raw TCP connection forwarded to a machine of `app`.

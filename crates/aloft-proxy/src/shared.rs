@@ -6,7 +6,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -269,13 +268,9 @@ impl Shared {
 
     /// `conn`, counted in the open-connections gauge while it runs.
     pub async fn counted(self: Arc<Self>, conn: impl Future<Output = ()>) {
-        self.metrics
-            .open_connections
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.connections(1);
         conn.await;
-        self.metrics
-            .open_connections
-            .fetch_sub(1, Ordering::Relaxed);
+        self.metrics.connections(-1);
     }
 
     /// Runs one client connection as a tracked task (so shutdown waits for it), counted in

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,10 +79,7 @@ pub(crate) async fn wake(
 /// One autostop pass: per app and region, stops at most one machine idle for longer than the
 /// idle period, never going below the service's `min_machines_running` for the app.
 pub(crate) async fn autostop_pass(shared: &Shared) {
-    shared
-        .metrics()
-        .autostop_cycles
-        .fetch_add(1, Ordering::Relaxed);
+    shared.metrics().autostop_cycle();
     let Some(waker) = shared.waker().cloned() else {
         return;
     };
