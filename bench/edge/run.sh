@@ -21,7 +21,8 @@
 # Two wrk runs per target and protocol: a loaded one (CONNS connections) for req/s and the
 # latency under load, and a one-connection run (one request at a time) for the latency a
 # request sees when nothing queues; "added" is the proxy's one-connection latency minus the
-# backend's own. The round with the median req/s is kept per target.
+# backend's own. The round with the median req/s is kept per target; every round's figures
+# ("req/s p50 p99 c1-p50 c1-p99") go to stderr as they are measured.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -203,12 +204,14 @@ targets() { # PROTO -> "name port" lines
         [ -z "$EDGE_BASE" ] || echo "base $P_BASE_TLS"
     fi
 }
-for _ in $(seq 1 "$ROUNDS"); do
+for round in $(seq 1 "$ROUNDS"); do
     for proto in $PROTOS; do
         while read -r name port; do
             # "rps p50 p99 c1_p50 c1_p99" per round
             loaded=$(measure "$proto" "$port" "$CONNS" "$DURATION")
             single=$(measure "$proto" "$port" 1 "$DURATION")
+            # Each round on stderr as it is measured, for the spread behind the medians.
+            echo "round $round $proto $name: $loaded $(echo "$single" | cut -d' ' -f2-)" >&2
             runs[$proto.$name]+="$loaded $(echo "$single" | cut -d' ' -f2-)"$'\n'
         done < <(targets "$proto")
     done
