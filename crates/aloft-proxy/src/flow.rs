@@ -59,6 +59,7 @@ impl RouteError {
 
 /// The app a request is for: by its host, else by the address the client connected to (an
 /// app's dedicated address); without a host, only by that address.
+#[inline]
 pub(crate) fn app_for<'r>(
     routing: &'r Routing,
     host: Option<&str>,
@@ -74,6 +75,7 @@ pub(crate) fn app_for<'r>(
 }
 
 /// The service of `app` that answers on public port `port`.
+#[inline]
 pub(crate) fn service_for(app: &AppRoutes, port: u16) -> Result<&ServiceRoutes, RouteError> {
     routes::service_for_port(app, port).ok_or_else(|| RouteError::NoService {
         app: app.app.clone(),
@@ -82,6 +84,7 @@ pub(crate) fn service_for(app: &AppRoutes, port: u16) -> Result<&ServiceRoutes, 
 }
 
 /// Whether a plain HTTP request on this connection is answered with a redirect to HTTPS.
+#[inline]
 pub(crate) fn must_redirect(svc: &ServiceRoutes, conn: &ConnInfo) -> bool {
     !conn.tls && svc.port(conn.port).is_some_and(|p| p.force_https)
 }
@@ -118,14 +121,15 @@ pub(crate) async fn acquire<'a>(
         let state = |m: &MachineRoute| shared.state_of(m);
         let serving = |m: &MachineRoute| shared.serving(m);
         let ranked = balance::rank(&app.machines, &serving, loads, limits, &here, steer);
-        let mut wake_steer = steer.clone();
-        wake_steer.exclude.extend(wake_failed.iter().cloned());
-        if svc.autostart
-            && shared.waker().is_some()
-            && (balance::needs_wake(&ranked, loads, limits)
-                || balance::wake_here_first(&ranked, &app.machines, &state, &here, &wake_steer))
-        {
-            if let Some(m) = balance::wake_candidate(&app.machines, &state, &here, &wake_steer) {
+        if svc.autostart && shared.waker().is_some() {
+            let mut wake_steer = steer.clone();
+            wake_steer.exclude.extend(wake_failed.iter().cloned());
+            let wake = balance::needs_wake(&ranked, loads, limits)
+                || balance::wake_here_first(&ranked, &app.machines, &state, &here, &wake_steer);
+            if let Some(m) = wake
+                .then(|| balance::wake_candidate(&app.machines, &state, &here, &wake_steer))
+                .flatten()
+            {
                 let m = m.clone();
                 if let Err(e) = wake::wake(shared, &app.app, svc, &m).await {
                     tracing::warn!(app = %app.app, error = %e, "cannot wake a machine");
@@ -247,6 +251,7 @@ pub(crate) struct Flow<'r> {
 impl<'r> Flow<'r> {
     /// The flow of a request for `svc` of `app`, counted as entering at this edge from now on
     /// (until the flow is dropped); `started` is when the request arrived.
+    #[inline]
     pub fn new(
         shared: &'r Shared,
         routing: &'r Routing,
@@ -266,6 +271,7 @@ impl<'r> Flow<'r> {
     }
 
     /// The app the request is for now (a replay may have moved it).
+    #[inline]
     pub fn app(&self) -> &'r AppRoutes {
         self.app
     }
@@ -353,6 +359,7 @@ impl<'r> Flow<'r> {
     }
 
     /// Counts the request in the metrics: answered `status` by `machine` (empty for the edge).
+    #[inline]
     pub fn account(&self, machine: &str, status: u16) {
         self.shared
             .metrics()
@@ -360,6 +367,7 @@ impl<'r> Flow<'r> {
     }
 }
 
+#[inline]
 fn refused(status: StatusCode, message: String, machine: &str) -> Refused<'_> {
     Refused {
         status,

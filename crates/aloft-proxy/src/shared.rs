@@ -95,11 +95,13 @@ impl Shared {
         })
     }
 
+    #[inline]
     pub fn opts(&self) -> &EdgeOptions {
         &self.opts
     }
 
     /// The route table in use, as one snapshot (a request keeps the one it started with).
+    #[inline]
     pub fn routing(&self) -> Arc<Routing> {
         self.routes.load_full()
     }
@@ -120,6 +122,7 @@ impl Shared {
             .clear();
     }
 
+    #[inline]
     pub fn state_of(&self, m: &MachineRoute) -> MachineState {
         let overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
         overlay.get(&m.id).copied().unwrap_or(m.state)
@@ -128,6 +131,7 @@ impl Shared {
     /// Whether `m` is started and healthy. A machine the edge woke itself counts as healthy
     /// until the next route table says otherwise (a stopped machine fails its checks, so the
     /// table that listed it stopped usually also listed it unhealthy).
+    #[inline]
     pub fn serving(&self, m: &MachineRoute) -> bool {
         let overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
         match overlay.get(&m.id) {
@@ -144,10 +148,12 @@ impl Shared {
             .insert(machine.to_string(), state);
     }
 
+    #[inline]
     pub fn loads(&self) -> &Arc<Loads> {
         &self.loads
     }
 
+    #[inline]
     pub fn rtts(&self) -> Arc<HashMap<String, Duration>> {
         self.rtts.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -156,6 +162,7 @@ impl Shared {
         *self.rtts.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rtts);
     }
 
+    #[inline]
     pub fn unreachable_hosts(&self) -> Arc<HashSet<String>> {
         self.unreachable.borrow().clone()
     }
@@ -195,10 +202,12 @@ impl Shared {
         }
     }
 
+    #[inline]
     pub fn region_header(&self) -> &HeaderValue {
         &self.region_header
     }
 
+    #[inline]
     pub fn waker(&self) -> Option<&Arc<dyn Waker>> {
         self.opts.waker.as_ref()
     }
@@ -209,19 +218,23 @@ impl Shared {
         locks.entry(machine.to_string()).or_default().clone()
     }
 
+    #[inline]
     pub fn upstream(&self) -> &Arc<Upstream> {
         &self.upstream
     }
 
+    #[inline]
     pub fn h2_client(&self) -> &Client<HttpConnector, ProxyBody> {
         &self.h2_client
     }
 
+    #[inline]
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
     /// Counts a request of `app` entering at this edge until the guard drops.
+    #[inline]
     pub fn enter(&self, app: &str) -> EntryGuard {
         self.entries.enter(app)
     }
@@ -234,10 +247,12 @@ impl Shared {
         &self.certs
     }
 
+    #[inline]
     pub fn acme(&self) -> &Challenges {
         self.certs.acme()
     }
 
+    #[inline]
     pub fn tls_acceptor(&self) -> &tokio_rustls::TlsAcceptor {
         &self.tls_acceptor
     }
@@ -247,11 +262,13 @@ impl Shared {
     }
 
     /// Cancelled when the edge shuts down.
+    #[inline]
     pub fn shutdown_signal(&self) -> &CancellationToken {
         &self.shutdown
     }
 
     /// The tasks the edge's drain waits for.
+    #[inline]
     pub fn tracker(&self) -> &TaskTracker {
         &self.tracker
     }

@@ -45,6 +45,7 @@ pub(super) fn conn_headers(shared: &Shared, conn: &ConnInfo) -> ConnHeaders {
     }
 }
 
+#[inline(always)]
 pub(super) fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -171,7 +172,8 @@ pub(super) struct Answer {
     pub framing: Framing,
     /// Whether the machine keeps the connection open after this answer.
     pub reuse: bool,
-    pub replay: Option<Replay>,
+    /// Boxed: rare, and the answer is moved about on every request.
+    pub replay: Option<Box<Replay>>,
     pub head_len: usize,
 }
 
@@ -232,7 +234,10 @@ pub(super) fn parse_answer(
                 }
             }
             Kind::Replay if replay.is_none() => {
-                replay = std::str::from_utf8(h.value).ok().and_then(Replay::parse);
+                replay = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(Replay::parse)
+                    .map(Box::new);
             }
             _ => {}
         }

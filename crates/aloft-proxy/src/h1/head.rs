@@ -73,6 +73,7 @@ const NAMES: [(&str, Kind); 38] = [
     ("aloft-replay", Kind::Replay),
 ];
 
+#[inline]
 pub(super) fn classify(name: &[u8]) -> Kind {
     NAMES
         .iter()
@@ -88,6 +89,7 @@ pub(super) struct Header {
     pub kind: Kind,
 }
 
+#[inline]
 pub(super) fn offset(base: &[u8], part: &[u8]) -> Range<usize> {
     let start = part.as_ptr() as usize - base.as_ptr() as usize;
     start..start + part.len()
@@ -104,22 +106,27 @@ pub(super) struct RequestHead {
 }
 
 impl RequestHead {
+    #[inline]
     pub fn method(&self) -> &[u8] {
         &self.bytes[self.method.clone()]
     }
 
+    #[inline]
     pub fn target(&self) -> &[u8] {
         &self.bytes[self.target.clone()]
     }
 
+    #[inline]
     pub fn name(&self, h: &Header) -> &[u8] {
         &self.bytes[h.name.clone()]
     }
 
+    #[inline]
     pub fn value(&self, h: &Header) -> &[u8] {
         &self.bytes[h.value.clone()]
     }
 
+    #[inline]
     pub fn first(&self, kind: Kind) -> Option<&[u8]> {
         self.headers
             .iter()
@@ -127,6 +134,7 @@ impl RequestHead {
             .map(|h| self.value(h))
     }
 
+    #[inline]
     pub fn idempotent(&self) -> bool {
         http::Method::from_bytes(self.method()).is_ok_and(|m| m.is_idempotent())
     }
@@ -179,6 +187,7 @@ pub(super) enum Refusal {
 }
 
 /// A `Content-Length` value: digits only.
+#[inline]
 pub(super) fn parse_length(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();
     if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {

@@ -210,7 +210,7 @@ impl Engine for Relay<'_> {
     }
 
     fn replay_of(&self, answer: &mut (MachineConn, Answer)) -> Option<Replay> {
-        answer.1.replay.take()
+        answer.1.replay.take().map(|r| *r)
     }
 
     fn replaying(&mut self, (up, answer): (MachineConn, Answer), to: &Dest<'_>, src: &str) {
