@@ -6,6 +6,8 @@
 #
 #   bench/edge/instructions.sh
 #     EDGE_BASE=PATH  also measures another build of the example edge, as "base"
+#     ENGINE=relay    "hyper": every request carries `Connection: keep-alive, x-hop`, which the
+#                     relay hands to hyper, so hyper's path is measured instead
 #     SHORT=3s LONG=9s CONNS=10
 #
 # Per protocol, after a warm-up: a short and a long wrk run, each with CONNS new connections,
@@ -21,6 +23,12 @@ SHORT=${SHORT:-3s}
 LONG=${LONG:-9s}
 CONNS=${CONNS:-10}
 PROTOS=${PROTOS:-http https}
+ENGINE=${ENGINE:-relay}
+case "$ENGINE" in
+    relay) EXTRA="" ;;
+    hyper) EXTRA="-H 'Connection: keep-alive, x-hop'" ;;
+    *) echo "ENGINE is relay or hyper" >&2; exit 2 ;;
+esac
 HOST=bench.aloft.test
 P_BACKEND=18181 P_EDGE=18183 P_EDGE_TLS=18193
 
@@ -96,7 +104,7 @@ JSON
 
 # wrk SCHEME PORT DURATION -> requests served
 requests() {
-    local cmd="wrk -t1 -c$CONNS -d$3 -H 'Host: $HOST' $1://$HOST:$2/" out
+    local cmd="wrk -t1 -c$CONNS -d$3 -H 'Host: $HOST' $EXTRA $1://$HOST:$2/" out
     if [ "$(id -u)" = 0 ]; then
         out=$(unshare -m sh -c "mount --bind '$TMP/hosts' /etc/hosts && exec $cmd")
     else
@@ -141,7 +149,7 @@ measure() {
     wait "$vpid" 2>/dev/null || true
 }
 
-echo "callgrind, wrk -t1 -c$CONNS, $SHORT and $LONG runs; edge on a current-thread runtime"
+echo "callgrind, wrk -t1 -c$CONNS, $SHORT and $LONG runs; edge on a current-thread runtime; $ENGINE engine"
 printf '%-6s %-6s %12s %10s %10s\n' proto edge "instr/req" "short req" "long req"
 measure aloft "$EDGE_BIN"
 [ -z "$EDGE_BASE" ] || measure base "$EDGE_BASE"

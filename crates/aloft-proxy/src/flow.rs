@@ -6,7 +6,8 @@
 //! 2. **pick and acquire**: the best machine with capacity (health, soft and hard limits,
 //!    nearness, steering), waking a stopped one when none is under its soft limit, and waiting
 //!    for a slot while every machine is at its hard limit ([`acquire`]);
-//! 3. **forward**: the engine sends the request and reads the answer's head ([`Engine::send`]);
+//! 3. **forward**: the engine sends the request and reads the answer's head, which it keeps
+//!    ([`Engine::send`]);
 //! 4. **retry or replay**: a failure that left the request unacted on goes to another machine,
 //!    an answer asking for a replay sends the request where it says ([`Flow::forward`]);
 //! 5. **account**: the request in the metrics, under the app and machine that answered
@@ -195,20 +196,18 @@ pub(crate) enum Failure {
     Answer(StatusCode, String),
 }
 
-/// How an engine moves one request's bytes.
+/// How an engine moves one request's bytes. The engine keeps the machine's answer itself (it
+/// is large and stays where it was read), and passes it on once the flow is done.
 pub(crate) trait Engine {
-    /// A machine's answer, its head read (its body may still be on the way).
-    type Answer;
+    /// Sends the request to `to` and reads the answer's head, kept until the next send.
+    fn send(&mut self, to: &Dest<'_>) -> impl Future<Output = Result<(), Failure>>;
 
-    /// Sends the request to `to` and reads the answer's head.
-    fn send(&mut self, to: &Dest<'_>) -> impl Future<Output = Result<Self::Answer, Failure>>;
+    /// The replay the kept answer asks for, if it asks for one.
+    fn replay(&mut self) -> Option<Replay>;
 
-    /// The replay `answer` asks for, if it asks for one.
-    fn replay_of(&self, answer: &mut Self::Answer) -> Option<Replay>;
-
-    /// `answer` (from `to`) asked for a replay: it is not passed on, and the request goes again
-    /// carrying `src` as its replay source.
-    fn replaying(&mut self, answer: Self::Answer, to: &Dest<'_>, src: &str);
+    /// The kept answer (from `to`) asked for a replay: it is not passed on, and the request
+    /// goes again carrying `src` as its replay source.
+    fn replaying(&mut self, to: &Dest<'_>, src: &str);
 }
 
 /// The edge's own answer instead of a machine's: status, text, and the machine it is counted
@@ -220,9 +219,9 @@ pub(crate) struct Refused<'r> {
     pub machine: &'r str,
 }
 
-/// A machine's answer, with the slot it holds on the machine until it is passed on.
-pub(crate) struct Forwarded<'r, A> {
-    pub answer: A,
+/// The machine whose answer the engine keeps, with the slot the answer holds on it until it
+/// is passed on.
+pub(crate) struct Forwarded<'r> {
     pub machine: &'r MachineRoute,
     pub addr: SocketAddr,
     pub slot: SlotGuard,
@@ -282,7 +281,7 @@ impl<'r> Flow<'r> {
         &mut self,
         engine: &mut E,
         sending: Sending,
-    ) -> Result<Forwarded<'r, E::Answer>, Refused<'r>> {
+    ) -> Result<Forwarded<'r>, Refused<'r>> {
         let Sending {
             mut steer,
             idempotent,
@@ -316,8 +315,8 @@ impl<'r> Flow<'r> {
                 None if idempotent => Err(Failure::Retry("became unreachable".into())),
                 None => Err(Failure::Fail("became unreachable".into())),
             };
-            let mut answer = match sent {
-                Ok(answer) => answer,
+            match sent {
+                Ok(()) => {}
                 Err(Failure::Retry(why)) if resendable && attempts + 1 < max_attempts => {
                     tracing::warn!(app = %app.app, machine = %m.id, reason = %why, "trying another machine");
                     attempts += 1;
@@ -332,10 +331,9 @@ impl<'r> Flow<'r> {
                 Err(Failure::Answer(status, message)) => {
                     return Err(refused(status, message, &m.id))
                 }
-            };
-            let Some(replay) = engine.replay_of(&mut answer).filter(|_| resendable) else {
+            }
+            let Some(replay) = engine.replay().filter(|_| resendable) else {
                 return Ok(Forwarded {
-                    answer,
                     machine: m,
                     addr: to.addr,
                     slot,
@@ -352,7 +350,7 @@ impl<'r> Flow<'r> {
                 Ok((a, s)) => (self.app, self.svc) = (a, s),
                 Err(e) => return Err(refused(StatusCode::BAD_GATEWAY, e, &m.id)),
             }
-            engine.replaying(answer, &to, &replay.source(&m.id, &m.region));
+            engine.replaying(&to, &replay.source(&m.id, &m.region));
             steer = replay_steering(&replay, m);
             drop(slot);
         }

@@ -193,15 +193,11 @@ async fn serve<'r>(
         buffered,
         streamed,
         replay_src: None,
+        answer: None,
     };
     let forwarded = flow.forward(&mut engine, sending).await;
     out.app = &flow.app().app;
-    let Forwarded {
-        answer,
-        machine,
-        slot,
-        ..
-    } = match forwarded {
+    let Forwarded { machine, slot, .. } = match forwarded {
         Ok(f) => f,
         Err(refused) => {
             out.machine = refused.machine;
@@ -209,6 +205,11 @@ async fn serve<'r>(
         }
     };
     out.machine = &machine.id;
+    // The flow gives a machine only with its answer kept.
+    let Some(answer) = engine.answer.take() else {
+        let message = format!("machine {} of app {} did not answer\n", machine.id, out.app);
+        return full(StatusCode::BAD_GATEWAY, message);
+    };
     match answer {
         Answer::Whole(parts, bytes, conn) => {
             drop(slot);
@@ -217,7 +218,7 @@ async fn serve<'r>(
             }
             Response::from_parts(parts, body::whole(bytes))
         }
-        Answer::Streaming(mut resp, conn) => {
+        Answer::Streaming(mut resp, conn, _) => {
             // Taken only on a 101, so an upgrade request can still be replayed elsewhere.
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 if let Some(client_upgrade) = client_upgrade.take() {
@@ -295,7 +296,8 @@ impl Body for Tracked {
 /// again), or with its body still to come.
 enum Answer {
     Whole(http::response::Parts, Bytes, Option<Pooled>),
-    Streaming(Response<Incoming>, Option<Pooled>),
+    /// With the replay it asks for, read once (boxed: rare, and the answer is moved about).
+    Streaming(Response<Incoming>, Option<Pooled>, Option<Box<Replay>>),
 }
 
 /// One request through hyper's client.
@@ -314,6 +316,8 @@ struct Hyper<'a> {
     /// The headers of the next attempt; rebuilt only when a request is sent again.
     next_headers: Option<HeaderMap>,
     replay_src: Option<HeaderValue>,
+    /// The last machine's answer.
+    answer: Option<Answer>,
 }
 
 impl Hyper<'_> {
@@ -344,9 +348,32 @@ impl Hyper<'_> {
 }
 
 impl Engine for Hyper<'_> {
-    type Answer = Answer;
+    async fn send(&mut self, to: &Dest<'_>) -> Result<(), Failure> {
+        self.answer = None;
+        let answer = self.exchange(to).await?;
+        self.answer = Some(answer);
+        Ok(())
+    }
 
-    async fn send(&mut self, to: &Dest<'_>) -> Result<Answer, Failure> {
+    fn replay(&mut self) -> Option<Replay> {
+        match self.answer.as_mut()? {
+            Answer::Streaming(_, _, replay) => replay.take().map(|r| *r),
+            Answer::Whole(..) => None,
+        }
+    }
+
+    fn replaying(&mut self, _to: &Dest<'_>, src: &str) {
+        self.answer = None;
+        if let Ok(v) = HeaderValue::from_str(src) {
+            self.replay_src = Some(v);
+        }
+    }
+}
+
+impl Hyper<'_> {
+    /// Sends the request to `to` and reads the answer's head (a small answer to a request
+    /// that can be sent again: the whole answer).
+    async fn exchange(&mut self, to: &Dest<'_>) -> Result<Answer, Failure> {
         let body = match (&self.buffered, self.streamed.take()) {
             (Some(b), _) => body::whole(b.clone()),
             (None, Some(s)) => s,
@@ -399,13 +426,19 @@ impl Engine for Hyper<'_> {
             .size_hint()
             .exact()
             .is_some_and(|n| n <= flow::MAX_BUFFERED_RESPONSE);
+        let tunnels = self.tunnels(&resp);
+        let replay = if tunnels {
+            None
+        } else {
+            replay_header(&resp).map(Box::new)
+        };
         if !small
             || self.buffered.is_none()
             || !self.parts.method.is_idempotent()
-            || self.tunnels(&resp)
-            || replay_header(&resp).is_some()
+            || tunnels
+            || replay.is_some()
         {
-            return Ok(Answer::Streaming(resp, conn));
+            return Ok(Answer::Streaming(resp, conn, replay));
         }
         let (mut parts, body) = resp.into_parts();
         match body.collect().await {
@@ -417,19 +450,6 @@ impl Engine for Hyper<'_> {
                 tracing::debug!(machine = %to.machine.id, error = %e, "answer cut short");
                 Err(Failure::Retry("did not answer".into()))
             }
-        }
-    }
-
-    fn replay_of(&self, answer: &mut Answer) -> Option<Replay> {
-        match answer {
-            Answer::Streaming(resp, _) if !self.tunnels(resp) => replay_header(resp),
-            _ => None,
-        }
-    }
-
-    fn replaying(&mut self, _answer: Answer, _to: &Dest<'_>, src: &str) {
-        if let Ok(v) = HeaderValue::from_str(src) {
-            self.replay_src = Some(v);
         }
     }
 }

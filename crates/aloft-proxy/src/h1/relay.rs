@@ -142,6 +142,7 @@ pub(super) async fn relay<I: AsyncRead + AsyncWrite + Unpin>(
         idempotent,
         head_request: head.method() == b"HEAD",
         closing,
+        answer: None,
     };
     let sending = Sending {
         steer,
@@ -150,11 +151,15 @@ pub(super) async fn relay<I: AsyncRead + AsyncWrite + Unpin>(
     };
     match flow.forward(&mut engine, sending).await {
         Ok(Forwarded {
-            answer: (up, answer),
             machine,
             addr,
             slot,
         }) => {
+            // The flow gives a machine only with its answer kept; without one, the client
+            // connection cannot be told anything more than a close.
+            let Some((up, answer)) = engine.answer.take() else {
+                return Ok(false);
+            };
             // `exchange` read a small answer whole already; the rest is relayed as it comes.
             flow.account(&machine.id, answer.status);
             relay_body(shared, c, addr, up, &answer, slot).await
@@ -190,15 +195,16 @@ struct Relay<'a> {
     idempotent: bool,
     head_request: bool,
     closing: bool,
+    /// The last machine's answer: its connection, and the head (already in `out`).
+    answer: Option<(MachineConn, Answer)>,
 }
 
 impl Engine for Relay<'_> {
-    type Answer = (MachineConn, Answer);
-
-    async fn send(&mut self, to: &Dest<'_>) -> Result<(MachineConn, Answer), Failure> {
+    async fn send(&mut self, to: &Dest<'_>) -> Result<(), Failure> {
         self.out.clear();
+        self.answer = None;
         let shape = (self.request_id, self.head_request, self.closing);
-        exchange(
+        let answer = exchange(
             self.shared.upstream(),
             to.addr,
             &self.request,
@@ -206,18 +212,23 @@ impl Engine for Relay<'_> {
             self.out,
             shape,
         )
-        .await
+        .await?;
+        self.answer = Some(answer);
+        Ok(())
     }
 
-    fn replay_of(&self, answer: &mut (MachineConn, Answer)) -> Option<Replay> {
-        answer.1.replay.take().map(|r| *r)
+    fn replay(&mut self) -> Option<Replay> {
+        let (_, answer) = self.answer.as_mut()?;
+        answer.replay.take().map(|r| *r)
     }
 
-    fn replaying(&mut self, (up, answer): (MachineConn, Answer), to: &Dest<'_>, src: &str) {
+    fn replaying(&mut self, to: &Dest<'_>, src: &str) {
         self.out.clear();
         // The answer's body is not wanted; a connection with a body left on it is closed.
-        if answer.reuse && up.buf.is_empty() && answer.framing == Framing::Empty {
-            self.shared.upstream().put_raw(to.addr, up);
+        if let Some((up, answer)) = self.answer.take() {
+            if answer.reuse && up.buf.is_empty() && answer.framing == Framing::Empty {
+                self.shared.upstream().put_raw(to.addr, up);
+            }
         }
         machine_request(
             &mut self.request,
