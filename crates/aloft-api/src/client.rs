@@ -395,7 +395,7 @@ impl Client {
         app: &str,
         id: &str,
         nonce: &str,
-    ) -> Result<OkResponse, ClientError> {
+    ) -> Result<crate::LeaseReleased, ClientError> {
         self.with_lease_nonce(nonce)
             .delete(self.machine_url(app, id, &["lease"]))
             .await

@@ -20,6 +20,10 @@ pub struct ExecRequest {
     pub timeout: Option<u64>,
 }
 
+/// The command that lists a machine's processes as JSON `ProcessStat`s: the machine's init
+/// (`aloft-init`, mounted read-only at this path in every machine) in its `ps` mode.
+pub const MACHINE_PS_COMMAND: &[&str] = &["/.aloft/init", "ps"];
+
 /// Default seconds an exec may run.
 pub const EXEC_DEFAULT_TIMEOUT: u64 = 30;
 /// Most seconds an exec may run.

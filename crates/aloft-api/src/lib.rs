@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod exec;
 pub mod hosts;
+pub mod inspect;
 pub mod ips;
 pub mod latency;
 pub mod machine;
@@ -27,6 +28,7 @@ pub use config::*;
 pub use error::ErrorBody;
 pub use exec::*;
 pub use hosts::*;
+pub use inspect::*;
 pub use machine::*;
 pub use releases::*;
 

@@ -181,10 +181,47 @@ pub struct StopRequest {
     pub timeout: Option<Value>,
 }
 
-/// Body of `POST .../signal`.
+/// Body of `POST .../signal`: a name (`"SIGTERM"`) or, as Fly's clients also send, a number
+/// (`9`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SignalRequest {
+    #[serde(deserialize_with = "signal_name")]
+    #[schema(value_type = Object)]
     pub signal: String,
+}
+
+/// The Linux signal names of the numbers Fly's clients send.
+const SIGNAL_NUMBERS: &[(u64, &str)] = &[
+    (1, "SIGHUP"),
+    (2, "SIGINT"),
+    (3, "SIGQUIT"),
+    (6, "SIGABRT"),
+    (9, "SIGKILL"),
+    (10, "SIGUSR1"),
+    (12, "SIGUSR2"),
+    (14, "SIGALRM"),
+    (15, "SIGTERM"),
+    (18, "SIGCONT"),
+    (19, "SIGSTOP"),
+    (20, "SIGTSTP"),
+    (28, "SIGWINCH"),
+];
+
+fn signal_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NameOrNumber {
+        Name(String),
+        Number(u64),
+    }
+    match NameOrNumber::deserialize(d)? {
+        NameOrNumber::Name(name) => Ok(name),
+        NameOrNumber::Number(n) => SIGNAL_NUMBERS
+            .iter()
+            .find(|(number, _)| *number == n)
+            .map(|(_, name)| (*name).to_owned())
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown signal number {n}"))),
+    }
 }
 
 /// `{"ok": true}`.
@@ -226,15 +263,27 @@ pub struct ListMachinesQuery {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct WaitQuery {
-    /// `started` (default), `stopped`, `suspended` or `destroyed`.
+    /// `started` (default), `stopped`, `suspended`, `destroyed`, `failed` or `settled`;
+    /// several as a comma list or by repeating `state=` (the first reached answers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
     /// Seconds, default 60, at most 300.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<u64>,
-    /// Wait for this instance (version) of the machine.
+    /// Wait for this instance (version) of the machine (`version=` is the same).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
+}
+
+/// Answer of `GET .../wait`: the state reached and the version it was reached at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WaitResponse {
+    pub ok: bool,
+    pub state: MachineState,
+    pub version: String,
+    /// The latest event of the machine when the wait answered.
+    #[serde(default)]
+    pub event_id: String,
 }
 
 /// Query of `DELETE .../machines/{id}`.
@@ -244,6 +293,25 @@ pub struct DeleteMachineQuery {
     /// Destroy even if the machine is running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force: Option<bool>,
+    /// Kill a running machine (SIGKILL, no grace period), then destroy it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill: Option<bool>,
+}
+
+/// Query of `POST .../restart`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RestartQuery {
+    /// How long the old process may take to stop: a duration (`"10s"`) or seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// The signal that stops the old process (default the config's `stop_config`, else
+    /// SIGINT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// Accepted for Fly's clients; a restart always stops the old process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_stop: Option<bool>,
 }
 
 /// Body of `POST .../lease` (optional; `?ttl=` works too).
@@ -285,10 +353,27 @@ pub struct LeaseResponse {
     pub data: Lease,
 }
 
-/// Body of `POST .../metadata/{key}`.
+/// Answer of `DELETE .../lease`: `{"status":"success","data":{"ok":true}}`, as Fly answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LeaseReleased {
+    pub status: String,
+    pub data: OkResponse,
+}
+
+/// Body of `POST .../metadata/{key}`, and answer of `GET .../metadata/{key}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct MetadataValue {
     pub value: String,
+}
+
+/// Body of `PUT .../metadata`: keys to set; a `null` or empty value removes the key. With
+/// `machine_version`, the change applies only while the machine is at that version (else 412).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UpdateMetadataRequest {
+    #[serde(default)]
+    pub metadata: BTreeMap<String, Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_version: Option<String>,
 }
 
 /// One entry of `GET .../versions`.

@@ -248,7 +248,22 @@ async fn wait_returns_when_the_agent_reports_the_state() {
         ))
         .send()
         .await;
-    assert_eq!((status, body), (StatusCode::OK, json!({"ok": true})));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["ok"], true);
+    assert_eq!(body["state"], "started");
+    assert_eq!(body["version"], m["instance_id"]);
+
+    // Several states, repeated or as a comma list: the first one reached answers.
+    for query in ["state=stopped&state=started", "state=stopped,started"] {
+        let (status, body) = env
+            .get(format!("/v1/apps/web/machines/{id}/wait?{query}&timeout=1"))
+            .send()
+            .await;
+        assert_eq!(
+            (status, &body["state"]),
+            (StatusCode::OK, &json!("started"))
+        );
+    }
 }
 
 #[tokio::test]

@@ -365,6 +365,21 @@ async fn openapi_document_matches_the_routes_exactly() {
             }
         }
     }
+    // Fly's parameter names, so clients generated from this document match Fly's.
+    for (_, path) in &registered {
+        if path.starts_with("/v1/apps/") {
+            assert!(
+                path.starts_with("/v1/apps/{app_name}"),
+                "{path} names the app otherwise than Fly's {{app_name}}"
+            );
+        }
+        if path.contains("/v1/apps/{app_name}/machines/{") {
+            assert!(
+                path.contains("/machines/{machine_id}"),
+                "{path} names the machine otherwise than Fly's {{machine_id}}"
+            );
+        }
+    }
     let undocumented: Vec<_> = registered.difference(&documented).collect();
     let phantom: Vec<_> = documented.difference(&registered).collect();
     assert!(

@@ -234,7 +234,7 @@ async fn a_lease_blocks_other_callers_until_they_send_its_nonce() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 
     let (status, lease) = env.post(format!("{base}/lease?ttl=60")).send().await;
-    assert_eq!(status, StatusCode::OK, "{lease}");
+    assert_eq!(status, StatusCode::CREATED, "{lease}");
     assert_eq!(lease["status"], "success");
     let nonce = lease["data"]["nonce"].as_str().unwrap().to_owned();
     assert_eq!(lease["data"]["owner"], "admin");
@@ -278,7 +278,7 @@ async fn a_lease_blocks_other_callers_until_they_send_its_nonce() {
         .json(json!({"ttl": 600, "description": "deploy"}))
         .send()
         .await;
-    assert_eq!(status, StatusCode::OK, "{extended}");
+    assert_eq!(status, StatusCode::CREATED, "{extended}");
     assert_eq!(extended["data"]["nonce"], nonce.as_str());
     assert_eq!(extended["data"]["description"], "deploy");
     assert_eq!(
@@ -290,12 +290,17 @@ async fn a_lease_blocks_other_callers_until_they_send_its_nonce() {
         env.delete(format!("{base}/lease")).send().await.0,
         StatusCode::CONFLICT
     );
-    let (status, _) = env
+    let (status, released) = env
         .delete(format!("{base}/lease"))
         .header("fly-machine-lease-nonce", &nonce)
         .send()
         .await;
     assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        released,
+        json!({"status": "success", "data": {"ok": true}}),
+        "Fly's release body"
+    );
     assert_eq!(
         env.post(format!("{base}/stop")).send().await.0,
         StatusCode::OK
@@ -483,7 +488,7 @@ async fn an_expired_lease_no_longer_blocks_anyone() {
     let m = env.machine("web", json!({})).await;
     let base = format!("/v1/apps/web/machines/{}", m["id"].as_str().unwrap());
     let (status, first) = env.post(format!("{base}/lease?ttl=1")).send().await;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(status, StatusCode::CREATED);
     assert_eq!(
         env.post(format!("{base}/cordon")).send().await.0,
         StatusCode::CONFLICT
@@ -491,7 +496,7 @@ async fn an_expired_lease_no_longer_blocks_anyone() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let second = loop {
         let (status, body) = env.post(format!("{base}/lease?ttl=60")).send().await;
-        if status == StatusCode::OK {
+        if status == StatusCode::CREATED {
             break body;
         }
         assert_eq!(status, StatusCode::CONFLICT, "{body}");

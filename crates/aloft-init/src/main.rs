@@ -6,7 +6,8 @@
 //! zombie, serves exec and signal requests on a unix socket, and when the main process ends
 //! records its exit, terminates what is left and exits with the same code.
 //!
-//! Usage: `aloft-init [RUN_CONFIG]` (default `/.aloft/run.json`). It must stay synchronous and
+//! Usage: `aloft-init [RUN_CONFIG]` (default `/.aloft/run.json`); `aloft-init ps` prints the
+//! machine's processes as JSON and exits (the Machines API's `ps` runs it through exec). It must stay synchronous and
 //! statically linkable; it knows nothing of the host. The only `unsafe` is the pre-exec hook
 //! that clears the inherited signal mask in children (`children.rs`).
 #![deny(unsafe_code)]
@@ -49,9 +50,20 @@ const HANDLED: [Signal; 11] = [
 ];
 
 fn main() {
-    let config_path = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| RUN_CONFIG_PATH.to_owned());
+    let arg = std::env::args().nth(1);
+    if arg.as_deref() == Some("ps") {
+        // Not PID 1: run through exec to list the machine's processes, then exit.
+        let list = aloft_init::ps::processes(Path::new("/proc"));
+        match serde_json::to_string(&list) {
+            Ok(json) => println!("{json}"),
+            Err(e) => {
+                eprintln!("aloft-init ps: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
+    let config_path = arg.unwrap_or_else(|| RUN_CONFIG_PATH.to_owned());
     let config = match load_config(&config_path) {
         Ok(config) => config,
         Err(message) => {

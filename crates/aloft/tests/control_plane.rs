@@ -279,8 +279,8 @@ fn openapi_document_is_served() {
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     for path in [
         "/v1/apps",
-        "/v1/apps/{app}/machines",
-        "/v1/apps/{app}/machines/{machine}/wait",
+        "/v1/apps/{app_name}/machines",
+        "/v1/apps/{app_name}/machines/{machine_id}/wait",
     ] {
         assert!(doc["paths"].get(path).is_some(), "missing {path}");
     }

@@ -17,8 +17,8 @@ use crate::services::tokens::TokenScope;
 pub(super) fn routes(r: Routes) -> Routes {
     r.at(Method::GET, "/v1/apps", list_apps)
         .at(Method::POST, "/v1/apps", create_app)
-        .at(Method::GET, "/v1/apps/{app}", get_app)
-        .at(Method::DELETE, "/v1/apps/{app}", delete_app)
+        .at(Method::GET, "/v1/apps/{app_name}", get_app)
+        .at(Method::DELETE, "/v1/apps/{app_name}", delete_app)
         .at(Method::POST, "/v1/tokens", create_token)
         .at(Method::GET, "/v1/platform/regions", regions)
         .at(Method::GET, "/v1/cluster", cluster)
@@ -61,7 +61,7 @@ pub(super) async fn create_app(
 }
 
 /// Get an app.
-#[utoipa::path(get, path = "/v1/apps/{app}", tag = "apps", params(("app" = String, Path)),
+#[utoipa::path(get, path = "/v1/apps/{app_name}", tag = "apps", params(("app_name" = String, Path)),
     responses((status = 200, body = App), (status = 404, body = ErrorBody)))]
 pub(super) async fn get_app(
     State(control): State<Arc<Control>>,
@@ -73,7 +73,7 @@ pub(super) async fn get_app(
 }
 
 /// Delete an app that has no machines left (202).
-#[utoipa::path(delete, path = "/v1/apps/{app}", tag = "apps", params(("app" = String, Path)),
+#[utoipa::path(delete, path = "/v1/apps/{app_name}", tag = "apps", params(("app_name" = String, Path)),
     responses((status = 202), (status = 404, body = ErrorBody), (status = 412, body = ErrorBody)))]
 pub(super) async fn delete_app(
     State(control): State<Arc<Control>>,

@@ -1,5 +1,5 @@
-//! Regional autoscaling policies and live load: `/v1/apps/{app}/autoscale`,
-//! `/v1/apps/{app}/load` and `/v1/platform/load`.
+//! Regional autoscaling policies and live load: `/v1/apps/{app_name}/autoscale`,
+//! `/v1/apps/{app_name}/load` and `/v1/platform/load`.
 
 use std::sync::Arc;
 
@@ -13,14 +13,14 @@ use crate::control::Control;
 use crate::services::tokens::TokenScope;
 
 pub(super) fn routes(r: Routes) -> Routes {
-    r.at(Method::GET, "/v1/apps/{app}/autoscale", get_policy)
-        .at(Method::PUT, "/v1/apps/{app}/autoscale", put_policy)
-        .at(Method::GET, "/v1/apps/{app}/load", app_load)
+    r.at(Method::GET, "/v1/apps/{app_name}/autoscale", get_policy)
+        .at(Method::PUT, "/v1/apps/{app_name}/autoscale", put_policy)
+        .at(Method::GET, "/v1/apps/{app_name}/load", app_load)
         .at(Method::GET, "/v1/platform/load", platform_load)
 }
 
 /// The app's autoscaling policy (`{"regions": {}}` when it has none).
-#[utoipa::path(get, path = "/v1/apps/{app}/autoscale", tag = "autoscale", params(("app" = String, Path)),
+#[utoipa::path(get, path = "/v1/apps/{app_name}/autoscale", tag = "autoscale", params(("app_name" = String, Path)),
     responses((status = 200, body = AutoscalePolicy), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn get_policy(
     State(control): State<Arc<Control>>,
@@ -32,7 +32,7 @@ pub(super) async fn get_policy(
 }
 
 /// Replaces the app's autoscaling policy; `{"regions": {}}` turns autoscaling off.
-#[utoipa::path(put, path = "/v1/apps/{app}/autoscale", tag = "autoscale", params(("app" = String, Path)),
+#[utoipa::path(put, path = "/v1/apps/{app_name}/autoscale", tag = "autoscale", params(("app_name" = String, Path)),
     request_body = AutoscalePolicy,
     responses((status = 200, body = AutoscalePolicy), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody)))]
@@ -47,7 +47,7 @@ pub(super) async fn put_policy(
 }
 
 /// The app's live load entering each region, its machines there, and the scaler's target.
-#[utoipa::path(get, path = "/v1/apps/{app}/load", tag = "autoscale", params(("app" = String, Path)),
+#[utoipa::path(get, path = "/v1/apps/{app_name}/load", tag = "autoscale", params(("app_name" = String, Path)),
     responses((status = 200, body = AppLoadStatus), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn app_load(
     State(control): State<Arc<Control>>,

@@ -1,4 +1,4 @@
-//! `POST /v1/apps/{app}/machines/{machine}/exec` and `GET /v1/apps/{app}/logs`: proxied to
+//! `POST /v1/apps/{app_name}/machines/{machine_id}/exec` and `GET /v1/apps/{app_name}/logs`: proxied to
 //! the host agents that run the machines (the exec service).
 
 use std::convert::Infallible;
@@ -15,13 +15,17 @@ use super::{ApiError, ApiJson, ApiPath, ApiQuery, Routes, Scope};
 use crate::control::Control;
 
 pub(super) fn routes(r: Routes) -> Routes {
-    r.at(Method::POST, "/v1/apps/{app}/machines/{machine}/exec", exec)
-        .at(Method::GET, "/v1/apps/{app}/logs", logs)
+    r.at(
+        Method::POST,
+        "/v1/apps/{app_name}/machines/{machine_id}/exec",
+        exec,
+    )
+    .at(Method::GET, "/v1/apps/{app_name}/logs", logs)
 }
 
 /// Run a command in a started machine and wait for it (Fly's exec).
-#[utoipa::path(post, path = "/v1/apps/{app}/machines/{machine}/exec", tag = "machines",
-    params(("app" = String, Path), ("machine" = String, Path)), request_body = ExecRequest,
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/exec", tag = "machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)), request_body = ExecRequest,
     responses((status = 200, body = ExecResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 412, description = "machine not started", body = ErrorBody), (status = 503, description = "host unreachable", body = ErrorBody)))]
 pub(super) async fn exec(
@@ -36,7 +40,7 @@ pub(super) async fn exec(
 
 /// Newline-delimited JSON `LogEntry`s of the app's machines, oldest first; with
 /// `follow=true` the stream stays open and carries new lines as the machines write them.
-#[utoipa::path(get, path = "/v1/apps/{app}/logs", tag = "apps", params(("app" = String, Path), LogsQuery),
+#[utoipa::path(get, path = "/v1/apps/{app_name}/logs", tag = "apps", params(("app_name" = String, Path), LogsQuery),
     responses((status = 200, description = "application/x-ndjson stream", body = LogEntry), (status = 404, body = ErrorBody)))]
 pub(super) async fn logs(
     State(control): State<Arc<Control>>,

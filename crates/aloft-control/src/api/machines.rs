@@ -1,117 +1,64 @@
-//! `/v1/apps/{app}/machines/...`: the Fly-compatible Machines API.
+//! `/v1/apps/{app_name}/machines/...`: the Fly-compatible Machines API — listing, creating,
+//! updating, destroying and the lifecycle actions. Leases, metadata, waits and the rest of a
+//! machine's sub-resources are in `machine_parts.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use aloft_api::{
-    CreateLeaseRequest, CreateMachineRequest, DeleteMachineQuery, ErrorBody, LeaseQuery,
-    LeaseResponse, ListMachinesQuery, Machine, MachineEvent, MachineVersion, MetadataValue,
-    OkResponse, SignalRequest, StartResponse, StopRequest, WaitQuery, LEASE_NONCE_HEADER,
+    CreateMachineRequest, DeleteMachineQuery, ErrorBody, ListMachinesQuery, Machine, OkResponse,
+    RestartQuery, SignalRequest, StartResponse, StopRequest, LEASE_NONCE_HEADER,
 };
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, Method};
 use axum::Json;
 
-use super::{ApiError, ApiJson, ApiPath, ApiQuery, OptionalJson, Routes, Scope};
+use super::{machine_parts, ApiError, ApiJson, ApiPath, ApiQuery, OptionalJson, Routes, Scope};
 use crate::control::Control;
 
-const M: &str = "/v1/apps/{app}/machines/{machine}";
+/// A machine's path, with Fly's parameter names.
+pub(super) const M: &str = "/v1/apps/{app_name}/machines/{machine_id}";
+
+/// `M` followed by `/rest`.
+macro_rules! m {
+    ($rest:literal) => {
+        concat!("/v1/apps/{app_name}/machines/{machine_id}/", $rest)
+    };
+}
+pub(super) use m;
 
 pub(super) fn routes(r: Routes) -> Routes {
-    r.at(Method::GET, "/v1/apps/{app}/machines", list_machines)
-        .at(Method::POST, "/v1/apps/{app}/machines", create_machine)
+    let r = r
+        .at(Method::GET, "/v1/apps/{app_name}/machines", list_machines)
+        .at(Method::POST, "/v1/apps/{app_name}/machines", create_machine)
         .at(Method::GET, M, get_machine)
         .at(Method::POST, M, update_machine)
         .at(Method::DELETE, M, delete_machine)
-        .at(
-            Method::POST,
-            "/v1/apps/{app}/machines/{machine}/start",
-            start,
-        )
-        .at(Method::POST, "/v1/apps/{app}/machines/{machine}/stop", stop)
-        .at(
-            Method::POST,
-            "/v1/apps/{app}/machines/{machine}/restart",
-            restart,
-        )
-        .at(
-            Method::POST,
-            "/v1/apps/{app}/machines/{machine}/signal",
-            signal,
-        )
-        .at(
-            Method::POST,
-            "/v1/apps/{app}/machines/{machine}/suspend",
-            suspend,
-        )
-        .at(
-            Method::POST,
-            "/v1/apps/{app}/machines/{machine}/cordon",
-            cordon,
-        )
-        .at(
-            Method::POST,
-            "/v1/apps/{app}/machines/{machine}/uncordon",
-            uncordon,
-        )
-        .at(Method::GET, "/v1/apps/{app}/machines/{machine}/wait", wait)
-        .at(
-            Method::GET,
-            "/v1/apps/{app}/machines/{machine}/lease",
-            get_lease,
-        )
-        .at(
-            Method::POST,
-            "/v1/apps/{app}/machines/{machine}/lease",
-            acquire_lease,
-        )
-        .at(
-            Method::DELETE,
-            "/v1/apps/{app}/machines/{machine}/lease",
-            release_lease,
-        )
-        .at(
-            Method::GET,
-            "/v1/apps/{app}/machines/{machine}/metadata",
-            get_metadata,
-        )
-        .at(
-            Method::POST,
-            "/v1/apps/{app}/machines/{machine}/metadata/{key}",
-            set_metadata,
-        )
-        .at(
-            Method::DELETE,
-            "/v1/apps/{app}/machines/{machine}/metadata/{key}",
-            delete_metadata,
-        )
-        .at(
-            Method::GET,
-            "/v1/apps/{app}/machines/{machine}/events",
-            events,
-        )
-        .at(
-            Method::GET,
-            "/v1/apps/{app}/machines/{machine}/versions",
-            versions,
-        )
+        .at(Method::POST, m!("start"), start)
+        .at(Method::POST, m!("stop"), stop)
+        .at(Method::POST, m!("restart"), restart)
+        .at(Method::POST, m!("signal"), signal)
+        .at(Method::POST, m!("suspend"), suspend)
+        .at(Method::POST, m!("cordon"), cordon)
+        .at(Method::POST, m!("uncordon"), uncordon);
+    machine_parts::routes(r)
 }
 
-fn nonce(headers: &HeaderMap) -> Option<&str> {
+pub(super) fn nonce(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(LEASE_NONCE_HEADER)
         .and_then(|v| v.to_str().ok())
 }
 
-type Ctx = State<Arc<Control>>;
-type AppMachine = ApiPath<(String, String)>;
+pub(super) type Ctx = State<Arc<Control>>;
+pub(super) type AppMachine = ApiPath<(String, String)>;
 
-fn ok() -> Json<OkResponse> {
+pub(super) fn ok() -> Json<OkResponse> {
     Json(OkResponse { ok: true })
 }
 
 /// List machines; filters `region`, `state` (comma list), `include_deleted`, `metadata.KEY=VALUE`.
-#[utoipa::path(get, path = "/v1/apps/{app}/machines", tag = "machines", params(("app" = String, Path), ListMachinesQuery),
+#[utoipa::path(get, path = "/v1/apps/{app_name}/machines", tag = "machines", params(("app_name" = String, Path), ListMachinesQuery),
     responses((status = 200, body = Vec<Machine>), (status = 404, body = ErrorBody)))]
 pub(super) async fn list_machines(
     State(control): Ctx,
@@ -128,7 +75,7 @@ pub(super) async fn list_machines(
             }
             None if matches!(
                 key.as_str(),
-                "region" | "state" | "include_deleted" | "summary"
+                "region" | "state" | "include_deleted" | "summary" | "include_leases"
             ) => {}
             None => {
                 return Err(ApiError::BadRequest(format!(
@@ -137,16 +84,9 @@ pub(super) async fn list_machines(
             }
         }
     }
-    let include_deleted = match query.get("include_deleted").map(String::as_str) {
-        None | Some("false") | Some("0") | Some("") => false,
-        Some("true") | Some("1") => true,
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "include_deleted {other:?} must be true or false"
-            )))
-        }
-    };
-    let machines = control.machines().list(
+    let include_deleted = query_bool(&query, "include_deleted")?;
+    let summary = query_bool(&query, "summary")?;
+    let mut machines = control.machines().list(
         &app,
         query
             .get("region")
@@ -156,11 +96,34 @@ pub(super) async fn list_machines(
         include_deleted,
         &metadata,
     )?;
+    if summary {
+        // Fly's summary leaves out the config's body and the event log; the image stays.
+        for m in &mut machines {
+            m.config = aloft_api::MachineConfig {
+                image: std::mem::take(&mut m.config.image),
+                metadata: m.config.metadata.take(),
+                ..Default::default()
+            };
+            m.events.clear();
+            m.checks.clear();
+        }
+    }
     Ok(Json(machines))
 }
 
+/// A boolean query parameter: absent, empty, `false` or `0` is false; `true` or `1` true.
+pub(super) fn query_bool(query: &BTreeMap<String, String>, name: &str) -> Result<bool, ApiError> {
+    match query.get(name).map(String::as_str) {
+        None | Some("false") | Some("0") | Some("") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "{name} {other:?} must be true or false"
+        ))),
+    }
+}
+
 /// Create a machine, placed on a live host of `region` with room for its guest.
-#[utoipa::path(post, path = "/v1/apps/{app}/machines", tag = "machines", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines", tag = "machines", params(("app_name" = String, Path)),
     request_body = CreateMachineRequest,
     responses((status = 200, body = Machine), (status = 400, body = ErrorBody), (status = 412, body = ErrorBody)))]
 pub(super) async fn create_machine(
@@ -178,8 +141,8 @@ pub(super) async fn create_machine(
 }
 
 /// Get a machine.
-#[utoipa::path(get, path = "/v1/apps/{app}/machines/{machine}", tag = "machines",
-    params(("app" = String, Path), ("machine" = String, Path)),
+#[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}", tag = "machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)),
     responses((status = 200, body = Machine), (status = 404, body = ErrorBody)))]
 pub(super) async fn get_machine(
     State(control): Ctx,
@@ -191,8 +154,8 @@ pub(super) async fn get_machine(
 }
 
 /// Update a machine's config: a new version; a running machine is replaced.
-#[utoipa::path(post, path = "/v1/apps/{app}/machines/{machine}", tag = "machines",
-    params(("app" = String, Path), ("machine" = String, Path)), request_body = CreateMachineRequest,
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}", tag = "machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)), request_body = CreateMachineRequest,
     responses((status = 200, body = Machine), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn update_machine(
     State(control): Ctx,
@@ -210,9 +173,9 @@ pub(super) async fn update_machine(
     )?))
 }
 
-/// Destroy a machine; a running one only with `force=true` (else 412).
-#[utoipa::path(delete, path = "/v1/apps/{app}/machines/{machine}", tag = "machines",
-    params(("app" = String, Path), ("machine" = String, Path), DeleteMachineQuery),
+/// Destroy a machine; a running one only with `force=true` or `kill=true` (else 412).
+#[utoipa::path(delete, path = "/v1/apps/{app_name}/machines/{machine_id}", tag = "machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path), DeleteMachineQuery),
     responses((status = 200, body = OkResponse), (status = 412, body = ErrorBody)))]
 pub(super) async fn delete_machine(
     State(control): Ctx,
@@ -222,15 +185,19 @@ pub(super) async fn delete_machine(
     ApiQuery(query): ApiQuery<DeleteMachineQuery>,
 ) -> Result<Json<OkResponse>, ApiError> {
     scope.require_app(&app)?;
-    control
-        .machines()
-        .delete(&app, &id, query.force.unwrap_or(false), nonce(&headers))?;
+    control.machines().delete(
+        &app,
+        &id,
+        query.force.unwrap_or(false),
+        query.kill.unwrap_or(false),
+        nonce(&headers),
+    )?;
     Ok(ok())
 }
 
 /// Start a machine.
-#[utoipa::path(post, path = "/v1/apps/{app}/machines/{machine}/start", tag = "machines",
-    params(("app" = String, Path), ("machine" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/start", tag = "machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)),
     responses((status = 200, body = StartResponse), (status = 412, body = ErrorBody)))]
 pub(super) async fn start(
     State(control): Ctx,
@@ -247,8 +214,8 @@ pub(super) async fn start(
 }
 
 /// Stop a machine (optional body `signal`, `timeout`).
-#[utoipa::path(post, path = "/v1/apps/{app}/machines/{machine}/stop", tag = "machines",
-    params(("app" = String, Path), ("machine" = String, Path)), request_body(content = Option<StopRequest>),
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/stop", tag = "machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)), request_body(content = Option<StopRequest>),
     responses((status = 200, body = OkResponse), (status = 412, body = ErrorBody)))]
 pub(super) async fn stop(
     State(control): Ctx,
@@ -264,25 +231,32 @@ pub(super) async fn stop(
     Ok(ok())
 }
 
-/// Restart a started machine.
-#[utoipa::path(post, path = "/v1/apps/{app}/machines/{machine}/restart", tag = "machines",
-    params(("app" = String, Path), ("machine" = String, Path)),
-    responses((status = 200, body = OkResponse), (status = 412, body = ErrorBody)))]
+/// Restart a started machine; `timeout` and `signal` say how its process is stopped.
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/restart", tag = "machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path), RestartQuery),
+    responses((status = 200, body = OkResponse), (status = 400, body = ErrorBody), (status = 412, body = ErrorBody)))]
 pub(super) async fn restart(
     State(control): Ctx,
     scope: Scope,
     headers: HeaderMap,
     ApiPath((app, id)): AppMachine,
+    ApiQuery(query): ApiQuery<RestartQuery>,
 ) -> Result<Json<OkResponse>, ApiError> {
     scope.require_app(&app)?;
-    control.machines().restart(&app, &id, nonce(&headers))?;
+    control.machines().restart(
+        &app,
+        &id,
+        query.signal.as_deref().filter(|s| !s.is_empty()),
+        query.timeout.as_deref().filter(|t| !t.is_empty()),
+        nonce(&headers),
+    )?;
     Ok(ok())
 }
 
 /// Send a signal to a started machine.
-#[utoipa::path(post, path = "/v1/apps/{app}/machines/{machine}/signal", tag = "machines",
-    params(("app" = String, Path), ("machine" = String, Path)), request_body = SignalRequest,
-    responses((status = 200, body = OkResponse), (status = 400, body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/signal", tag = "machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)), request_body = SignalRequest,
+    responses((status = 200, body = OkResponse), (status = 400, body = ErrorBody), (status = 412, body = ErrorBody)))]
 pub(super) async fn signal(
     State(control): Ctx,
     scope: Scope,
@@ -298,8 +272,8 @@ pub(super) async fn signal(
 }
 
 /// Suspend a started machine.
-#[utoipa::path(post, path = "/v1/apps/{app}/machines/{machine}/suspend", tag = "machines",
-    params(("app" = String, Path), ("machine" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/suspend", tag = "machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)),
     responses((status = 200, body = OkResponse), (status = 412, body = ErrorBody)))]
 pub(super) async fn suspend(
     State(control): Ctx,
@@ -313,8 +287,8 @@ pub(super) async fn suspend(
 }
 
 /// Stop routing new traffic to a machine.
-#[utoipa::path(post, path = "/v1/apps/{app}/machines/{machine}/cordon", tag = "machines",
-    params(("app" = String, Path), ("machine" = String, Path)), responses((status = 200, body = OkResponse)))]
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/cordon", tag = "machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)), responses((status = 200, body = OkResponse)))]
 pub(super) async fn cordon(
     State(control): Ctx,
     scope: Scope,
@@ -329,8 +303,8 @@ pub(super) async fn cordon(
 }
 
 /// Route traffic to a machine again.
-#[utoipa::path(post, path = "/v1/apps/{app}/machines/{machine}/uncordon", tag = "machines",
-    params(("app" = String, Path), ("machine" = String, Path)), responses((status = 200, body = OkResponse)))]
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/uncordon", tag = "machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)), responses((status = 200, body = OkResponse)))]
 pub(super) async fn uncordon(
     State(control): Ctx,
     scope: Scope,
@@ -342,162 +316,4 @@ pub(super) async fn uncordon(
         .machines()
         .set_cordon(&app, &id, false, nonce(&headers))?;
     Ok(ok())
-}
-
-/// Wait until the machine reaches `state` (default started); 408 after `timeout` seconds.
-#[utoipa::path(get, path = "/v1/apps/{app}/machines/{machine}/wait", tag = "machines",
-    params(("app" = String, Path), ("machine" = String, Path), WaitQuery),
-    responses((status = 200, body = OkResponse), (status = 408, body = ErrorBody)))]
-pub(super) async fn wait(
-    State(control): Ctx,
-    scope: Scope,
-    ApiPath((app, id)): AppMachine,
-    ApiQuery(query): ApiQuery<WaitQuery>,
-) -> Result<Json<OkResponse>, ApiError> {
-    scope.require_app(&app)?;
-    control
-        .machines()
-        .wait(
-            &app,
-            &id,
-            query.state.as_deref(),
-            query.timeout,
-            query.instance_id.as_deref(),
-        )
-        .await?;
-    Ok(ok())
-}
-
-/// The machine's active lease (404 if none).
-#[utoipa::path(get, path = "/v1/apps/{app}/machines/{machine}/lease", tag = "machines",
-    params(("app" = String, Path), ("machine" = String, Path)),
-    responses((status = 200, body = LeaseResponse), (status = 404, body = ErrorBody)))]
-pub(super) async fn get_lease(
-    State(control): Ctx,
-    scope: Scope,
-    ApiPath((app, id)): AppMachine,
-) -> Result<Json<LeaseResponse>, ApiError> {
-    scope.require_app(&app)?;
-    let data = control.machines().get_lease(&app, &id)?;
-    Ok(Json(LeaseResponse {
-        status: "success".to_owned(),
-        data,
-    }))
-}
-
-/// Acquire (or, with the nonce header, extend) a lease; `?ttl=` or body `{"ttl", "description"}`.
-#[utoipa::path(post, path = "/v1/apps/{app}/machines/{machine}/lease", tag = "machines",
-    params(("app" = String, Path), ("machine" = String, Path), LeaseQuery), request_body(content = Option<CreateLeaseRequest>),
-    responses((status = 200, body = LeaseResponse), (status = 409, body = ErrorBody)))]
-pub(super) async fn acquire_lease(
-    State(control): Ctx,
-    scope: Scope,
-    headers: HeaderMap,
-    ApiPath((app, id)): AppMachine,
-    ApiQuery(query): ApiQuery<LeaseQuery>,
-    OptionalJson(body): OptionalJson<CreateLeaseRequest>,
-) -> Result<Json<LeaseResponse>, ApiError> {
-    scope.require_app(&app)?;
-    let body = body.unwrap_or_default();
-    let data = control.machines().acquire_lease(
-        &app,
-        &id,
-        body.ttl.or(query.ttl),
-        body.description,
-        &scope.0.owner(),
-        nonce(&headers),
-    )?;
-    Ok(Json(LeaseResponse {
-        status: "success".to_owned(),
-        data,
-    }))
-}
-
-/// Release a lease (needs the nonce header).
-#[utoipa::path(delete, path = "/v1/apps/{app}/machines/{machine}/lease", tag = "machines",
-    params(("app" = String, Path), ("machine" = String, Path)),
-    responses((status = 200, body = OkResponse), (status = 409, body = ErrorBody)))]
-pub(super) async fn release_lease(
-    State(control): Ctx,
-    scope: Scope,
-    headers: HeaderMap,
-    ApiPath((app, id)): AppMachine,
-) -> Result<Json<OkResponse>, ApiError> {
-    scope.require_app(&app)?;
-    control
-        .machines()
-        .release_lease(&app, &id, nonce(&headers))?;
-    Ok(ok())
-}
-
-/// The machine's metadata.
-#[utoipa::path(get, path = "/v1/apps/{app}/machines/{machine}/metadata", tag = "machines",
-    params(("app" = String, Path), ("machine" = String, Path)),
-    responses((status = 200, body = BTreeMap<String, String>)))]
-pub(super) async fn get_metadata(
-    State(control): Ctx,
-    scope: Scope,
-    ApiPath((app, id)): AppMachine,
-) -> Result<Json<BTreeMap<String, String>>, ApiError> {
-    scope.require_app(&app)?;
-    Ok(Json(control.machines().metadata(&app, &id)?))
-}
-
-/// Set one metadata key (204).
-#[utoipa::path(post, path = "/v1/apps/{app}/machines/{machine}/metadata/{key}", tag = "machines",
-    params(("app" = String, Path), ("machine" = String, Path), ("key" = String, Path)), request_body = MetadataValue,
-    responses((status = 204), (status = 400, body = ErrorBody)))]
-pub(super) async fn set_metadata(
-    State(control): Ctx,
-    scope: Scope,
-    headers: HeaderMap,
-    ApiPath((app, id, key)): ApiPath<(String, String, String)>,
-    ApiJson(body): ApiJson<MetadataValue>,
-) -> Result<StatusCode, ApiError> {
-    scope.require_app(&app)?;
-    control
-        .machines()
-        .set_metadata(&app, &id, &key, Some(body.value), nonce(&headers))?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// Remove one metadata key (204).
-#[utoipa::path(delete, path = "/v1/apps/{app}/machines/{machine}/metadata/{key}", tag = "machines",
-    params(("app" = String, Path), ("machine" = String, Path), ("key" = String, Path)),
-    responses((status = 204)))]
-pub(super) async fn delete_metadata(
-    State(control): Ctx,
-    scope: Scope,
-    headers: HeaderMap,
-    ApiPath((app, id, key)): ApiPath<(String, String, String)>,
-) -> Result<StatusCode, ApiError> {
-    scope.require_app(&app)?;
-    control
-        .machines()
-        .set_metadata(&app, &id, &key, None, nonce(&headers))?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// The machine's events, newest first.
-#[utoipa::path(get, path = "/v1/apps/{app}/machines/{machine}/events", tag = "machines",
-    params(("app" = String, Path), ("machine" = String, Path)), responses((status = 200, body = Vec<MachineEvent>)))]
-pub(super) async fn events(
-    State(control): Ctx,
-    scope: Scope,
-    ApiPath((app, id)): AppMachine,
-) -> Result<Json<Vec<MachineEvent>>, ApiError> {
-    scope.require_app(&app)?;
-    Ok(Json(control.machines().events(&app, &id)?))
-}
-
-/// The machine's config versions, newest first.
-#[utoipa::path(get, path = "/v1/apps/{app}/machines/{machine}/versions", tag = "machines",
-    params(("app" = String, Path), ("machine" = String, Path)), responses((status = 200, body = Vec<MachineVersion>)))]
-pub(super) async fn versions(
-    State(control): Ctx,
-    scope: Scope,
-    ApiPath((app, id)): AppMachine,
-) -> Result<Json<Vec<MachineVersion>>, ApiError> {
-    scope.require_app(&app)?;
-    Ok(Json(control.machines().versions(&app, &id)?))
 }

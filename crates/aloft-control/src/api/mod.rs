@@ -20,6 +20,7 @@ mod error;
 mod exec;
 mod hosts;
 mod ips;
+mod machine_parts;
 mod machines;
 pub mod openapi;
 mod releases;

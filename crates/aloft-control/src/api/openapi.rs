@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{apps, autoscale, certs, exec, hosts, ips, machines, releases, routes};
+use super::{apps, autoscale, certs, exec, hosts, ips, machine_parts, machines, releases, routes};
 
 struct BearerAuth;
 
@@ -28,9 +28,11 @@ impl Modify for BearerAuth {
         apps::list_apps, apps::create_app, apps::get_app, apps::delete_app, apps::create_token, apps::regions, apps::cluster,
         machines::list_machines, machines::create_machine, machines::get_machine, machines::update_machine,
         machines::delete_machine, machines::start, machines::stop, machines::restart, machines::signal,
-        machines::suspend, machines::cordon, machines::uncordon, machines::wait, machines::get_lease,
-        machines::acquire_lease, machines::release_lease, machines::get_metadata, machines::set_metadata,
-        machines::delete_metadata, machines::events, machines::versions,
+        machines::suspend, machines::cordon, machines::uncordon,
+        machine_parts::wait, machine_parts::get_lease, machine_parts::acquire_lease, machine_parts::release_lease,
+        machine_parts::get_metadata, machine_parts::put_metadata, machine_parts::get_metadata_key,
+        machine_parts::set_metadata, machine_parts::delete_metadata, machine_parts::events, machine_parts::versions,
+        machine_parts::memory, machine_parts::ps, machine_parts::org_machines,
         exec::exec, exec::logs,
         hosts::list_hosts, hosts::register_host, hosts::heartbeat, hosts::watch, hosts::report_status,
         hosts::report_load, hosts::mesh_peers,

@@ -1,4 +1,4 @@
-//! `/v1/apps/{app}/releases` and `/v1/apps/{app}/secrets`.
+//! `/v1/apps/{app_name}/releases` and `/v1/apps/{app_name}/secrets`.
 
 use std::sync::Arc;
 
@@ -14,30 +14,34 @@ use super::{ApiError, ApiJson, ApiPath, Routes, Scope};
 use crate::control::Control;
 
 pub(super) fn routes(r: Routes) -> Routes {
-    r.at(Method::GET, "/v1/apps/{app}/releases", list_releases)
-        .at(Method::POST, "/v1/apps/{app}/releases", create_release)
+    r.at(Method::GET, "/v1/apps/{app_name}/releases", list_releases)
+        .at(Method::POST, "/v1/apps/{app_name}/releases", create_release)
         .at(
             Method::GET,
-            "/v1/apps/{app}/releases/{version}",
+            "/v1/apps/{app_name}/releases/{version}",
             get_release,
         )
         .at(
             Method::POST,
-            "/v1/apps/{app}/releases/{version}/status",
+            "/v1/apps/{app_name}/releases/{version}/status",
             set_status,
         )
         .at(
             Method::PATCH,
-            "/v1/apps/{app}/releases/{version}/status",
+            "/v1/apps/{app_name}/releases/{version}/status",
             patch_status,
         )
-        .at(Method::GET, "/v1/apps/{app}/secrets", list_secrets)
-        .at(Method::POST, "/v1/apps/{app}/secrets", set_secrets)
-        .at(Method::POST, "/v1/apps/{app}/secrets/unset", unset_secrets)
+        .at(Method::GET, "/v1/apps/{app_name}/secrets", list_secrets)
+        .at(Method::POST, "/v1/apps/{app_name}/secrets", set_secrets)
+        .at(
+            Method::POST,
+            "/v1/apps/{app_name}/secrets/unset",
+            unset_secrets,
+        )
 }
 
 /// List an app's releases, newest first.
-#[utoipa::path(get, path = "/v1/apps/{app}/releases", tag = "releases", params(("app" = String, Path)),
+#[utoipa::path(get, path = "/v1/apps/{app_name}/releases", tag = "releases", params(("app_name" = String, Path)),
     responses((status = 200, body = [Release]), (status = 404, body = ErrorBody)))]
 pub(super) async fn list_releases(
     State(control): State<Arc<Control>>,
@@ -49,7 +53,7 @@ pub(super) async fn list_releases(
 }
 
 /// Record a release (status `pending`, next version number).
-#[utoipa::path(post, path = "/v1/apps/{app}/releases", tag = "releases", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app_name}/releases", tag = "releases", params(("app_name" = String, Path)),
     request_body = CreateReleaseRequest,
     responses((status = 201, body = Release), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn create_release(
@@ -64,8 +68,8 @@ pub(super) async fn create_release(
 }
 
 /// Get one release.
-#[utoipa::path(get, path = "/v1/apps/{app}/releases/{version}", tag = "releases",
-    params(("app" = String, Path), ("version" = u64, Path)),
+#[utoipa::path(get, path = "/v1/apps/{app_name}/releases/{version}", tag = "releases",
+    params(("app_name" = String, Path), ("version" = u64, Path)),
     responses((status = 200, body = Release), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn get_release(
     State(control): State<Arc<Control>>,
@@ -77,8 +81,8 @@ pub(super) async fn get_release(
 }
 
 /// Set a release's status.
-#[utoipa::path(post, path = "/v1/apps/{app}/releases/{version}/status", tag = "releases",
-    params(("app" = String, Path), ("version" = u64, Path)), request_body = ReleaseStatusRequest,
+#[utoipa::path(post, path = "/v1/apps/{app_name}/releases/{version}/status", tag = "releases",
+    params(("app_name" = String, Path), ("version" = u64, Path)), request_body = ReleaseStatusRequest,
     responses((status = 200, body = Release), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn set_status(
     State(control): State<Arc<Control>>,
@@ -95,8 +99,8 @@ pub(super) async fn set_status(
 }
 
 /// Set a release's status (same as `POST`).
-#[utoipa::path(patch, path = "/v1/apps/{app}/releases/{version}/status", tag = "releases",
-    params(("app" = String, Path), ("version" = u64, Path)), request_body = ReleaseStatusRequest,
+#[utoipa::path(patch, path = "/v1/apps/{app_name}/releases/{version}/status", tag = "releases",
+    params(("app_name" = String, Path), ("version" = u64, Path)), request_body = ReleaseStatusRequest,
     responses((status = 200, body = Release), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn patch_status(
     state: State<Arc<Control>>,
@@ -108,7 +112,7 @@ pub(super) async fn patch_status(
 }
 
 /// List an app's secrets: names and digests, never values.
-#[utoipa::path(get, path = "/v1/apps/{app}/secrets", tag = "secrets", params(("app" = String, Path)),
+#[utoipa::path(get, path = "/v1/apps/{app_name}/secrets", tag = "secrets", params(("app_name" = String, Path)),
     responses((status = 200, body = [SecretInfo]), (status = 404, body = ErrorBody)))]
 pub(super) async fn list_secrets(
     State(control): State<Arc<Control>>,
@@ -120,7 +124,7 @@ pub(super) async fn list_secrets(
 }
 
 /// Set secrets (encrypted at rest). Machines get them on their next update.
-#[utoipa::path(post, path = "/v1/apps/{app}/secrets", tag = "secrets", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app_name}/secrets", tag = "secrets", params(("app_name" = String, Path)),
     request_body = SetSecretsRequest,
     responses((status = 200, body = [SecretInfo]), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn set_secrets(
@@ -134,7 +138,7 @@ pub(super) async fn set_secrets(
 }
 
 /// Remove secrets by name (404 naming the first unknown one; nothing is removed then).
-#[utoipa::path(post, path = "/v1/apps/{app}/secrets/unset", tag = "secrets", params(("app" = String, Path)),
+#[utoipa::path(post, path = "/v1/apps/{app_name}/secrets/unset", tag = "secrets", params(("app_name" = String, Path)),
     request_body = UnsetSecretsRequest,
     responses((status = 200, body = [SecretInfo]), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn unset_secrets(

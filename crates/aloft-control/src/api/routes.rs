@@ -16,6 +16,7 @@ use axum::Json;
 use super::hosts::KEEPALIVE;
 use super::{ApiError, ApiJson, ApiQuery, Routes, Scope};
 use crate::control::Control;
+use crate::services::machines::WaitFor;
 use crate::services::tokens::TokenScope;
 
 pub(super) fn routes(r: Routes) -> Routes {
@@ -124,7 +125,7 @@ pub(super) async fn wake(
         .wait(
             &req.app,
             &req.machine_id,
-            Some("started"),
+            &[WaitFor::State(aloft_api::MachineState::Started)],
             Some(timeout),
             None,
         )

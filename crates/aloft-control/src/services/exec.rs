@@ -4,7 +4,9 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use aloft_api::{ErrorBody, ExecRequest, ExecResponse, LogEntry};
+use aloft_api::{
+    ErrorBody, ExecRequest, ExecResponse, LogEntry, ProcessStat, PsQuery, MACHINE_PS_COMMAND,
+};
 use tokio::sync::mpsc;
 
 use super::machines::exec::AgentTarget;
@@ -122,6 +124,58 @@ impl Exec {
             .map_err(|e| unreachable(&target, &e))?;
         tracing::info!(app, machine, exit_code = out.exit_code, "exec finished");
         Ok(out)
+    }
+
+    /// The processes of a started machine: the machine's init lists them (it is in every
+    /// machine, whatever the image holds), through the same agent path as an exec.
+    pub async fn ps(
+        &self,
+        app: &str,
+        machine: &str,
+        query: &PsQuery,
+    ) -> Result<Vec<ProcessStat>, ExecError> {
+        let sort = query.sort_by.as_deref().unwrap_or("pid");
+        if !matches!(sort, "pid" | "cpu" | "rss" | "command" | "") {
+            return Err(ExecError::Invalid(format!(
+                "sort_by {sort:?} must be pid, cpu, rss or command"
+            )));
+        }
+        let descending = match query.order.as_deref().unwrap_or("asc") {
+            "asc" | "" => false,
+            "desc" => true,
+            other => {
+                return Err(ExecError::Invalid(format!(
+                    "order {other:?} must be asc or desc"
+                )))
+            }
+        };
+        let req = ExecRequest {
+            command: Some(MACHINE_PS_COMMAND.iter().map(|s| (*s).to_owned()).collect()),
+            timeout: Some(10),
+            ..Default::default()
+        };
+        let out = self.run(app, machine, &req).await?;
+        let mut list: Vec<ProcessStat> = match serde_json::from_str(&out.stdout) {
+            Ok(list) if out.exit_code == 0 => list,
+            parsed => {
+                tracing::warn!(app, machine, exit_code = out.exit_code, stderr = %out.stderr,
+                    parse_error = ?parsed.err(), "machine init could not list processes");
+                return Err(ExecError::AgentFailed {
+                    host: String::new(),
+                    machine: machine.to_owned(),
+                });
+            }
+        };
+        match sort {
+            "cpu" => list.sort_by_key(|p| p.cpu),
+            "rss" => list.sort_by_key(|p| p.rss),
+            "command" => list.sort_by(|a, b| a.command.cmp(&b.command)),
+            _ => list.sort_by_key(|p| p.pid),
+        }
+        if descending {
+            list.reverse();
+        }
+        Ok(list)
     }
 
     /// The log lines of the app's machines (optionally one region's or one machine's), each

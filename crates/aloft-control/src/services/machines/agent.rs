@@ -1,88 +1,16 @@
-//! Waiting for states, agents' watch of their assignments, and applying agents' status
-//! reports.
+//! Agents' watch of their assignments, and applying agents' status reports.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use aloft_api::{CheckStatus, DesiredState, MachineState, StatusReport, WatchEvent};
 use serde_json::json;
 
-use super::{Caller, MachineError, Machines, DEFAULT_WAIT, MAX_WAIT};
+use super::{Caller, MachineError, Machines};
 use crate::core::state::transition;
 use crate::core::store::{MachineRow, NewMachine, PendingEvent, DEFAULT_ORG};
 use crate::core::{now_rfc3339, StoreError};
 
 impl Machines {
-    pub async fn wait(
-        &self,
-        app: &str,
-        id: &str,
-        state: Option<&str>,
-        timeout: Option<u64>,
-        instance_id: Option<&str>,
-    ) -> Result<(), MachineError> {
-        let target = match state.unwrap_or("started") {
-            name @ ("started" | "stopped" | "suspended" | "destroyed") => {
-                MachineState::parse(name).unwrap_or(MachineState::Started)
-            }
-            other => {
-                return Err(MachineError::Invalid(format!(
-                    "Cannot wait for state {other:?}; use started, stopped, suspended or destroyed"
-                )))
-            }
-        };
-        let timeout = timeout.unwrap_or(DEFAULT_WAIT);
-        if timeout > MAX_WAIT {
-            return Err(MachineError::Invalid(format!(
-                "Wait timeout {timeout} is more than {MAX_WAIT} seconds"
-            )));
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
-        let mut revisions = self.store.revisions().subscribe();
-        let mut shutdown = self.store.revisions().shutdown_signal();
-        loop {
-            revisions.borrow_and_update();
-            let (current, current_instance, last_event) = {
-                let inner = self.store.lock();
-                let row = inner.db().machine(app, id)?;
-                let last = inner.db().machine_events(id, 1)?.into_iter().next();
-                (row.state, row.instance_id, last)
-            };
-            let instance_ok = instance_id.is_none_or(|want| want == current_instance);
-            if current == target && instance_ok {
-                return Ok(());
-            }
-            if current == MachineState::Failed && target == MachineState::Started && instance_ok {
-                // Fail fast: a machine that failed to launch will not start by waiting.
-                let reason = last_event
-                    .and_then(|e| e.request)
-                    .and_then(|r| r.get("message").and_then(|m| m.as_str().map(str::to_owned)))
-                    .unwrap_or_else(|| "no reason was reported".to_owned());
-                return Err(MachineError::WrongState(format!(
-                    "Machine {id} failed while waiting for {target}: {reason}"
-                )));
-            }
-            if current == MachineState::Destroyed {
-                return Err(MachineError::WrongState(format!(
-                    "Machine {id} was destroyed while waiting for {target}"
-                )));
-            }
-            tokio::select! {
-                changed = revisions.changed() => {
-                    if changed.is_err() {
-                        return Err(MachineError::ShuttingDown);
-                    }
-                }
-                () = crate::core::shutting_down(&mut shutdown) => return Err(MachineError::ShuttingDown),
-                () = tokio::time::sleep_until(deadline) => {
-                    return Err(MachineError::Timeout(format!(
-                        "Machine {id} did not reach state {target} within {timeout}s (it is {current})"
-                    )));
-                }
-            }
-        }
-    }
-
     /// Assignments of `host` changed after `since`, and the revision the answer is complete to.
     pub fn host_changes(
         &self,

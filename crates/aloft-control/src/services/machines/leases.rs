@@ -65,6 +65,51 @@ impl Machines {
         Ok(row.config.metadata.unwrap_or_default())
     }
 
+    /// One metadata value; a key the machine does not have is `NotFound`.
+    pub fn metadata_value(&self, app: &str, id: &str, key: &str) -> Result<String, MachineError> {
+        self.metadata(app, id)?.remove(key).ok_or_else(|| {
+            MachineError::NotFound(format!("Machine {id} has no metadata key {key:?}"))
+        })
+    }
+
+    /// Sets several keys at once (a `None` or empty value removes the key), without a new
+    /// version; with `machine_version`, only while the machine is at that version.
+    pub fn update_metadata(
+        &self,
+        app: &str,
+        id: &str,
+        changes: BTreeMap<String, Option<String>>,
+        machine_version: Option<&str>,
+        nonce: Option<&str>,
+    ) -> Result<(), MachineError> {
+        if let Some(key) = changes.keys().find(|k| !metadata_key_ok(k)) {
+            return Err(invalid_key(key));
+        }
+        self.mutate(app, id, Caller::User(nonce), |row, _, _| {
+            if let Some(want) = machine_version.filter(|v| !v.is_empty()) {
+                if want != row.version {
+                    return Err(MachineError::WrongState(format!(
+                        "Machine {id} is at version {}, not {want}",
+                        row.version
+                    )));
+                }
+            }
+            let metadata = row.config.metadata.get_or_insert_with(BTreeMap::new);
+            for (key, value) in changes {
+                match value.filter(|v| !v.is_empty()) {
+                    Some(value) => {
+                        metadata.insert(key, value);
+                    }
+                    None => {
+                        metadata.remove(&key);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
     /// Sets (`Some`) or removes (`None`) a metadata key without a new version.
     pub fn set_metadata(
         &self,
@@ -74,10 +119,8 @@ impl Machines {
         value: Option<String>,
         nonce: Option<&str>,
     ) -> Result<(), MachineError> {
-        if key.is_empty() || key.len() > 256 {
-            return Err(MachineError::Invalid(format!(
-                "Metadata key {key:?} must be 1-256 characters"
-            )));
+        if !metadata_key_ok(key) {
+            return Err(invalid_key(key));
         }
         self.mutate(app, id, Caller::User(nonce), |row, _, _| {
             let metadata = row.config.metadata.get_or_insert_with(BTreeMap::new);
@@ -105,4 +148,12 @@ impl Machines {
         inner.db().machine(app, id)?;
         Ok(inner.db().machine_versions(id)?)
     }
+}
+
+fn metadata_key_ok(key: &str) -> bool {
+    !key.is_empty() && key.len() <= 256
+}
+
+fn invalid_key(key: &str) -> MachineError {
+    MachineError::Invalid(format!("Metadata key {key:?} must be 1-256 characters"))
 }

@@ -1,14 +1,16 @@
 //! Machines: the Fly Machines API's operations. Each loads the machine, checks its lease,
 //! goes through the transition function, and saves row + events in one transaction
-//! ([`Machines::mutate`]). Agents' reports and waits are in `agent.rs`, leases and metadata
-//! in `leases.rs`, exec and log targets in `exec.rs`.
+//! ([`Machines::mutate`]). Agents' reports are in `agent.rs`, waits in `wait.rs`, leases and
+//! metadata in `leases.rs`, exec and log targets in `exec.rs`.
 
 mod agent;
 mod error;
 pub mod exec;
+mod inspect;
 mod leases;
 mod ops;
 mod validate;
+mod wait;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -24,8 +26,10 @@ use crate::core::store::{unix_now, MachineRow, NewMachine, PendingEvent};
 use crate::core::{now_rfc3339, Inner, Store};
 
 pub use error::MachineError;
+pub use inspect::{parse_states, OrgFilter};
 pub use validate::validate_config;
 use validate::validate_signal;
+pub use wait::{wait_targets, WaitFor};
 
 /// Events shown inside a machine object.
 const EVENTS_IN_MACHINE: i64 = 10;
@@ -255,19 +259,9 @@ impl Machines {
         include_deleted: bool,
         metadata: &BTreeMap<String, String>,
     ) -> Result<Vec<Machine>, MachineError> {
-        let states: Option<Vec<MachineState>> = states
+        let states = states
             .filter(|s| !s.is_empty())
-            .map(|s| {
-                s.split(',')
-                    .map(|name| {
-                        MachineState::parse(name.trim()).ok_or_else(|| {
-                            MachineError::Invalid(format!(
-                                "Unknown machine state {name:?} in state filter"
-                            ))
-                        })
-                    })
-                    .collect()
-            })
+            .map(parse_states)
             .transpose()?;
         let include_destroyed = include_deleted
             || states

@@ -97,18 +97,7 @@ impl Machines {
         if let Some(signal) = &req.signal {
             validate_signal(signal)?;
         }
-        let timeout = match &req.timeout {
-            Some(value) => Some(
-                aloft_api::parse_fly_duration(value)
-                    .ok_or_else(|| {
-                        MachineError::Invalid(format!(
-                            "Stop timeout {value} is not a duration such as \"10s\""
-                        ))
-                    })?
-                    .as_secs(),
-            ),
-            None => None,
-        };
+        let timeout = req.timeout.as_ref().map(stop_timeout).transpose()?;
         self.mutate(app, id, Caller::User(nonce), |row, extra, _| {
             row.desired = DesiredState::Stopped;
             row.stop_signal = req.signal;
@@ -135,7 +124,25 @@ impl Machines {
         Ok(())
     }
 
-    pub fn restart(&self, app: &str, id: &str, nonce: Option<&str>) -> Result<(), MachineError> {
+    /// Restarts a started machine; the old process is stopped with `signal` and given
+    /// `timeout` (a duration such as `"10s"`, or seconds) before it is killed.
+    pub fn restart(
+        &self,
+        app: &str,
+        id: &str,
+        signal: Option<&str>,
+        timeout: Option<&str>,
+        nonce: Option<&str>,
+    ) -> Result<(), MachineError> {
+        if let Some(signal) = signal {
+            validate_signal(signal)?;
+        }
+        let timeout = timeout
+            .map(|t| match t.parse::<u64>() {
+                Ok(seconds) => Ok(seconds),
+                Err(_) => stop_timeout(&serde_json::Value::String(t.to_owned())),
+            })
+            .transpose()?;
         self.mutate(app, id, Caller::User(nonce), |row, extra, _| {
             if row.state != MachineState::Started {
                 return Err(MachineError::WrongState(format!(
@@ -143,6 +150,8 @@ impl Machines {
                     row.state
                 )));
             }
+            row.stop_signal = signal.map(str::to_owned);
+            row.stop_timeout = timeout;
             row.restart_seq += 1;
             row.desired = DesiredState::Started;
             go(row, extra, MachineState::Starting, "restart", "user")
@@ -196,13 +205,16 @@ impl Machines {
     }
 
     /// Destroys a machine: the agent confirms, unless its host is unreachable and `force`.
+    /// A running machine needs `force`, or `kill` (SIGKILL with no grace period first).
     pub fn delete(
         &self,
         app: &str,
         id: &str,
         force: bool,
+        kill: bool,
         nonce: Option<&str>,
     ) -> Result<(), MachineError> {
+        let force = force || kill;
         let live_since = self.hosts.live_since();
         self.mutate(app, id, Caller::User(nonce), |row, extra, inner| {
             if row.state == MachineState::Destroyed {
@@ -216,6 +228,10 @@ impl Machines {
             }
             row.desired = DesiredState::Destroyed;
             row.lease = None;
+            if kill {
+                row.stop_signal = Some("SIGKILL".to_owned());
+                row.stop_timeout = Some(0);
+            }
             if row.state != MachineState::Destroying {
                 go(row, extra, MachineState::Destroying, "destroy", "user")?;
             }
@@ -226,4 +242,15 @@ impl Machines {
         })?;
         Ok(())
     }
+}
+
+/// A stop timeout (`"10s"`, nanoseconds, or Go's `{"time.Duration": ns}`) in whole seconds.
+fn stop_timeout(value: &serde_json::Value) -> Result<u64, MachineError> {
+    aloft_api::parse_fly_duration(value)
+        .map(|d| d.as_secs())
+        .ok_or_else(|| {
+            MachineError::Invalid(format!(
+                "Stop timeout {value} is not a duration such as \"10s\""
+            ))
+        })
 }
