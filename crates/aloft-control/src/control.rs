@@ -19,6 +19,7 @@ use crate::services::certs::Certs;
 use crate::services::exec::Exec;
 use crate::services::geodns::{LiveEdge, Zone};
 use crate::services::hosts::{self, Hosts};
+use crate::services::image::Images;
 use crate::services::ips::Ips;
 use crate::services::machines::Machines;
 use crate::services::releases::Releases;
@@ -41,6 +42,7 @@ pub struct Control {
     acme: Arc<Acme>,
     ips: Ips,
     routes: RouteTables,
+    images: Arc<Images>,
     cluster: aloft_api::ClusterInfo,
 }
 
@@ -61,7 +63,8 @@ impl Control {
         let (tokens, admin) = Tokens::open(store.clone())?;
         let tokens = Arc::new(tokens);
         let hosts = Arc::new(Hosts::new(store.clone(), heartbeat_timeout));
-        let machines = Arc::new(Machines::new(store.clone(), hosts.clone()));
+        let images = Arc::new(Images::new(cluster.registry.clone()));
+        let machines = Arc::new(Machines::new(store.clone(), hosts.clone(), images.clone()));
         let control = Control {
             apps: Arc::new(Apps::new(store.clone(), tokens.clone())),
             exec: Exec::new(machines.clone()),
@@ -80,6 +83,7 @@ impl Control {
             hosts,
             machines,
             store,
+            images,
             cluster,
         };
         Ok((control, admin))
@@ -95,6 +99,11 @@ impl Control {
 
     pub fn hosts(&self) -> &Hosts {
         &self.hosts
+    }
+
+    /// Which image references are the built-in registry's, and how their tags resolve.
+    pub fn images(&self) -> &Images {
+        &self.images
     }
 
     pub fn machines(&self) -> &Machines {

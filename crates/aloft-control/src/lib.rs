@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use control::Control;
+pub use services::image::ImageResolver;
 pub use services::tokens::TokenScope;
 
 /// Where and how the server runs.
@@ -137,6 +138,13 @@ impl Server {
         self
     }
 
+    /// Resolves tags in the built-in registry, so machines created from its images are
+    /// pinned to the digest their tag named (see `docs/machines-api.md`, "Images").
+    pub fn image_resolver(self, resolver: Arc<dyn ImageResolver>) -> Self {
+        self.control.images().set_resolver(resolver);
+        self
+    }
+
     /// How the regional autoscaler paces itself (see `docs/autoscale.md`).
     pub fn scaler_options(mut self, opts: autoscale::ScalerOptions) -> Self {
         self.scaler = opts;
@@ -169,6 +177,9 @@ impl Server {
     ) -> Result<(), ControlError> {
         let control = self.control.clone();
         let router = self.router();
+        if let Ok(addr) = listener.local_addr() {
+            control.images().note_address(addr);
+        }
         let loops = control.start_loops(self.scaler);
         tracing::info!(addr = ?listener.local_addr().ok(), "control plane listening");
         axum::serve(listener, router)

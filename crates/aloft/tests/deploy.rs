@@ -104,7 +104,7 @@ fn launch_deploy_fail_with_rollback_and_rollback_by_hand() {
     let after = server.machine_list("web", false);
     assert_eq!(after.len(), 1, "{after:?}");
     assert_ne!(after[0]["id"], id.as_str());
-    assert_eq!(after[0]["config"]["image"], v2_ref.as_str());
+    assert_pinned(&after[0], &v2_ref);
     let list = releases(&server, &app_dir);
     assert_eq!(list.len(), 2, "{list:?}");
     assert_eq!((list[0].0, list[0].1.as_str()), (2, "succeeded"));
@@ -122,10 +122,7 @@ fn launch_deploy_fail_with_rollback_and_rollback_by_hand() {
     assert!(err.contains("rolled back 1 machine"), "{err}");
     let list = releases(&server, &app_dir);
     assert_eq!((list[0].0, list[0].1.as_str()), (3, "failed"));
-    assert_eq!(
-        server.machine_list("web", false)[0]["config"]["image"],
-        v2_ref.as_str()
-    );
+    assert_pinned(&server.machine_list("web", false)[0], &v2_ref);
     wait_page(&server, "web", "page two");
 
     // rollback goes back to the release before the current one (v1) as a new release.
@@ -248,9 +245,17 @@ fn a_deploy_whose_http_check_fails_rolls_back_by_itself() {
     );
     let list = releases(&server, &app_dir);
     assert_eq!((list[0].0, list[0].1.as_str()), (2, "failed"));
-    assert_eq!(
-        server.machine_list("chk", false)[0]["config"]["image"],
-        good_ref.as_str()
-    );
+    assert_pinned(&server.machine_list("chk", false)[0], &good_ref);
     wait_page(&server, "chk", "healthy page");
+}
+
+/// The machine runs `reference` pinned to the digest its tag named when it was created.
+fn assert_pinned(machine: &serde_json::Value, reference: &str) {
+    let digest = machine["image_ref"]["digest"].as_str().unwrap_or_default();
+    assert!(digest.starts_with("sha256:"), "{machine}");
+    assert_eq!(
+        machine["config"]["image"],
+        format!("{reference}@{digest}"),
+        "{machine}"
+    );
 }

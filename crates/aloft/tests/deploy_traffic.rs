@@ -99,7 +99,8 @@ impl Env {
         )
     }
 
-    /// The app's live machines: id → image.
+    /// The app's live machines: id → image as deployed (without the digest the control plane
+    /// pinned its tag to).
     fn machines(&self) -> BTreeMap<String, String> {
         let list: Value = serde_json::from_str(&ok(self
             .server
@@ -112,7 +113,13 @@ impl Env {
             .map(|m| {
                 (
                     m["id"].as_str().unwrap().to_owned(),
-                    m["config"]["image"].as_str().unwrap().to_owned(),
+                    m["config"]["image"]
+                        .as_str()
+                        .unwrap()
+                        .split('@')
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
                 )
             })
             .collect()

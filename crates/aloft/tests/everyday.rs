@@ -85,15 +85,26 @@ fn machine_update_clone_kill_suspend_leases_and_wait() {
     let m: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(m["state"], "started", "{m}");
     assert_ne!(m["version"], version.as_str());
-    assert_eq!(m["config"]["image"], v2.as_str());
+    // The control plane pins the tag to the digest it named.
+    let digest = m["image_ref"]["digest"].as_str().unwrap();
+    assert_eq!(m["config"]["image"], format!("{v2}@{digest}"));
     assert_eq!(m["config"]["guest"]["memory_mb"], 512);
     assert_eq!(m["config"]["env"]["GREETING"], "hi");
     assert_eq!(m["config"]["restart"]["policy"], "no", "kept: {m}");
     assert_eq!(m["config"]["services"][0]["ports"][0]["port"], 80);
     let env = ok(server.cli(&["machine", "exec", &id, "--app", "web", "--", "env"]));
     assert!(env.contains("GREETING=hi"), "{env}");
-    // An update that changes nothing is refused before anything is sent.
-    let same = server.cli(&["machine", "update", &id, "--app", "web", "--image", &v2]);
+    // An update that changes nothing is refused before anything is sent. (Naming the image's
+    // tag again is a change: the control plane resolves the tag anew.)
+    let same = server.cli(&[
+        "machine",
+        "update",
+        &id,
+        "--app",
+        "web",
+        "--env",
+        "GREETING=hi",
+    ]);
     assert_eq!(same.status.code(), Some(2), "{}", stderr(&same));
 
     // clone: same config, a new machine, in the region asked for.
@@ -104,7 +115,10 @@ fn machine_update_clone_kill_suspend_leases_and_wait() {
     let copy_id = copy["id"].as_str().unwrap().to_owned();
     assert_ne!(copy_id, id);
     assert_eq!(copy["state"], "started");
-    assert_eq!(copy["config"]["image"], v2.as_str());
+    assert_eq!(
+        copy["config"]["image"], m["config"]["image"],
+        "the same pinned image"
+    );
     assert_eq!(copy["config"]["env"]["GREETING"], "hi");
     assert_eq!(server.machine_list("web", false).len(), 2);
 
@@ -272,7 +286,11 @@ fn deploy_ha_regions_env_and_a_rolling_restart() {
     let images = |region: &str| -> Vec<String> {
         list.iter()
             .filter(|m| m["region"] == region)
-            .map(|m| m["config"]["image"].as_str().unwrap().to_owned())
+            // As deployed, without the digest the control plane pinned the tag to.
+            .map(|m| {
+                let image = m["config"]["image"].as_str().unwrap();
+                image.split('@').next().unwrap_or_default().to_owned()
+            })
             .collect()
     };
     assert_eq!(images("syd"), std::slice::from_ref(&v2), "{list:?}");

@@ -1,6 +1,109 @@
-//! Parsing image references (`[registry/]repository[:tag][@digest]`) into an `ImageRef`.
+//! Image references: parsing them (`[registry/]repository[:tag][@digest]`) into an
+//! `ImageRef`, and pinning references into the built-in registry to the digest their tag
+//! names when a machine is created or updated, so what runs is what was resolved.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
 
 use aloft_api::ImageRef;
+
+/// Looks up tags in the built-in registry (which the server mounts; the control plane sees it
+/// only through this).
+pub trait ImageResolver: Send + Sync {
+    /// The digest (`sha256:…`) of the manifest `repository:tag` names, or `None` if the
+    /// registry has no such tag.
+    fn manifest_digest(&self, repository: &str, tag: &str) -> Option<String>;
+}
+
+/// Which references are the built-in registry's, and how their tags resolve.
+pub struct Images {
+    /// The registry's cluster-wide name (`registry.<domain>`).
+    registry_name: String,
+    resolver: RwLock<Option<Arc<dyn ImageResolver>>>,
+    /// Where the server listens: references to these (or to loopback at their port) are ours.
+    addresses: RwLock<Vec<SocketAddr>>,
+}
+
+impl std::fmt::Debug for Images {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Images")
+            .field("registry_name", &self.registry_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Images {
+    pub fn new(registry_name: impl Into<String>) -> Images {
+        Images {
+            registry_name: registry_name.into(),
+            resolver: RwLock::new(None),
+            addresses: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Resolves tags in the built-in registry from now on.
+    pub fn set_resolver(&self, resolver: Arc<dyn ImageResolver>) {
+        *self.resolver.write().unwrap_or_else(|e| e.into_inner()) = Some(resolver);
+    }
+
+    /// The server listens here: references naming it are the built-in registry's.
+    pub fn note_address(&self, addr: SocketAddr) {
+        self.addresses
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(addr);
+    }
+
+    /// Whether `registry` (a reference's host\[:port\]) is the built-in registry.
+    fn is_builtin(&self, registry: &str) -> bool {
+        if registry == self.registry_name {
+            return true;
+        }
+        let addresses = self.addresses.read().unwrap_or_else(|e| e.into_inner());
+        let (host, port) = match registry.rsplit_once(':') {
+            Some((host, port)) => match port.parse::<u16>() {
+                Ok(port) => (host.trim_start_matches('[').trim_end_matches(']'), port),
+                Err(_) => return false,
+            },
+            None => return false,
+        };
+        let ip = if host == "localhost" {
+            Some(std::net::IpAddr::from([127, 0, 0, 1]))
+        } else {
+            host.parse::<std::net::IpAddr>().ok()
+        };
+        addresses.iter().any(|a| {
+            a.port() == port
+                && ip.is_some_and(|ip| ip == a.ip() || ip.is_loopback() || a.ip().is_unspecified())
+        })
+    }
+
+    /// Parses `reference`; one into the built-in registry without a digest gets its tag's
+    /// digest and comes back pinned (`registry/repository:tag@sha256:…`). Others, and tags
+    /// the registry does not have (the host reports the missing image), stay as they are.
+    pub fn pin(&self, reference: &str) -> Result<(String, ImageRef), ImageRefError> {
+        let mut parsed = parse_image_ref(reference)?;
+        if !parsed.digest.is_empty() || !self.is_builtin(&parsed.registry) {
+            return Ok((reference.to_owned(), parsed));
+        }
+        let resolver = self
+            .resolver
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(digest) =
+            resolver.and_then(|r| r.manifest_digest(&parsed.repository, &parsed.tag))
+        else {
+            return Ok((reference.to_owned(), parsed));
+        };
+        let pinned = format!(
+            "{}/{}:{}@{digest}",
+            parsed.registry, parsed.repository, parsed.tag
+        );
+        parsed.digest = digest;
+        Ok((pinned, parsed))
+    }
+}
 
 /// Why an image reference was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -114,6 +217,44 @@ mod tests {
         assert_eq!(r.repository, "team/app");
         assert_eq!(r.tag, "v1.2");
         assert_eq!(r.digest, d);
+    }
+
+    struct OneTag;
+
+    impl ImageResolver for OneTag {
+        fn manifest_digest(&self, repository: &str, tag: &str) -> Option<String> {
+            (repository == "web/app" && tag == "v1").then(|| format!("sha256:{}", "b".repeat(64)))
+        }
+    }
+
+    #[test]
+    fn builtin_tags_are_pinned_and_other_references_kept() {
+        let images = Images::new("registry.example.test");
+        images.note_address("0.0.0.0:4280".parse().unwrap());
+        images.set_resolver(Arc::new(OneTag));
+        let digest = format!("sha256:{}", "b".repeat(64));
+        for ours in [
+            "registry.example.test/web/app:v1",
+            "127.0.0.1:4280/web/app:v1",
+            "localhost:4280/web/app:v1",
+        ] {
+            let (pinned, r) = images.pin(ours).unwrap();
+            let host = ours.split('/').next().unwrap();
+            assert_eq!(pinned, format!("{host}/web/app:v1@{digest}"));
+            assert_eq!((r.tag.as_str(), r.digest.as_str()), ("v1", digest.as_str()));
+        }
+        // Elsewhere, an unknown tag, or already pinned: unchanged.
+        let other = format!("sha256:{}", "c".repeat(64));
+        for kept in [
+            "127.0.0.1:5000/web/app:v1".to_owned(),
+            "registry.example.test/web/app:v2".to_owned(),
+            format!("registry.example.test/web/app:v1@{other}"),
+            "docker.io/web/app:v1".to_owned(),
+        ] {
+            let (same, r) = images.pin(&kept).unwrap();
+            assert_eq!(same, kept);
+            assert_eq!(r.digest, kept.split_once('@').map_or("", |(_, d)| d));
+        }
     }
 
     #[test]

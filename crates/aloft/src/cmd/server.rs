@@ -201,7 +201,22 @@ pub fn with_registry(
             }
         }
     });
-    Ok(server.merge_router(aloft_registry::router(registry, tokens)))
+    let images = Arc::new(RegistryImages(registry.clone()));
+    Ok(server
+        .image_resolver(images)
+        .merge_router(aloft_registry::router(registry, tokens)))
+}
+
+/// Tags in the built-in registry, for pinning machines' images to digests.
+struct RegistryImages(aloft_registry::Registry);
+
+impl aloft_control::ImageResolver for RegistryImages {
+    fn manifest_digest(&self, repository: &str, tag: &str) -> Option<String> {
+        self.0
+            .get_manifest(repository, tag)
+            .ok()
+            .map(|m| m.digest.to_string())
+    }
 }
 
 /// The registry trusts the control plane's tokens: an app token reaches its app's

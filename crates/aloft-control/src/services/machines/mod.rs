@@ -19,7 +19,7 @@ use std::time::Instant;
 use aloft_api::{CreateMachineRequest, DesiredState, Lease, Machine, MachineState};
 
 use super::hosts::Hosts;
-use super::image::parse_image_ref;
+use super::image::Images;
 use super::placement::{place, PlacementRequest};
 use crate::core::state::transition;
 use crate::core::store::{unix_now, MachineRow, NewMachine, PendingEvent};
@@ -89,11 +89,16 @@ pub(crate) fn check_lease(row: &MachineRow, nonce: Option<&str>) -> Result<(), M
 pub struct Machines {
     store: Arc<Store>,
     hosts: Arc<Hosts>,
+    images: Arc<Images>,
 }
 
 impl Machines {
-    pub fn new(store: Arc<Store>, hosts: Arc<Hosts>) -> Machines {
-        Machines { store, hosts }
+    pub fn new(store: Arc<Store>, hosts: Arc<Hosts>, images: Arc<Images>) -> Machines {
+        Machines {
+            store,
+            hosts,
+            images,
+        }
     }
 
     fn render(&self, inner: &Inner, row: &MachineRow) -> Result<Machine, MachineError> {
@@ -150,8 +155,10 @@ impl Machines {
         owner: &str,
         source: &'static str,
     ) -> Result<Machine, MachineError> {
+        let mut req = req;
         let (cpus, memory_mb) = validate_config(&req.config)?;
-        let image_ref = parse_image_ref(&req.config.image)?;
+        let (image, image_ref) = self.images.pin(&req.config.image)?;
+        req.config.image = image;
         let lease_ttl = req.lease_ttl.map(checked_ttl).transpose()?;
         let _span = tracing::debug_span!("create_machine", app).entered();
         let mut guard = self.store.lock();

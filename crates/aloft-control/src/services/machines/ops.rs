@@ -4,9 +4,7 @@ use aloft_api::{
     CreateMachineRequest, DesiredState, Machine, MachineState, StartResponse, StopRequest,
 };
 
-use super::{
-    event, go, parse_image_ref, validate_config, validate_signal, Caller, MachineError, Machines,
-};
+use super::{event, go, validate_config, validate_signal, Caller, MachineError, Machines};
 use crate::core::state::is_active;
 
 impl Machines {
@@ -18,8 +16,10 @@ impl Machines {
         req: CreateMachineRequest,
         nonce: Option<&str>,
     ) -> Result<Machine, MachineError> {
+        let mut req = req;
         let (cpus, memory_mb) = validate_config(&req.config)?;
-        let image_ref = parse_image_ref(&req.config.image)?;
+        let (image, image_ref) = self.images.pin(&req.config.image)?;
+        req.config.image = image;
         let (_, machine) = self.mutate(app, id, Caller::User(nonce), |row, extra, inner| {
             if row.state == MachineState::Destroyed || row.state == MachineState::Destroying {
                 return Err(MachineError::WrongState(format!("Machine {id} is {} and cannot be updated", row.state)));
