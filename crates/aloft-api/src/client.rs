@@ -632,7 +632,9 @@ impl Client {
         &self,
         app: &str,
     ) -> Result<Vec<crate::releases::SecretInfo>, ClientError> {
-        self.get(self.url(&["v1", "apps", app, "secrets"])).await
+        let all: crate::releases::AppSecrets =
+            self.get(self.url(&["v1", "apps", app, "secrets"])).await?;
+        Ok(all.secrets)
     }
 
     /// `POST /v1/apps/{app}/secrets`.
@@ -641,9 +643,12 @@ impl Client {
         app: &str,
         values: BTreeMap<String, String>,
     ) -> Result<Vec<crate::releases::SecretInfo>, ClientError> {
+        let values = values.into_iter().map(|(k, v)| (k, Some(v))).collect();
         let body = crate::releases::SetSecretsRequest { values };
-        self.post(self.url(&["v1", "apps", app, "secrets"]), &body)
-            .await
+        let all: crate::releases::AppSecrets = self
+            .post(self.url(&["v1", "apps", app, "secrets"]), &body)
+            .await?;
+        Ok(all.secrets)
     }
 
     /// `POST /v1/apps/{app}/secrets/unset`.
@@ -653,8 +658,10 @@ impl Client {
         names: Vec<String>,
     ) -> Result<Vec<crate::releases::SecretInfo>, ClientError> {
         let body = crate::releases::UnsetSecretsRequest { names };
-        self.post(self.url(&["v1", "apps", app, "secrets", "unset"]), &body)
-            .await
+        let all: crate::releases::AppSecrets = self
+            .post(self.url(&["v1", "apps", app, "secrets", "unset"]), &body)
+            .await?;
+        Ok(all.secrets)
     }
 }
 

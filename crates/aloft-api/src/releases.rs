@@ -97,10 +97,31 @@ pub struct ReleaseStatusRequest {
     pub reason: Option<String>,
 }
 
-/// Body of `POST /v1/apps/{app}/secrets`: values to set (existing names are replaced).
+/// Body of `POST /v1/apps/{app}/secrets`: values to set (existing names are replaced); a
+/// `null` value removes that secret, as Fly's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SetSecretsRequest {
-    pub values: BTreeMap<String, String>,
+    pub values: BTreeMap<String, Option<String>>,
+}
+
+/// Body of `POST /v1/apps/{app}/secrets/{name}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SetSecretRequest {
+    pub value: String,
+}
+
+/// An app's secrets and their version, as Fly's secrets endpoints answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AppSecrets {
+    pub secrets: Vec<SecretInfo>,
+    /// Grows by one with every change of the app's secrets.
+    pub version: u64,
+}
+
+/// Answer of `DELETE /v1/apps/{app}/secrets/{name}` and of a single secret's set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SecretsVersion {
+    pub version: u64,
 }
 
 /// Body of `POST /v1/apps/{app}/secrets/unset`.
@@ -115,6 +136,9 @@ pub struct SecretInfo {
     pub name: String,
     /// First 16 hex digits of the value's SHA-256.
     pub digest: String,
-    /// RFC 3339.
+    /// RFC 3339: when the value was last set (Aloft keeps no earlier time).
     pub created_at: String,
+    /// RFC 3339.
+    #[serde(default)]
+    pub updated_at: String,
 }

@@ -131,18 +131,21 @@ async fn secrets_are_listed_by_digest_and_encrypted_at_rest() {
         .send()
         .await;
     assert_eq!(status, StatusCode::OK, "{list}");
-    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(list["version"], 1, "{list}");
+    let secrets = &list["secrets"];
+    assert_eq!(secrets.as_array().unwrap().len(), 2);
     assert!(!list.to_string().contains(value), "{list}");
-    assert_eq!(list[0]["name"], "API_KEY");
-    let first_digest = list[1]["digest"].clone();
+    assert_eq!(secrets[0]["name"], "API_KEY");
+    let first_digest = secrets[1]["digest"].clone();
 
     let (_, list) = env
         .post("/v1/apps/web/secrets")
         .json(json!({"values": {"DATABASE_URL": "other"}}))
         .send()
         .await;
+    assert_eq!(list["version"], 2, "each change is a version: {list}");
     assert_ne!(
-        list[1]["digest"], first_digest,
+        list["secrets"][1]["digest"], first_digest,
         "the digest follows the value"
     );
 
@@ -172,14 +175,38 @@ async fn secrets_are_listed_by_digest_and_encrypted_at_rest() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert!(body["error"].as_str().unwrap().contains("MISSING"));
     let (_, list) = env.get("/v1/apps/web/secrets").send().await;
-    assert_eq!(list.as_array().unwrap().len(), 2, "nothing removed: {list}");
+    assert_eq!(
+        (list["secrets"].as_array().unwrap().len(), &list["version"]),
+        (2, &json!(2)),
+        "nothing removed: {list}"
+    );
     let (status, list) = env
         .post("/v1/apps/web/secrets/unset")
         .json(json!({"names": ["API_KEY"]}))
         .send()
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list["secrets"].as_array().unwrap().len(), 1);
+    // Fly's one-secret delete, and a null value removing one.
+    let (status, body) = env.delete("/v1/apps/web/secrets/DATABASE_URL").send().await;
+    assert_eq!((status, &body), (StatusCode::OK, &json!({"version": 4})));
+    let (status, _) = env.delete("/v1/apps/web/secrets/DATABASE_URL").send().await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = env
+        .post("/v1/apps/web/secrets/ONE")
+        .json(json!({"value": "1"}))
+        .send()
+        .await;
+    assert_eq!(
+        (status, &body),
+        (StatusCode::CREATED, &json!({"version": 5}))
+    );
+    let (_, list) = env
+        .post("/v1/apps/web/secrets")
+        .json(json!({"values": {"ONE": null}}))
+        .send()
+        .await;
+    assert_eq!(list, json!({"secrets": [], "version": 6}));
 
     for bad in [
         json!({"values": {"FLY_REGION": "x"}}),
@@ -261,7 +288,7 @@ async fn a_deleted_apps_releases_and_secrets_do_not_reach_a_new_app_of_the_same_
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     env.app("web").await;
     let (_, secrets) = env.get("/v1/apps/web/secrets").send().await;
-    assert_eq!(secrets, json!([]));
+    assert_eq!(secrets["secrets"], json!([]));
     let (_, releases) = env.get("/v1/apps/web/releases").send().await;
     assert_eq!(releases, json!([]));
 }

@@ -13,6 +13,7 @@
 //!   running machine without `force=true`), or no live host in the region has room.
 //! - 500: internal failures, logged with detail and answered with a generic message.
 
+mod app_certs;
 mod apps;
 mod autoscale;
 mod certs;
@@ -25,6 +26,7 @@ mod machines;
 pub mod openapi;
 mod releases;
 mod routes;
+mod secrets;
 
 use std::sync::Arc;
 
@@ -220,8 +222,10 @@ pub fn routes() -> (Router<Arc<Control>>, Vec<(Method, &'static str)>) {
     let r = exec::routes(r);
     let r = routes::routes(r);
     let r = certs::routes(r);
+    let r = app_certs::routes(r);
     let r = ips::routes(r);
     let r = releases::routes(r);
+    let r = secrets::routes(r);
     let r = autoscale::routes(r);
     let r = r.at(Method::GET, "/v1/openapi.json", openapi::serve);
     (r.router, r.list)

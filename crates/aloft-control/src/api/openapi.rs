@@ -4,7 +4,10 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{apps, autoscale, certs, exec, hosts, ips, machine_parts, machines, releases, routes};
+use super::{
+    app_certs, apps, autoscale, certs, exec, hosts, ips, machine_parts, machines, releases, routes,
+    secrets,
+};
 
 struct BearerAuth;
 
@@ -40,9 +43,12 @@ impl Modify for BearerAuth {
         routes::get_routes, routes::watch_routes, routes::wake, routes::idle,
         certs::root, certs::list, certs::add, certs::remove, certs::edge_tls,
         certs::order, certs::show, certs::edge_acme,
+        app_certs::list, app_certs::acme, app_certs::custom, app_certs::show, app_certs::remove,
         ips::allocate, ips::list, ips::release,
         releases::list_releases, releases::create_release, releases::get_release, releases::set_status,
-        releases::patch_status, releases::list_secrets, releases::set_secrets, releases::unset_secrets,
+        releases::patch_status,
+        secrets::list_secrets, secrets::set_secrets, secrets::unset_secrets, secrets::get_secret,
+        secrets::set_secret, secrets::delete_secret,
         serve,
     )
 )]

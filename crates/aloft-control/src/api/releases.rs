@@ -1,11 +1,8 @@
-//! `/v1/apps/{app_name}/releases` and `/v1/apps/{app_name}/secrets`.
+//! `/v1/apps/{app_name}/releases`.
 
 use std::sync::Arc;
 
-use aloft_api::{
-    CreateReleaseRequest, ErrorBody, Release, ReleaseStatusRequest, SecretInfo, SetSecretsRequest,
-    UnsetSecretsRequest,
-};
+use aloft_api::{CreateReleaseRequest, ErrorBody, Release, ReleaseStatusRequest};
 use axum::extract::State;
 use axum::http::{Method, StatusCode};
 use axum::Json;
@@ -30,13 +27,6 @@ pub(super) fn routes(r: Routes) -> Routes {
             Method::PATCH,
             "/v1/apps/{app_name}/releases/{version}/status",
             patch_status,
-        )
-        .at(Method::GET, "/v1/apps/{app_name}/secrets", list_secrets)
-        .at(Method::POST, "/v1/apps/{app_name}/secrets", set_secrets)
-        .at(
-            Method::POST,
-            "/v1/apps/{app_name}/secrets/unset",
-            unset_secrets,
         )
 }
 
@@ -109,44 +99,4 @@ pub(super) async fn patch_status(
     body: ApiJson<ReleaseStatusRequest>,
 ) -> Result<Json<Release>, ApiError> {
     set_status(state, scope, path, body).await
-}
-
-/// List an app's secrets: names and digests, never values.
-#[utoipa::path(get, path = "/v1/apps/{app_name}/secrets", tag = "secrets", params(("app_name" = String, Path)),
-    responses((status = 200, body = [SecretInfo]), (status = 404, body = ErrorBody)))]
-pub(super) async fn list_secrets(
-    State(control): State<Arc<Control>>,
-    scope: Scope,
-    ApiPath(app): ApiPath<String>,
-) -> Result<Json<Vec<SecretInfo>>, ApiError> {
-    scope.require_app(&app)?;
-    Ok(Json(control.secrets().list(&app)?))
-}
-
-/// Set secrets (encrypted at rest). Machines get them on their next update.
-#[utoipa::path(post, path = "/v1/apps/{app_name}/secrets", tag = "secrets", params(("app_name" = String, Path)),
-    request_body = SetSecretsRequest,
-    responses((status = 200, body = [SecretInfo]), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub(super) async fn set_secrets(
-    State(control): State<Arc<Control>>,
-    scope: Scope,
-    ApiPath(app): ApiPath<String>,
-    ApiJson(req): ApiJson<SetSecretsRequest>,
-) -> Result<Json<Vec<SecretInfo>>, ApiError> {
-    scope.require_app(&app)?;
-    Ok(Json(control.secrets().set(&app, &req.values)?))
-}
-
-/// Remove secrets by name (404 naming the first unknown one; nothing is removed then).
-#[utoipa::path(post, path = "/v1/apps/{app_name}/secrets/unset", tag = "secrets", params(("app_name" = String, Path)),
-    request_body = UnsetSecretsRequest,
-    responses((status = 200, body = [SecretInfo]), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub(super) async fn unset_secrets(
-    State(control): State<Arc<Control>>,
-    scope: Scope,
-    ApiPath(app): ApiPath<String>,
-    ApiJson(req): ApiJson<UnsetSecretsRequest>,
-) -> Result<Json<Vec<SecretInfo>>, ApiError> {
-    scope.require_app(&app)?;
-    Ok(Json(control.secrets().unset(&app, &req.names)?))
 }

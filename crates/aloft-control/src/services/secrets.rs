@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use aloft_api::SecretInfo;
+use aloft_api::{AppSecrets, SecretInfo};
 use sha2::{Digest as _, Sha256};
 
 use crate::core::keys::{self, KeyError};
@@ -97,25 +97,38 @@ impl Secrets {
         Secrets { store }
     }
 
-    /// Names and digests of an app's secrets.
-    pub fn list(&self, app: &str) -> Result<Vec<SecretInfo>, SecretsError> {
+    /// Names and digests of an app's secrets, and their version.
+    pub fn list(&self, app: &str) -> Result<AppSecrets, SecretsError> {
         let inner = self.store.lock();
         inner.db().require_app(app)?;
-        Ok(inner.db().secrets(app)?)
+        current(&inner.db(), app)
     }
 
-    /// Sets (or replaces) secrets; every value is encrypted before it reaches the store.
+    /// One secret's name and digest.
+    pub fn get(&self, app: &str, name: &str) -> Result<SecretInfo, SecretsError> {
+        self.list(app)?
+            .secrets
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| SecretsError::NotFound {
+                app: app.to_owned(),
+                name: name.to_owned(),
+            })
+    }
+
+    /// Sets (or replaces) secrets, and removes those given as `None`; every value is
+    /// encrypted before it reaches the store. One change, one new version.
     pub fn set(
         &self,
         app: &str,
-        values: &BTreeMap<String, String>,
-    ) -> Result<Vec<SecretInfo>, SecretsError> {
+        values: &BTreeMap<String, Option<String>>,
+    ) -> Result<AppSecrets, SecretsError> {
         if values.is_empty() {
             return Err(SecretsError::Invalid("No secrets given".to_owned()));
         }
         for (name, value) in values {
             validate_name(name)?;
-            if value.len() > 64 * 1024 {
+            if value.as_ref().is_some_and(|v| v.len() > 64 * 1024) {
                 return Err(SecretsError::Invalid(format!(
                     "Secret {name:?} is larger than 64 KiB"
                 )));
@@ -127,6 +140,10 @@ impl Secrets {
         let now = now_rfc3339();
         inner.transaction(|db| {
             for (name, value) in values {
+                let Some(value) = value else {
+                    db.delete_secret(app, name)?;
+                    continue;
+                };
                 let (nonce, sealed) = keys::seal(&key, &aad(app, name), value.as_bytes());
                 let secret = SealedSecret {
                     name: name.clone(),
@@ -135,14 +152,15 @@ impl Secrets {
                 };
                 db.put_secret(app, &secret, &digest(&key, value), &now)?;
             }
+            db.bump_secrets_version(app)?;
             Ok::<_, SecretsError>(())
         })?;
         tracing::info!(%app, count = values.len(), "secrets set");
-        Ok(inner.db().secrets(app)?)
+        current(&inner.db(), app)
     }
 
     /// Removes secrets; unknown names fail and nothing is removed.
-    pub fn unset(&self, app: &str, names: &[String]) -> Result<Vec<SecretInfo>, SecretsError> {
+    pub fn unset(&self, app: &str, names: &[String]) -> Result<AppSecrets, SecretsError> {
         if names.is_empty() {
             return Err(SecretsError::Invalid("No secret names given".to_owned()));
         }
@@ -157,10 +175,18 @@ impl Secrets {
                     });
                 }
             }
+            db.bump_secrets_version(app)?;
             Ok(())
         })?;
-        Ok(inner.db().secrets(app)?)
+        current(&inner.db(), app)
     }
+}
+
+fn current(db: &Db<'_>, app: &str) -> Result<AppSecrets, SecretsError> {
+    Ok(AppSecrets {
+        secrets: db.secrets(app)?,
+        version: db.secrets_version(app)?,
+    })
 }
 
 #[cfg(test)]

@@ -36,10 +36,12 @@ impl Db<'_> {
             "SELECT name, digest, created_at FROM secrets WHERE app = ?1 ORDER BY name",
         )?;
         let rows = stmt.query_map([app], |r| {
+            let changed: String = r.get(2)?;
             Ok(SecretInfo {
                 name: r.get(0)?,
                 digest: r.get(1)?,
-                created_at: r.get(2)?,
+                updated_at: changed.clone(),
+                created_at: changed,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -68,4 +70,38 @@ impl Db<'_> {
             params![app, name],
         )? > 0)
     }
+
+    /// The app's secrets version: it grows by one with every change of its secrets.
+    pub fn secrets_version(&self, app: &str) -> Result<u64, StoreError> {
+        let version: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [secrets_version_key(app)],
+                |r| r.get(0),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?;
+        Ok(version.unwrap_or(0) as u64)
+    }
+
+    /// Counts one change of the app's secrets and returns the new version.
+    pub fn bump_secrets_version(&self, app: &str) -> Result<u64, StoreError> {
+        let version: i64 = self.conn.query_row(
+            "INSERT INTO meta (key, value) VALUES (?1, 1)
+             ON CONFLICT (key) DO UPDATE SET value = value + 1 RETURNING value",
+            [secrets_version_key(app)],
+            |r| r.get(0),
+        )?;
+        Ok(version as u64)
+    }
+}
+
+/// Versions live in `meta`; a recreated app continues from where its name left off, so a
+/// version never repeats.
+fn secrets_version_key(app: &str) -> String {
+    format!("secrets_version:{app}")
 }
