@@ -78,12 +78,15 @@ impl Images {
         })
     }
 
-    /// Parses `reference`; one into the built-in registry without a digest gets its tag's
-    /// digest and comes back pinned (`registry/repository:tag@sha256:…`). Others, and tags
-    /// the registry does not have (the host reports the missing image), stay as they are.
-    pub fn pin(&self, reference: &str) -> Result<(String, ImageRef), ImageRefError> {
+    /// Parses `reference` for a machine of `app`; one into `app`'s repositories of the
+    /// built-in registry (`app` or `app/…`, as the registry scopes app tokens) without a
+    /// digest gets its tag's digest and comes back pinned (`registry/repository:tag@sha256:…`).
+    /// Others, and tags the registry does not have (the host reports the missing image), stay
+    /// as they are: resolving never tells an app about another app's images.
+    pub fn pin(&self, app: &str, reference: &str) -> Result<(String, ImageRef), ImageRefError> {
         let mut parsed = parse_image_ref(reference)?;
-        if !parsed.digest.is_empty() || !self.is_builtin(&parsed.registry) {
+        let own = parsed.repository.split('/').next() == Some(app);
+        if !parsed.digest.is_empty() || !own || !self.is_builtin(&parsed.registry) {
             return Ok((reference.to_owned(), parsed));
         }
         let resolver = self
@@ -238,11 +241,14 @@ mod tests {
             "127.0.0.1:4280/web/app:v1",
             "localhost:4280/web/app:v1",
         ] {
-            let (pinned, r) = images.pin(ours).unwrap();
+            let (pinned, r) = images.pin("web", ours).unwrap();
             let host = ours.split('/').next().unwrap();
             assert_eq!(pinned, format!("{host}/web/app:v1@{digest}"));
             assert_eq!((r.tag.as_str(), r.digest.as_str()), ("v1", digest.as_str()));
         }
+        // Another app's repository is not resolved for this one.
+        let (same, _) = images.pin("api", "127.0.0.1:4280/web/app:v1").unwrap();
+        assert_eq!(same, "127.0.0.1:4280/web/app:v1");
         // Elsewhere, an unknown tag, or already pinned: unchanged.
         let other = format!("sha256:{}", "c".repeat(64));
         for kept in [
@@ -251,7 +257,7 @@ mod tests {
             format!("registry.example.test/web/app:v1@{other}"),
             "docker.io/web/app:v1".to_owned(),
         ] {
-            let (same, r) = images.pin(&kept).unwrap();
+            let (same, r) = images.pin("web", &kept).unwrap();
             assert_eq!(same, kept);
             assert_eq!(r.digest, kept.split_once('@').map_or("", |(_, d)| d));
         }

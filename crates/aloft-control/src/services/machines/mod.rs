@@ -157,7 +157,7 @@ impl Machines {
     ) -> Result<Machine, MachineError> {
         let mut req = req;
         let (cpus, memory_mb) = validate_config(&req.config)?;
-        let (image, image_ref) = self.images.pin(&req.config.image)?;
+        let (image, image_ref) = self.images.pin(app, &req.config.image)?;
         req.config.image = image;
         let lease_ttl = req.lease_ttl.map(checked_ttl).transpose()?;
         let _span = tracing::debug_span!("create_machine", app).entered();

@@ -18,7 +18,7 @@ impl Machines {
     ) -> Result<Machine, MachineError> {
         let mut req = req;
         let (cpus, memory_mb) = validate_config(&req.config)?;
-        let (image, image_ref) = self.images.pin(&req.config.image)?;
+        let (image, image_ref) = self.images.pin(app, &req.config.image)?;
         req.config.image = image;
         let (_, machine) = self.mutate(app, id, Caller::User(nonce), |row, extra, inner| {
             if row.state == MachineState::Destroyed || row.state == MachineState::Destroying {
