@@ -433,6 +433,58 @@ impl Client {
             .map(drop)
     }
 
+    /// `GET .../metadata/{key}`; a key that is not set is `ClientError::Api { status: 404, .. }`.
+    pub async fn get_metadata_key(
+        &self,
+        app: &str,
+        id: &str,
+        key: &str,
+    ) -> Result<String, ClientError> {
+        let value: MetadataValue = self
+            .get(self.machine_url(app, id, &["metadata", key]))
+            .await?;
+        Ok(value.value)
+    }
+
+    /// `PUT .../metadata`: sets several keys (`None` removes one).
+    pub async fn update_metadata(
+        &self,
+        app: &str,
+        id: &str,
+        req: &crate::UpdateMetadataRequest,
+    ) -> Result<(), ClientError> {
+        self.call::<_, serde_json::Value>(
+            Method::PUT,
+            self.machine_url(app, id, &["metadata"]),
+            Some(req),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `GET .../ps`.
+    pub async fn machine_processes(
+        &self,
+        app: &str,
+        id: &str,
+    ) -> Result<Vec<crate::ProcessStat>, ClientError> {
+        self.get(self.machine_url(app, id, &["ps"])).await
+    }
+
+    /// `GET .../memory`.
+    pub async fn machine_memory(
+        &self,
+        app: &str,
+        id: &str,
+    ) -> Result<crate::MemoryResponse, ClientError> {
+        self.get(self.machine_url(app, id, &["memory"])).await
+    }
+
+    /// `GET /v1/orgs/{org_slug}/machines`.
+    pub async fn org_machines(&self, org: &str) -> Result<crate::OrgMachinesResponse, ClientError> {
+        self.get(self.url(&["v1", "orgs", org, "machines"])).await
+    }
+
     /// `GET .../events`.
     pub async fn list_events(&self, app: &str, id: &str) -> Result<Vec<MachineEvent>, ClientError> {
         self.get(self.machine_url(app, id, &["events"])).await

@@ -165,6 +165,45 @@ async fn the_typed_client_drives_every_kind_of_endpoint() {
             .map(String::as_str),
         Some("infra")
     );
+    assert_eq!(
+        client
+            .get_metadata_key("web", &machine.id, "team")
+            .await
+            .unwrap(),
+        "infra"
+    );
+    client
+        .update_metadata(
+            "web",
+            &machine.id,
+            &aloft_api::UpdateMetadataRequest {
+                metadata: BTreeMap::from([
+                    ("tier".into(), None),
+                    ("team".into(), Some("infra".into())),
+                ]),
+                machine_version: Some(machine.version.clone()),
+            },
+        )
+        .await
+        .unwrap();
+    let missing = client.get_metadata_key("web", &machine.id, "tier").await;
+    assert!(
+        matches!(
+            missing,
+            Err(aloft_api::ClientError::Api { status: 404, .. })
+        ),
+        "{missing:?}"
+    );
+    let memory = client.machine_memory("web", &machine.id).await.unwrap();
+    assert_eq!(
+        memory.limit_mb,
+        machine.config.guest.as_ref().unwrap().memory_mb
+    );
+    let org = client.org_machines("personal").await.unwrap();
+    assert!(org
+        .machines
+        .iter()
+        .any(|m| m.id == machine.id && m.app_name == "web"));
     let filtered = client
         .list_machines(
             "web",
