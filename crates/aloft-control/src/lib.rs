@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use control::Control;
-pub use services::image::ImageResolver;
+pub use services::image::{ImageResolver, ResolvedImage};
 pub use services::tokens::TokenScope;
 
 /// Where and how the server runs.

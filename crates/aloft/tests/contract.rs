@@ -193,6 +193,17 @@ fn flys_machines_api_examples_answer_as_fly_documents() {
         &["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"],
     )
     .unwrap();
+    // A label, as Fly's example image has: image_ref.labels carries the image config's.
+    aloft_testkit::run(
+        "umoci",
+        &[
+            "config",
+            "--image",
+            &format!("{}:1", layout.display()),
+            "--config.label=org.opencontainers.image.version=22.04",
+        ],
+    )
+    .unwrap();
     let registry = server.url.trim_start_matches("http://").to_string();
     let image = format!("{registry}/{app}/busybox:1");
     skopeo_push(&layout, "1", &image, &server.token).unwrap();
@@ -270,6 +281,10 @@ fn flys_machines_api_examples_answer_as_fly_documents() {
             &json!(format!("{app}/busybox")),
             &json!("1")
         )
+    );
+    assert_eq!(
+        sleeper["image_ref"]["labels"]["org.opencontainers.image.version"], "22.04",
+        "{sleeper}"
     );
     // Newest first, as Fly's example: the launch is the oldest.
     let launch = sleeper["events"].as_array().unwrap().last().unwrap();

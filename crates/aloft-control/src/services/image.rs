@@ -7,12 +7,21 @@ use std::sync::{Arc, RwLock};
 
 use aloft_api::ImageRef;
 
-/// Looks up tags in the built-in registry (which the server mounts; the control plane sees it
-/// only through this).
+/// What the built-in registry holds under a reference.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolvedImage {
+    /// The manifest's digest (`sha256:…`).
+    pub digest: String,
+    /// The image config's labels (none for a multi-platform index).
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// Looks up references in the built-in registry (which the server mounts; the control plane
+/// sees it only through this).
 pub trait ImageResolver: Send + Sync {
-    /// The digest (`sha256:…`) of the manifest `repository:tag` names, or `None` if the
-    /// registry has no such tag.
-    fn manifest_digest(&self, repository: &str, tag: &str) -> Option<String>;
+    /// The manifest `repository:reference` names (`reference` a tag or a digest), or `None`
+    /// if the registry has no such manifest.
+    fn resolve(&self, repository: &str, reference: &str) -> Option<ResolvedImage>;
 }
 
 /// Which references are the built-in registry's, and how their tags resolve.
@@ -83,10 +92,13 @@ impl Images {
     /// digest gets its tag's digest and comes back pinned (`registry/repository:tag@sha256:…`).
     /// Others, and tags the registry does not have (the host reports the missing image), stay
     /// as they are: resolving never tells an app about another app's images.
+    ///
+    /// A reference that already has a digest keeps it; its labels are filled when the
+    /// registry holds it.
     pub fn pin(&self, app: &str, reference: &str) -> Result<(String, ImageRef), ImageRefError> {
         let mut parsed = parse_image_ref(reference)?;
         let own = parsed.repository.split('/').next() == Some(app);
-        if !parsed.digest.is_empty() || !own || !self.is_builtin(&parsed.registry) {
+        if !own || !self.is_builtin(&parsed.registry) {
             return Ok((reference.to_owned(), parsed));
         }
         let resolver = self
@@ -94,16 +106,23 @@ impl Images {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let Some(digest) =
-            resolver.and_then(|r| r.manifest_digest(&parsed.repository, &parsed.tag))
-        else {
+        let lookup = if parsed.digest.is_empty() {
+            parsed.tag.clone()
+        } else {
+            parsed.digest.clone()
+        };
+        let Some(found) = resolver.and_then(|r| r.resolve(&parsed.repository, &lookup)) else {
             return Ok((reference.to_owned(), parsed));
         };
+        parsed.labels = found.labels;
+        if !parsed.digest.is_empty() {
+            return Ok((reference.to_owned(), parsed));
+        }
         let pinned = format!(
-            "{}/{}:{}@{digest}",
-            parsed.registry, parsed.repository, parsed.tag
+            "{}/{}:{}@{}",
+            parsed.registry, parsed.repository, parsed.tag, found.digest
         );
-        parsed.digest = digest;
+        parsed.digest = found.digest;
         Ok((pinned, parsed))
     }
 }
@@ -225,8 +244,13 @@ mod tests {
     struct OneTag;
 
     impl ImageResolver for OneTag {
-        fn manifest_digest(&self, repository: &str, tag: &str) -> Option<String> {
-            (repository == "web/app" && tag == "v1").then(|| format!("sha256:{}", "b".repeat(64)))
+        fn resolve(&self, repository: &str, reference: &str) -> Option<ResolvedImage> {
+            let digest = format!("sha256:{}", "b".repeat(64));
+            let known = repository == "web/app" && (reference == "v1" || reference == digest);
+            known.then(|| ResolvedImage {
+                digest,
+                labels: [("version".to_owned(), "1".to_owned())].into(),
+            })
         }
     }
 
@@ -245,7 +269,12 @@ mod tests {
             let host = ours.split('/').next().unwrap();
             assert_eq!(pinned, format!("{host}/web/app:v1@{digest}"));
             assert_eq!((r.tag.as_str(), r.digest.as_str()), ("v1", digest.as_str()));
+            assert_eq!(r.labels.get("version").map(String::as_str), Some("1"));
         }
+        // Already pinned to what the registry holds: kept, labels filled.
+        let pinned = format!("localhost:4280/web/app:v1@{digest}");
+        let (same, r) = images.pin("web", &pinned).unwrap();
+        assert_eq!((same.as_str(), r.labels.len()), (pinned.as_str(), 1));
         // Another app's repository is not resolved for this one.
         let (same, _) = images.pin("api", "127.0.0.1:4280/web/app:v1").unwrap();
         assert_eq!(same, "127.0.0.1:4280/web/app:v1");

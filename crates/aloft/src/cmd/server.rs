@@ -207,15 +207,34 @@ pub fn with_registry(
         .merge_router(aloft_registry::router(registry, tokens)))
 }
 
-/// Tags in the built-in registry, for pinning machines' images to digests.
+/// Manifests in the built-in registry, for pinning machines' images to digests.
 struct RegistryImages(aloft_registry::Registry);
 
 impl aloft_control::ImageResolver for RegistryImages {
-    fn manifest_digest(&self, repository: &str, tag: &str) -> Option<String> {
-        self.0
-            .get_manifest(repository, tag)
-            .ok()
-            .map(|m| m.digest.to_string())
+    fn resolve(&self, repository: &str, reference: &str) -> Option<aloft_control::ResolvedImage> {
+        let manifest = self.0.get_manifest(repository, reference).ok()?;
+        Some(aloft_control::ResolvedImage {
+            digest: manifest.digest.to_string(),
+            labels: self.labels(repository, &manifest.body).unwrap_or_default(),
+        })
+    }
+}
+
+impl RegistryImages {
+    /// The labels of an image manifest's config blob (an index has none of its own).
+    fn labels(
+        &self,
+        repository: &str,
+        manifest: &[u8],
+    ) -> Option<std::collections::BTreeMap<String, String>> {
+        let manifest: serde_json::Value = serde_json::from_slice(manifest).ok()?;
+        let digest: aloft_registry::Digest = manifest["config"]["digest"].as_str()?.parse().ok()?;
+        let (path, size) = self.0.blob_file(repository, &digest).ok()?;
+        if size > 1024 * 1024 {
+            return None;
+        }
+        let config: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        serde_json::from_value(config["config"]["Labels"].clone()).ok()
     }
 }
 
