@@ -5,12 +5,14 @@
 //! - 400: malformed or mistyped JSON, bad query, invalid config (image reference, guest size
 //!   outside cpus 1..=64 / memory_mb 128..=262144, signal), a region no host has ever joined.
 //! - 401: no bearer token or an unknown one; 403: a token used outside its scope.
-//! - 404: unknown app, machine, host or route; also a lease `GET` when none is held.
+//! - 404: unknown app, machine, host, org, route, metadata key, secret or certificate; also a
+//!   lease `GET` when none is held.
 //! - 408: `wait` timed out. 409: the machine is leased and the request lacks its nonce; an
 //!   agent report naming an old instance. 413: a body over 1 MiB.
 //! - 422: the server is not configured for the request (no `--ip-pool` of the asked family).
 //! - 412: the machine's state does not allow the action (an invalid transition, deleting a
-//!   running machine without `force=true`), or no live host in the region has room.
+//!   running machine without `force=true` or `kill=true`, a stale `machine_version`), or no
+//!   live host in the region has room.
 //! - 500: internal failures, logged with detail and answered with a generic message.
 
 mod app_certs;
