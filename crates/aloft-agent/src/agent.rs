@@ -80,29 +80,26 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
             id
         }
     };
-    let client = Client::new(&opts.control_url, opts.token.clone())?;
+    // A host that enrolled before speaks with its own credential only; a new one enrols
+    // with the join token (`--token`) first.
+    let saved_credential = crate::credential::load(&opts.data_dir)?;
+    if saved_credential.is_none() && opts.token.is_empty() {
+        return Err(AgentError::Invalid(format!(
+            "This host has no credential in {} yet: give a join token (--token or ALOFT_JOIN_TOKEN) to enrol it",
+            opts.data_dir.display()
+        )));
+    }
+    let bootstrap = Client::new(
+        &opts.control_url,
+        saved_credential
+            .clone()
+            .unwrap_or_else(|| opts.token.clone()),
+    )?;
     tokio::pin!(shutdown);
-    let Some(cluster) = cluster_info(&client, &store, &mut shutdown).await? else {
+    let Some(cluster) = cluster_info(&bootstrap, &store, &mut shutdown).await? else {
         return Ok(());
     };
-    let opts = AgentOptions {
-        domain: opts.domain.clone().or_else(|| Some(cluster.domain.clone())),
-        ..opts
-    };
-    // The edge first: it routes from its saved table even while the control plane is down.
-    let edge = crate::edge::EdgeRole::start_or_log(&opts, &host_id).await;
-    let bgp = match &opts.bgp {
-        Some(b) => {
-            crate::bgp::BgpRole::start_or_log(
-                b.clone(),
-                edge.as_ref().map(|e| e.edge().http_addr()),
-            )
-            .await
-        }
-        None => None,
-    };
     let (cpus, memory_mb) = capacity(&opts);
-
     let (api_address, api_secret, host_api) = start_host_api(&opts, &store).await?;
     let mesh_identity = match &opts.mesh {
         Some(mesh) => Some(crate::mesh::MeshIdentity::load(
@@ -130,22 +127,54 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         host_index: Some(proposed_index),
         edge_addresses: opts.edge_addresses.iter().map(|a| a.to_string()).collect(),
     };
-    let mut delay = Duration::from_millis(200);
-    let joined = loop {
-        tokio::select! {
-            r = client.register_host(&register) => match r {
-                Ok(host) => break host,
-                Err(e) if e.status().is_some_and(|s| (400..500).contains(&s)) => {
-                    return Err(AgentError::Join(e));
-                }
-                Err(e) => {
-                    warn!(error = %supervisor::error_chain(&e), "cannot reach the control plane; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            },
-            _ = &mut shutdown => return Ok(()),
+    let enrolled = match &saved_credential {
+        Some(_) => None,
+        None => match join(&bootstrap, &register, &mut shutdown).await? {
+            Some(enrolled) => Some(enrolled),
+            None => return Ok(()),
+        },
+    };
+    let credential = match (&saved_credential, &enrolled) {
+        (Some(saved), _) => saved.clone(),
+        (
+            None,
+            Some(aloft_api::EnrolledHost {
+                credential: Some(issued),
+                ..
+            }),
+        ) => {
+            crate::credential::save(&opts.data_dir, issued)?;
+            info!(host = %host_id, "enrolled; the host credential is saved in the data dir");
+            issued.clone()
         }
+        // A control plane that hands out no credential: keep the token we were given.
+        (None, _) => opts.token.clone(),
+    };
+    let client = Client::new(&opts.control_url, credential.clone())?;
+    let opts = AgentOptions {
+        domain: opts.domain.clone().or_else(|| Some(cluster.domain.clone())),
+        token: credential,
+        ..opts
+    };
+    // The edge next: on a restart it routes from its saved table even while the control
+    // plane is down.
+    let edge = crate::edge::EdgeRole::start_or_log(&opts, &host_id).await;
+    let bgp = match &opts.bgp {
+        Some(b) => {
+            crate::bgp::BgpRole::start_or_log(
+                b.clone(),
+                edge.as_ref().map(|e| e.edge().http_addr()),
+            )
+            .await
+        }
+        None => None,
+    };
+    let joined = match enrolled {
+        Some(enrolled) => enrolled.host,
+        None => match join(&client, &register, &mut shutdown).await? {
+            Some(enrolled) => enrolled.host,
+            None => return Ok(()),
+        },
     };
     // The control plane's index (kept across restarts) is this host's 6PN host field.
     let host_index = joined.host_index;
@@ -260,6 +289,33 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     }
     info!("agent stopping; machines keep running");
     result
+}
+
+/// Registers with the control plane, retrying while it cannot be reached; a refusal (a
+/// used or expired join token, a revoked credential, an id already taken) ends the agent.
+/// `None` if shut down meanwhile.
+async fn join(
+    client: &Client,
+    register: &RegisterHostRequest,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Option<aloft_api::EnrolledHost>, AgentError> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        tokio::select! {
+            r = client.register_host(register) => match r {
+                Ok(host) => return Ok(Some(host)),
+                Err(e) if e.status().is_some_and(|s| (400..500).contains(&s)) => {
+                    return Err(AgentError::Join(e));
+                }
+                Err(e) => {
+                    warn!(error = %supervisor::error_chain(&e), "cannot reach the control plane; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            },
+            _ = shutdown.as_mut() => return Ok(None),
+        }
+    }
 }
 
 /// The cluster's shared names: the copy saved at the last start (so a host restarting while

@@ -10,6 +10,7 @@
 mod agent;
 pub mod bgp;
 mod checks;
+mod credential;
 pub mod dns;
 pub mod edge;
 mod gc;

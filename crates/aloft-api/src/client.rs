@@ -526,9 +526,33 @@ impl Client {
 
     // Agent protocol.
 
-    /// `POST /v1/hosts` (join or admin token).
-    pub async fn register_host(&self, req: &RegisterHostRequest) -> Result<Host, ClientError> {
+    /// `POST /v1/hosts` (a join token for a new host, the host's own credential, or the
+    /// admin token): the host, with its credential when this registration issued one.
+    pub async fn register_host(
+        &self,
+        req: &RegisterHostRequest,
+    ) -> Result<crate::hosts::EnrolledHost, ClientError> {
         self.post(self.url(&["v1", "hosts"]), req).await
+    }
+
+    /// `POST /v1/hosts/join-tokens` (admin).
+    pub async fn create_join_token(
+        &self,
+        req: &crate::hosts::CreateJoinTokenRequest,
+    ) -> Result<crate::hosts::JoinToken, ClientError> {
+        self.post(self.url(&["v1", "hosts", "join-tokens"]), req)
+            .await
+    }
+
+    /// `POST /v1/hosts/{id}/revoke` (admin): the host's credential stops working at once.
+    pub async fn revoke_host(&self, host_id: &str) -> Result<OkResponse, ClientError> {
+        self.post_empty(self.url(&["v1", "hosts", host_id, "revoke"]))
+            .await
+    }
+
+    /// `DELETE /v1/hosts/{id}` (admin): forgets a host that runs no machine.
+    pub async fn remove_host(&self, host_id: &str) -> Result<OkResponse, ClientError> {
+        self.delete(self.url(&["v1", "hosts", host_id])).await
     }
 
     /// `GET /v1/hosts` (admin).

@@ -6,8 +6,9 @@ use utoipa::{IntoParams, ToSchema};
 use crate::config::MachineConfig;
 use crate::machine::{HostStatus, ImageRef, MachineState};
 
-/// Body of `POST /v1/hosts` (needs a join or admin token). Registering an existing id
-/// updates its address and capacity.
+/// Body of `POST /v1/hosts`. A join token enrols a new id only (409 for a registered one);
+/// the host's own credential re-registers it (its address, capacity, secrets); the admin
+/// token registers any id. `cpus` and `memory_mb` must be within the operator's limits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RegisterHostRequest {
     pub id: String,
@@ -72,6 +73,41 @@ pub struct Host {
     pub host_index: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh: Option<MeshInfo>,
+}
+
+/// Answer of `POST /v1/hosts`: the host, and the credential it must use from now on when
+/// this registration issued one (a join token's enrolment, or the operator's). The
+/// credential is shown once; only its hash is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EnrolledHost {
+    #[serde(flatten)]
+    pub host: Host,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// Body of `POST /v1/hosts/join-tokens` (admin): a token that enrols hosts and does nothing
+/// else. With neither field it expires after an hour.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJoinTokenRequest {
+    /// Seconds until it expires (1..=2592000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+    /// How many hosts it may enrol (1..=10000); unlimited within its lifetime if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses: Option<u32>,
+}
+
+/// A join token, shown once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JoinToken {
+    pub token: String,
+    /// RFC 3339; absent if it never expires (it then has a use count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses: Option<u32>,
 }
 
 /// What the control plane wants a machine to be.

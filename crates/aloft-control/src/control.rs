@@ -63,6 +63,7 @@ impl Control {
         let (tokens, admin) = Tokens::open(store.clone())?;
         let tokens = Arc::new(tokens);
         let hosts = Arc::new(Hosts::new(store.clone(), heartbeat_timeout));
+        hosts.load_credentials()?;
         let images = Arc::new(Images::new(cluster.registry.clone()));
         let machines = Arc::new(Machines::new(store.clone(), hosts.clone(), images.clone()));
         let control = Control {
@@ -144,7 +145,13 @@ impl Control {
 
     /// The scope of a bearer token, or `None` (also the registry's token check).
     pub fn authenticate(&self, bearer: &str) -> Option<TokenScope> {
-        self.tokens.authenticate(bearer)
+        use crate::services::hosts::HostPrincipal;
+        self.tokens
+            .authenticate(bearer)
+            .or_else(|| match self.hosts.authenticate(bearer)? {
+                HostPrincipal::Join => Some(TokenScope::Join),
+                HostPrincipal::Host(host) => Some(TokenScope::Host(host)),
+            })
     }
 
     /// A receiver that wakes whenever the store reaches a newer revision.

@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use control::Control;
+pub use services::hosts::HostLimits;
 pub use services::image::{ImageResolver, ResolvedImage};
 pub use services::tokens::TokenScope;
 

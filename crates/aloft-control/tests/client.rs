@@ -47,8 +47,8 @@ async fn the_typed_client_drives_every_kind_of_endpoint() {
         .await
         .unwrap()
         .token;
-    let agent = Client::new(&base, join).unwrap();
-    let host = agent
+    let joining = Client::new(&base, join).unwrap();
+    let enrolled = joining
         .register_host(&RegisterHostRequest {
             id: "h1".into(),
             region: "ams".into(),
@@ -62,7 +62,14 @@ async fn the_typed_client_drives_every_kind_of_endpoint() {
         })
         .await
         .unwrap();
-    assert_eq!(host.free_cpus, 2);
+    assert_eq!(enrolled.host.free_cpus, 2);
+    // The join token only enrols: the host speaks with the credential it got.
+    let status = joining.watch("h1", 0).await.err().and_then(|e| e.status());
+    assert_eq!(status, Some(403));
+    let credential = enrolled
+        .credential
+        .expect("enrolment hands out a credential");
+    let agent = Client::new(&base, credential).unwrap();
     let mut watch = Box::pin(agent.watch("h1", 0).await.unwrap());
 
     let config = MachineConfig {

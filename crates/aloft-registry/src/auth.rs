@@ -117,4 +117,17 @@ mod tests {
         assert!(!app.allows("other/web", Access::Delete));
         assert!(Identity::Admin.allows("other/web", Access::Delete));
     }
+
+    #[test]
+    fn pullers_only_pull_their_apps_repositories() {
+        let host = Identity::Puller {
+            apps: ["web".to_string()].into_iter().collect(),
+        };
+        assert!(host.allows("web", Access::Pull));
+        assert!(host.allows("web/api", Access::Pull));
+        assert!(!host.allows("web", Access::Push));
+        assert!(!host.allows("web", Access::Delete));
+        assert!(!host.allows("api", Access::Pull));
+        assert!(!host.allows("webby", Access::Pull));
+    }
 }

@@ -71,14 +71,21 @@ pub enum Identity {
     Admin,
     /// May only touch repositories whose first path component is this app name.
     App(String),
+    /// May only pull, and only from repositories whose first path component is one of these
+    /// apps (a host: the apps with a machine placed on it).
+    Puller {
+        apps: std::collections::BTreeSet<String>,
+    },
 }
 
 impl Identity {
     /// Whether this identity may perform `access` on repository `name`.
-    pub fn allows(&self, name: &str, _access: Access) -> bool {
+    pub fn allows(&self, name: &str, access: Access) -> bool {
+        let app = name.split('/').next().unwrap_or_default();
         match self {
             Identity::Admin => true,
-            Identity::App(app) => name.split('/').next() == Some(app.as_str()),
+            Identity::App(own) => app == own,
+            Identity::Puller { apps } => access == Access::Pull && apps.contains(app),
         }
     }
 }

@@ -573,6 +573,37 @@ impl Agent {
         Agent::spawn_joined(bin, server, join.trim(), region, data_dir, host_id, extra)
     }
 
+    /// Starts an agent for `region` as host `host_id` that enrols with `token` (a join token
+    /// from `aloft hosts join-token create`, say), and waits until it has joined. The agent
+    /// keeps the credential it gets in `data_dir/host-credential`.
+    pub fn start_with_token(
+        bin: &Path,
+        server: &Server,
+        token: &str,
+        region: &str,
+        data_dir: &Path,
+        host_id: &str,
+        extra: &[&str],
+    ) -> Result<Agent, HarnessError> {
+        Agent::spawn_joined(
+            bin,
+            server,
+            token,
+            region,
+            data_dir,
+            host_id.to_owned(),
+            extra,
+        )
+    }
+
+    /// The credential the control plane handed this host when it enrolled.
+    pub fn credential(&self) -> Result<String, HarnessError> {
+        let path = self.data_dir.join("host-credential");
+        std::fs::read_to_string(&path)
+            .map(|s| s.trim().to_owned())
+            .map_err(|source| HarnessError::Read { path, source })
+    }
+
     fn spawn_joined(
         bin: &Path,
         server: &Server,

@@ -52,6 +52,9 @@ enum Command {
     /// List regions that have live hosts.
     #[command(subcommand)]
     Regions(cmd::regions::RegionsCommand),
+    /// Manage hosts: list them, issue join tokens, revoke or remove a host (admin).
+    #[command(subcommand)]
+    Hosts(cmd::hosts::HostsCommand),
     /// Create an app and deploy it: from the fly.toml here as it is, else from a new aloft.toml.
     Launch(cmd::launch::LaunchArgs),
     /// Deploy the app in this directory: push, release, roll out, roll back on failure.
@@ -133,6 +136,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokens(c) => cmd::tokens::run(c).await,
         Command::Auth(c) => cmd::auth::run(c).await,
         Command::Regions(c) => cmd::regions::run(c).await,
+        Command::Hosts(c) => cmd::hosts::run(c).await,
         Command::Launch(a) => cmd::launch::run(a).await,
         Command::Deploy(a) => cmd::deploy::run(a).await,
         Command::Releases(a) => cmd::releases::list(a).await,

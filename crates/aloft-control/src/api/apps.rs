@@ -34,7 +34,12 @@ pub(super) async fn list_apps(
 ) -> Result<Json<ListAppsResponse>, ApiError> {
     let only = match &scope.0 {
         TokenScope::App(app) => Some(app.as_str()),
-        _ => None,
+        TokenScope::Admin => None,
+        TokenScope::Join | TokenScope::Host(_) => {
+            return Err(ApiError::Forbidden(
+                "A join token or host credential cannot list apps".to_owned(),
+            ))
+        }
     };
     let apps = control.apps().list(query.org_slug.as_deref(), only)?;
     Ok(Json(ListAppsResponse {

@@ -68,9 +68,9 @@ pub(super) async fn platform_load(
     let only = match &scope.0 {
         TokenScope::App(app) => Some(app.as_str()),
         TokenScope::Admin => None,
-        TokenScope::Join => {
+        TokenScope::Join | TokenScope::Host(_) => {
             return Err(ApiError::Forbidden(
-                "A join token cannot read app load".to_owned(),
+                "A join token or host credential cannot read app load".to_owned(),
             ))
         }
     };

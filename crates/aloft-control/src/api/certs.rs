@@ -62,7 +62,7 @@ pub(super) async fn list(
             scope.require_app(&app)?;
             Some(app)
         }
-        (TokenScope::Join, _) => {
+        (TokenScope::Join | TokenScope::Host(_), _) => {
             scope.require_admin()?;
             None
         }

@@ -135,6 +135,8 @@ impl From<HostError> for ApiError {
     fn from(e: HostError) -> Self {
         match e {
             HostError::Invalid(message) => ApiError::BadRequest(message),
+            HostError::Exists(_) => ApiError::Conflict(e.to_string()),
+            HostError::HasMachines { .. } => ApiError::Precondition(e.to_string()),
             HostError::Store(e) => e.into(),
         }
     }

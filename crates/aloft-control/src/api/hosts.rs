@@ -5,17 +5,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aloft_api::{
-    ErrorBody, Host, LoadReport, MeshPeer, OkResponse, RegisterHostRequest, StatusReport,
-    WatchEvent, WatchQuery,
+    CreateJoinTokenRequest, EnrolledHost, ErrorBody, Host, JoinToken, LoadReport, MeshPeer,
+    OkResponse, RegisterHostRequest, StatusReport, WatchEvent, WatchQuery,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, Method};
+use axum::http::{header, HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, Routes, Scope};
 use crate::control::Control;
+use crate::services::hosts::Enroller;
+use crate::services::tokens::TokenScope;
 
 /// How often an idle watch stream sends a keep-alive line.
 pub const KEEPALIVE: Duration = Duration::from_secs(10);
@@ -23,6 +25,9 @@ pub const KEEPALIVE: Duration = Duration::from_secs(10);
 pub(super) fn routes(r: Routes) -> Routes {
     r.at(Method::GET, "/v1/hosts", list_hosts)
         .at(Method::POST, "/v1/hosts", register_host)
+        .at(Method::POST, "/v1/hosts/join-tokens", create_join_token)
+        .at(Method::DELETE, "/v1/hosts/{host}", remove_host)
+        .at(Method::POST, "/v1/hosts/{host}/revoke", revoke_host)
         .at(Method::POST, "/v1/hosts/{host}/heartbeat", heartbeat)
         .at(Method::GET, "/v1/hosts/{host}/watch", watch)
         .at(
@@ -34,7 +39,7 @@ pub(super) fn routes(r: Routes) -> Routes {
         .at(Method::GET, "/v1/mesh/peers", mesh_peers)
 }
 
-/// Every registered host that has mesh info, by host index (join or admin token). Agents
+/// Every registered host that has mesh info, by host index (a host credential or the admin token). Agents
 /// poll it and mirror it, leaving themselves out.
 #[utoipa::path(get, path = "/v1/mesh/peers", tag = "hosts",
     responses((status = 200, body = Vec<MeshPeer>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
@@ -58,7 +63,7 @@ pub(super) async fn report_load(
     ApiPath(host): ApiPath<String>,
     ApiJson(report): ApiJson<LoadReport>,
 ) -> Result<Json<OkResponse>, ApiError> {
-    scope.require_hosts()?;
+    scope.require_host(&host)?;
     control.autoscale().record_load(&host, report)?;
     Ok(Json(OkResponse { ok: true }))
 }
@@ -74,20 +79,85 @@ pub(super) async fn list_hosts(
     Ok(Json(control.hosts().list()?))
 }
 
-/// Register (or re-register) a host (join or admin token).
+/// Enrols a host with a join token (a new id only: 409 for a registered one) and answers
+/// with its credential; re-registers a host with its own credential; registers any id with
+/// the admin token (and hands it a fresh credential).
 #[utoipa::path(post, path = "/v1/hosts", tag = "hosts", request_body = RegisterHostRequest,
-    responses((status = 200, body = Host), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = EnrolledHost), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn register_host(
     State(control): State<Arc<Control>>,
     scope: Scope,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<RegisterHostRequest>,
-) -> Result<Json<Host>, ApiError> {
-    scope.require_hosts()?;
-    let host = control.hosts().register(&req)?;
-    control
-        .hosts()
-        .record_secret(&req.id, req.api_secret.as_deref())?;
-    Ok(Json(host))
+) -> Result<Json<EnrolledHost>, ApiError> {
+    let bearer = bearer(&headers);
+    let by =
+        match &scope.0 {
+            TokenScope::Admin => Enroller::Admin,
+            TokenScope::Join => Enroller::Join(&bearer),
+            TokenScope::Host(_) => {
+                scope.require_host(&req.id)?;
+                Enroller::Host
+            }
+            TokenScope::App(_) => return Err(ApiError::Forbidden(
+                "Registering a host needs a join token, the host's credential or the admin token"
+                    .to_owned(),
+            )),
+        };
+    Ok(Json(control.hosts().enrol(&req, by)?))
+}
+
+/// The bearer secret of a request (the auth layer already resolved it to a scope).
+fn bearer(headers: &HeaderMap) -> String {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .map(|(_, secret)| secret.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Issues a join token (admin): it only enrols hosts, and expires after `ttl_secs` and/or
+/// `uses` enrolments (an hour when neither is given).
+#[utoipa::path(post, path = "/v1/hosts/join-tokens", tag = "hosts", request_body = CreateJoinTokenRequest,
+    responses((status = 200, body = JoinToken), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn create_join_token(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+    ApiJson(req): ApiJson<CreateJoinTokenRequest>,
+) -> Result<Json<JoinToken>, ApiError> {
+    scope.require_admin()?;
+    Ok(Json(control.hosts().create_join_token(&req)?))
+}
+
+/// Revokes a host (admin): its credential gets 401 from the next request on, it counts as
+/// down at once (its machines leave the route table), and only the operator can register
+/// its id again.
+#[utoipa::path(post, path = "/v1/hosts/{host}/revoke", tag = "hosts", params(("host" = String, Path)),
+    responses((status = 200, body = OkResponse), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn revoke_host(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+    ApiPath(host): ApiPath<String>,
+) -> Result<Json<OkResponse>, ApiError> {
+    scope.require_admin()?;
+    control.hosts().revoke(&host)?;
+    Ok(Json(OkResponse { ok: true }))
+}
+
+/// Forgets a host that runs no machine (admin); its id may then enrol again.
+#[utoipa::path(delete, path = "/v1/hosts/{host}", tag = "hosts", params(("host" = String, Path)),
+    responses((status = 200, body = OkResponse), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 412, body = ErrorBody)))]
+pub(super) async fn remove_host(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+    ApiPath(host): ApiPath<String>,
+) -> Result<Json<OkResponse>, ApiError> {
+    scope.require_admin()?;
+    control.hosts().remove(&host)?;
+    Ok(Json(OkResponse { ok: true }))
 }
 
 /// Record a heartbeat; a host silent for the heartbeat timeout becomes unreachable.
@@ -98,21 +168,21 @@ pub(super) async fn heartbeat(
     scope: Scope,
     ApiPath(host): ApiPath<String>,
 ) -> Result<Json<Host>, ApiError> {
-    scope.require_hosts()?;
+    scope.require_host(&host)?;
     Ok(Json(control.hosts().heartbeat(&host)?))
 }
 
 /// Newline-delimited JSON `WatchEvent`s: every assignment changed after `since`, then live
 /// changes, and a keep-alive `{"revision": N}` every 10 s of quiet.
 #[utoipa::path(get, path = "/v1/hosts/{host}/watch", tag = "hosts", params(("host" = String, Path), WatchQuery),
-    responses((status = 200, description = "application/x-ndjson stream", body = WatchEvent), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "application/x-ndjson stream", body = WatchEvent), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn watch(
     State(control): State<Arc<Control>>,
     scope: Scope,
     ApiPath(host): ApiPath<String>,
     ApiQuery(query): ApiQuery<WatchQuery>,
 ) -> Result<Response, ApiError> {
-    scope.require_hosts()?;
+    scope.require_host(&host)?;
     // Subscribe before the first query so no change falls between them; an unknown host
     // fails with a status rather than a broken stream.
     let mut revisions = control.subscribe();
@@ -164,14 +234,15 @@ fn line(event: &WatchEvent) -> Bytes {
 /// An agent reports a machine's state, an event, exit code and check results.
 #[utoipa::path(post, path = "/v1/hosts/{host}/machines/{machine}/status", tag = "hosts",
     params(("host" = String, Path), ("machine" = String, Path)), request_body = StatusReport,
-    responses((status = 200, body = OkResponse), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody)))]
+    responses((status = 200, body = OkResponse), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 412, body = ErrorBody)))]
 pub(super) async fn report_status(
     State(control): State<Arc<Control>>,
     scope: Scope,
     ApiPath((host, machine)): ApiPath<(String, String)>,
     ApiJson(report): ApiJson<StatusReport>,
 ) -> Result<Json<OkResponse>, ApiError> {
-    scope.require_hosts()?;
+    scope.require_host(&host)?;
     control.machines().report_status(&host, &machine, report)?;
     Ok(Json(OkResponse { ok: true }))
 }

@@ -140,15 +140,35 @@ impl Scope {
             TokenScope::Join => Err(ApiError::Forbidden(
                 "A join token cannot access apps".to_owned(),
             )),
+            TokenScope::Host(_) => Err(ApiError::Forbidden(
+                "A host credential cannot access apps".to_owned(),
+            )),
         }
     }
 
+    /// What any host's credential (or the admin token) may reach: the mesh's peers and
+    /// what an edge needs. A join token only enrols.
     pub fn require_hosts(&self) -> Result<(), ApiError> {
         match &self.0 {
-            TokenScope::Admin | TokenScope::Join => Ok(()),
-            TokenScope::App(_) => Err(ApiError::Forbidden(
-                "Host endpoints need a join or admin token".to_owned(),
+            TokenScope::Admin | TokenScope::Host(_) => Ok(()),
+            TokenScope::Join => Err(ApiError::Forbidden(
+                "A join token only enrols a host (POST /v1/hosts); use the host's credential"
+                    .to_owned(),
             )),
+            TokenScope::App(_) => Err(ApiError::Forbidden(
+                "Host endpoints need a host credential or the admin token".to_owned(),
+            )),
+        }
+    }
+
+    /// What only host `host` (or the admin token) may do: its watch, status reports,
+    /// heartbeats and load reports.
+    pub fn require_host(&self, host: &str) -> Result<(), ApiError> {
+        match &self.0 {
+            TokenScope::Host(own) if own != host => Err(ApiError::Forbidden(format!(
+                "This credential belongs to host {own:?} and cannot act for host {host:?}"
+            ))),
+            _ => self.require_hosts(),
         }
     }
 }
@@ -174,7 +194,7 @@ async fn authenticate(
         )
         .into_response();
     };
-    match control.tokens().authenticate(bearer) {
+    match control.authenticate(bearer) {
         Some(scope) => {
             req.extensions_mut().insert(scope);
             next.run(req).await

@@ -17,7 +17,6 @@ use super::hosts::KEEPALIVE;
 use super::{ApiError, ApiJson, ApiQuery, Routes, Scope};
 use crate::control::Control;
 use crate::services::machines::WaitFor;
-use crate::services::tokens::TokenScope;
 
 pub(super) fn routes(r: Routes) -> Routes {
     r.at(Method::GET, "/v1/routes", get_routes)
@@ -26,14 +25,10 @@ pub(super) fn routes(r: Routes) -> Routes {
         .at(Method::POST, "/v1/routes/idle", idle)
 }
 
-/// Edges run on hosts: they read the table with a join or admin token, never an app token.
+/// Edges run on hosts: they read the table with their host's credential or the admin token,
+/// never an app or join token.
 fn require_edge(scope: &Scope) -> Result<(), ApiError> {
-    match scope.0 {
-        TokenScope::Admin | TokenScope::Join => Ok(()),
-        TokenScope::App(_) => Err(ApiError::Forbidden(
-            "The route table needs a join or admin token".to_owned(),
-        )),
-    }
+    scope.require_hosts()
 }
 
 /// The whole route table, at the control plane's current revision.

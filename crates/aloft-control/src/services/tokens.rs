@@ -20,8 +20,11 @@ pub enum TokenScope {
     Admin,
     /// Only the named app's `/v1/apps/{app}` endpoints.
     App(String),
-    /// Only the agent protocol (`/v1/hosts`).
+    /// Only enrolling a host (`POST /v1/hosts`).
     Join,
+    /// One host's credential (issued at enrolment, held by the hosts service): that host's
+    /// agent protocol and what its edge needs.
+    Host(String),
 }
 
 impl TokenScope {
@@ -31,6 +34,7 @@ impl TokenScope {
             TokenScope::Admin => "admin",
             TokenScope::App(_) => "app",
             TokenScope::Join => "join",
+            TokenScope::Host(_) => "host",
         }
     }
 
@@ -40,6 +44,7 @@ impl TokenScope {
             TokenScope::Admin => "admin".to_owned(),
             TokenScope::App(app) => format!("app:{app}"),
             TokenScope::Join => "join".to_owned(),
+            TokenScope::Host(host) => format!("host:{host}"),
         }
     }
 

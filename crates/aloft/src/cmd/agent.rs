@@ -9,9 +9,10 @@ pub struct AgentArgs {
     /// The control plane's URL.
     #[arg(long, env = "ALOFT_CONTROL_URL", default_value = crate::context::DEFAULT_API_URL)]
     pub control: String,
-    /// A join (or admin) token.
-    #[arg(long, env = "ALOFT_JOIN_TOKEN")]
-    pub token: String,
+    /// A join token (`aloft hosts join-token create`), needed only to enrol: the host then
+    /// keeps its own credential in DATA_DIR/host-credential and uses it from then on.
+    #[arg(long, env = "ALOFT_JOIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// The region this host is in (e.g. ams, iad, syd).
     #[arg(long)]
     pub region: String,
@@ -164,7 +165,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let bgp = (*args.bgp).options(&args.data_dir, &args.address)?;
     let opts = aloft_agent::AgentOptions {
         control_url: args.control,
-        token: args.token,
+        token: args.token.unwrap_or_default(),
         region: args.region,
         data_dir: args.data_dir,
         host_id: args.host_id,

@@ -166,7 +166,7 @@ async fn checks(app: Option<String>) -> Vec<Check> {
             "hosts",
             "no region has a live host: machines cannot be placed".into(),
             "start an agent on a host: `aloft agent --token JOIN_TOKEN --region ams` (a join \
-             token comes from `aloft tokens create --join`)"
+             token comes from `aloft hosts join-token create`)"
                 .into(),
         ),
         Ok(r) => {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod deploy;
 pub mod dev;
 pub mod doctor;
+pub mod hosts;
 pub mod image;
 pub mod ips;
 pub mod launch;

@@ -43,6 +43,12 @@ pub struct ServerArgs {
     /// registry.<domain>).
     #[arg(long, value_name = "NAME", value_parser = domain_name)]
     pub registry_name: Option<String>,
+    /// The most CPUs a host may declare when it registers (more is refused with 400).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(i64).range(1..=4096))]
+    pub host_max_cpus: i64,
+    /// The most memory (MB) a host may declare when it registers (more is refused with 400).
+    #[arg(long, default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(i64).range(128..=64 * 1024 * 1024))]
+    pub host_max_memory_mb: i64,
     #[command(flatten)]
     pub acme: AcmeArgs,
     #[command(flatten)]
@@ -130,6 +136,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     })
     .await
     .with_context(|| format!("Cannot open the control plane in {}", data_dir.display()))?;
+    server
+        .control()
+        .hosts()
+        .set_limits(aloft_control::HostLimits {
+            max_cpus: args.host_max_cpus,
+            max_memory_mb: args.host_max_memory_mb,
+        });
     let scaler = aloft_control::autoscale::ScalerOptions {
         scale_down_after: Duration::from_secs(args.autoscale_idle),
         destroy_after: Duration::from_secs(args.autoscale_destroy_after),
@@ -239,15 +252,20 @@ impl RegistryImages {
 }
 
 /// The registry trusts the control plane's tokens: an app token reaches its app's
-/// repositories, admin and join (host) tokens reach all of them.
+/// repositories, the admin token all of them, a host's credential may only pull the
+/// repositories of the apps with a machine placed on that host, and a join token nothing.
 struct ControlTokens(Arc<aloft_control::Control>);
 
 impl aloft_registry::RegistryAuth for ControlTokens {
     fn authenticate(&self, secret: &str) -> Option<aloft_registry::Identity> {
         use aloft_control::TokenScope;
         Some(match self.0.authenticate(secret)? {
-            TokenScope::Admin | TokenScope::Join => aloft_registry::Identity::Admin,
+            TokenScope::Admin => aloft_registry::Identity::Admin,
             TokenScope::App(app) => aloft_registry::Identity::App(app),
+            TokenScope::Host(host) => aloft_registry::Identity::Puller {
+                apps: self.0.hosts().apps_on_host(&host).into_iter().collect(),
+            },
+            TokenScope::Join => return None,
         })
     }
 }

@@ -82,6 +82,9 @@ impl Inner {
             self.edge_addresses
                 .insert(id, list.split(',').filter_map(|a| a.parse().ok()).collect());
         }
+        for id in self.db().revoked_hosts()? {
+            self.mark_host_down(&id);
+        }
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 mod apps;
 mod autoscale;
 mod certs;
+mod host_credentials;
 mod hosts;
 mod ips;
 mod machines;
@@ -26,6 +27,7 @@ use super::error::StoreError;
 use super::revision::Revisions;
 
 pub use certs::{AcmeRow, IssuedRow};
+pub use host_credentials::{HostRecord, JoinTokenRow};
 pub use hosts::{AgentApi, HostCapacity};
 pub use machines::{MachineRow, NewMachine, PendingEvent};
 pub use releases::NewRelease;

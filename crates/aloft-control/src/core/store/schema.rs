@@ -77,4 +77,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // 9: ACME account credentials per directory (sealed), created on first use before.
     "CREATE TABLE IF NOT EXISTS acme_accounts (directory TEXT PRIMARY KEY, nonce BLOB NOT NULL,
         sealed BLOB NOT NULL);",
+    // 10: per-host credentials (hashed, one per host), join tokens that expire or run out of
+    // uses, and hosts revoked by the operator.
+    "CREATE TABLE IF NOT EXISTS host_credentials (host_id TEXT PRIMARY KEY, hash BLOB NOT NULL UNIQUE,
+        created_at TEXT NOT NULL);
+     CREATE TABLE IF NOT EXISTS join_tokens (hash BLOB PRIMARY KEY, expires_at INTEGER, uses_left INTEGER,
+        created_at TEXT NOT NULL);
+     ALTER TABLE hosts ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;",
 ];

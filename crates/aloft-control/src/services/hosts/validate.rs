@@ -2,9 +2,12 @@
 
 use aloft_api::RegisterHostRequest;
 
-use super::HostError;
+use super::{HostError, HostLimits};
 
-pub(super) fn validate_host(req: &RegisterHostRequest) -> Result<(), HostError> {
+pub(super) fn validate_host(
+    req: &RegisterHostRequest,
+    limits: HostLimits,
+) -> Result<(), HostError> {
     let ident = |s: &str| {
         !s.is_empty()
             && s.len() <= 64
@@ -36,6 +39,18 @@ pub(super) fn validate_host(req: &RegisterHostRequest) -> Result<(), HostError> 
         return Err(HostError::Invalid(format!(
             "Host memory_mb {} must be between 128 and 67108864",
             req.memory_mb
+        )));
+    }
+    if req.cpus > limits.max_cpus {
+        return Err(HostError::Invalid(format!(
+            "Host cpus {} is over this cluster's limit of {} (the operator sets it with `aloft server --host-max-cpus`)",
+            req.cpus, limits.max_cpus
+        )));
+    }
+    if req.memory_mb > limits.max_memory_mb {
+        return Err(HostError::Invalid(format!(
+            "Host memory_mb {} is over this cluster's limit of {} (the operator sets it with `aloft server --host-max-memory-mb`)",
+            req.memory_mb, limits.max_memory_mb
         )));
     }
     if let Some(mesh) = &req.mesh {

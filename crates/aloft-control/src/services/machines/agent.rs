@@ -68,6 +68,10 @@ impl Machines {
                     report.instance_id, row.instance_id
                 )));
             }
+            if let Some(ip) = &report.private_ip {
+                let index = inner.db().host_index_of(host)?;
+                check_own_prefix(ip, host, index)?;
+            }
             row.app
         };
         tracing::debug!(app = %app, machine = id, host, state = %report.state, "agent status report");
@@ -76,6 +80,22 @@ impl Machines {
         })?;
         Ok(())
     }
+}
+
+/// A host reports only addresses inside its own 6PN prefix: `fdaa` then any network, then
+/// its host index as the host field (edges send the app's traffic to the address reported).
+fn check_own_prefix(ip: &str, host: &str, index: Option<u32>) -> Result<(), MachineError> {
+    let addr: std::net::Ipv6Addr = ip.parse().map_err(|_| {
+        MachineError::Invalid(format!("Reported private_ip {ip:?} is not an IPv6 address"))
+    })?;
+    let s = addr.segments();
+    let host_field = (u32::from(s[3]) << 16) | u32::from(s[4]);
+    if s[0] != 0xfdaa || Some(host_field) != index {
+        return Err(MachineError::Invalid(format!(
+            "Reported private_ip {ip} is outside host {host:?}'s 6PN prefix"
+        )));
+    }
+    Ok(())
 }
 
 /// Applies a report: a state change (through `transition`), an event, an exit code, checks.
@@ -214,6 +234,15 @@ fn default_event_kind(state: MachineState) -> &'static str {
 #[cfg(test)]
 mod missed_step_tests {
     use super::*;
+
+    #[test]
+    fn hosts_report_only_addresses_in_their_own_prefix() {
+        assert!(check_own_prefix("fdaa:0:1:0:7:0:3:2", "h", Some(7)).is_ok());
+        assert!(check_own_prefix("fdaa:0:1:0:8:0:3:2", "h", Some(7)).is_err());
+        assert!(check_own_prefix("fd00:0:1:0:7:0:3:2", "h", Some(7)).is_err());
+        assert!(check_own_prefix("10.0.0.1", "h", Some(7)).is_err());
+        assert!(check_own_prefix("fdaa:0:1:0:7:0:3:2", "h", None).is_err());
+    }
 
     #[test]
     fn reports_walk_through_the_transient_state_they_skipped() {
