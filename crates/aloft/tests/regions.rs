@@ -192,14 +192,18 @@ fn machines_reach_their_org_across_regions_by_internal_name_and_other_orgs_canno
     .unwrap();
     // Pushed through the forwarder here; hosts pull from the control plane on the backbone.
     let push_to = dev.api_url.trim_start_matches("http://").to_string();
-    aloft_testkit::skopeo_push(
-        &layout,
-        "1",
-        &format!("{push_to}/web/busybox:1"),
-        &dev.token(),
-    )
-    .unwrap();
+    // Each app runs its own copy: a host pulls only the repositories of its machines' apps.
+    for app in ["web", "spy"] {
+        aloft_testkit::skopeo_push(
+            &layout,
+            "1",
+            &format!("{push_to}/{app}/busybox:1"),
+            &dev.token(),
+        )
+        .unwrap();
+    }
     let image = "10.200.0.2:4280/web/busybox:1";
+    let spy_image = "10.200.0.2:4280/spy/busybox:1";
 
     // A second organization (the API has no call to create one yet: add it to the store).
     {
@@ -220,7 +224,7 @@ fn machines_reach_their_org_across_regions_by_internal_name_and_other_orgs_canno
     }
     let (ams, _) = run_machine(&dev, "web", "ams", image);
     let (_syd, syd_ip) = run_machine(&dev, "web", "syd", image);
-    let (spy, _) = run_machine(&dev, "spy", "iad", image);
+    let (spy, _) = run_machine(&dev, "spy", "iad", spy_image);
 
     // ams resolves syd's machine by name (once the routes reach its host's DNS) ...
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
