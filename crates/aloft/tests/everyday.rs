@@ -16,10 +16,15 @@ const HTTPD: [&str; 7] = ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/w
 
 /// A busybox httpd image pushed as `web/busybox:TAG`, serving `page`.
 fn image(server: &Server, dir: &Path, tag: &str, page: &str) -> String {
-    let layout = dir.join(format!("layout-{tag}"));
+    image_of(server, dir, "web", tag, page)
+}
+
+/// A busybox httpd image pushed as `APP/busybox:TAG` (a machine runs only its app's images).
+fn image_of(server: &Server, dir: &Path, app: &str, tag: &str, page: &str) -> String {
+    let layout = dir.join(format!("layout-{app}-{tag}"));
     busybox_layout(&layout, "1", page, &HTTPD).unwrap();
     let registry = server.url.trim_start_matches("http://").to_string();
-    let image = format!("{registry}/web/busybox:{tag}");
+    let image = format!("{registry}/{app}/busybox:{tag}");
     skopeo_push(&layout, "1", &image, &server.token).unwrap();
     image
 }
@@ -328,7 +333,7 @@ fn launch_adopts_a_fly_toml_as_it_is() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(bin()).unwrap();
     let _agent = Agent::start(bin(), &server, "ams", &dir.path().join("agent")).unwrap();
-    let v1 = image(&server, dir.path(), "1", "one\n");
+    let v1 = image_of(&server, dir.path(), "flyweb", "1", "one\n");
     let app_dir = dir.path().join("flyapp");
     std::fs::create_dir_all(&app_dir).unwrap();
     let fly = format!(

@@ -144,7 +144,12 @@ impl From<HostError> for ApiError {
 
 impl From<ImageRefError> for ApiError {
     fn from(e: ImageRefError) -> Self {
-        ApiError::BadRequest(e.to_string())
+        match e {
+            ImageRefError::OtherApp { .. } => ApiError::Forbidden(e.to_string()),
+            ImageRefError::Empty | ImageRefError::Invalid(..) => {
+                ApiError::BadRequest(e.to_string())
+            }
+        }
     }
 }
 

@@ -90,16 +90,25 @@ impl Images {
     /// Parses `reference` for a machine of `app`; one into `app`'s repositories of the
     /// built-in registry (`app` or `app/…`, as the registry scopes app tokens) without a
     /// digest gets its tag's digest and comes back pinned (`registry/repository:tag@sha256:…`).
-    /// Others, and tags the registry does not have (the host reports the missing image), stay
-    /// as they are: resolving never tells an app about another app's images.
+    /// One into another app's repositories is refused; other registries' references, and
+    /// tags the registry does not have (the host reports the missing image), stay as they are.
     ///
     /// A reference that already has a digest keeps it; its labels are filled when the
     /// registry holds it.
     pub fn pin(&self, app: &str, reference: &str) -> Result<(String, ImageRef), ImageRefError> {
         let mut parsed = parse_image_ref(reference)?;
-        let own = parsed.repository.split('/').next() == Some(app);
-        if !own || !self.is_builtin(&parsed.registry) {
+        if !self.is_builtin(&parsed.registry) {
             return Ok((reference.to_owned(), parsed));
+        }
+        let owner = parsed.repository.split('/').next().unwrap_or_default();
+        if owner != app {
+            // Hosts pull only their machines' apps' repositories: such a machine could never
+            // start, and running another app's private image is what the registry forbids.
+            return Err(ImageRefError::OtherApp {
+                reference: reference.to_owned(),
+                app: app.to_owned(),
+                owner: owner.to_owned(),
+            });
         }
         let resolver = self
             .resolver
@@ -134,6 +143,12 @@ pub enum ImageRefError {
     Empty,
     #[error("Image reference {0:?} is not valid: {1}")]
     Invalid(String, &'static str),
+    #[error("Image {reference} is in app {owner}'s repository; machines of {app} run images of the built-in registry only from {app}'s own repositories (push it as {app}:TAG or {app}/NAME:TAG)")]
+    OtherApp {
+        reference: String,
+        app: String,
+        owner: String,
+    },
 }
 
 const DEFAULT_REGISTRY: &str = "registry-1.docker.io";
@@ -275,9 +290,12 @@ mod tests {
         let pinned = format!("localhost:4280/web/app:v1@{digest}");
         let (same, r) = images.pin("web", &pinned).unwrap();
         assert_eq!((same.as_str(), r.labels.len()), (pinned.as_str(), 1));
-        // Another app's repository is not resolved for this one.
-        let (same, _) = images.pin("api", "127.0.0.1:4280/web/app:v1").unwrap();
-        assert_eq!(same, "127.0.0.1:4280/web/app:v1");
+        // Another app's repository is refused for this one, without resolving it.
+        let err = images.pin("api", "127.0.0.1:4280/web/app:v1").unwrap_err();
+        assert!(
+            matches!(&err, ImageRefError::OtherApp { owner, .. } if owner == "web"),
+            "{err}"
+        );
         // Elsewhere, an unknown tag, or already pinned: unchanged.
         let other = format!("sha256:{}", "c".repeat(64));
         for kept in [
