@@ -25,7 +25,7 @@ use crate::services::machines::Machines;
 use crate::services::releases::Releases;
 use crate::services::routes::RouteTables;
 use crate::services::secrets::Secrets;
-use crate::services::tokens::{TokenScope, Tokens};
+use crate::services::tokens::{AuthError, Principal, Tokens};
 
 /// The control plane: the store and the services built over it.
 pub struct Control {
@@ -142,9 +142,17 @@ impl Control {
         &self.routes
     }
 
-    /// The scope of a bearer token, or `None` (also the registry's token check).
-    pub fn authenticate(&self, bearer: &str) -> Option<TokenScope> {
+    /// The principal of a bearer token (also the registry's token check).
+    pub fn authenticate(&self, bearer: &str) -> Result<Principal, AuthError> {
         self.tokens.authenticate(bearer)
+    }
+
+    /// Resolves when token `id` is revoked or expires.
+    pub fn token_ended(
+        &self,
+        id: String,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.tokens.ended(id)
     }
 
     /// A receiver that wakes whenever the store reaches a newer revision.

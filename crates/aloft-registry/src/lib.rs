@@ -71,6 +71,9 @@ pub enum Identity {
     Admin,
     /// May only touch repositories whose first path component is this app name.
     App(String),
+    /// May only touch repositories whose first path component is one of these app names
+    /// (an organisation's apps).
+    Apps(std::collections::BTreeSet<String>),
 }
 
 impl Identity {
@@ -79,6 +82,7 @@ impl Identity {
         match self {
             Identity::Admin => true,
             Identity::App(app) => name.split('/').next() == Some(app.as_str()),
+            Identity::Apps(apps) => name.split('/').next().is_some_and(|a| apps.contains(a)),
         }
     }
 }

@@ -30,7 +30,7 @@ pub(super) fn routes(r: Routes) -> Routes {
 fn require_edge(scope: &Scope) -> Result<(), ApiError> {
     match scope.0 {
         TokenScope::Admin | TokenScope::Join => Ok(()),
-        TokenScope::App(_) => Err(ApiError::Forbidden(
+        _ => Err(ApiError::Forbidden(
             "The route table needs a join or admin token".to_owned(),
         )),
     }

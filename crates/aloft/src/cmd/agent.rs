@@ -9,9 +9,10 @@ pub struct AgentArgs {
     /// The control plane's URL.
     #[arg(long, env = "ALOFT_CONTROL_URL", default_value = crate::context::DEFAULT_API_URL)]
     pub control: String,
-    /// A join (or admin) token.
-    #[arg(long, env = "ALOFT_JOIN_TOKEN")]
-    pub token: String,
+    /// A file holding the join (or admin) token (else the `ALOFT_JOIN_TOKEN` environment
+    /// variable). Tokens are never taken on the command line, where `ps` shows them.
+    #[arg(long, env = "ALOFT_JOIN_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
     /// The region this host is in (e.g. ams, iad, syd).
     #[arg(long)]
     pub region: String,
@@ -162,9 +163,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         None => default_init()?,
     };
     let bgp = (*args.bgp).options(&args.data_dir, &args.address)?;
+    let token = join_token(args.token_file.as_deref())?;
     let opts = aloft_agent::AgentOptions {
         control_url: args.control,
-        token: args.token,
+        token,
         region: args.region,
         data_dir: args.data_dir,
         host_id: args.host_id,
@@ -192,6 +194,26 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     aloft_agent::run(opts, super::server::shutdown_signal()).await?;
     Ok(())
+}
+
+/// The join token: from `--token-file` (trimmed), else `ALOFT_JOIN_TOKEN`.
+fn join_token(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    let token = match file {
+        Some(path) => crate::context::read_token_file(path)?,
+        None => std::env::var("ALOFT_JOIN_TOKEN")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+    };
+    if token.is_empty() {
+        return Err(crate::context::UsageError(
+            "No join token: pass --token-file PATH (a file holding the token, e.g. from \
+             `aloft tokens create join`) or set ALOFT_JOIN_TOKEN"
+                .into(),
+        )
+        .into());
+    }
+    Ok(token)
 }
 
 /// `aloft-init-static` next to this binary when it exists (it runs in any image), else

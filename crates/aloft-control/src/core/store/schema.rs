@@ -77,4 +77,16 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // 9: ACME account credentials per directory (sealed), created on first use before.
     "CREATE TABLE IF NOT EXISTS acme_accounts (directory TEXT PRIMARY KEY, nonce BLOB NOT NULL,
         sealed BLOB NOT NULL);",
+    // 10: tokens get an id, an organisation, an expiry (existing ones: 20 years from now), a
+    // note and when they were last used; orgs remember when they were made.
+    "ALTER TABLE tokens ADD COLUMN id TEXT;
+     ALTER TABLE tokens ADD COLUMN org TEXT;
+     ALTER TABLE tokens ADD COLUMN expires_at INTEGER;
+     ALTER TABLE tokens ADD COLUMN last_used_at INTEGER;
+     ALTER TABLE tokens ADD COLUMN name TEXT NOT NULL DEFAULT '';
+     UPDATE tokens SET id = lower(hex(substr(hash, 1, 8))) WHERE id IS NULL;
+     UPDATE tokens SET expires_at = CAST(strftime('%s', 'now') AS INTEGER) + 631152000
+        WHERE expires_at IS NULL;
+     CREATE UNIQUE INDEX tokens_by_id ON tokens (id);
+     ALTER TABLE orgs ADD COLUMN created_at TEXT NOT NULL DEFAULT '';",
 ];
