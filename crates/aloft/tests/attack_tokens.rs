@@ -76,7 +76,8 @@ fn open_stream(server: &Server, path: &str, token: &str) -> TcpStream {
     let mut s = TcpStream::connect(host).expect("server reachable");
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {token}\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {token}\r\n\
+         connection: close\r\n\r\n"
     )
     .unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
