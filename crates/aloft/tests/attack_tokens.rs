@@ -161,8 +161,8 @@ fn tokens_and_organizations_hold_against_their_attacks() {
     token_lists_never_show_secrets(&world, &admin);
     a_revoked_token_is_refused_at_once(&world, &admin);
     an_expired_token_is_refused(&world, &admin);
-    a_deploy_token_deploys_its_app_and_nothing_else(&world, &admin, &layout);
-    an_org_token_stays_in_its_org(&world, &admin, &layout);
+    let acme_machine = a_deploy_token_deploys_its_app_and_nothing_else(&world, &admin, &layout);
+    an_org_token_stays_in_its_org(&world, &admin, &layout, &acme_machine);
     orgs_with_apps_cannot_be_deleted(&world, &admin);
     world.agent.remove_machines();
 }
@@ -331,7 +331,8 @@ fn an_expired_token_is_refused(w: &World, admin: &str) {
     let _ = admin;
 }
 
-fn a_deploy_token_deploys_its_app_and_nothing_else(w: &World, admin: &str, layout: &Path) {
+/// Returns the machine it deployed (started, in org `acme`).
+fn a_deploy_token_deploys_its_app_and_nothing_else(w: &World, admin: &str, layout: &Path) -> Value {
     let (deploy, _) = create_token(&w.server, admin, &["deploy", "--app", "acme-web"]);
     // Deploys its app: pushes its image, creates a machine, sets a secret, records a release.
     let image = format!("{}/acme-web/busybox:1", w.registry);
@@ -413,13 +414,21 @@ fn a_deploy_token_deploys_its_app_and_nothing_else(w: &World, admin: &str, layou
         Some(json!({"region": "ams", "config": {"image": other}})),
     );
     assert_eq!(code, 403, "a deploy token created a machine of another app");
-    ok(w.server.cli_as(
-        admin,
-        &["machine", "destroy", &id, "--app", "acme-web", "--force"],
-    ));
+    m
 }
 
-fn an_org_token_stays_in_its_org(w: &World, admin: &str, layout: &Path) {
+/// The 6PN network field of a machine's private address (`fdaa` | network (32) | …).
+fn sixpn_network(machine: &Value) -> u32 {
+    let ip: std::net::Ipv6Addr = machine["private_ip"]
+        .as_str()
+        .and_then(|ip| ip.parse().ok())
+        .unwrap_or_else(|| panic!("no 6PN address: {machine}"));
+    let s = ip.segments();
+    assert_eq!(s[0], 0xfdaa, "{ip}");
+    (u32::from(s[1]) << 16) | u32::from(s[2])
+}
+
+fn an_org_token_stays_in_its_org(w: &World, admin: &str, layout: &Path, acme_machine: &Value) {
     let (acme, _) = create_token(&w.server, admin, &["org", "--org", "acme"]);
     // The rival org has a machine, a secret and an image.
     let image = format!("{}/rival-db/busybox:1", w.registry);
@@ -427,10 +436,15 @@ fn an_org_token_stays_in_its_org(w: &World, admin: &str, layout: &Path) {
     let run = ok(w.server.cli(&[
         "machine", "run", &image, "--app", "rival-db", "--region", "ams", "--json",
     ]));
-    let rival_machine = serde_json::from_str::<Value>(&run).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let rival = serde_json::from_str::<Value>(&run).unwrap();
+    let rival_machine = rival["id"].as_str().unwrap().to_string();
+    // The host put each org's machine on that org's own private network: the org reached
+    // the agent with the assignment.
+    assert_ne!(
+        sixpn_network(&rival),
+        sixpn_network(acme_machine),
+        "machines of two orgs share a private network: {rival} {acme_machine}"
+    );
     ok(w.server.cli(&[
         "secrets",
         "set",
@@ -557,6 +571,10 @@ fn an_org_token_stays_in_its_org(w: &World, admin: &str, layout: &Path) {
         "--app",
         "rival-db",
         "--force",
+    ]));
+    let acme_id = acme_machine["id"].as_str().unwrap();
+    ok(w.server.cli(&[
+        "machine", "destroy", acme_id, "--app", "acme-web", "--force",
     ]));
     ok(w.server.cli(&["apps", "destroy", "acme-new", "--yes"]));
 }
