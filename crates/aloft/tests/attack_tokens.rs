@@ -593,7 +593,12 @@ fn orgs_with_apps_cannot_be_deleted(w: &World, admin: &str) {
         .server
         .cli_as(&rival, &["orgs", "delete", "rival", "--yes"]);
     assert_eq!(own.status.code(), Some(3), "{}", stderr(&own));
-    ok(w.server.cli(&["apps", "destroy", "rival-db", "--yes"]));
+    // Its machine was destroyed a moment ago; the app goes once the host confirms that.
+    wait_for("rival-db to be destroyed", Duration::from_secs(60), || {
+        let out = w.server.cli(&["apps", "destroy", "rival-db", "--yes"]);
+        out.status.success().then_some(())
+    })
+    .unwrap();
     ok(w.server.cli(&["orgs", "delete", "rival", "--yes"]));
     let orgs = ok(w.server.cli(&["orgs", "list"]));
     assert!(!orgs.contains("rival") && orgs.contains("acme"), "{orgs}");
