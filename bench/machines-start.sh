@@ -35,7 +35,7 @@ url=$(grep -o 'http://[0-9.:]*' "$work/server.log" | head -1)
 token=$(cat "$work/server/admin-token")
 export ALOFT_API_URL=$url ALOFT_API_TOKEN=$token
 skopeo copy --quiet --dest-tls-verify=false --dest-creds "a:$token" "oci:$work/layout:1" "docker://${url#http://}/bench/web:1"
-"$bin" agent --control "$url" --token "$token" --region ams --data-dir "$work/agent" --cpus 64 --memory-mb 16384 --no-https >"$work/agent.log" 2>&1 &
+ALOFT_JOIN_TOKEN="$token" "$bin" agent --control "$url" --region ams --data-dir "$work/agent" --cpus 64 --memory-mb 16384 --no-https >"$work/agent.log" 2>&1 &
 agent=$!
 for _ in $(seq 100); do grep -q " joined " "$work/agent.log" 2>/dev/null && break; sleep 0.1; done
 "$bin" apps create bench >/dev/null

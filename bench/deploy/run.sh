@@ -67,7 +67,7 @@ url=$(grep -o 'http://[0-9.:]*' "$work/server.log" | head -1)
 token=$(cat "$work/server/admin-token")
 export ALOFT_API_URL=$url ALOFT_API_TOKEN=$token HOME=$work
 registry=${url#http://}
-"$bin" agent --control "$url" --token "$token" --region ams --data-dir "$agent_dir" \
+ALOFT_JOIN_TOKEN="$token" "$bin" agent --control "$url" --region ams --data-dir "$agent_dir" \
   --cpus 512 --memory-mb 65536 --http "127.0.0.1:$EDGE_PORT" --no-https >"$work/agent.log" 2>&1 &
 agent=$!
 for _ in $(seq 100); do grep -q " joined " "$work/agent.log" 2>/dev/null && break; sleep 0.1; done

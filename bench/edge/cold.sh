@@ -38,7 +38,7 @@ for _ in $(seq 1 100); do [ -s "$TMP/server/admin-token" ] && break; sleep 0.1; 
 export ALOFT_API_URL="http://127.0.0.1:$P_API" ALOFT_API_TOKEN
 ALOFT_API_TOKEN=$(tr -d '\n' <"$TMP/server/admin-token")
 JOIN=$("$BIN" tokens create --join | tr -d '\n')
-"$BIN" agent --control "$ALOFT_API_URL" --token "$JOIN" --region ams --data-dir "$TMP/agent" \
+ALOFT_JOIN_TOKEN="$JOIN" "$BIN" agent --control "$ALOFT_API_URL" --region ams --data-dir "$TMP/agent" \
     --host-id "coldbench$$" --http "127.0.0.1:$P_EDGE" --no-https >"$TMP/agent.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 200); do grep -q " joined " "$TMP/agent.log" && break; sleep 0.1; done

@@ -85,7 +85,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     let saved_credential = crate::credential::load(&opts.data_dir)?;
     if saved_credential.is_none() && opts.token.is_empty() {
         return Err(AgentError::Invalid(format!(
-            "This host has no credential in {} yet: give a join token (--token or ALOFT_JOIN_TOKEN) to enrol it",
+            "This host has no credential in {} yet: give a join token (--token-file PATH or ALOFT_JOIN_TOKEN; `aloft hosts join-token create` makes one) to enrol it",
             opts.data_dir.display()
         )));
     }

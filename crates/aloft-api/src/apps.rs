@@ -1,4 +1,4 @@
-//! Apps, organisations, tokens and platform regions.
+//! Apps and platform regions (tokens and organisations are in `tokens`).
 
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -53,34 +53,6 @@ pub struct AppSummary {
 pub struct ListAppsResponse {
     pub total_apps: u64,
     pub apps: Vec<AppSummary>,
-}
-
-/// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum TokenKind {
-    /// Everything.
-    Admin,
-    /// One app's apps and machines endpoints.
-    App,
-    /// Registering hosts and the agent protocol.
-    Join,
-}
-
-/// Body of `POST /v1/tokens`: `{"app": "name"}` for an app token, `{"scope": "join"}` for a
-/// join token, `{"scope": "admin"}` for another admin token.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct CreateTokenRequest {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub app: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scope: Option<TokenKind>,
-}
-
-/// Answer of `POST /v1/tokens`; the only time the token is shown.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct CreateTokenResponse {
-    pub token: String,
 }
 
 /// One region with at least one live host.

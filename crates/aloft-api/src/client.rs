@@ -11,6 +11,7 @@ use crate::apps::*;
 use crate::error::ErrorBody;
 use crate::hosts::*;
 use crate::machine::*;
+use crate::tokens::{CreateTokenRequest, CreateTokenResponse};
 use crate::LEASE_NONCE_HEADER;
 
 /// What can go wrong talking to the control plane.
@@ -501,12 +502,40 @@ impl Client {
 
     // Tokens and platform.
 
-    /// `POST /v1/tokens` (admin only).
+    /// `POST /v1/tokens` (admin, or an org token for its org's apps).
     pub async fn create_token(
         &self,
         req: &CreateTokenRequest,
     ) -> Result<CreateTokenResponse, ClientError> {
         self.post(self.url(&["v1", "tokens"]), req).await
+    }
+
+    /// `GET /v1/tokens`: the tokens this token may see (never their secrets).
+    pub async fn list_tokens(&self) -> Result<Vec<crate::TokenInfo>, ClientError> {
+        self.get(self.url(&["v1", "tokens"])).await
+    }
+
+    /// `DELETE /v1/tokens/{id}`: the token stops working at once.
+    pub async fn revoke_token(&self, id: &str) -> Result<(), ClientError> {
+        self.delete(self.url(&["v1", "tokens", id])).await
+    }
+
+    /// `POST /v1/orgs` (admin only).
+    pub async fn create_org(
+        &self,
+        req: &crate::CreateOrgRequest,
+    ) -> Result<crate::OrgInfo, ClientError> {
+        self.post(self.url(&["v1", "orgs"]), req).await
+    }
+
+    /// `GET /v1/orgs`.
+    pub async fn list_orgs(&self) -> Result<Vec<crate::OrgInfo>, ClientError> {
+        self.get(self.url(&["v1", "orgs"])).await
+    }
+
+    /// `DELETE /v1/orgs/{slug}` (admin only; refused while the org has apps).
+    pub async fn delete_org(&self, slug: &str) -> Result<(), ClientError> {
+        self.delete(self.url(&["v1", "orgs", slug])).await
     }
 
     /// `GET /v1/platform/regions`.

@@ -20,6 +20,7 @@ pub mod latency;
 pub mod machine;
 pub mod releases;
 pub mod routes;
+pub mod tokens;
 
 pub use apps::*;
 pub use autoscale::*;
@@ -31,6 +32,7 @@ pub use hosts::*;
 pub use inspect::*;
 pub use machine::*;
 pub use releases::*;
+pub use tokens::*;
 
 /// The request header that carries a lease nonce on mutations of a leased machine.
 pub const LEASE_NONCE_HEADER: &str = "fly-machine-lease-nonce";

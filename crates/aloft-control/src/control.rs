@@ -25,7 +25,11 @@ use crate::services::machines::Machines;
 use crate::services::releases::Releases;
 use crate::services::routes::RouteTables;
 use crate::services::secrets::Secrets;
-use crate::services::tokens::{TokenScope, Tokens};
+use crate::services::tokens::{AuthError, Principal, TokenScope, Tokens};
+
+/// Principal ids of the hosts service's credentials: `host:<id>`, and one for join tokens.
+const HOST_PRINCIPAL: &str = "host:";
+const JOIN_PRINCIPAL: &str = "join-token";
 
 /// The control plane: the store and the services built over it.
 pub struct Control {
@@ -143,15 +147,50 @@ impl Control {
         &self.routes
     }
 
-    /// The scope of a bearer token, or `None` (also the registry's token check).
-    pub fn authenticate(&self, bearer: &str) -> Option<TokenScope> {
+    /// The principal of a bearer token: an API token, else a host's credential or a join
+    /// token of the hosts service (also the registry's token check).
+    pub fn authenticate(&self, bearer: &str) -> Result<Principal, AuthError> {
         use crate::services::hosts::HostPrincipal;
-        self.tokens
-            .authenticate(bearer)
-            .or_else(|| match self.hosts.authenticate(bearer)? {
-                HostPrincipal::Join => Some(TokenScope::Join),
-                HostPrincipal::Host(host) => Some(TokenScope::Host(host)),
-            })
+        match self.tokens.authenticate(bearer) {
+            Err(AuthError::Unknown) => match self.hosts.authenticate(bearer) {
+                Some(HostPrincipal::Host(host)) => Ok(Principal {
+                    id: format!("{HOST_PRINCIPAL}{host}"),
+                    scope: TokenScope::Host(host),
+                }),
+                Some(HostPrincipal::Join) => Ok(Principal {
+                    id: JOIN_PRINCIPAL.to_owned(),
+                    scope: TokenScope::Join,
+                }),
+                None => Err(AuthError::Unknown),
+            },
+            other => other,
+        }
+    }
+
+    /// Resolves when token `id` is revoked or expires.
+    pub fn token_ended(
+        &self,
+        id: String,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let hosts = self.hosts.clone();
+        let mut revisions = self.subscribe();
+        let tokens = self.tokens.ended(id.clone());
+        async move {
+            if let Some(host) = id.strip_prefix(HOST_PRINCIPAL) {
+                // A host's credential ends when the host is revoked or removed.
+                while hosts.holds_credential(host) {
+                    tokio::select! {
+                        changed = revisions.changed() => if changed.is_err() { return },
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    }
+                }
+            } else if id == JOIN_PRINCIPAL {
+                // A join token streams nothing; it only enrols.
+                std::future::pending::<()>().await;
+            } else {
+                tokens.await;
+            }
+        }
     }
 
     /// A receiver that wakes whenever the store reaches a newer revision.

@@ -37,7 +37,7 @@ use std::time::Duration;
 pub use control::Control;
 pub use services::hosts::HostLimits;
 pub use services::image::{ImageResolver, ResolvedImage};
-pub use services::tokens::TokenScope;
+pub use services::tokens::{AuthError, Principal, TokenScope};
 
 /// Where and how the server runs.
 #[derive(Debug, Clone)]
@@ -124,8 +124,8 @@ impl Server {
         self.control.clone()
     }
 
-    /// The scope of a bearer token (for other roles, e.g. the registry, to reuse tokens).
-    pub fn authenticate(&self, bearer: &str) -> Option<TokenScope> {
+    /// The principal of a bearer token (for other roles, e.g. the registry, to reuse tokens).
+    pub fn authenticate(&self, bearer: &str) -> Result<Principal, AuthError> {
         self.control.authenticate(bearer)
     }
 

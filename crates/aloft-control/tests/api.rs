@@ -136,14 +136,17 @@ async fn missing_or_bad_tokens_are_401_and_scoped_tokens_get_403_outside_their_s
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        env.server.authenticate(&join),
-        Some(aloft_control::TokenScope::Join)
+        env.server.authenticate(&join).map(|p| p.scope),
+        Ok(aloft_control::TokenScope::Join)
     );
     assert_eq!(
-        env.server.authenticate(&web),
-        Some(aloft_control::TokenScope::App("web".into()))
+        env.server.authenticate(&web).map(|p| p.scope),
+        Ok(aloft_control::TokenScope::App("web".into()))
     );
-    assert_eq!(env.server.authenticate("aloft_nope"), None);
+    assert_eq!(
+        env.server.authenticate("aloft_nope"),
+        Err(aloft_control::AuthError::Unknown)
+    );
 
     assert_eq!(
         env.post("/v1/tokens")

@@ -41,8 +41,8 @@ async fn the_typed_client_drives_every_kind_of_endpoint() {
 
     let join = client
         .create_token(&CreateTokenRequest {
-            app: None,
             scope: Some(TokenKind::Join),
+            ..CreateTokenRequest::default()
         })
         .await
         .unwrap()

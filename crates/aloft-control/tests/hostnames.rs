@@ -234,11 +234,18 @@ async fn certificates_stored_before_hostnames_had_apps_are_kept_and_can_be_claim
     env.app("web").await;
     let body = add_body("old.test", "web");
     // Turn the store back into its shape before the `app` column (migration 7), with a
-    // certificate stored then.
+    // certificate stored then (undoing the later migrations that cannot run twice).
     let db = env.dir.path().join("aloft.db");
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch(
-        "DROP TRIGGER apps_delete_certificates;
+        "DROP INDEX tokens_by_id;
+         ALTER TABLE tokens DROP COLUMN id;
+         ALTER TABLE tokens DROP COLUMN org;
+         ALTER TABLE tokens DROP COLUMN expires_at;
+         ALTER TABLE tokens DROP COLUMN last_used_at;
+         ALTER TABLE tokens DROP COLUMN name;
+         ALTER TABLE orgs DROP COLUMN created_at;
+         DROP TRIGGER apps_delete_certificates;
          ALTER TABLE edge_certificates DROP COLUMN app;
          ALTER TABLE acme_certificates DROP COLUMN app;
          PRAGMA user_version = 6;",

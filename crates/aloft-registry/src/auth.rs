@@ -116,6 +116,9 @@ mod tests {
         assert!(!app.allows("webby", Access::Pull));
         assert!(!app.allows("other/web", Access::Delete));
         assert!(Identity::Admin.allows("other/web", Access::Delete));
+        let org = Identity::Apps(["web".to_owned(), "api".to_owned()].into());
+        assert!(org.allows("api/x", Access::Push));
+        assert!(!org.allows("other", Access::Pull));
     }
 
     #[test]

@@ -76,6 +76,9 @@ pub enum Identity {
     Puller {
         apps: std::collections::BTreeSet<String>,
     },
+    /// May only touch repositories whose first path component is one of these app names
+    /// (an organisation's apps).
+    Apps(std::collections::BTreeSet<String>),
 }
 
 impl Identity {
@@ -86,6 +89,7 @@ impl Identity {
             Identity::Admin => true,
             Identity::App(own) => app == own,
             Identity::Puller { apps } => access == Access::Pull && apps.contains(app),
+            Identity::Apps(apps) => apps.contains(app),
         }
     }
 }

@@ -51,6 +51,12 @@ pub enum HarnessError {
         #[source]
         source: std::io::Error,
     },
+    #[error("writing {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A running process of the `aloft` binary, killed when dropped.
@@ -613,12 +619,13 @@ impl Agent {
         host_id: String,
         extra: &[&str],
     ) -> Result<Agent, HarnessError> {
+        let token_file = write_token_file(data_dir, token)?;
         let mut args: Vec<String> = [
             "agent",
             "--control",
             &server.url,
-            "--token",
-            token,
+            "--token-file",
+            &token_file.to_string_lossy(),
             "--region",
             region,
             "--data-dir",
@@ -662,6 +669,28 @@ impl Agent {
         self.proc = proc;
         Ok(())
     }
+}
+
+/// Writes a host's join token to `DATA_DIR/join-token` (mode 0600), created if needed, for
+/// `aloft agent --token-file` (tokens are never passed on the command line).
+pub fn write_token_file(data_dir: &Path, token: &str) -> Result<PathBuf, HarnessError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = data_dir.join("join-token");
+    let io = |source| HarnessError::Write {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(data_dir).map_err(io)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    f.write_all(token.as_bytes()).map_err(io)?;
+    Ok(path)
 }
 
 /// Removes every machine an agent with data dir `data_dir` left on the host (stop the agent

@@ -35,8 +35,19 @@ pub fn config_path() -> PathBuf {
 }
 
 fn saved_login() -> Option<SavedLogin> {
-    let text = std::fs::read_to_string(config_path()).ok()?;
-    serde_json::from_str(&text).ok()
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = config_path();
+    let text = std::fs::read_to_string(&path).ok()?;
+    let login: SavedLogin = serde_json::from_str(&text).ok()?;
+    if !login.token.is_empty() {
+        warn_if_shared(
+            &path,
+            std::fs::metadata(&path)
+                .map(|m| m.permissions().mode())
+                .ok(),
+        );
+    }
+    Some(login)
 }
 
 /// Writes the login file with mode 0600.
@@ -59,6 +70,49 @@ pub fn save_login(login: &SavedLogin) -> anyhow::Result<PathBuf> {
     f.sync_all()?;
     std::fs::rename(&tmp, &path).with_context(|| format!("Cannot write {}", path.display()))?;
     Ok(path)
+}
+
+/// Reads a token from a file (trimmed); warns when others may read the file.
+pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("Cannot read the token file {}", path.display()))?;
+    warn_if_shared(
+        path,
+        std::fs::metadata(path).map(|m| m.permissions().mode()).ok(),
+    );
+    let token = text.trim().to_owned();
+    if token.is_empty() {
+        return Err(UsageError(format!("The token file {} is empty", path.display())).into());
+    }
+    Ok(token)
+}
+
+/// Says so on stderr when a file holding a token can be read by others than its owner.
+fn warn_if_shared(path: &std::path::Path, mode: Option<u32>) {
+    if let Some(mode) = mode.filter(|m| m & 0o077 != 0) {
+        eprintln!(
+            "warning: {} holds a token and has mode {:o}; make it 0600 (chmod 600 {})",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        );
+    }
+}
+
+/// The message for a token given on the command line, which is refused (`ps` and shell
+/// history show arguments): where the token goes instead.
+pub fn token_on_argv_hint(agent: bool) -> String {
+    if agent {
+        "--token is not accepted: command lines show in `ps` and shell history. Put the join \
+         token in a file and pass --token-file PATH, or set ALOFT_JOIN_TOKEN"
+            .to_owned()
+    } else {
+        "--token is not accepted: command lines show in `ps` and shell history. Set \
+         ALOFT_API_TOKEN (or ALOFT_API_TOKEN_FILE=PATH), or save it with `aloft auth login` \
+         (which reads it from standard input or --token-file PATH)"
+            .to_owned()
+    }
 }
 
 /// The default data dir of `aloft server` on this machine.
@@ -101,8 +155,21 @@ pub fn endpoint() -> Endpoint {
         (None, None) => (DEFAULT_API_URL.to_owned(), "the default".to_owned()),
     };
     let admin = default_server_dir().join("admin-token");
+    let from_file = env("ALOFT_API_TOKEN_FILE").map(|p| {
+        let token = std::fs::read_to_string(&p)
+            .map(|t| t.trim().to_owned())
+            .unwrap_or_default();
+        (token, p)
+    });
     let (token, token_from) = match (env("ALOFT_API_TOKEN"), &saved) {
         (Some(t), _) => (Some(t), "ALOFT_API_TOKEN".to_owned()),
+        (None, _) if from_file.is_some() => {
+            let (token, path) = from_file.unwrap_or_default();
+            (
+                Some(token).filter(|t| !t.is_empty()),
+                format!("ALOFT_API_TOKEN_FILE ({path})"),
+            )
+        }
         (None, Some(s)) => (Some(s.token.clone()), login),
         (None, None) => match std::fs::read_to_string(&admin) {
             Ok(t) => (Some(t.trim().to_owned()), admin.display().to_string()),
@@ -121,7 +188,11 @@ pub fn endpoint() -> Endpoint {
 pub fn api_url_and_token() -> anyhow::Result<(String, String)> {
     let e = endpoint();
     let token = e.token.ok_or_else(|| {
-        UsageError("No API token: set ALOFT_API_TOKEN or run `aloft auth login`".to_string())
+        UsageError(format!(
+            "No API token (looked in {}): set ALOFT_API_TOKEN or ALOFT_API_TOKEN_FILE, or run \
+             `aloft auth login`",
+            e.token_from
+        ))
     })?;
     Ok((e.url, token))
 }

@@ -17,6 +17,9 @@ struct Cli {
     /// Show the whole error chain on failure.
     #[arg(long, global = true)]
     verbose: bool,
+    /// Refused with a hint: tokens come from a file or the environment, never argv.
+    #[arg(long, global = true, hide = true, num_args = 0..=1, default_missing_value = "")]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,6 +52,9 @@ enum Command {
     /// Log in to a control plane.
     #[command(subcommand)]
     Auth(cmd::auth::AuthCommand),
+    /// Manage organizations: tenants whose apps share a private network.
+    #[command(subcommand)]
+    Orgs(cmd::orgs::OrgsCommand),
     /// List regions that have live hosts.
     #[command(subcommand)]
     Regions(cmd::regions::RegionsCommand),
@@ -106,6 +112,11 @@ fn main() -> ExitCode {
         Command::Server(_) | Command::Agent(_)
     ));
     let verbose = cli.verbose;
+    if cli.token.is_some() {
+        let hint = context::token_on_argv_hint(matches!(cli.command, Command::Agent(_)));
+        eprintln!("error: {hint}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -135,6 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ssh(c) => cmd::ssh::run(c).await,
         Command::Tokens(c) => cmd::tokens::run(c).await,
         Command::Auth(c) => cmd::auth::run(c).await,
+        Command::Orgs(c) => cmd::orgs::run(c).await,
         Command::Regions(c) => cmd::regions::run(c).await,
         Command::Hosts(c) => cmd::hosts::run(c).await,
         Command::Launch(a) => cmd::launch::run(a).await,

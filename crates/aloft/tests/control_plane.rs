@@ -293,13 +293,24 @@ fn auth_login_saves_the_url_and_token_for_later_commands() {
     let config = dir.path().join("config.json");
     let config_s = config.to_string_lossy().to_string();
     let env = [("ALOFT_CONFIG", config_s.as_str())];
+    let wrong = dir.path().join("wrong-token");
+    std::fs::write(&wrong, "wrong\n").unwrap();
     let bad = aloft_testkit::cli(
         bin(),
-        &["auth", "login", "--url", &server.url, "--token", "wrong"],
+        &[
+            "auth",
+            "login",
+            "--url",
+            &server.url,
+            "--token-file",
+            &wrong.to_string_lossy(),
+        ],
         &env,
     );
     assert_eq!(bad.status.code(), Some(3), "{}", stderr(&bad));
     assert!(!config.exists(), "a refused token is not saved");
+    let good_file = dir.path().join("token");
+    std::fs::write(&good_file, &server.token).unwrap();
     let good = aloft_testkit::cli(
         bin(),
         &[
@@ -307,8 +318,8 @@ fn auth_login_saves_the_url_and_token_for_later_commands() {
             "login",
             "--url",
             &server.url,
-            "--token",
-            &server.token,
+            "--token-file",
+            &good_file.to_string_lossy(),
         ],
         &env,
     );

@@ -44,12 +44,13 @@ impl EdgeAgent {
     /// `host` names the agent's host (unique per test: hosts' networks are named after it).
     fn start(server: &Server, data_dir: &Path, host: &str) -> EdgeAgent {
         let join = ok(server.cli(&["tokens", "create", "--join"]));
+        let token_file = aloft_testkit::write_token_file(data_dir, join.trim()).unwrap();
         let args: Vec<String> = [
             "agent",
             "--control",
             &server.url,
-            "--token",
-            join.trim(),
+            "--token-file",
+            &token_file.to_string_lossy(),
             "--region",
             "ams",
             "--data-dir",

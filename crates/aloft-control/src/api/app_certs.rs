@@ -61,7 +61,7 @@ pub(super) async fn list(
     scope: Scope,
     ApiPath(app): ApiPath<String>,
 ) -> Result<Json<CertificateList>, ApiError> {
-    scope.require_app(&app)?;
+    scope.require_app_manage(&app)?;
     let certificates = control.certs().list(Some(&app))?;
     Ok(Json(CertificateList {
         total_count: certificates.len(),
@@ -81,7 +81,7 @@ pub(super) async fn acme(
     ApiPath(app): ApiPath<String>,
     ApiJson(req): ApiJson<AcmeCertificateRequest>,
 ) -> Result<(StatusCode, Json<CertificateInfo>), ApiError> {
-    scope.require_app(&app)?;
+    scope.require_app_manage(&app)?;
     let order = OrderCertificateRequest {
         hostname: req.hostname,
         app,
@@ -100,7 +100,7 @@ pub(super) async fn custom(
     ApiPath(app): ApiPath<String>,
     ApiJson(req): ApiJson<CustomCertificateRequest>,
 ) -> Result<(StatusCode, Json<CertificateInfo>), ApiError> {
-    scope.require_app(&app)?;
+    scope.require_app_manage(&app)?;
     let add = AddCertificateRequest {
         hostname: req.hostname,
         app,
@@ -130,7 +130,7 @@ pub(super) async fn show(
     scope: Scope,
     ApiPath((app, hostname)): ApiPath<(String, String)>,
 ) -> Result<Json<CertificateInfo>, ApiError> {
-    scope.require_app(&app)?;
+    scope.require_app_manage(&app)?;
     Ok(Json(of_app(&control, &app, &hostname)?))
 }
 
@@ -143,7 +143,7 @@ pub(super) async fn remove(
     scope: Scope,
     ApiPath((app, hostname)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    scope.require_app(&app)?;
+    scope.require_app_manage(&app)?;
     of_app(&control, &app, &hostname)?;
     control.certs().remove(&hostname)?;
     Ok(StatusCode::NO_CONTENT)

@@ -1,10 +1,9 @@
-//! `/v1/apps`, `/v1/tokens` and `/v1/platform/regions`.
+//! `/v1/apps` and `/v1/platform/regions`.
 
 use std::sync::Arc;
 
 use aloft_api::{
-    App, ClusterInfo, CreateAppRequest, CreateTokenRequest, CreateTokenResponse, ErrorBody,
-    ListAppsQuery, ListAppsResponse, RegionsResponse,
+    App, ClusterInfo, CreateAppRequest, ErrorBody, ListAppsQuery, ListAppsResponse, RegionsResponse,
 };
 use axum::extract::State;
 use axum::http::{Method, StatusCode};
@@ -19,12 +18,11 @@ pub(super) fn routes(r: Routes) -> Routes {
         .at(Method::POST, "/v1/apps", create_app)
         .at(Method::GET, "/v1/apps/{app_name}", get_app)
         .at(Method::DELETE, "/v1/apps/{app_name}", delete_app)
-        .at(Method::POST, "/v1/tokens", create_token)
         .at(Method::GET, "/v1/platform/regions", regions)
         .at(Method::GET, "/v1/cluster", cluster)
 }
 
-/// List apps (an app token sees only its app).
+/// List apps (an org token sees its org's, an app or deploy token only its app).
 #[utoipa::path(get, path = "/v1/apps", tag = "apps", params(ListAppsQuery),
     responses((status = 200, body = ListAppsResponse), (status = 401, body = ErrorBody)))]
 pub(super) async fn list_apps(
@@ -32,23 +30,30 @@ pub(super) async fn list_apps(
     scope: Scope,
     ApiQuery(query): ApiQuery<ListAppsQuery>,
 ) -> Result<Json<ListAppsResponse>, ApiError> {
-    let only = match &scope.0 {
-        TokenScope::App(app) => Some(app.as_str()),
-        TokenScope::Admin => None,
+    let org = query.org_slug.as_deref().filter(|o| !o.is_empty());
+    let (org, only) = match &scope.0 {
+        TokenScope::Admin => (org, None),
+        TokenScope::Org(own) => {
+            if let Some(org) = org {
+                scope.require_org(org)?;
+            }
+            (Some(own.as_str()), None)
+        }
+        TokenScope::App(app) | TokenScope::Deploy(app) => (org, Some(app.as_str())),
         TokenScope::Join | TokenScope::Host(_) => {
             return Err(ApiError::Forbidden(
                 "A join token or host credential cannot list apps".to_owned(),
             ))
         }
     };
-    let apps = control.apps().list(query.org_slug.as_deref(), only)?;
+    let apps = control.apps().list(org, only)?;
     Ok(Json(ListAppsResponse {
         total_apps: apps.len() as u64,
         apps,
     }))
 }
 
-/// Create an app (admin).
+/// Create an app (admin: in any org; an org token: in its own org, the default).
 #[utoipa::path(post, path = "/v1/apps", tag = "apps", request_body = CreateAppRequest,
     responses((status = 201, body = App), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn create_app(
@@ -56,12 +61,20 @@ pub(super) async fn create_app(
     scope: Scope,
     ApiJson(req): ApiJson<CreateAppRequest>,
 ) -> Result<(StatusCode, Json<App>), ApiError> {
-    scope.require_admin()?;
-    let app = control.apps().create(
-        &req.app_name,
-        req.org_slug.as_deref(),
-        req.network.as_deref(),
-    )?;
+    let org = match (&scope.0, req.org_slug.as_deref().filter(|o| !o.is_empty())) {
+        (TokenScope::Org(own), None) => Some(own.as_str()),
+        (TokenScope::Org(_), Some(org)) => {
+            scope.require_org(org)?;
+            Some(org)
+        }
+        (_, org) => {
+            scope.require_admin()?;
+            org
+        }
+    };
+    let app = control
+        .apps()
+        .create(&req.app_name, org, req.network.as_deref())?;
     Ok((StatusCode::CREATED, Json(app)))
 }
 
@@ -88,19 +101,6 @@ pub(super) async fn delete_app(
     scope.require_admin()?;
     control.apps().delete(&app)?;
     Ok(StatusCode::ACCEPTED)
-}
-
-/// Create a token: `{"app": NAME}`, `{"scope": "join"}` or `{"scope": "admin"}` (admin).
-#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = CreateTokenRequest,
-    responses((status = 201, body = CreateTokenResponse), (status = 403, body = ErrorBody)))]
-pub(super) async fn create_token(
-    State(control): State<Arc<Control>>,
-    scope: Scope,
-    ApiJson(req): ApiJson<CreateTokenRequest>,
-) -> Result<(StatusCode, Json<CreateTokenResponse>), ApiError> {
-    scope.require_admin()?;
-    let token = control.tokens().create(&req)?;
-    Ok((StatusCode::CREATED, Json(CreateTokenResponse { token })))
 }
 
 /// Regions with live hosts and their free capacity.

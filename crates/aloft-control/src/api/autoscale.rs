@@ -42,7 +42,7 @@ pub(super) async fn put_policy(
     ApiPath(app): ApiPath<String>,
     ApiJson(policy): ApiJson<AutoscalePolicy>,
 ) -> Result<Json<AutoscalePolicy>, ApiError> {
-    scope.require_app(&app)?;
+    scope.require_app_manage(&app)?;
     Ok(Json(control.autoscale().set_policy(&app, policy)?))
 }
 
@@ -66,8 +66,27 @@ pub(super) async fn platform_load(
     scope: Scope,
 ) -> Result<Json<Vec<RegionLoad>>, ApiError> {
     let only = match &scope.0 {
-        TokenScope::App(app) => Some(app.as_str()),
+        TokenScope::App(app) | TokenScope::Deploy(app) => Some(app.as_str()),
         TokenScope::Admin => None,
+        TokenScope::Org(_) => {
+            // Summed over the org's apps, region by region.
+            let mut regions: std::collections::BTreeMap<String, RegionLoad> = Default::default();
+            for app in scope.org_apps() {
+                for load in control.autoscale().platform_load(Some(app))? {
+                    let r = regions
+                        .entry(load.region.clone())
+                        .or_insert_with(|| RegionLoad {
+                            region: load.region.clone(),
+                            ..RegionLoad::default()
+                        });
+                    r.concurrency = r.concurrency.saturating_add(load.concurrency);
+                    r.requests_per_second += load.requests_per_second;
+                    r.started += load.started;
+                    r.stopped += load.stopped;
+                }
+            }
+            return Ok(Json(regions.into_values().collect()));
+        }
         TokenScope::Join | TokenScope::Host(_) => {
             return Err(ApiError::Forbidden(
                 "A join token or host credential cannot read app load".to_owned(),

@@ -57,10 +57,23 @@ pub(super) async fn list(
 ) -> Result<Json<Vec<CertificateInfo>>, ApiError> {
     let app = match (&scope.0, q.app) {
         (TokenScope::Admin, app) => app,
-        (TokenScope::App(own), app) => {
+        (TokenScope::App(own) | TokenScope::Deploy(own), app) => {
             let app = app.unwrap_or_else(|| own.clone());
+            scope.require_app_manage(&app)?;
+            Some(app)
+        }
+        (TokenScope::Org(_), Some(app)) => {
             scope.require_app(&app)?;
             Some(app)
+        }
+        (TokenScope::Org(_), None) => {
+            // The org's apps' certificates only.
+            let all = control.certs().list(None)?;
+            return Ok(Json(
+                all.into_iter()
+                    .filter(|c| c.app.as_deref().is_some_and(|a| scope.sees(a)))
+                    .collect(),
+            ));
         }
         (TokenScope::Join | TokenScope::Host(_), _) => {
             scope.require_admin()?;
@@ -74,7 +87,7 @@ pub(super) async fn list(
 /// that belongs to no app, to the admin only.
 fn require_owner(scope: &Scope, info: &CertificateInfo) -> Result<(), ApiError> {
     match &info.app {
-        Some(app) => scope.require_app(app),
+        Some(app) => scope.require_app_manage(app),
         None => scope.require_admin(),
     }
 }
@@ -90,7 +103,7 @@ pub(super) async fn add(
     scope: Scope,
     ApiJson(req): ApiJson<AddCertificateRequest>,
 ) -> Result<(StatusCode, Json<CertificateInfo>), ApiError> {
-    scope.require_app(&req.app)?;
+    scope.require_app_manage(&req.app)?;
     Ok((StatusCode::CREATED, Json(control.certs().add(&req)?)))
 }
 
@@ -135,7 +148,7 @@ pub(super) async fn order(
     scope: Scope,
     ApiJson(req): ApiJson<OrderCertificateRequest>,
 ) -> Result<(StatusCode, Json<CertificateInfo>), ApiError> {
-    scope.require_app(&req.app)?;
+    scope.require_app_manage(&req.app)?;
     Ok((StatusCode::ACCEPTED, Json(control.acme().order(&req)?)))
 }
 

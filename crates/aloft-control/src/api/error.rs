@@ -98,10 +98,14 @@ impl From<StoreError> for ApiError {
         let message = e.to_string();
         match e {
             StoreError::AppNotFound(_)
+            | StoreError::OrgNotFound(_)
+            | StoreError::TokenNotFound(_)
             | StoreError::MachineNotFound { .. }
             | StoreError::HostNotFound(_) => ApiError::NotFound(message),
-            StoreError::AppExists(_) => ApiError::Conflict(message),
-            StoreError::AppHasMachines { .. } => ApiError::Precondition(message),
+            StoreError::AppExists(_) | StoreError::OrgExists(_) => ApiError::Conflict(message),
+            StoreError::AppHasMachines { .. } | StoreError::OrgHasApps { .. } => {
+                ApiError::Precondition(message)
+            }
             StoreError::HostIndexOutOfRange(_) => ApiError::BadRequest(message),
             StoreError::HostIndexesExhausted => ApiError::Unavailable(message),
             StoreError::Open { .. }
@@ -116,6 +120,8 @@ impl From<TokenError> for ApiError {
     fn from(e: TokenError) -> Self {
         match e {
             TokenError::Store(e) => e.into(),
+            TokenError::OrgNotFound(_) => ApiError::NotFound(e.to_string()),
+            TokenError::LastAdmin(_) => ApiError::Conflict(e.to_string()),
             e => ApiError::BadRequest(e.to_string()),
         }
     }
@@ -124,7 +130,10 @@ impl From<TokenError> for ApiError {
 impl From<AppError> for ApiError {
     fn from(e: AppError) -> Self {
         match e {
-            AppError::InvalidName(_) => ApiError::BadRequest(e.to_string()),
+            AppError::InvalidName(_) | AppError::InvalidOrg(_) | AppError::InvalidOrgName => {
+                ApiError::BadRequest(e.to_string())
+            }
+            AppError::DefaultOrg(_) => ApiError::Conflict(e.to_string()),
             AppError::OrgNotFound(_) => ApiError::NotFound(e.to_string()),
             AppError::Store(e) => e.into(),
         }

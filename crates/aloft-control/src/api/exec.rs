@@ -34,7 +34,7 @@ pub(super) async fn exec(
     ApiPath((app, machine)): ApiPath<(String, String)>,
     ApiJson(req): ApiJson<ExecRequest>,
 ) -> Result<Json<ExecResponse>, ApiError> {
-    scope.require_app(&app)?;
+    scope.require_app_manage(&app)?;
     Ok(Json(control.exec().run(&app, &machine, &req).await?))
 }
 

@@ -92,19 +92,20 @@ pub(super) async fn register_host(
     ApiJson(req): ApiJson<RegisterHostRequest>,
 ) -> Result<Json<EnrolledHost>, ApiError> {
     let bearer = bearer(&headers);
-    let by =
-        match &scope.0 {
-            TokenScope::Admin => Enroller::Admin,
-            TokenScope::Join => Enroller::Join(&bearer),
-            TokenScope::Host(_) => {
-                scope.require_host(&req.id)?;
-                Enroller::Host
-            }
-            TokenScope::App(_) => return Err(ApiError::Forbidden(
+    let by = match &scope.0 {
+        TokenScope::Admin => Enroller::Admin,
+        TokenScope::Join => Enroller::Join(&bearer),
+        TokenScope::Host(_) => {
+            scope.require_host(&req.id)?;
+            Enroller::Host
+        }
+        TokenScope::App(_) | TokenScope::Deploy(_) | TokenScope::Org(_) => {
+            return Err(ApiError::Forbidden(
                 "Registering a host needs a join token, the host's credential or the admin token"
                     .to_owned(),
-            )),
-        };
+            ))
+        }
+    };
     Ok(Json(control.hosts().enrol(&req, by)?))
 }
 

@@ -32,7 +32,7 @@ pub(super) async fn allocate(
     ApiPath(app): ApiPath<String>,
     ApiJson(req): ApiJson<AllocateIpRequest>,
 ) -> Result<(StatusCode, Json<AppIp>), ApiError> {
-    scope.require_app(&app)?;
+    scope.require_app_manage(&app)?;
     Ok((
         StatusCode::CREATED,
         Json(control.ips().allocate(&app, req.kind)?),
@@ -48,7 +48,7 @@ pub(super) async fn list(
     scope: Scope,
     ApiPath(app): ApiPath<String>,
 ) -> Result<Json<Vec<AppIp>>, ApiError> {
-    scope.require_app(&app)?;
+    scope.require_app_manage(&app)?;
     Ok(Json(control.ips().list(&app)?))
 }
 
@@ -64,7 +64,7 @@ pub(super) async fn release(
     scope: Scope,
     ApiPath((app, address)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    scope.require_app(&app)?;
+    scope.require_app_manage(&app)?;
     control.ips().release(&app, &address)?;
     Ok(StatusCode::NO_CONTENT)
 }

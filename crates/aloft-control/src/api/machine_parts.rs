@@ -291,8 +291,8 @@ pub(super) async fn ps(
     Ok(Json(control.exec().ps(&app, &id, &query).await?))
 }
 
-/// The machines of every app of an organization, oldest update first. An app token sees
-/// only its app's machines.
+/// The machines of every app of an organization, oldest update first. An org token reaches
+/// only its own organization; an app or deploy token sees only its app's machines.
 #[utoipa::path(get, path = "/v1/orgs/{org_slug}/machines", tag = "machines",
     params(("org_slug" = String, Path), OrgMachinesQuery),
     responses((status = 200, body = OrgMachinesResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -304,10 +304,15 @@ pub(super) async fn org_machines(
 ) -> Result<Json<OrgMachinesResponse>, ApiError> {
     let app = match &scope.0 {
         TokenScope::Admin => None,
-        TokenScope::App(app) => Some(app.as_str()),
-        _ => {
+        TokenScope::Org(_) => {
+            scope.require_org(&org)?;
+            None
+        }
+        TokenScope::App(app) | TokenScope::Deploy(app) => Some(app.as_str()),
+        TokenScope::Join | TokenScope::Host(_) => {
             return Err(ApiError::Forbidden(
-                "Listing an organization's machines needs an admin or app token".to_owned(),
+                "Listing an organization's machines needs an admin, organization or app token"
+                    .to_owned(),
             ))
         }
     };

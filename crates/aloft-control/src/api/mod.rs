@@ -4,7 +4,9 @@
 //! Status codes (every error body is `{"error": "..."}`):
 //! - 400: malformed or mistyped JSON, bad query, invalid config (image reference, guest size
 //!   outside cpus 1..=64 / memory_mb 128..=262144, signal), a region no host has ever joined.
-//! - 401: no bearer token or an unknown one; 403: a token used outside its scope.
+//! - 401: no bearer token, an unknown, revoked or expired one; 403: a token used outside
+//!   its scope (another org's or app's, a deploy token beyond deploying, a non-admin on
+//!   admin endpoints).
 //! - 404: unknown app, machine, host, org, route, metadata key, secret or certificate; also a
 //!   lease `GET` when none is held.
 //! - 408: `wait` timed out. 409: the machine is leased and the request lacks its nonce; an
@@ -26,13 +28,15 @@ mod ips;
 mod machine_parts;
 mod machines;
 pub mod openapi;
+mod orgs;
 mod releases;
 mod routes;
 mod secrets;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Bytes, HttpBody as _};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::Method;
@@ -40,12 +44,13 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter};
 use axum::Router;
+use futures::StreamExt as _;
 use serde::de::DeserializeOwned;
 
 pub use error::ApiError;
 
 use crate::control::Control;
-use crate::services::tokens::TokenScope;
+use crate::services::tokens::{Principal, TokenScope};
 
 /// Largest request body the API accepts.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -103,20 +108,30 @@ pub struct ApiQuery<T>(pub T);
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct ApiPath<T>(pub T);
 
-/// The caller's token scope, set by the auth middleware.
+/// The caller's token scope, set by the auth middleware, with the apps an org token reaches
+/// (read when the request arrived).
 #[derive(Debug, Clone)]
-pub struct Scope(pub TokenScope);
+pub struct Scope(pub TokenScope, OrgApps);
+
+/// The apps of an org token's organisation.
+#[derive(Debug, Clone, Default)]
+struct OrgApps(Arc<BTreeSet<String>>);
 
 impl<S: Send + Sync> FromRequestParts<S> for Scope {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        parts
+        let scope = parts
             .extensions
-            .get::<TokenScope>()
+            .get::<Principal>()
+            .map(|p| p.scope.clone())
+            .ok_or_else(|| ApiError::Unauthorized("Missing bearer token".to_owned()))?;
+        let apps = parts
+            .extensions
+            .get::<OrgApps>()
             .cloned()
-            .map(Scope)
-            .ok_or_else(|| ApiError::Unauthorized("Missing bearer token".to_owned()))
+            .unwrap_or_default();
+        Ok(Scope(scope, apps))
     }
 }
 
@@ -130,18 +145,59 @@ impl Scope {
         }
     }
 
+    /// Whether this token reaches app `app` at all.
+    pub fn sees(&self, app: &str) -> bool {
+        match &self.0 {
+            TokenScope::Admin => true,
+            TokenScope::Org(_) => self.1 .0.contains(app),
+            TokenScope::App(own) | TokenScope::Deploy(own) => own == app,
+            TokenScope::Join | TokenScope::Host(_) => false,
+        }
+    }
+
+    /// The apps of an org token's organisation (none for other tokens).
+    pub fn org_apps(&self) -> impl Iterator<Item = &str> {
+        self.1 .0.iter().map(String::as_str)
+    }
+
+    /// The app's endpoints a deploy token may use too: machines, releases, secrets, logs.
     pub fn require_app(&self, app: &str) -> Result<(), ApiError> {
+        if self.sees(app) {
+            return Ok(());
+        }
+        Err(ApiError::Forbidden(match &self.0 {
+            TokenScope::Org(org) => {
+                format!("Token is limited to organization {org:?} and cannot access app {app:?}")
+            }
+            TokenScope::App(own) | TokenScope::Deploy(own) => {
+                format!("Token is limited to app {own:?} and cannot access app {app:?}")
+            }
+            _ => "A join token or host credential cannot access apps".to_owned(),
+        }))
+    }
+
+    /// The app's endpoints beyond deploying (exec, certificates, addresses, scaling policy):
+    /// like [`Scope::require_app`], but not for deploy tokens.
+    pub fn require_app_manage(&self, app: &str) -> Result<(), ApiError> {
+        self.require_app(app)?;
+        match &self.0 {
+            TokenScope::Deploy(_) => Err(ApiError::Forbidden(format!(
+                "A deploy token can deploy app {app:?} but not use this endpoint"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// An organisation's endpoints: admin tokens, and that org's tokens.
+    pub fn require_org(&self, org: &str) -> Result<(), ApiError> {
         match &self.0 {
             TokenScope::Admin => Ok(()),
-            TokenScope::App(own) if own == app => Ok(()),
-            TokenScope::App(own) => Err(ApiError::Forbidden(format!(
-                "Token is limited to app {own:?} and cannot access app {app:?}"
+            TokenScope::Org(own) if own == org => Ok(()),
+            TokenScope::Org(own) => Err(ApiError::Forbidden(format!(
+                "Token is limited to organization {own:?} and cannot access {org:?}"
             ))),
-            TokenScope::Join => Err(ApiError::Forbidden(
-                "A join token cannot access apps".to_owned(),
-            )),
-            TokenScope::Host(_) => Err(ApiError::Forbidden(
-                "A host credential cannot access apps".to_owned(),
+            _ => Err(ApiError::Forbidden(
+                "This endpoint needs an admin or organization token".to_owned(),
             )),
         }
     }
@@ -155,9 +211,11 @@ impl Scope {
                 "A join token only enrols a host (POST /v1/hosts); use the host's credential"
                     .to_owned(),
             )),
-            TokenScope::App(_) => Err(ApiError::Forbidden(
-                "Host endpoints need a host credential or the admin token".to_owned(),
-            )),
+            TokenScope::App(_) | TokenScope::Deploy(_) | TokenScope::Org(_) => {
+                Err(ApiError::Forbidden(
+                    "Host endpoints need a host credential or the admin token".to_owned(),
+                ))
+            }
         }
     }
 
@@ -173,6 +231,8 @@ impl Scope {
     }
 }
 
+/// Finds the bearer's principal (401 when unknown, revoked or expired) and hands it to the
+/// handlers; a streamed answer (watch, logs) ends when its token is revoked or expires.
 async fn authenticate(
     State(control): State<Arc<Control>>,
     mut req: Request,
@@ -194,13 +254,41 @@ async fn authenticate(
         )
         .into_response();
     };
-    match control.authenticate(bearer) {
-        Some(scope) => {
-            req.extensions_mut().insert(scope);
-            next.run(req).await
+    let principal = match control.authenticate(bearer) {
+        Ok(principal) => principal,
+        Err(e) => return ApiError::Unauthorized(e.to_string()).into_response(),
+    };
+    if let TokenScope::Org(org) = &principal.scope {
+        match control.apps().org_app_names(org) {
+            Ok(names) => {
+                req.extensions_mut()
+                    .insert(OrgApps(Arc::new(names.into_iter().collect())));
+            }
+            Err(e) => return ApiError::from(e).into_response(),
         }
-        None => ApiError::Unauthorized("Token is not valid".to_owned()).into_response(),
     }
+    let id = principal.id.clone();
+    req.extensions_mut().insert(principal);
+    let response = next.run(req).await;
+    if response.body().size_hint().exact().is_some() {
+        return response;
+    }
+    let ended = control.token_ended(id);
+    let (parts, body) = response.into_parts();
+    let mut data = body.into_data_stream();
+    let guarded = async_stream::stream! {
+        tokio::pin!(ended);
+        loop {
+            tokio::select! {
+                () = &mut ended => break,
+                chunk = data.next() => match chunk {
+                    Some(chunk) => yield chunk,
+                    None => break,
+                },
+            }
+        }
+    };
+    Response::from_parts(parts, axum::body::Body::from_stream(guarded))
 }
 
 /// A router that remembers every (method, path) it registers, for the OpenAPI drift test.
@@ -239,6 +327,7 @@ impl Routes {
 pub fn routes() -> (Router<Arc<Control>>, Vec<(Method, &'static str)>) {
     let r = Routes::new();
     let r = apps::routes(r);
+    let r = orgs::routes(r);
     let r = machines::routes(r);
     let r = hosts::routes(r);
     let r = exec::routes(r);

@@ -5,8 +5,8 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    app_certs, apps, autoscale, certs, exec, hosts, ips, machine_parts, machines, releases, routes,
-    secrets,
+    app_certs, apps, autoscale, certs, exec, hosts, ips, machine_parts, machines, orgs, releases,
+    routes, secrets,
 };
 
 struct BearerAuth;
@@ -28,7 +28,9 @@ impl Modify for BearerAuth {
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     paths(
-        apps::list_apps, apps::create_app, apps::get_app, apps::delete_app, apps::create_token, apps::regions, apps::cluster,
+        apps::list_apps, apps::create_app, apps::get_app, apps::delete_app, apps::regions, apps::cluster,
+        orgs::list_orgs, orgs::create_org, orgs::delete_org, orgs::list_tokens, orgs::create_token,
+        orgs::revoke_token,
         machines::list_machines, machines::create_machine, machines::get_machine, machines::update_machine,
         machines::delete_machine, machines::start, machines::stop, machines::restart, machines::signal,
         machines::suspend, machines::cordon, machines::uncordon,

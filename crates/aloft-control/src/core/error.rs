@@ -28,6 +28,14 @@ pub enum StoreError {
     AppExists(String),
     #[error("App {app:?} still has {count} machines; destroy them first")]
     AppHasMachines { app: String, count: i64 },
+    #[error("Organization {0:?} not found")]
+    OrgNotFound(String),
+    #[error("Organization {0:?} already exists")]
+    OrgExists(String),
+    #[error("Organization {org:?} still has {count} apps; delete them first")]
+    OrgHasApps { org: String, count: i64 },
+    #[error("Token {0:?} not found")]
+    TokenNotFound(String),
     #[error("Machine {id:?} not found in app {app:?}")]
     MachineNotFound { app: String, id: String },
     #[error("Host {0:?} is not registered")]

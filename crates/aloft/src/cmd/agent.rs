@@ -9,10 +9,12 @@ pub struct AgentArgs {
     /// The control plane's URL.
     #[arg(long, env = "ALOFT_CONTROL_URL", default_value = crate::context::DEFAULT_API_URL)]
     pub control: String,
-    /// A join token (`aloft hosts join-token create`), needed only to enrol: the host then
-    /// keeps its own credential in DATA_DIR/host-credential and uses it from then on.
-    #[arg(long, env = "ALOFT_JOIN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    /// A file holding a join token (`aloft hosts join-token create`; else the
+    /// `ALOFT_JOIN_TOKEN` environment variable), needed only to enrol: the host then keeps its
+    /// own credential in DATA_DIR/host-credential and uses it from then on. Tokens are never
+    /// taken on the command line, where `ps` shows them.
+    #[arg(long, env = "ALOFT_JOIN_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
     /// The region this host is in (e.g. ams, iad, syd).
     #[arg(long)]
     pub region: String,
@@ -163,9 +165,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         None => default_init()?,
     };
     let bgp = (*args.bgp).options(&args.data_dir, &args.address)?;
+    let token = join_token(args.token_file.as_deref())?;
     let opts = aloft_agent::AgentOptions {
         control_url: args.control,
-        token: args.token.unwrap_or_default(),
+        token,
         region: args.region,
         data_dir: args.data_dir,
         host_id: args.host_id,
@@ -193,6 +196,20 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     aloft_agent::run(opts, super::server::shutdown_signal()).await?;
     Ok(())
+}
+
+/// The join token: from `--token-file` (trimmed), else `ALOFT_JOIN_TOKEN`.
+/// The join token from `--token-file` or `ALOFT_JOIN_TOKEN`; empty when neither is given
+/// (a host that enrolled before uses its saved credential; the agent says what to do if it
+/// has none).
+fn join_token(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    Ok(match file {
+        Some(path) => crate::context::read_token_file(path)?,
+        None => std::env::var("ALOFT_JOIN_TOKEN")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+    })
 }
 
 /// `aloft-init-static` next to this binary when it exists (it runs in any image), else

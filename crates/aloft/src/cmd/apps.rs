@@ -10,9 +10,9 @@ pub enum AppsCommand {
     Create {
         /// The app name (lowercase letters, digits and dashes).
         name: String,
-        /// The organization that owns it.
-        #[arg(long, default_value = "personal")]
-        org: String,
+        /// The organization that owns it (default: an org token's own, else `personal`).
+        #[arg(long)]
+        org: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -53,7 +53,7 @@ pub async fn run(cmd: AppsCommand) -> anyhow::Result<()> {
             let app = api
                 .create_app(&aloft_api::CreateAppRequest {
                     app_name: name.clone(),
-                    org_slug: Some(org),
+                    org_slug: org,
                     network: None,
                 })
                 .await?;

@@ -13,9 +13,10 @@ pub enum AuthCommand {
         /// The control plane's URL.
         #[arg(long, default_value = context::DEFAULT_API_URL)]
         url: String,
-        /// The token (read from standard input when omitted).
-        #[arg(long)]
-        token: Option<String>,
+        /// A file holding the token (default: read it from standard input). Tokens are
+        /// never taken on the command line, where `ps` and shell history show them.
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<std::path::PathBuf>,
     },
     /// Forget the saved login.
     Logout,
@@ -23,9 +24,9 @@ pub enum AuthCommand {
 
 pub async fn run(cmd: AuthCommand) -> anyhow::Result<()> {
     match cmd {
-        AuthCommand::Login { url, token } => {
-            let token = match token {
-                Some(t) => t,
+        AuthCommand::Login { url, token_file } => {
+            let token = match token_file {
+                Some(path) => context::read_token_file(&path)?,
                 None => {
                     let mut line = String::new();
                     std::io::stdin().lock().read_line(&mut line)?;

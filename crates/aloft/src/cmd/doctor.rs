@@ -165,7 +165,7 @@ async fn checks(app: Option<String>) -> Vec<Check> {
         Ok(r) if r.regions.is_empty() => Check::fail(
             "hosts",
             "no region has a live host: machines cannot be placed".into(),
-            "start an agent on a host: `aloft agent --token JOIN_TOKEN --region ams` (a join \
+            "start an agent on a host: `aloft agent --token-file JOIN_TOKEN_FILE --region ams` (a join \
              token comes from `aloft hosts join-token create`)"
                 .into(),
         ),

@@ -16,6 +16,7 @@ pub mod launch;
 pub mod logs;
 pub mod machine;
 pub mod open;
+pub mod orgs;
 pub mod regions;
 pub mod releases;
 pub mod restart;

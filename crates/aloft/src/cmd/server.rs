@@ -251,17 +251,22 @@ impl RegistryImages {
     }
 }
 
-/// The registry trusts the control plane's tokens: an app token reaches its app's
-/// repositories, the admin token all of them, a host's credential may only pull the
-/// repositories of the apps with a machine placed on that host, and a join token nothing.
+/// The registry trusts the control plane's tokens (a revoked or expired one at once): an app
+/// or deploy token reaches its app's repositories, an org token its org's apps', the admin
+/// token all of them, a host's credential may only pull the repositories of the apps with a
+/// machine placed on that host, and a join token nothing.
 struct ControlTokens(Arc<aloft_control::Control>);
 
 impl aloft_registry::RegistryAuth for ControlTokens {
     fn authenticate(&self, secret: &str) -> Option<aloft_registry::Identity> {
         use aloft_control::TokenScope;
-        Some(match self.0.authenticate(secret)? {
+        Some(match self.0.authenticate(secret).ok()?.scope {
             TokenScope::Admin => aloft_registry::Identity::Admin,
-            TokenScope::App(app) => aloft_registry::Identity::App(app),
+            TokenScope::App(app) | TokenScope::Deploy(app) => aloft_registry::Identity::App(app),
+            TokenScope::Org(org) => {
+                let apps = self.0.apps().org_app_names(&org).ok()?;
+                aloft_registry::Identity::Apps(apps.into_iter().collect())
+            }
             TokenScope::Host(host) => aloft_registry::Identity::Puller {
                 apps: self.0.hosts().apps_on_host(&host).into_iter().collect(),
             },

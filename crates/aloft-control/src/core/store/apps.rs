@@ -103,7 +103,7 @@ impl Db<'_> {
             .unwrap_or_else(|| DEFAULT_ORG.to_owned()))
     }
 
-    /// Deletes an app with no machines left, its machines' history and its app tokens (its
+    /// Deletes an app with no machines left, its machines' history and its app and deploy tokens (its
     /// releases, secrets, certificates, policies and addresses go by trigger).
     pub fn delete_app(&self, name: &str) -> Result<(), StoreError> {
         self.require_app(name)?;
@@ -128,8 +128,10 @@ impl Db<'_> {
         )?;
         self.conn
             .execute("DELETE FROM machines WHERE app = ?1", [name])?;
-        self.conn
-            .execute("DELETE FROM tokens WHERE kind = 'app' AND app = ?1", [name])?;
+        self.conn.execute(
+            "DELETE FROM tokens WHERE kind IN ('app', 'deploy') AND app = ?1",
+            [name],
+        )?;
         self.conn
             .execute("DELETE FROM apps WHERE name = ?1", [name])?;
         Ok(())

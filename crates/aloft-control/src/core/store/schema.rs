@@ -84,4 +84,16 @@ pub(super) const MIGRATIONS: &[&str] = &[
      CREATE TABLE IF NOT EXISTS join_tokens (hash BLOB PRIMARY KEY, expires_at INTEGER, uses_left INTEGER,
         created_at TEXT NOT NULL);
      ALTER TABLE hosts ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;",
+    // 11: tokens get an id, an organisation, an expiry (existing ones: 20 years from now), a
+    // note and when they were last used; orgs remember when they were made.
+    "ALTER TABLE tokens ADD COLUMN id TEXT;
+     ALTER TABLE tokens ADD COLUMN org TEXT;
+     ALTER TABLE tokens ADD COLUMN expires_at INTEGER;
+     ALTER TABLE tokens ADD COLUMN last_used_at INTEGER;
+     ALTER TABLE tokens ADD COLUMN name TEXT NOT NULL DEFAULT '';
+     UPDATE tokens SET id = lower(hex(substr(hash, 1, 8))) WHERE id IS NULL;
+     UPDATE tokens SET expires_at = CAST(strftime('%s', 'now') AS INTEGER) + 631152000
+        WHERE expires_at IS NULL;
+     CREATE UNIQUE INDEX tokens_by_id ON tokens (id);
+     ALTER TABLE orgs ADD COLUMN created_at TEXT NOT NULL DEFAULT '';",
 ];

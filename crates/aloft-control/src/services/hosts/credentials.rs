@@ -73,6 +73,14 @@ impl Hosts {
 
     /// The principal of a bearer secret: a host's credential, or a join token that has not
     /// expired and has uses left. `None` otherwise.
+    /// Whether host `host` still holds a credential (not revoked, not removed).
+    pub fn holds_credential(&self, host: &str) -> bool {
+        HostAuth::lock_read(&self.auth)
+            .credentials
+            .values()
+            .any(|h| h == host)
+    }
+
     pub fn authenticate(&self, bearer: &str) -> Option<HostPrincipal> {
         let hash = hash_token(bearer);
         let auth = HostAuth::lock_read(&self.auth);

@@ -219,8 +219,8 @@ async fn bring_up(args: &DevArgs, from: &str, run: &mut Running) -> anyhow::Resu
             "agent",
             "--control",
             &topo.control_url(),
-            "--token",
-            &join,
+            "--token-file",
+            &join.display().to_string(),
             "--region",
             region,
             "--data-dir",
@@ -499,18 +499,19 @@ async fn wait_for_admin_token(run: &mut Running, server_dir: &Path) -> anyhow::R
     )
 }
 
-/// The join token hosts use, created once and kept in the data dir.
-async fn join_token(api: &Client, data_dir: &Path) -> anyhow::Result<String> {
+/// The file holding the join token hosts use, created once in the data dir (mode 0600).
+async fn join_token(api: &Client, data_dir: &Path) -> anyhow::Result<PathBuf> {
     let path = data_dir.join("join-token");
     if let Ok(t) = std::fs::read_to_string(&path) {
         if !t.trim().is_empty() {
-            return Ok(t.trim().to_string());
+            return Ok(path);
         }
     }
     let created = api
         .create_token(&aloft_api::CreateTokenRequest {
             scope: Some(aloft_api::TokenKind::Join),
-            app: None,
+            name: Some("aloft dev hosts".to_owned()),
+            ..aloft_api::CreateTokenRequest::default()
         })
         .await
         .context("Cannot create a join token")?;
@@ -525,7 +526,7 @@ async fn join_token(api: &Client, data_dir: &Path) -> anyhow::Result<String> {
             .open(&path)?;
         f.write_all(created.token.as_bytes())?;
     }
-    Ok(created.token)
+    Ok(path)
 }
 
 async fn wait_for<F, Fut>(limit: Duration, what: &str, mut ok: F) -> anyhow::Result<()>
