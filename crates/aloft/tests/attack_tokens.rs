@@ -277,16 +277,19 @@ fn token_lists_never_show_secrets(w: &World, admin: &str) {
 fn a_revoked_token_is_refused_at_once(w: &World, admin: &str) {
     let (app, app_id) = create_token(&w.server, admin, &["app", "--app", "acme-web"]);
     let (join, join_id) = create_token(&w.server, admin, &["join"]);
+    let (second_admin, second_admin_id) = create_token(&w.server, admin, &["admin"]);
     assert_eq!(status(&w.server, "GET", "/v1/apps/acme-web", &app), 200);
     assert_eq!(status(&w.server, "GET", "/v2/", &app), 200);
-    // A host's watch stream, open while its token is revoked, ends.
-    let watch = open_stream(
-        &w.server,
-        &format!("/v1/hosts/{}/watch", w.agent.host_id),
-        &join,
-    );
+    // A route-table watch stream, open while its token is revoked, ends.
+    let watch = open_stream(&w.server, "/v1/routes/watch", &second_admin);
 
-    ok(w.server.cli(&["tokens", "revoke", &app_id, &join_id]));
+    ok(w.server.cli(&[
+        "tokens",
+        "revoke",
+        &app_id,
+        &join_id,
+        &second_admin_id,
+    ]));
     assert_eq!(
         status(&w.server, "GET", "/v1/apps/acme-web", &app),
         401,
@@ -303,7 +306,7 @@ fn a_revoked_token_is_refused_at_once(w: &World, admin: &str) {
         "registry repository after revoke"
     );
     assert_eq!(
-        status(&w.server, "GET", "/v1/mesh/peers", &join),
+        status(&w.server, "POST", "/v1/hosts", &join),
         401,
         "join token after revoke"
     );
