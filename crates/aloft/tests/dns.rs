@@ -107,6 +107,9 @@ fn machines_resolve_their_orgs_apps_and_only_those() {
     let registry = server.url.trim_start_matches("http://").to_string();
     let image = format!("{registry}/web/busybox:1");
     skopeo_push(&layout, "1", &image, &server.token).unwrap();
+    // Each app runs its own copy: a machine runs only its app's images of the registry.
+    let spy_image = format!("{registry}/spy/busybox:1");
+    skopeo_push(&layout, "1", &spy_image, &server.token).unwrap();
 
     // A second organization (the API has no call to create one yet: add it to the store).
     {
@@ -123,7 +126,7 @@ fn machines_resolve_their_orgs_apps_and_only_those() {
 
     let (client, client_ip) = run_machine(&server, "web", &image);
     let (target, target_ip) = run_machine(&server, "web", &image);
-    let (spy, _) = run_machine(&server, "spy", &image);
+    let (spy, _) = run_machine(&server, "spy", &spy_image);
 
     // The app's name lists both started machines (once the edge's routes reach DNS).
     let answer = wait_for(
