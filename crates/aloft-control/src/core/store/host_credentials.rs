@@ -187,6 +187,18 @@ impl Inner {
         }
     }
 
+    /// Drains a host (no new placements) or takes it back. False for an unknown host.
+    pub fn set_host_draining(&mut self, id: &str, draining: bool) -> Result<bool, StoreError> {
+        let changed = self.conn.execute(
+            "UPDATE hosts SET draining = ?2 WHERE id = ?1",
+            params![id, i64::from(draining)],
+        )?;
+        if let Some(&i) = self.host_index.get(id) {
+            self.hosts[i].draining = draining;
+        }
+        Ok(changed > 0)
+    }
+
     /// Forgets a host: its row, agent API secret, credential and in-memory views.
     pub fn remove_host(&mut self, id: &str) -> Result<bool, StoreError> {
         let tx = self.conn.transaction()?;
