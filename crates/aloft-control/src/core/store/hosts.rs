@@ -52,7 +52,8 @@ impl Inner {
         let now = Instant::now();
         let rows: Vec<(String, String, i64, i64, bool)> = {
             let mut stmt = self.conn.prepare(
-                "SELECT id, region, cpus, memory_mb, draining != 0 FROM hosts ORDER BY id",
+                "SELECT h.id, h.region, h.cpus, h.memory_mb, coalesce(f.draining, 0) != 0
+                 FROM hosts h LEFT JOIN host_flags f ON f.host_id = h.id ORDER BY h.id",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))

@@ -83,6 +83,6 @@ pub(super) const MIGRATIONS: &[&str] = &[
         created_at TEXT NOT NULL);
      CREATE TABLE IF NOT EXISTS join_tokens (hash BLOB PRIMARY KEY, expires_at INTEGER, uses_left INTEGER,
         created_at TEXT NOT NULL);
-     ALTER TABLE hosts ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;
-     ALTER TABLE hosts ADD COLUMN draining INTEGER NOT NULL DEFAULT 0;",
+     CREATE TABLE IF NOT EXISTS host_flags (host_id TEXT PRIMARY KEY, revoked INTEGER NOT NULL DEFAULT 0,
+        draining INTEGER NOT NULL DEFAULT 0);",
 ];
