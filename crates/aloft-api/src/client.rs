@@ -579,6 +579,14 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/hosts/{id}/drain` or `…/undrain` (admin): no new machines on the host, or
+    /// new machines again.
+    pub async fn drain_host(&self, host_id: &str, drain: bool) -> Result<OkResponse, ClientError> {
+        let verb = if drain { "drain" } else { "undrain" };
+        self.post_empty(self.url(&["v1", "hosts", host_id, verb]))
+            .await
+    }
+
     /// `DELETE /v1/hosts/{id}` (admin): forgets a host that runs no machine.
     pub async fn remove_host(&self, host_id: &str) -> Result<OkResponse, ClientError> {
         self.delete(self.url(&["v1", "hosts", host_id])).await

@@ -73,6 +73,10 @@ pub struct Host {
     pub host_index: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh: Option<MeshInfo>,
+    /// Drained by the operator (`aloft hosts drain`): it keeps its machines and gets no new
+    /// ones.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// Answer of `POST /v1/hosts`: the host, and the credential it must use from now on when

@@ -238,10 +238,7 @@ async fn certificates_stored_before_hostnames_had_apps_are_kept_and_can_be_claim
     let db = env.dir.path().join("aloft.db");
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch(
-        "DROP TABLE host_credentials;
-         DROP TABLE join_tokens;
-         ALTER TABLE hosts DROP COLUMN revoked;
-         DROP INDEX tokens_by_id;
+        "DROP INDEX tokens_by_id;
          ALTER TABLE tokens DROP COLUMN id;
          ALTER TABLE tokens DROP COLUMN org;
          ALTER TABLE tokens DROP COLUMN expires_at;

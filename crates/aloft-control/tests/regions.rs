@@ -100,8 +100,16 @@ async fn mesh_peers_list_hosts_with_mesh_info() {
     .await;
     index_of(&env, json!({"id": "plain", "region": "iad"})).await;
 
+    // A join token only enrols; a host's credential reads the peers.
     let join = env.token(json!({"scope": "join"})).await;
-    let (status, peers) = env.get("/v1/mesh/peers").token(Some(&join)).send().await;
+    let (status, _) = env.get("/v1/mesh/peers").token(Some(&join)).send().await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let credential = host["credential"].as_str().unwrap().to_owned();
+    let (status, peers) = env
+        .get("/v1/mesh/peers")
+        .token(Some(&credential))
+        .send()
+        .await;
     assert_eq!(status, StatusCode::OK, "{peers}");
     let peers = peers.as_array().unwrap();
     let ids: Vec<&str> = peers
@@ -158,9 +166,8 @@ async fn load_reports_need_a_host_token_and_show_per_region() {
     let env = env().await;
     env.app("web").await;
     env.host("h-ams", "ams", 4, 4096).await;
-    env.host("h-syd", "syd", 4, 4096).await;
+    let join = env.host_credential("h-syd", "syd").await;
     env.machine("web", json!({"region": "ams"})).await;
-    let join = env.token(json!({"scope": "join"})).await;
     let user = env.token(json!({"app": "web"})).await;
     let report =
         json!({"apps": [{"app": "web", "concurrency": 3, "requests": 10, "interval_ms": 2000}]});
@@ -180,12 +187,12 @@ async fn load_reports_need_a_host_token_and_show_per_region() {
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     let (status, body) = env
-        .post("/v1/hosts/nope/load")
+        .post("/v1/hosts/h-ams/load")
         .token(Some(&join))
         .json(report.clone())
         .send()
         .await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(status, StatusCode::FORBIDDEN, "another host's load: {body}");
     let (status, body) = env
         .post("/v1/hosts/h-syd/load")
         .token(Some(&join))

@@ -16,16 +16,26 @@ fn app<'a>(table: &'a Value, name: &str) -> &'a Value {
 }
 
 #[tokio::test]
-async fn join_and_admin_tokens_read_the_table_and_app_tokens_do_not() {
+async fn host_credentials_and_admin_tokens_read_the_table_and_app_and_join_tokens_do_not() {
     let env = env().await;
     env.app("web").await;
-    let join = env.token(json!({"scope": "join"})).await;
+    let only_enrols = env.token(json!({"scope": "join"})).await;
+    let (status, _) = env.get("/v1/routes").token(Some(&only_enrols)).send().await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "a join token reads the route table"
+    );
+    let join = env.host_credential("h1", "ams").await;
     let app_token = env.token(json!({"app": "web"})).await;
     for path in ["/v1/routes", "/v1/routes/watch?since=0"] {
         let (status, body) = env.get(path).token(Some(&app_token)).send().await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
         assert!(
-            body["error"].as_str().unwrap().contains("join or admin"),
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("host credential or the admin"),
             "{body}"
         );
         let (status, _) = env.get(path).token(None).send().await;
@@ -135,11 +145,10 @@ async fn the_watch_sends_a_full_table_on_change_and_resumes_from_a_revision() {
 }
 
 #[tokio::test]
-async fn edges_wake_and_idle_machines_with_join_tokens_and_app_tokens_cannot() {
+async fn edges_wake_and_idle_machines_with_host_credentials_and_app_tokens_cannot() {
     let env = env().await;
     env.app("web").await;
-    env.host("h1", "ams", 4, 4096).await;
-    let join = env.token(json!({"scope": "join"})).await;
+    let join = env.host_credential("h1", "ams").await;
     let app_token = env.token(json!({"app": "web"})).await;
     let m = env.machine("web", json!({"region": "ams"})).await;
     let id = m["id"].as_str().unwrap().to_owned();

@@ -58,7 +58,7 @@ enum Command {
     /// List regions that have live hosts.
     #[command(subcommand)]
     Regions(cmd::regions::RegionsCommand),
-    /// Manage hosts: list them, issue join tokens, revoke or remove a host (admin).
+    /// Manage hosts: list, drain, revoke or remove them; issue join tokens (admin).
     #[command(subcommand)]
     Hosts(cmd::hosts::HostsCommand),
     /// Create an app and deploy it: from the fly.toml here as it is, else from a new aloft.toml.

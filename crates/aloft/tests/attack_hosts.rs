@@ -329,6 +329,20 @@ fn a_host_credential_reaches_its_own_host_only() {
     assert!(body.contains("host-max-cpus"), "{body}");
     assert_eq!(host_json(&server, &id_b)["cpus"], b_now["cpus"]);
 
+    // The operator drains A: it keeps its machine and gets no new one.
+    ok(server.cli(&["hosts", "drain", &id_a]));
+    assert_eq!(host_json(&server, &id_a)["draining"], true);
+    let image_a = format!("{registry}/alpha/busybox:1");
+    let refused = server.cli(&[
+        "machine", "run", &image_a, "--app", "alpha", "--region", "ams",
+    ]);
+    assert!(
+        !refused.status.success(),
+        "a drained host gets a new machine"
+    );
+    ok(server.cli(&["hosts", "drain", &id_a, "--undo"]));
+    assert_eq!(host_json(&server, &id_a)["draining"], false);
+
     // A restarted agent speaks with its saved credential (its join token is used up).
     agent_a.crash_and_restart().unwrap();
     wait_for(

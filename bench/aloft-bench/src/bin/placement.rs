@@ -18,6 +18,7 @@ fn main() {
             used_cpus: 0,
             used_memory_mb: 0,
             last_seen: now,
+            draining: false,
         })
         .collect();
     let mut app_machines: HashMap<String, u32> = HashMap::new();

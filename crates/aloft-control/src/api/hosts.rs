@@ -28,6 +28,8 @@ pub(super) fn routes(r: Routes) -> Routes {
         .at(Method::POST, "/v1/hosts/join-tokens", create_join_token)
         .at(Method::DELETE, "/v1/hosts/{host}", remove_host)
         .at(Method::POST, "/v1/hosts/{host}/revoke", revoke_host)
+        .at(Method::POST, "/v1/hosts/{host}/drain", drain_host)
+        .at(Method::POST, "/v1/hosts/{host}/undrain", undrain_host)
         .at(Method::POST, "/v1/hosts/{host}/heartbeat", heartbeat)
         .at(Method::GET, "/v1/hosts/{host}/watch", watch)
         .at(
@@ -144,6 +146,32 @@ pub(super) async fn revoke_host(
 ) -> Result<Json<OkResponse>, ApiError> {
     scope.require_admin()?;
     control.hosts().revoke(&host)?;
+    Ok(Json(OkResponse { ok: true }))
+}
+
+/// Drains a host (admin): it keeps its machines and gets no new ones.
+#[utoipa::path(post, path = "/v1/hosts/{host}/drain", tag = "hosts", params(("host" = String, Path)),
+    responses((status = 200, body = OkResponse), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn drain_host(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+    ApiPath(host): ApiPath<String>,
+) -> Result<Json<OkResponse>, ApiError> {
+    scope.require_admin()?;
+    control.hosts().set_draining(&host, true)?;
+    Ok(Json(OkResponse { ok: true }))
+}
+
+/// Takes a drained host back into placement (admin).
+#[utoipa::path(post, path = "/v1/hosts/{host}/undrain", tag = "hosts", params(("host" = String, Path)),
+    responses((status = 200, body = OkResponse), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn undrain_host(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+    ApiPath(host): ApiPath<String>,
+) -> Result<Json<OkResponse>, ApiError> {
+    scope.require_admin()?;
+    control.hosts().set_draining(&host, false)?;
     Ok(Json(OkResponse { ok: true }))
 }
 

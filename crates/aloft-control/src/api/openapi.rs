@@ -39,7 +39,7 @@ impl Modify for BearerAuth {
         machine_parts::set_metadata, machine_parts::delete_metadata, machine_parts::events, machine_parts::versions,
         machine_parts::memory, machine_parts::ps, machine_parts::org_machines,
         exec::exec, exec::logs,
-        hosts::list_hosts, hosts::register_host, hosts::create_join_token, hosts::revoke_host, hosts::remove_host, hosts::heartbeat, hosts::watch, hosts::report_status,
+        hosts::list_hosts, hosts::register_host, hosts::create_join_token, hosts::revoke_host, hosts::remove_host, hosts::drain_host, hosts::undrain_host, hosts::heartbeat, hosts::watch, hosts::report_status,
         hosts::report_load, hosts::mesh_peers,
         autoscale::get_policy, autoscale::put_policy, autoscale::app_load, autoscale::platform_load,
         routes::get_routes, routes::watch_routes, routes::wake, routes::idle,

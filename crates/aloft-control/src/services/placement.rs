@@ -48,6 +48,9 @@ pub fn place<'h>(
             continue;
         }
         live = true;
+        if host.draining {
+            continue;
+        }
         if host.free_cpus() < req.cpus || host.free_memory_mb() < req.memory_mb {
             continue;
         }
@@ -96,6 +99,7 @@ mod tests {
             used_cpus: 0,
             used_memory_mb,
             last_seen: seen,
+            draining: false,
         }
     }
 
@@ -156,6 +160,17 @@ mod tests {
                 cpus: 1,
                 memory_mb: 256
             })
+        );
+        let mut drained = host("drained", "lhr", 4096, 0, now);
+        drained.draining = true;
+        assert_eq!(
+            place(&[drained], &req("lhr")),
+            Err(PlacementError::NoCapacity {
+                region: "lhr".into(),
+                cpus: 1,
+                memory_mb: 256
+            }),
+            "a drained host gets no new machine"
         );
         assert_eq!(
             place(&hosts, &req("xyz")),

@@ -105,6 +105,21 @@ impl Env {
         assert_eq!(status, StatusCode::OK, "{body}");
     }
 
+    /// Registers a host with the admin token and returns the credential it was handed
+    /// (what the host's agent and edge then speak with).
+    pub async fn host_credential(&self, id: &str, region: &str) -> String {
+        let (status, body) = self
+            .post("/v1/hosts")
+            .json(json!({"id": id, "region": region, "address": "127.0.0.1:1", "cpus": 4, "memory_mb": 4096}))
+            .send()
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["credential"]
+            .as_str()
+            .expect("a credential")
+            .to_owned()
+    }
+
     /// Creates a machine from a small config and returns its JSON.
     pub async fn machine(&self, app: &str, extra: Value) -> Value {
         let mut body =

@@ -17,6 +17,13 @@ pub enum HostsCommand {
     /// Join tokens: what a new host enrols with (`aloft agent --token`).
     #[command(subcommand, name = "join-token")]
     JoinToken(JoinTokenCommand),
+    /// Drain a host: it keeps its machines and gets no new ones (--undo takes it back).
+    Drain {
+        /// The host's id.
+        id: String,
+        #[arg(long)]
+        undo: bool,
+    },
     /// Revoke a host: its credential stops working at once, it counts as down (its machines
     /// leave the route table), and its id cannot join again until the host is removed.
     Revoke {
@@ -71,6 +78,7 @@ pub async fn run(cmd: HostsCommand) -> anyhow::Result<()> {
                         format!("{}/{}", h.free_cpus, h.cpus),
                         format!("{}/{}", h.free_memory_mb, h.memory_mb),
                         h.last_heartbeat.clone(),
+                        if h.draining { "yes" } else { "" }.to_owned(),
                     ]
                 })
                 .collect();
@@ -83,6 +91,7 @@ pub async fn run(cmd: HostsCommand) -> anyhow::Result<()> {
                     "FREE CPUS",
                     "FREE MB",
                     "LAST HEARTBEAT",
+                    "DRAINED",
                 ],
                 &rows,
             );
@@ -119,6 +128,14 @@ pub async fn run(cmd: HostsCommand) -> anyhow::Result<()> {
                 "(a join token: it {}; give it to `aloft agent --token`)",
                 limits.join(", ")
             );
+        }
+        HostsCommand::Drain { id, undo } => {
+            api.drain_host(&id, !undo).await?;
+            if undo {
+                println!("Host {id} takes new machines again");
+            } else {
+                println!("Host {id} drained: it keeps its machines and gets no new ones");
+            }
         }
         HostsCommand::Revoke { id } => {
             api.revoke_host(&id).await?;

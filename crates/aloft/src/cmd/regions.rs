@@ -167,6 +167,7 @@ mod tests {
             last_heartbeat: "2026-01-01T00:00:00Z".into(),
             host_index: 1,
             mesh: None,
+            draining: false,
         }
     }
 

@@ -31,8 +31,9 @@ impl Db<'_> {
         Ok(self
             .conn
             .query_row(
-                "SELECT h.revoked, c.host_id IS NOT NULL FROM hosts h
-                 LEFT JOIN host_credentials c ON c.host_id = h.id WHERE h.id = ?1",
+                "SELECT coalesce(f.revoked, 0), c.host_id IS NOT NULL FROM hosts h
+                 LEFT JOIN host_credentials c ON c.host_id = h.id
+                 LEFT JOIN host_flags f ON f.host_id = h.id WHERE h.id = ?1",
                 [id],
                 |r| {
                     Ok(HostRecord {
@@ -73,22 +74,31 @@ impl Db<'_> {
     /// Marks a host revoked (or not) and, when revoking, drops its credential. False for an
     /// unknown host.
     pub fn set_host_revoked(&self, host: &str, revoked: bool) -> Result<bool, StoreError> {
-        let changed = self.conn.execute(
-            "UPDATE hosts SET revoked = ?2 WHERE id = ?1",
+        let known = self
+            .conn
+            .query_row("SELECT 1 FROM hosts WHERE id = ?1", [host], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if !known {
+            return Ok(false);
+        }
+        self.conn.execute(
+            "INSERT INTO host_flags (host_id, revoked) VALUES (?1, ?2)
+             ON CONFLICT (host_id) DO UPDATE SET revoked = ?2",
             params![host, i64::from(revoked)],
         )?;
         if revoked {
             self.conn
                 .execute("DELETE FROM host_credentials WHERE host_id = ?1", [host])?;
         }
-        Ok(changed > 0)
+        Ok(true)
     }
 
     /// The revoked hosts' ids.
     pub fn revoked_hosts(&self) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT id FROM hosts WHERE revoked != 0")?;
+            .prepare("SELECT host_id FROM host_flags WHERE revoked != 0")?;
         let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -187,12 +197,27 @@ impl Inner {
         }
     }
 
+    /// Drains a host (no new placements) or takes it back. False for an unknown host.
+    pub fn set_host_draining(&mut self, id: &str, draining: bool) -> Result<bool, StoreError> {
+        let Some(&i) = self.host_index.get(id) else {
+            return Ok(false);
+        };
+        self.conn.execute(
+            "INSERT INTO host_flags (host_id, draining) VALUES (?1, ?2)
+             ON CONFLICT (host_id) DO UPDATE SET draining = ?2",
+            params![id, i64::from(draining)],
+        )?;
+        self.hosts[i].draining = draining;
+        Ok(true)
+    }
+
     /// Forgets a host: its row, agent API secret, credential and in-memory views.
     pub fn remove_host(&mut self, id: &str) -> Result<bool, StoreError> {
         let tx = self.conn.transaction()?;
         let removed = tx.execute("DELETE FROM hosts WHERE id = ?1", [id])?;
         tx.execute("DELETE FROM host_secrets WHERE host_id = ?1", [id])?;
         tx.execute("DELETE FROM host_credentials WHERE host_id = ?1", [id])?;
+        tx.execute("DELETE FROM host_flags WHERE host_id = ?1", [id])?;
         tx.commit()?;
         if let Some(i) = self.host_index.remove(id) {
             self.hosts.remove(i);

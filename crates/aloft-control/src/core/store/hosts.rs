@@ -22,6 +22,8 @@ pub struct HostCapacity {
     pub used_memory_mb: i64,
     /// When the host last heartbeated (or registered).
     pub last_seen: Instant,
+    /// Drained by the operator: it keeps its machines and gets no new ones.
+    pub draining: bool,
 }
 
 impl HostCapacity {
@@ -48,14 +50,17 @@ impl Inner {
     /// Loads every host (seen now), its usage and its edge addresses.
     pub(super) fn load_hosts(&mut self) -> Result<(), StoreError> {
         let now = Instant::now();
-        let rows: Vec<(String, String, i64, i64)> = {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT id, region, cpus, memory_mb FROM hosts ORDER BY id")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        let rows: Vec<(String, String, i64, i64, bool)> = {
+            let mut stmt = self.conn.prepare(
+                "SELECT h.id, h.region, h.cpus, h.memory_mb, coalesce(f.draining, 0) != 0
+                 FROM hosts h LEFT JOIN host_flags f ON f.host_id = h.id ORDER BY h.id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?;
             rows.collect::<Result<_, _>>()?
         };
-        for (id, region, cpus, memory_mb) in rows {
+        for (id, region, cpus, memory_mb, draining) in rows {
             self.host_index.insert(id.clone(), self.hosts.len());
             self.hosts.push(HostCapacity {
                 id,
@@ -65,6 +70,7 @@ impl Inner {
                 used_cpus: 0,
                 used_memory_mb: 0,
                 last_seen: now,
+                draining,
             });
         }
         let ids: Vec<String> = self.hosts.iter().map(|h| h.id.clone()).collect();
@@ -173,6 +179,7 @@ impl Inner {
                     used_cpus: 0,
                     used_memory_mb: 0,
                     last_seen: now,
+                    draining: false,
                 });
             }
         }
@@ -285,6 +292,7 @@ impl Inner {
             last_heartbeat,
             host_index: u32::try_from(host_index).unwrap_or(0),
             mesh,
+            draining: cap.draining,
         })
     }
 

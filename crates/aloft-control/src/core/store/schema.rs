@@ -78,12 +78,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS acme_accounts (directory TEXT PRIMARY KEY, nonce BLOB NOT NULL,
         sealed BLOB NOT NULL);",
     // 10: per-host credentials (hashed, one per host), join tokens that expire or run out of
-    // uses, and hosts revoked by the operator.
+    // uses, hosts revoked by the operator, and drained hosts (no new placements).
     "CREATE TABLE IF NOT EXISTS host_credentials (host_id TEXT PRIMARY KEY, hash BLOB NOT NULL UNIQUE,
         created_at TEXT NOT NULL);
      CREATE TABLE IF NOT EXISTS join_tokens (hash BLOB PRIMARY KEY, expires_at INTEGER, uses_left INTEGER,
         created_at TEXT NOT NULL);
-     ALTER TABLE hosts ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;",
+     CREATE TABLE IF NOT EXISTS host_flags (host_id TEXT PRIMARY KEY, revoked INTEGER NOT NULL DEFAULT 0,
+        draining INTEGER NOT NULL DEFAULT 0);",
     // 11: tokens get an id, an organisation, an expiry (existing ones: 20 years from now), a
     // note and when they were last used; orgs remember when they were made.
     "ALTER TABLE tokens ADD COLUMN id TEXT;

@@ -176,6 +176,15 @@ impl Hosts {
         Ok(())
     }
 
+    /// Drains a host (it keeps its machines and gets no new ones) or takes it back.
+    pub fn set_draining(&self, id: &str, draining: bool) -> Result<(), HostError> {
+        if !self.store.lock().set_host_draining(id, draining)? {
+            return Err(StoreError::HostNotFound(id.to_owned()).into());
+        }
+        tracing::info!(host = %id, draining, "host drain changed");
+        Ok(())
+    }
+
     /// Forgets a host that runs no machine; its credential stops working at once and its id
     /// may join again.
     pub fn remove(&self, id: &str) -> Result<(), HostError> {
