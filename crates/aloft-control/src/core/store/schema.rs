@@ -77,4 +77,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // 9: ACME account credentials per directory (sealed), created on first use before.
     "CREATE TABLE IF NOT EXISTS acme_accounts (directory TEXT PRIMARY KEY, nonce BLOB NOT NULL,
         sealed BLOB NOT NULL);",
+    // 10: a custom hostname routes only once its control is proven (names claimed before stay
+    // routed); a user certificate's key is sealed (`key_nonce`, `key_sealed`; `private_key`
+    // is emptied when the server seals the key on start).
+    "ALTER TABLE edge_certificates ADD COLUMN verified INTEGER NOT NULL DEFAULT 1;
+     ALTER TABLE edge_certificates ADD COLUMN key_nonce BLOB;
+     ALTER TABLE edge_certificates ADD COLUMN key_sealed BLOB;
+     ALTER TABLE acme_certificates ADD COLUMN verified INTEGER NOT NULL DEFAULT 1;",
 ];
