@@ -209,8 +209,16 @@ impl Certs {
     /// routes to the app only once proven (at once when DNS already proves it).
     pub async fn add(&self, req: &AddCertificateRequest) -> Result<CertificateInfo, CertError> {
         let hostname = normalize_hostname(&req.hostname)?;
-        let fingerprint = pem::validate(&hostname, &req.certificate, &req.private_key)?;
         let (proof, _) = self.dns_proof(&hostname, &req.app).await;
+        // Whose the name is comes first: another app's name is a 409 whatever the certificate.
+        claim(
+            self.store.lock().db(),
+            &hostname,
+            &req.app,
+            &self.domain,
+            &proof,
+        )?;
+        let fingerprint = pem::validate(&hostname, &req.certificate, &req.private_key)?;
         let key = self.sealing_key()?;
         let sealed_key = keys::seal(
             &key,
