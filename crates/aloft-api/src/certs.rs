@@ -56,6 +56,10 @@ pub struct CertificateInfo {
     /// When the served certificate expires (RFC 3339), if one is served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    /// Whether control of the hostname is proven for its app (`<app>.<domain>` always is; a
+    /// custom name by DNS or by an ACME validation). Only proven names route to their app.
+    #[serde(default)]
+    pub verified: bool,
 }
 
 /// Where a certificate comes from.
@@ -215,6 +219,15 @@ impl Client {
         self.delete::<Option<serde_json::Value>>(self.url(&["v1", "certs", hostname]))
             .await
             .map(|_| ())
+    }
+
+    /// `POST /v1/certs/{hostname}/check`: look up DNS again for an unproven hostname.
+    pub async fn check_certificate(&self, hostname: &str) -> Result<CertificateInfo, ClientError> {
+        self.post(
+            self.url(&["v1", "certs", hostname, "check"]),
+            &serde_json::json!({}),
+        )
+        .await
     }
 
     /// `POST /v1/certs/acme`.

@@ -21,6 +21,7 @@ use crate::services::geodns::{LiveEdge, Zone};
 use crate::services::hosts::{self, Hosts};
 use crate::services::image::Images;
 use crate::services::ips::Ips;
+use crate::services::limits::{AppLimits, Limits, RateLimit};
 use crate::services::machines::Machines;
 use crate::services::releases::Releases;
 use crate::services::routes::RouteTables;
@@ -45,6 +46,7 @@ pub struct Control {
     certs: Certs,
     acme: Arc<Acme>,
     ips: Ips,
+    limits: Limits,
     routes: RouteTables,
     images: Arc<Images>,
     cluster: aloft_api::ClusterInfo,
@@ -80,9 +82,10 @@ impl Control {
                 hosts.clone(),
                 machines.clone(),
             )),
-            certs: Certs::new(store.clone()),
+            certs: Certs::new(store.clone(), &cluster.domain),
             acme: Arc::new(Acme::new(store.clone())),
             ips: Ips::new(store.clone()),
+            limits: Limits::default(),
             routes: RouteTables::new(store.clone(), hosts.clone()),
             tokens,
             hosts,
@@ -91,6 +94,9 @@ impl Control {
             images,
             cluster,
         };
+        if let Err(e) = control.certs.seal_legacy_keys() {
+            tracing::error!(error = %aloft_api::error::error_chain(&e), "cannot seal certificate keys stored in the clear");
+        }
         Ok((control, admin))
     }
 
@@ -141,6 +147,17 @@ impl Control {
 
     pub fn ips(&self) -> &Ips {
         &self.ips
+    }
+
+    /// The operator's limits and the API's token buckets.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Sets the operator's limits (once, before serving).
+    pub fn configure_limits(&self, apps: AppLimits, rate: Option<RateLimit>) {
+        self.limits.configure(apps, rate);
+        self.machines.set_limits(apps);
     }
 
     pub fn routes(&self) -> &RouteTables {

@@ -25,7 +25,7 @@ pub mod core;
 mod layering;
 pub mod services;
 
-pub use services::{acme, autoscale, geodns, ips, placement};
+pub use services::{acme, autoscale, geodns, ips, limits, placement};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -104,6 +104,12 @@ impl Server {
     pub async fn open(options: ServerOptions) -> Result<Server, ControlError> {
         let dir = options.data_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| ControlError::DataDir(dir.clone(), e))?;
+        // Owner-only: the store, keys, tokens and registry blobs live here.
+        std::fs::set_permissions(
+            &dir,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700),
+        )
+        .map_err(|e| ControlError::DataDir(dir.clone(), e))?;
         let (control, admin) =
             Control::open(&dir, options.heartbeat_timeout, options.cluster.clone())?;
         if let Some(token) = &admin {
@@ -155,6 +161,22 @@ impl Server {
     /// Orders certificates for custom hostnames from an ACME CA (`docs/edge.md`, "ACME").
     pub fn acme(self, options: acme::AcmeOptions) -> Self {
         self.control.acme().configure(options);
+        self
+    }
+
+    /// Asks this DNS resolver for hostname ownership records (`docs/edge.md`, "Custom
+    /// hostnames") instead of the first nameserver of `/etc/resolv.conf`.
+    pub fn dns_resolver(self, resolver: Option<SocketAddr>) -> Self {
+        if let Some(resolver) = resolver {
+            self.control.certs().set_dns_resolver(resolver);
+        }
+        self
+    }
+
+    /// The operator's limits: per-app machine, CPU and memory totals and the API's request
+    /// rate per token (`docs/security.md`, "Limits").
+    pub fn limits(self, apps: limits::AppLimits, rate: Option<limits::RateLimit>) -> Self {
+        self.control.configure_limits(apps, rate);
         self
     }
 

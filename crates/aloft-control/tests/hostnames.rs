@@ -1,12 +1,14 @@
 //! Custom hostnames belong to apps through their certificates: the route table lists an app's
-//! exact hostnames (and its watch sends them at once), a hostname belongs to one app at a time,
-//! app tokens manage their own app's certificates only, and deleting an app drops its
-//! hostnames.
+//! proven hostnames (and its watch sends them at once), a hostname belongs to one app at a
+//! time, `<app>.<domain>` only ever to its app, a custom name routes only once DNS proves the
+//! app controls it, app tokens manage their own app's certificates only, deleting an app drops
+//! its hostnames, and keys are sealed in the store.
 
 mod common;
 
 use axum::http::{Method, StatusCode};
-use common::{app_field, env, Env, Lines};
+use common::dns::TestDns;
+use common::{app_field, env, env_with_dns, Env, Lines};
 use serde_json::{json, Value};
 
 /// A self-signed certificate and key (PEM) for `host`.
@@ -32,7 +34,15 @@ fn hostnames(table: &Value, app: &str) -> Value {
 
 #[tokio::test]
 async fn a_hostname_routes_to_the_one_app_that_holds_its_certificate() {
-    let env = env().await;
+    let dns = TestDns::start().await;
+    for (name, app) in [
+        ("shop.test", "web"),
+        ("order.test", "api"),
+        ("wild.test", "web"),
+    ] {
+        dns.set_txt(&format!("_aloft-challenge.{name}"), &format!("app={app}"));
+    }
+    let env = env_with_dns(&dns).await;
     env.app("web").await;
     env.app("api").await;
     let mut watch = Lines::open(env.get("/v1/routes/watch?since=0")).await;
@@ -85,7 +95,8 @@ async fn a_hostname_routes_to_the_one_app_that_holds_its_certificate() {
         .await;
     assert!(status.is_client_error(), "{status}");
 
-    // An ACME order attaches its name to its app right away (while the order runs).
+    // An ACME order of a name DNS proves attaches it to its app right away (while the order
+    // runs).
     let (status, body) = env
         .post("/v1/certs/acme")
         .json(json!({"hostname": "order.test", "app": "api"}))
@@ -119,7 +130,8 @@ async fn a_hostname_routes_to_the_one_app_that_holds_its_certificate() {
         }
     };
     assert_eq!(hostnames(&table, "api"), json!(["order.test"]));
-    // Now api may take it.
+    // Now api may take it (once DNS no longer names web).
+    dns.set_txt("_aloft-challenge.shop.test", "app=api");
     let (status, body) = env
         .post("/v1/certs")
         .json(add_body("shop.test", "api"))
@@ -147,7 +159,8 @@ async fn add_as(env: &Env, token: &str, host: &str, app: &str) -> (StatusCode, V
 
 #[tokio::test]
 async fn app_tokens_manage_their_own_apps_certificates_only() {
-    let env = env().await;
+    let dns = TestDns::start().await;
+    let env = env_with_dns(&dns).await;
     env.app("web").await;
     env.app("api").await;
     let web = env.app_token("web").await;
@@ -196,7 +209,10 @@ async fn app_tokens_manage_their_own_apps_certificates_only() {
 
 #[tokio::test]
 async fn deleting_an_app_removes_its_hostnames_and_certificates() {
-    let env = env().await;
+    let dns = TestDns::start().await;
+    dns.set_txt("_aloft-challenge.gone.test", "app=gone");
+    dns.set_cname("kept.test", "kept.localhost");
+    let env = env_with_dns(&dns).await;
     env.app("gone").await;
     env.app("kept").await;
     for (host, app) in [("gone.test", "gone"), ("kept.test", "kept")] {
@@ -248,6 +264,10 @@ async fn certificates_stored_before_hostnames_had_apps_are_kept_and_can_be_claim
          DROP TRIGGER apps_delete_certificates;
          ALTER TABLE edge_certificates DROP COLUMN app;
          ALTER TABLE acme_certificates DROP COLUMN app;
+         ALTER TABLE edge_certificates DROP COLUMN verified;
+         ALTER TABLE edge_certificates DROP COLUMN key_nonce;
+         ALTER TABLE edge_certificates DROP COLUMN key_sealed;
+         ALTER TABLE acme_certificates DROP COLUMN verified;
          PRAGMA user_version = 6;",
     )
     .unwrap();
@@ -262,6 +282,23 @@ async fn certificates_stored_before_hostnames_had_apps_are_kept_and_can_be_claim
     .unwrap();
     drop(conn);
     let env = common::reopen(env, std::time::Duration::from_secs(30)).await;
+    // The key an older version stored in the clear is sealed now, and its bytes are gone.
+    let pem_body = body["private_key"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    for file in ["aloft.db", "aloft.db-wal"] {
+        let bytes = std::fs::read(env.dir.path().join(file)).unwrap_or_default();
+        assert!(
+            !bytes
+                .windows(pem_body.len())
+                .any(|w| w == pem_body.as_bytes()),
+            "{file} holds the key in the clear"
+        );
+    }
     // Still served, routed nowhere, listed without an app.
     let (_, list) = env.get("/v1/certs").send().await;
     assert_eq!(list[0]["hostname"], "old.test", "{list}");
@@ -280,11 +317,182 @@ async fn certificates_stored_before_hostnames_had_apps_are_kept_and_can_be_claim
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, info) = env.post("/v1/certs").json(body).send().await;
     assert_eq!(status, StatusCode::CREATED, "{info}");
+    assert_eq!(info["app"], "web", "{info}");
+    // Claimed, but not proven (no DNS record says web controls it): not routed yet.
+    assert_eq!(info["verified"], false, "{info}");
     let (_, table) = env.get("/v1/routes").send().await;
-    assert_eq!(hostnames(&table, "web"), json!(["old.test"]));
+    assert_eq!(hostnames(&table, "web"), json!([]));
     // And the app's hostnames go with the app again.
     let (status, _) = env.delete("/v1/apps/web").send().await;
     assert!(status.is_success(), "{status}");
     let (_, list) = env.get("/v1/certs").send().await;
     assert_eq!(list, json!([]));
+}
+
+#[tokio::test]
+async fn app_names_are_their_apps_and_custom_names_route_once_dns_proves_control() {
+    let dns = TestDns::start().await;
+    let env = env_with_dns(&dns).await;
+    env.app("web").await;
+    env.app("api").await;
+
+    // <app>.<domain> (and names below it) are that app's only: 409 for any other app, with a
+    // certificate or an ACME order; the app itself gets them proven at once.
+    for host in ["web.localhost", "x.web.localhost", "*.web.localhost"] {
+        let (status, body) = env
+            .post("/v1/certs")
+            .json(add_body(host, "api"))
+            .send()
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{host}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("\"web\""),
+            "{body}"
+        );
+    }
+    for host in ["localhost", "*.localhost"] {
+        let (status, body) = env
+            .post("/v1/certs")
+            .json(add_body(host, "api"))
+            .send()
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{host}: {body}");
+    }
+    env.use_unreachable_acme();
+    let (status, body) = env
+        .post("/v1/certs/acme")
+        .json(json!({"hostname": "web.localhost", "app": "api"}))
+        .send()
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, info) = env
+        .post("/v1/certs")
+        .json(add_body("api.localhost", "api"))
+        .send()
+        .await;
+    assert_eq!(
+        (status, &info["verified"]),
+        (StatusCode::CREATED, &json!(true)),
+        "{info}"
+    );
+
+    // A custom name without DNS proof: held by web, not routed, and `check` says what to add.
+    let (status, info) = env
+        .post("/v1/certs")
+        .json(add_body("shop.test", "web"))
+        .send()
+        .await;
+    assert_eq!(
+        (status, &info["verified"]),
+        (StatusCode::CREATED, &json!(false)),
+        "{info}"
+    );
+    let (_, table) = env.get("/v1/routes").send().await;
+    assert_eq!(hostnames(&table, "web"), json!([]));
+    let (_, tls) = env.get("/v1/edge/tls").send().await;
+    let served: Vec<&str> = tls["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["hostname"].as_str().unwrap())
+        .collect();
+    assert_eq!(served, ["api.localhost"], "unproven names are not served");
+    let (status, body) = env.post("/v1/certs/shop.test/check").send().await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("_aloft-challenge.shop.test") && error.contains("app=web"),
+        "{error}"
+    );
+
+    // Unproven, another app may take it over only by proving control itself.
+    let (status, body) = env
+        .post("/v1/certs")
+        .json(add_body("shop.test", "api"))
+        .send()
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    dns.set_txt("_aloft-challenge.shop.test", "app=web");
+    let (status, info) = env
+        .post("/v1/apps/web/certificates/shop.test/check")
+        .send()
+        .await;
+    assert_eq!(
+        (status, &info["verified"]),
+        (StatusCode::OK, &json!(true)),
+        "{info}"
+    );
+    let (_, table) = env.get("/v1/routes").send().await;
+    assert_eq!(hostnames(&table, "web"), json!(["shop.test"]));
+    // Proven by web: api gets 409 even with DNS changed to name it.
+    dns.set_txt("_aloft-challenge.shop.test", "app=api");
+    let (status, body) = env
+        .post("/v1/certs")
+        .json(add_body("shop.test", "api"))
+        .send()
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    // A name whose DNS names another app is refused; a CNAME to the app proves it.
+    dns.set_cname("blog.test", "web.localhost");
+    let (status, body) = env
+        .post("/v1/certs")
+        .json(add_body("blog.test", "api"))
+        .send()
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, info) = env
+        .post("/v1/certs")
+        .json(add_body("blog.test", "web"))
+        .send()
+        .await;
+    assert_eq!(
+        (status, &info["verified"]),
+        (StatusCode::CREATED, &json!(true)),
+        "{info}"
+    );
+
+    // An unproven claim of api's, then web proves control: web takes it over.
+    let (status, _) = env
+        .post("/v1/certs")
+        .json(add_body("new.test", "api"))
+        .send()
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    dns.set_txt("_aloft-challenge.new.test", "app=web");
+    let (status, info) = env
+        .post("/v1/certs")
+        .json(add_body("new.test", "web"))
+        .send()
+        .await;
+    assert_eq!(
+        (status, &info["app"]),
+        (StatusCode::CREATED, &json!("web")),
+        "{info}"
+    );
+
+    // Keys are sealed: no stored file holds an uploaded key's PEM.
+    let body = add_body("sealed.test", "web");
+    let (status, _) = env.post("/v1/certs").json(body.clone()).send().await;
+    assert_eq!(status, StatusCode::CREATED);
+    let pem_body = body["private_key"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    for entry in std::fs::read_dir(env.dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes
+                    .windows(pem_body.len())
+                    .any(|w| w == pem_body.as_bytes()),
+                "{} holds an uploaded key in the clear",
+                path.display()
+            );
+        }
+    }
 }

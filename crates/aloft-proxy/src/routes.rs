@@ -46,13 +46,20 @@ impl Routing {
     pub fn new(table: RouteTable, domain: &str) -> Self {
         let mut by_host = HashMap::new();
         let mut by_address = HashMap::new();
+        // `<app>.<domain>` is its app's, always: those go in first and nothing replaces them.
         for (i, app) in table.apps.iter().enumerate() {
             for a in &app.addresses {
                 by_address.insert(a.to_canonical(), i);
             }
             by_host.insert(format!("{}.{}", app.app, domain).to_ascii_lowercase(), i);
+        }
+        // The control plane lists each custom name for one app only (the one that proved it);
+        // were a table ever to list a name twice, the first listing keeps it, never a later one.
+        for (i, app) in table.apps.iter().enumerate() {
             for h in &app.hostnames {
-                by_host.insert(h.trim_end_matches('.').to_ascii_lowercase(), i);
+                by_host
+                    .entry(h.trim_end_matches('.').to_ascii_lowercase())
+                    .or_insert(i);
             }
         }
         Routing {
@@ -220,6 +227,21 @@ mod tests {
         assert_eq!(r.app_for_host("shop.example.com.").unwrap().app, "shop");
         assert!(r.app_for_host("other.aloft.test").is_none());
         assert_eq!(strip_port("[::1]:80"), "::1");
+    }
+
+    #[test]
+    fn no_app_takes_another_apps_name_nor_one_listed_before() {
+        let t: RouteTable = serde_json::from_str(
+            r#"{"revision": 1, "apps": [
+                {"app": "a", "org": "o", "hostnames": ["shop.example.com"], "services": [], "machines": []},
+                {"app": "b", "org": "o", "hostnames": ["a.apps.test", "SHOP.example.com"], "services": [], "machines": []}
+            ]}"#,
+        )
+        .unwrap();
+        let r = Routing::new(t, "apps.test");
+        assert_eq!(r.app_for_host("a.apps.test").unwrap().app, "a");
+        assert_eq!(r.app_for_host("shop.example.com").unwrap().app, "a");
+        assert_eq!(r.app_for_host("b.apps.test").unwrap().app, "b");
     }
 
     #[test]

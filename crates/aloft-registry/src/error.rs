@@ -52,6 +52,15 @@ pub enum RegistryError {
     },
     #[error("Access to repository {0:?} is denied")]
     Denied(String),
+    #[error(
+        "App {app:?} would hold {wanted} bytes in the registry; its quota is {quota} bytes \
+         (the operator's --registry-quota-per-app); delete images (`aloft image rm`) or ask for more"
+    )]
+    QuotaExceeded {
+        app: String,
+        wanted: u64,
+        quota: u64,
+    },
     #[error("{0}")]
     Unsupported(String),
     #[error("Failed to {context}")]
@@ -99,7 +108,7 @@ impl RegistryError {
             E::ManifestBlobUnknown { .. } => (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
             E::PaginationInvalid(_) => (StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"),
             E::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
-            E::Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
+            E::Denied(_) | E::QuotaExceeded { .. } => (StatusCode::FORBIDDEN, "DENIED"),
             E::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
             E::Io { .. } | E::MetadataCorrupt { .. } | E::Task(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN")

@@ -31,6 +31,9 @@ pub struct RegistryOptions {
     pub gc_grace: Duration,
     /// Uploads untouched for this long are removed by garbage collection.
     pub upload_expiry: Duration,
+    /// Most bytes of blobs the repositories of one app (`<app>` and `<app>/…`) may hold
+    /// together (each blob counted once); `None` for no limit.
+    pub app_quota: Option<u64>,
 }
 
 impl Default for RegistryOptions {
@@ -38,6 +41,7 @@ impl Default for RegistryOptions {
         RegistryOptions {
             gc_grace: Duration::from_secs(10 * 60),
             upload_expiry: Duration::from_secs(24 * 60 * 60),
+            app_quota: None,
         }
     }
 }
@@ -61,6 +65,8 @@ pub(crate) struct Inner {
     pub(crate) options: RegistryOptions,
     /// Serialises read-modify-write of repository metadata files.
     meta_lock: Mutex<()>,
+    /// Serialises quota checks with the links they allow.
+    quota_lock: Mutex<()>,
     /// Held for writing by garbage collection; for reading by anything that makes a blob
     /// reachable (blob commit, mount, manifest put).
     pub(crate) gc_lock: RwLock<()>,
@@ -156,6 +162,7 @@ impl Registry {
                 root,
                 options,
                 meta_lock: Mutex::new(()),
+                quota_lock: Mutex::new(()),
                 gc_lock: RwLock::new(()),
                 uploads: Mutex::new(HashMap::new()),
             }),
@@ -263,7 +270,64 @@ impl Registry {
             .ok_or_else(|| RegistryError::NameUnknown(name.to_owned()))
     }
 
-    /// Moves a complete, verified file into the blob store and links it to `name`.
+    /// The app a repository belongs to: its first path component.
+    pub(crate) fn app_of(name: &str) -> &str {
+        name.split('/').next().unwrap_or(name)
+    }
+
+    /// Bytes the repositories of `app` hold: each blob linked to any of them counted once.
+    pub fn app_usage(&self, app: &str) -> Result<u64, RegistryError> {
+        Ok(self.app_blobs(app)?.values().sum())
+    }
+
+    fn app_blobs(&self, app: &str) -> Result<HashMap<String, u64>, RegistryError> {
+        let mut sizes = HashMap::new();
+        for repo in self.repositories()? {
+            if Registry::app_of(&repo) != app {
+                continue;
+            }
+            let Some(meta) = self.read_meta(&repo)? else {
+                continue;
+            };
+            for key in meta.blobs {
+                if sizes.contains_key(&key) {
+                    continue;
+                }
+                let size = key
+                    .parse::<Digest>()
+                    .ok()
+                    .and_then(|d| fs::metadata(self.blob_path(&d)).ok())
+                    .map_or(0, |m| m.len());
+                sizes.insert(key, size);
+            }
+        }
+        Ok(sizes)
+    }
+
+    /// Refuses to link a blob of `size` bytes to `name` when its app would go over quota (a
+    /// blob the app already holds costs nothing).
+    fn check_quota(&self, name: &str, digest: &Digest, size: u64) -> Result<(), RegistryError> {
+        let Some(quota) = self.inner.options.app_quota else {
+            return Ok(());
+        };
+        let app = Registry::app_of(name);
+        let blobs = self.app_blobs(app)?;
+        if blobs.contains_key(&digest.to_string()) {
+            return Ok(());
+        }
+        let wanted = blobs.values().sum::<u64>().saturating_add(size);
+        if wanted > quota {
+            return Err(RegistryError::QuotaExceeded {
+                app: app.to_owned(),
+                wanted,
+                quota,
+            });
+        }
+        Ok(())
+    }
+
+    /// Moves a complete, verified file into the blob store and links it to `name`; refused
+    /// (nothing moved) when the app's quota does not allow it.
     pub(crate) fn commit_blob(
         &self,
         name: &str,
@@ -271,6 +335,22 @@ impl Registry {
         file: &Path,
     ) -> Result<(), RegistryError> {
         let _gc = self.inner.gc_lock.read().unwrap_or_else(|p| p.into_inner());
+        let _quota = self.inner.options.app_quota.map(|_| {
+            self.inner
+                .quota_lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+        });
+        if _quota.is_some() {
+            let size = fs::metadata(file)
+                .map_err(|e| RegistryError::io("stat upload data", e))?
+                .len();
+            self.check_quota(name, digest, size)?;
+        }
+        self.place_blob(name, digest, file)
+    }
+
+    fn place_blob(&self, name: &str, digest: &Digest, file: &Path) -> Result<(), RegistryError> {
         let target = self.blob_path(digest);
         let place = || -> std::io::Result<()> {
             if let Some(parent) = target.parent() {
@@ -319,9 +399,15 @@ impl Registry {
         digest: &Digest,
     ) -> Result<bool, RegistryError> {
         let _gc = self.inner.gc_lock.read().unwrap_or_else(|p| p.into_inner());
-        if self.blob_file(from, digest).is_err() {
+        let Ok((_, size)) = self.blob_file(from, digest) else {
             return Ok(false);
-        }
+        };
+        let _quota = self
+            .inner
+            .quota_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.check_quota(name, digest, size)?;
         self.update_meta(name, |meta| {
             meta.blobs.insert(digest.to_string());
             Ok(())

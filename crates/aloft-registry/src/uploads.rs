@@ -21,11 +21,33 @@ pub(crate) struct UploadProgress {
 
 const WRITE_BUFFER: usize = 1 << 20;
 
-/// Writes `body` to `out`, feeding `hasher`. Returns the number of bytes written.
+/// What an upload may still write under its app's quota.
+#[derive(Debug, Clone)]
+pub(crate) struct Budget {
+    app: String,
+    quota: u64,
+    used: u64,
+}
+
+impl Registry {
+    /// The budget of an upload to `name` that already holds `pending` bytes (`None`: no quota).
+    fn budget(&self, name: &str, pending: u64) -> Result<Option<Budget>, RegistryError> {
+        let Some(quota) = self.inner.options.app_quota else {
+            return Ok(None);
+        };
+        let app = Registry::app_of(name).to_owned();
+        let used = self.app_usage(&app)?.saturating_add(pending);
+        Ok(Some(Budget { app, quota, used }))
+    }
+}
+
+/// Writes `body` to `out`, feeding `hasher`, stopping with `QuotaExceeded` once more than
+/// `budget` allows has come. Returns the number of bytes written.
 async fn copy_body<S, E>(
     out: &mut BufWriter<tokio::fs::File>,
     mut hasher: Option<&mut Hasher>,
     body: S,
+    budget: Option<&Budget>,
 ) -> Result<u64, RegistryError>
 where
     S: Stream<Item = Result<Bytes, E>>,
@@ -39,6 +61,16 @@ where
                 "Upload body ended early after {written} bytes: {e}"
             ))
         })?;
+        if let Some(b) = budget {
+            let wanted = b.used + written + chunk.len() as u64;
+            if wanted > b.quota {
+                return Err(RegistryError::QuotaExceeded {
+                    app: b.app.clone(),
+                    wanted,
+                    quota: b.quota,
+                });
+            }
+        }
         if let Some(h) = hasher.as_deref_mut() {
             h.update(&chunk);
         }
@@ -81,6 +113,7 @@ async fn append_locked<S, E>(
     progress: &mut UploadProgress,
     range: Option<(u64, u64)>,
     body: S,
+    registry: &Registry,
 ) -> Result<u64, RegistryError>
 where
     S: Stream<Item = Result<Bytes, E>>,
@@ -119,7 +152,8 @@ where
         Some((h, hashed)) if *hashed == size => Some(h),
         _ => None,
     };
-    let result = copy_body(&mut out, hasher, body).await;
+    let budget = registry.budget(name, size)?;
+    let result = copy_body(&mut out, hasher, body, budget.as_ref()).await;
     let result = match (result, range) {
         (Ok(n), Some((start, end))) if n != end - start + 1 => {
             Err(RegistryError::SizeInvalid(format!(
@@ -240,7 +274,7 @@ impl Registry {
         let data = self.upload_data(name, uuid)?;
         let progress = self.progress(uuid);
         let mut progress = progress.lock().await;
-        append_locked(name, uuid, &data, &mut progress, range, body).await
+        append_locked(name, uuid, &data, &mut progress, range, body, self).await
     }
 
     /// Appends the final chunk (possibly empty; `range` as for [`Registry::append_upload`]),
@@ -261,7 +295,7 @@ impl Registry {
         let data = self.upload_data(name, uuid)?;
         let progress = self.progress(uuid);
         let mut progress = progress.lock().await;
-        let size = append_locked(name, uuid, &data, &mut progress, range, body).await?;
+        let size = append_locked(name, uuid, &data, &mut progress, range, body, self).await?;
         let actual = match &progress.hasher {
             Some((h, hashed)) if *hashed == size && h.algorithm() == digest.algorithm() => {
                 h.clone().finish()
@@ -277,16 +311,26 @@ impl Registry {
             )));
         }
         let (registry, name, digest) = (self.clone(), name.to_owned(), digest.clone());
-        blocking(move || {
+        let committed = blocking(move || {
             let file =
                 fs::File::open(&data).map_err(|e| RegistryError::io("open upload data", e))?;
             file.sync_all()
                 .map_err(|e| RegistryError::io("sync upload data", e))?;
-            registry.commit_blob(&name, &digest, &data)?;
-            let _ = fs::remove_dir_all(&dir);
-            Ok(())
+            let committed = registry.commit_blob(&name, &digest, &data);
+            // Stored or refused (over quota), the upload is over either way.
+            if !matches!(committed, Err(RegistryError::Io { .. })) {
+                let _ = fs::remove_dir_all(&dir);
+            }
+            committed
         })
-        .await?;
+        .await;
+        if let Err(e) = committed {
+            drop(progress);
+            if matches!(e, RegistryError::QuotaExceeded { .. }) {
+                self.forget(uuid);
+            }
+            return Err(e);
+        }
         drop(progress);
         self.forget(uuid);
         Ok(())
@@ -309,7 +353,14 @@ impl Registry {
             .map_err(|e| RegistryError::io("create temp file", e))?;
         let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
         let mut hasher = Hasher::new(digest.algorithm());
-        let written = match copy_body(&mut out, Some(&mut hasher), body).await {
+        let budget = match self.budget(name, 0) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+        };
+        let written = match copy_body(&mut out, Some(&mut hasher), body, budget.as_ref()).await {
             Ok(n) => n,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 pub mod app;
 pub mod debian;
 pub mod dev;
+pub mod dns;
 pub mod edge;
 
 /// How long a role may take to print its ready line.

@@ -98,6 +98,8 @@ struct Pebble {
     _ca: Proc,
     _dns: Proc,
     directory: String,
+    /// pebble's DNS (`127.0.0.1:PORT`), also the server's resolver.
+    dns: String,
     management: u16,
     dns_management: u16,
     /// The root pebble's own HTTPS listeners chain to.
@@ -166,6 +168,7 @@ impl Pebble {
             _ca: ca,
             _dns: dns_proc,
             directory: format!("https://127.0.0.1:{listen}/dir"),
+            dns: dns_addr,
             management,
             dns_management,
             root,
@@ -222,6 +225,8 @@ fn certificates_are_ordered_from_an_acme_ca_with_both_challenges_and_served_by_t
             &ca_root,
             "--acme-email",
             "ops@example.org",
+            "--dns-resolver",
+            &pebble.dns,
         ],
     )
     .unwrap();

@@ -283,13 +283,8 @@ fn a_revoked_token_is_refused_at_once(w: &World, admin: &str) {
     // A route-table watch stream, open while its token is revoked, ends.
     let watch = open_stream(&w.server, "/v1/routes/watch", &second_admin);
 
-    ok(w.server.cli(&[
-        "tokens",
-        "revoke",
-        &app_id,
-        &join_id,
-        &second_admin_id,
-    ]));
+    ok(w.server
+        .cli(&["tokens", "revoke", &app_id, &join_id, &second_admin_id]));
     assert_eq!(
         status(&w.server, "GET", "/v1/apps/acme-web", &app),
         401,

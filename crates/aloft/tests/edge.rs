@@ -225,7 +225,10 @@ fn tcp_exchange(port: u16, line: &str, want: usize) -> Option<(SocketAddr, Strin
 fn raw_tcp_proxy_protocol_and_https_verified_against_the_cluster_root() {
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(bin()).unwrap();
+    // DNS proves web controls custom.example.com, so the name routes once added.
+    let dns = aloft_testkit::dns::TestDns::start().unwrap();
+    dns.set_txt("_aloft-challenge.custom.example.com", "app=web");
+    let server = Server::start_with(bin(), &["--dns-resolver", &dns.addr]).unwrap();
     let mut agent = Agent::start_joining(
         bin(),
         &server,

@@ -1,5 +1,6 @@
 //! End-to-end: a custom hostname belongs to the app its certificate was added to. With a real
-//! server, an agent whose edge serves HTTP and HTTPS, and an app with a machine,
+//! server (asking a test DNS server, which says web controls the names), an agent whose edge
+//! serves HTTP and HTTPS, and an app with a machine,
 //! `aloft certs add shop.test --app web --cert … --key …` makes HTTPS with SNI `shop.test` and
 //! HTTP with `Host: shop.test` reach the app; another app cannot claim the name; removing the
 //! certificate makes the name unknown to the edge again.
@@ -18,7 +19,11 @@ fn bin() -> &'static Path {
 #[test]
 fn a_custom_hostname_routes_to_the_app_it_was_added_to_until_it_is_removed() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(bin()).unwrap();
+    let dns = aloft_testkit::dns::TestDns::start().unwrap();
+    for host in ["shop.test", "shop2.test"] {
+        dns.set_txt(&format!("_aloft-challenge.{host}"), "app=web");
+    }
+    let server = Server::start_with(bin(), &["--dns-resolver", &dns.addr]).unwrap();
     let mut agent = Agent::start_with(
         bin(),
         &server,

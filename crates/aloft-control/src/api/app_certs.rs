@@ -25,6 +25,11 @@ pub(super) fn routes(r: Routes) -> Routes {
             custom,
         )
         .at(Method::GET, ONE, show)
+        .at(
+            Method::POST,
+            "/v1/apps/{app_name}/certificates/{hostname}/check",
+            check,
+        )
         .at(Method::DELETE, ONE, remove)
 }
 
@@ -87,7 +92,10 @@ pub(super) async fn acme(
         app,
         challenge: None,
     };
-    Ok((StatusCode::CREATED, Json(control.acme().order(&order)?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(control.acme().order(control.certs(), &order).await?),
+    ))
 }
 
 /// Store a custom certificate for a hostname of the app (201).
@@ -107,7 +115,7 @@ pub(super) async fn custom(
         certificate: req.fullchain,
         private_key: req.private_key,
     };
-    Ok((StatusCode::CREATED, Json(control.certs().add(&add)?)))
+    Ok((StatusCode::CREATED, Json(control.certs().add(&add).await?)))
 }
 
 /// The certificate of one hostname of the app (404 if the app has none for it).
@@ -132,6 +140,21 @@ pub(super) async fn show(
 ) -> Result<Json<CertificateInfo>, ApiError> {
     scope.require_app_manage(&app)?;
     Ok(Json(of_app(&control, &app, &hostname)?))
+}
+
+/// Look up DNS again for a hostname of the app whose control is not proven yet (`422` with
+/// what DNS needs while it is not).
+#[utoipa::path(post, path = "/v1/apps/{app_name}/certificates/{hostname}/check", tag = "certs",
+    params(("app_name" = String, Path), ("hostname" = String, Path)),
+    responses((status = 200, body = CertificateInfo), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(super) async fn check(
+    State(control): Ctx,
+    scope: Scope,
+    ApiPath((app, hostname)): ApiPath<(String, String)>,
+) -> Result<Json<CertificateInfo>, ApiError> {
+    scope.require_app(&app)?;
+    of_app(&control, &app, &hostname)?;
+    Ok(Json(control.certs().check(&hostname).await?))
 }
 
 /// Remove a certificate of the app (204); the name no longer routes to it.

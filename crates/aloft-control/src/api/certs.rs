@@ -25,6 +25,7 @@ pub(super) fn routes(r: Routes) -> Routes {
         .at(Method::POST, "/v1/certs/acme", order)
         .at(Method::GET, "/v1/certs/{hostname}", show)
         .at(Method::DELETE, "/v1/certs/{hostname}", remove)
+        .at(Method::POST, "/v1/certs/{hostname}/check", check)
         .at(Method::GET, "/v1/edge/tls", edge_tls)
         .at(Method::GET, "/v1/edge/acme", edge_acme)
 }
@@ -93,8 +94,11 @@ fn require_owner(scope: &Scope, info: &CertificateInfo) -> Result<(), ApiError> 
 }
 
 /// Stores a user certificate for a hostname of an app (replacing one already there); every
-/// edge serves it for that name by SNI and routes the name to the app. `409` when the
-/// hostname belongs to another app.
+/// edge serves it for that name by SNI and routes the name to the app once its control is
+/// proven (`verified`: `<app>.<domain>` always; a custom name when DNS has a CNAME to
+/// `<app>.<domain>` or a TXT `_aloft-challenge.<name>` of `app=<app>`). `409` when the
+/// hostname belongs to another app (or is another app's `<app>.<domain>`, or DNS names
+/// another app).
 #[utoipa::path(post, path = "/v1/certs", tag = "certs", request_body = AddCertificateRequest,
     responses((status = 201, body = CertificateInfo), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -104,7 +108,7 @@ pub(super) async fn add(
     ApiJson(req): ApiJson<AddCertificateRequest>,
 ) -> Result<(StatusCode, Json<CertificateInfo>), ApiError> {
     scope.require_app_manage(&req.app)?;
-    Ok((StatusCode::CREATED, Json(control.certs().add(&req)?)))
+    Ok((StatusCode::CREATED, Json(control.certs().add(&req).await?)))
 }
 
 /// Removes the certificate (user or ACME) of a hostname; the name no longer routes to its app.
@@ -149,7 +153,25 @@ pub(super) async fn order(
     ApiJson(req): ApiJson<OrderCertificateRequest>,
 ) -> Result<(StatusCode, Json<CertificateInfo>), ApiError> {
     scope.require_app_manage(&req.app)?;
-    Ok((StatusCode::ACCEPTED, Json(control.acme().order(&req)?)))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(control.acme().order(control.certs(), &req).await?),
+    ))
+}
+
+/// Looks up DNS again for a hostname whose control is not proven yet; once proven it routes
+/// to its app. `422` (with what to add to DNS) while DNS does not prove it.
+#[utoipa::path(post, path = "/v1/certs/{hostname}/check", tag = "certs",
+    params(("hostname" = String, Path, description = "The certificate's hostname")),
+    responses((status = 200, body = CertificateInfo), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 422, body = ErrorBody)))]
+pub(super) async fn check(
+    State(control): State<Arc<Control>>,
+    scope: Scope,
+    ApiPath(hostname): ApiPath<String>,
+) -> Result<Json<CertificateInfo>, ApiError> {
+    require_owner(&scope, &control.certs().get(&hostname)?)?;
+    Ok(Json(control.certs().check(&hostname).await?))
 }
 
 /// One certificate (user or ACME) with its status and expiry.

@@ -50,6 +50,9 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The token's request rate is over the operator's limit (429, with `Retry-After`).
+    #[error("Too many requests with this token; retry in {0} s (the operator's --api-rate-limit)")]
+    TooManyRequests(u64),
     /// Logged, never shown.
     #[error("{0}")]
     Internal(String),
@@ -69,6 +72,7 @@ impl ApiError {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -77,6 +81,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let retry_after = match &self {
+            ApiError::TooManyRequests(secs) => Some(*secs),
+            _ => None,
+        };
         let error = match self {
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "API request failed");
@@ -84,7 +92,13 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        (status, Json(ErrorBody { error })).into_response()
+        let mut response = (status, Json(ErrorBody { error })).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 
@@ -109,6 +123,7 @@ impl From<StoreError> for ApiError {
             StoreError::HostIndexOutOfRange(_) => ApiError::BadRequest(message),
             StoreError::HostIndexesExhausted => ApiError::Unavailable(message),
             StoreError::Open { .. }
+            | StoreError::Permissions { .. }
             | StoreError::Migrate { .. }
             | StoreError::Query(_)
             | StoreError::Encoding { .. } => internal(&e),
@@ -201,6 +216,7 @@ impl From<MachineError> for ApiError {
             MachineError::Timeout(message) => ApiError::Timeout(message),
             MachineError::ShuttingDown => ApiError::Unavailable(e.to_string()),
             MachineError::HostUnavailable(message) => ApiError::Unavailable(message),
+            MachineError::Limit(e) => ApiError::Forbidden(e.to_string()),
             MachineError::Secrets(e) => e.into(),
             MachineError::Store(e) => e.into(),
         }
@@ -250,7 +266,11 @@ impl From<CertError> for ApiError {
     fn from(e: CertError) -> Self {
         match e {
             CertError::Invalid(message) => ApiError::BadRequest(message),
-            CertError::HostnameTaken { .. } => ApiError::Conflict(e.to_string()),
+            CertError::HostnameTaken { .. }
+            | CertError::PlatformName { .. }
+            | CertError::Reserved(_)
+            | CertError::DnsNamesOther { .. } => ApiError::Conflict(e.to_string()),
+            CertError::Unproven { .. } => ApiError::Unprocessable(e.to_string()),
             CertError::NotFound(_) => ApiError::NotFound(e.to_string()),
             CertError::Store(e) => e.into(),
             CertError::Ca(_) | CertError::Key(_) | CertError::Sealed(_) => internal(&e),

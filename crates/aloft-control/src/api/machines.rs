@@ -125,7 +125,9 @@ pub(super) fn query_bool(query: &BTreeMap<String, String>, name: &str) -> Result
 /// Create a machine, placed on a live host of `region` with room for its guest.
 #[utoipa::path(post, path = "/v1/apps/{app_name}/machines", tag = "machines", params(("app_name" = String, Path)),
     request_body = CreateMachineRequest,
-    responses((status = 200, body = Machine), (status = 400, body = ErrorBody), (status = 412, body = ErrorBody)))]
+    responses((status = 200, body = Machine), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "Over the operator's per-app limits (machines, CPUs, memory)"),
+        (status = 412, body = ErrorBody)))]
 pub(super) async fn create_machine(
     State(control): Ctx,
     scope: Scope,

@@ -15,6 +15,10 @@
 //! - 412: the machine's state does not allow the action (an invalid transition, deleting a
 //!   running machine without `force=true` or `kill=true`, a stale `machine_version`), or no
 //!   live host in the region has room.
+//! - 403 also: a change beyond the operator's per-app limits (machines, CPUs, memory; the
+//!   message names the limit and its flag).
+//! - 429: the token's request rate is over the operator's `--api-rate-limit` (`Retry-After`
+//!   says when to retry).
 //! - 500: internal failures, logged with detail and answered with a generic message.
 
 mod app_certs;
@@ -291,6 +295,28 @@ async fn authenticate(
     Response::from_parts(parts, axum::body::Body::from_stream(guarded))
 }
 
+/// Takes one request from the caller's token bucket (the operator's `--api-rate-limit`); an
+/// empty bucket is a 429 with `Retry-After`. Hosts are not limited: the watch streams and
+/// reports their credentials send, and the join tokens they enrol with, are the cluster's own.
+async fn rate_limit(State(control): State<Arc<Control>>, req: Request, next: Next) -> Response {
+    let host = matches!(
+        req.extensions().get::<Principal>().map(|p| &p.scope),
+        Some(TokenScope::Join | TokenScope::Host(_))
+    );
+    let bearer = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !host {
+        if let Err(wait) = control.limits().take(bearer, std::time::Instant::now()) {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            return ApiError::TooManyRequests(secs.max(1)).into_response();
+        }
+    }
+    next.run(req).await
+}
+
 /// A router that remembers every (method, path) it registers, for the OpenAPI drift test.
 pub struct Routes {
     router: Router<Arc<Control>>,
@@ -347,6 +373,10 @@ pub fn router(control: Arc<Control>, extra: Option<Router>) -> Router {
     let (api, _) = routes();
     let api = api
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            control.clone(),
+            rate_limit,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             control.clone(),
             authenticate,

@@ -12,6 +12,12 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("Cannot make the database {path} and its data directory private to the server")]
+    Permissions {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("Database migration {version} failed")]
     Migrate {
         version: usize,

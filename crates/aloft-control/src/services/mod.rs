@@ -27,6 +27,7 @@ pub mod geodns;
 pub mod hosts;
 pub mod image;
 pub mod ips;
+pub mod limits;
 pub mod machines;
 pub mod placement;
 pub mod releases;

@@ -1,6 +1,8 @@
 //! Shared helpers: a server on a temp data dir, driven through `Router::oneshot`.
 #![allow(dead_code)]
 
+pub mod dns;
+
 use std::time::Duration;
 
 use aloft_control::acme::AcmeOptions;
@@ -22,6 +24,26 @@ pub struct Env {
 pub async fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::open(ServerOptions::new(dir.path())).await.unwrap();
+    let admin = server
+        .admin_token_created
+        .clone()
+        .expect("first start creates an admin token");
+    let router = server.router();
+    Env {
+        dir,
+        server,
+        router,
+        admin,
+    }
+}
+
+/// A server that asks `dns` for hostname ownership records.
+pub async fn env_with_dns(dns: &dns::TestDns) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::open(ServerOptions::new(dir.path()))
+        .await
+        .unwrap()
+        .dns_resolver(Some(dns.addr));
     let admin = server
         .admin_token_created
         .clone()

@@ -58,6 +58,9 @@ pub enum CertsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Look up DNS again for HOST, added but not routed yet: once DNS proves the app controls
+    /// it (a CNAME to <app>.<domain>, or TXT _aloft-challenge.HOST "app=<app>"), it routes.
+    Check { host: String },
     /// Stop serving the certificate of HOST (HOST no longer routes to its app).
     #[command(alias = "rm")]
     Remove { host: String },
@@ -85,6 +88,14 @@ fn show(c: &CertificateInfo) {
     };
     println!("Source:      {source}");
     println!("Status:      {}", status(c));
+    println!(
+        "Routed:      {}",
+        if c.verified {
+            "yes (control proven)"
+        } else {
+            "no: control not proven yet (`aloft certs check HOST`)"
+        }
+    );
     if let Some(ch) = c.challenge {
         println!("Challenge:   {ch}");
     }
@@ -98,6 +109,16 @@ fn show(c: &CertificateInfo) {
     if let Some(e) = &c.error {
         println!("Error:       {e}");
     }
+}
+
+/// What to add to DNS before a custom hostname routes.
+fn unproven_hint(host: &str, app: &str) {
+    let base = host.trim_start_matches("*.");
+    println!(
+        "{host} does not route to {app} until DNS proves control: a CNAME from {host} to \
+         {app}.<domain>, or a TXT record _aloft-challenge.{base} with the value \"app={app}\"; \
+         then run `aloft certs check {host}`"
+    );
 }
 
 pub async fn run(cmd: CertsCommand) -> anyhow::Result<()> {
@@ -132,6 +153,9 @@ pub async fn run(cmd: CertsCommand) -> anyhow::Result<()> {
                 "Added a certificate for {} to app {} (sha256 {})",
                 info.hostname, req.app, info.fingerprint
             );
+            if !info.verified {
+                unproven_hint(&info.hostname, &req.app);
+            }
         }
         CertsCommand::Add {
             host,
@@ -199,6 +223,14 @@ pub async fn run(cmd: CertsCommand) -> anyhow::Result<()> {
             output::table(
                 &["HOSTNAME", "APP", "STATUS", "EXPIRES", "SHA256", "ADDED"],
                 &rows,
+            );
+        }
+        CertsCommand::Check { host } => {
+            let info = api.check_certificate(&host).await?;
+            println!(
+                "{} routes to app {}: control proven",
+                info.hostname,
+                info.app.as_deref().unwrap_or("-")
             );
         }
         CertsCommand::Remove { host } => {

@@ -49,6 +49,13 @@ pub struct ServerArgs {
     /// The most memory (MB) a host may declare when it registers (more is refused with 400).
     #[arg(long, default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(i64).range(128..=64 * 1024 * 1024))]
     pub host_max_memory_mb: i64,
+    /// The DNS resolver (ADDR:PORT) the server asks for custom hostnames' ownership records
+    /// (a CNAME to <app>.<domain>, or TXT _aloft-challenge.<host> "app=<app>") (default: the
+    /// first nameserver of /etc/resolv.conf).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub dns_resolver: Option<SocketAddr>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     #[command(flatten)]
     pub acme: AcmeArgs,
     #[command(flatten)]
@@ -85,6 +92,87 @@ impl GeoDnsArgs {
         tokio::spawn(dns.run(server.control()));
         Ok(())
     }
+}
+
+/// Limits the operator sets (docs/security.md, "Limits"); unset means unlimited.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Most machines (not destroyed) one app may have.
+    #[arg(long, value_name = "N")]
+    pub max_machines_per_app: Option<u32>,
+    /// Most CPUs one app's machines may have in total.
+    #[arg(long, value_name = "N")]
+    pub max_cpus_per_app: Option<u32>,
+    /// Most memory (MB) one app's machines may have in total.
+    #[arg(long, value_name = "MB")]
+    pub max_memory_per_app: Option<u32>,
+    /// Most bytes one app's repositories may hold in the built-in registry (e.g. 500000000,
+    /// 500MB, 2GiB); a push beyond it is refused with 403 DENIED.
+    #[arg(long, value_name = "BYTES", value_parser = byte_size)]
+    pub registry_quota_per_app: Option<u64>,
+    /// API requests per second each token may make on average (token bucket); beyond it,
+    /// 429 with Retry-After. Hosts' tokens are not limited.
+    #[arg(long, value_name = "PER_SECOND")]
+    pub api_rate_limit: Option<f64>,
+    /// How many API requests a token may make at once (default: twice the rate, at least 1).
+    #[arg(long, value_name = "N", requires = "api_rate_limit")]
+    pub api_rate_burst: Option<u32>,
+}
+
+impl LimitArgs {
+    fn apply(&self, server: aloft_control::Server) -> anyhow::Result<aloft_control::Server> {
+        use aloft_control::limits::{AppLimits, RateLimit};
+        let rate = match self.api_rate_limit {
+            Some(r) if !(r.is_finite() && r > 0.0) => {
+                anyhow::bail!(
+                    "--api-rate-limit must be a positive number of requests per second, not {r}"
+                )
+            }
+            Some(per_second) => Some(RateLimit {
+                per_second,
+                burst: self
+                    .api_rate_burst
+                    .unwrap_or_else(|| (per_second * 2.0).ceil().clamp(1.0, 1e6) as u32)
+                    .max(1),
+            }),
+            None => None,
+        };
+        let apps = AppLimits {
+            machines: self.max_machines_per_app,
+            cpus: self.max_cpus_per_app,
+            memory_mb: self.max_memory_per_app,
+        };
+        Ok(server.limits(apps, rate))
+    }
+}
+
+/// A size in bytes: digits with an optional unit (K, M, G, T as powers of 1000; KiB, MiB, GiB,
+/// TiB as powers of 1024; B or nothing for bytes).
+pub fn byte_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 500000000, 500MB, 2GiB)"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "{s:?}: unknown size unit {other:?} (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+            ))
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// ACME certificates for custom hostnames (`aloft certs add HOST`).
@@ -148,8 +236,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         destroy_after: Duration::from_secs(args.autoscale_destroy_after),
         ..Default::default()
     };
-    let server = with_registry(server, &data_dir)?.scaler_options(scaler);
-    let server = args.acme.apply(server).ip_pools(args.ip_pools);
+    let server = with_registry(server, &data_dir, args.limits.registry_quota_per_app)?
+        .scaler_options(scaler);
+    let server = args.limits.apply(server)?;
+    let server = args
+        .acme
+        .apply(server)
+        .ip_pools(args.ip_pools)
+        .dns_resolver(args.dns_resolver);
     if let Some(token) = &server.admin_token_created {
         println!("admin token: {token}");
         println!(
@@ -194,9 +288,14 @@ pub fn domain_name(s: &str) -> Result<String, String> {
 pub fn with_registry(
     server: aloft_control::Server,
     data_dir: &std::path::Path,
+    quota_per_app: Option<u64>,
 ) -> anyhow::Result<aloft_control::Server> {
     let registry_dir = data_dir.join("registry");
-    let registry = aloft_registry::Registry::open(&registry_dir)
+    let options = aloft_registry::RegistryOptions {
+        app_quota: quota_per_app,
+        ..Default::default()
+    };
+    let registry = aloft_registry::Registry::open_with(&registry_dir, options)
         .with_context(|| format!("Cannot open the registry in {}", registry_dir.display()))?;
     let tokens = Arc::new(ControlTokens(server.control()));
     let collector = registry.clone();

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use aloft_api::certs::{CertificateInfo, CertificateSource, CertificateStatus, EdgeCertificate};
+use aloft_api::certs::{CertificateInfo, CertificateSource, CertificateStatus};
 use rusqlite::{params, OptionalExtension as _};
 
 use super::{now_rfc3339, unix_now, Db};
@@ -33,6 +33,7 @@ fn user_info() -> CertificateInfo {
         challenge: None,
         error: None,
         expires_at: None,
+        verified: false,
     }
 }
 
@@ -60,26 +61,63 @@ pub struct AcmeRow {
     pub updated_at: i64,
 }
 
+/// Who holds a hostname, and whether its control was proven.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostnameClaim {
+    /// `None` for a certificate stored before hostnames belonged to apps.
+    pub app: Option<String>,
+    pub verified: bool,
+}
+
+/// A user certificate as edges need it: its chain and its key, sealed (or, stored by an older
+/// version and not yet sealed, in the clear).
+#[derive(Debug, Clone)]
+pub struct UserCertRow {
+    pub hostname: String,
+    pub certificate: String,
+    pub fingerprint: String,
+    /// (nonce, sealed) of the key.
+    pub sealed_key: Option<SealedBlob>,
+    /// The key in the clear, only in rows not yet sealed.
+    pub legacy_key: String,
+}
+
+/// A user certificate to store, its key already sealed.
+#[derive(Debug, Clone)]
+pub struct NewUserCert<'a> {
+    pub hostname: &'a str,
+    pub certificate: &'a str,
+    pub sealed_key: SealedBlob,
+    pub fingerprint: &'a str,
+    pub created_at: &'a str,
+    pub app: &'a str,
+    pub verified: bool,
+}
+
 impl Db<'_> {
-    /// The app a stored certificate's hostname belongs to: `None` when no certificate (user or
-    /// ACME) is stored for it, `Some(None)` for one stored before hostnames belonged to apps.
-    pub fn hostname_owner(&self, host: &str) -> Result<Option<Option<String>>, StoreError> {
+    /// Who holds `host` (by a user certificate or an ACME one), if anyone.
+    pub fn hostname_claim(&self, host: &str) -> Result<Option<HostnameClaim>, StoreError> {
         Ok(self
             .conn
             .query_row(
-                "SELECT app FROM edge_certificates WHERE hostname = ?1
-                 UNION ALL SELECT app FROM acme_certificates WHERE hostname = ?1",
+                "SELECT app, verified FROM edge_certificates WHERE hostname = ?1
+                 UNION ALL SELECT app, verified FROM acme_certificates WHERE hostname = ?1",
                 [host],
-                |r| r.get::<_, Option<String>>(0),
+                |r| {
+                    Ok(HostnameClaim {
+                        app: r.get(0)?,
+                        verified: r.get::<_, i64>(1)? != 0,
+                    })
+                },
             )
             .optional()?)
     }
 
-    /// Every app's hostnames (wildcards included), sorted.
+    /// Every app's proven hostnames (wildcards included), sorted.
     pub fn app_hostnames(&self) -> Result<HashMap<String, Vec<String>>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT app, hostname FROM edge_certificates WHERE app IS NOT NULL
-             UNION SELECT app, hostname FROM acme_certificates WHERE app IS NOT NULL
+            "SELECT app, hostname FROM edge_certificates WHERE app IS NOT NULL AND verified = 1
+             UNION SELECT app, hostname FROM acme_certificates WHERE app IS NOT NULL AND verified = 1
              ORDER BY 1, 2",
         )?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
@@ -91,29 +129,49 @@ impl Db<'_> {
         Ok(out)
     }
 
-    /// Stores (or replaces) a user certificate, and forgets an ACME one of the same name.
-    pub fn put_user_certificate(
-        &self,
-        cert: &EdgeCertificate,
-        fingerprint: &str,
-        created_at: &str,
-        app: &str,
-    ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO edge_certificates (hostname, certificate, private_key, fingerprint, created_at, app)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT(hostname) DO UPDATE SET certificate = ?2, private_key = ?3,
-               fingerprint = ?4, created_at = ?5, app = ?6",
-            params![cert.hostname, cert.certificate, cert.private_key, fingerprint, created_at, app],
+    /// Marks `host` proven for `app` (both kinds of certificate); returns whether a claim of
+    /// that app's was there.
+    pub fn set_hostname_verified(&self, host: &str, app: &str) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "UPDATE edge_certificates SET verified = 1 WHERE hostname = ?1 AND app = ?2",
+            params![host, app],
+        )? + self.conn.execute(
+            "UPDATE acme_certificates SET verified = 1 WHERE hostname = ?1 AND app = ?2",
+            params![host, app],
         )?;
-        self.delete_acme_certificate(&cert.hostname)?;
+        Ok(n > 0)
+    }
+
+    /// Stores (or replaces) a user certificate, and forgets an ACME one of the same name.
+    pub fn put_user_certificate(&self, cert: &NewUserCert<'_>) -> Result<(), StoreError> {
+        let (nonce, sealed) = &cert.sealed_key;
+        self.conn.execute(
+            "INSERT INTO edge_certificates (hostname, certificate, private_key, fingerprint, created_at,
+               app, verified, key_nonce, key_sealed)
+             VALUES (?1, ?2, '', ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT(hostname) DO UPDATE SET certificate = ?2, private_key = '',
+               fingerprint = ?3, created_at = ?4, app = ?5, verified = ?6, key_nonce = ?7,
+               key_sealed = ?8",
+            params![
+                cert.hostname,
+                cert.certificate,
+                cert.fingerprint,
+                cert.created_at,
+                cert.app,
+                cert.verified,
+                nonce,
+                sealed
+            ],
+        )?;
+        self.delete_acme_certificate(cert.hostname)?;
         Ok(())
     }
 
     /// User certificates as listed (no keys), by hostname.
     pub fn user_certificates(&self) -> Result<Vec<CertificateInfo>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT hostname, fingerprint, created_at, app FROM edge_certificates ORDER BY hostname",
+            "SELECT hostname, fingerprint, created_at, app, verified FROM edge_certificates
+             ORDER BY hostname",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(CertificateInfo {
@@ -121,30 +179,50 @@ impl Db<'_> {
                 fingerprint: r.get(1)?,
                 created_at: r.get(2)?,
                 app: r.get(3)?,
+                verified: r.get::<_, i64>(4)? != 0,
                 ..user_info()
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// User certificates with their keys and fingerprints, by hostname.
-    pub fn user_certificates_with_keys(
-        &self,
-    ) -> Result<Vec<(EdgeCertificate, String)>, StoreError> {
+    /// User certificates with their keys, by hostname: only proven ones unless `all`.
+    pub fn user_certificates_with_keys(&self, all: bool) -> Result<Vec<UserCertRow>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT hostname, certificate, private_key, fingerprint FROM edge_certificates ORDER BY hostname",
+            "SELECT hostname, certificate, private_key, fingerprint, key_nonce, key_sealed
+             FROM edge_certificates WHERE verified = 1 OR ?1 ORDER BY hostname",
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                EdgeCertificate {
-                    hostname: r.get(0)?,
-                    certificate: r.get(1)?,
-                    private_key: r.get(2)?,
-                },
-                r.get::<_, String>(3)?,
-            ))
+        let rows = stmt.query_map([all], |r| {
+            let nonce: Option<Vec<u8>> = r.get(4)?;
+            let sealed: Option<Vec<u8>> = r.get(5)?;
+            Ok(UserCertRow {
+                hostname: r.get(0)?,
+                certificate: r.get(1)?,
+                legacy_key: r.get(2)?,
+                fingerprint: r.get(3)?,
+                sealed_key: nonce.zip(sealed),
+            })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Replaces the clear key of a user certificate with its sealed form.
+    pub fn seal_user_key(&self, host: &str, nonce: &[u8], sealed: &[u8]) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE edge_certificates SET private_key = '', key_nonce = ?2, key_sealed = ?3
+             WHERE hostname = ?1",
+            params![host, nonce, sealed],
+        )?;
+        Ok(())
+    }
+
+    /// Makes SQLite forget the bytes of deleted or replaced rows: rewrites the database and
+    /// empties its write-ahead log (with `secure_delete` on, freed cells are zeroed too).
+    pub fn forget_freed_pages(&self) -> Result<(), StoreError> {
+        self.conn.execute_batch("VACUUM")?;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
     }
 
     /// Forgets the user certificate of `host`; returns whether there was one.
@@ -158,7 +236,8 @@ impl Db<'_> {
     /// ACME certificates as listed, by hostname.
     pub fn acme_certificates(&self) -> Result<Vec<CertificateInfo>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT hostname, status, challenge, error, fingerprint, not_after, created_at, app
+            "SELECT hostname, status, challenge, error, fingerprint, not_after, created_at, app,
+               verified
              FROM acme_certificates ORDER BY hostname",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -172,6 +251,7 @@ impl Db<'_> {
                 expires_at: r.get::<_, Option<i64>>(5)?.and_then(rfc3339),
                 created_at: r.get(6)?,
                 app: r.get(7)?,
+                verified: r.get::<_, i64>(8)? != 0,
                 source: CertificateSource::Acme,
             })
         })?;
@@ -219,14 +299,16 @@ impl Db<'_> {
         host: &str,
         challenge: Option<&str>,
         app: &str,
+        verified: bool,
     ) -> Result<(), StoreError> {
         self.delete_user_certificate(host)?;
         self.conn.execute(
-            "INSERT INTO acme_certificates (hostname, status, challenge, created_at, updated_at, app)
-             VALUES (?1, 'pending', ?2, ?3, ?4, ?5)
+            "INSERT INTO acme_certificates (hostname, status, challenge, created_at, updated_at, app,
+               verified)
+             VALUES (?1, 'pending', ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(hostname) DO UPDATE SET status = 'pending', challenge = ?2,
-               error = NULL, updated_at = ?4, app = ?5",
-            params![host, challenge, now_rfc3339(), unix_now(), app],
+               error = NULL, updated_at = ?4, app = ?5, verified = ?6",
+            params![host, challenge, now_rfc3339(), unix_now(), app, verified],
         )?;
         Ok(())
     }
@@ -244,7 +326,7 @@ impl Db<'_> {
     /// removed).
     pub fn set_acme_issued(&self, issued: &IssuedRow) -> Result<(), StoreError> {
         self.conn.execute(
-            "UPDATE acme_certificates SET status = 'issued', error = NULL, certificate = ?2,
+            "UPDATE acme_certificates SET status = 'issued', verified = 1, error = NULL, certificate = ?2,
                key_nonce = ?3, key_sealed = ?4, fingerprint = ?5, not_after = ?6, updated_at = ?7
              WHERE hostname = ?1",
             params![

@@ -26,7 +26,7 @@ use rusqlite::{Connection, Transaction};
 use super::error::StoreError;
 use super::revision::Revisions;
 
-pub use certs::{AcmeRow, IssuedRow};
+pub use certs::{AcmeRow, HostnameClaim, IssuedRow, NewUserCert, UserCertRow};
 pub use host_credentials::{HostRecord, JoinTokenRow};
 pub use hosts::{AgentApi, HostCapacity};
 pub use machines::{MachineRow, NewMachine, PendingEvent};
@@ -130,12 +130,22 @@ fn open(dir: &Path) -> Result<Connection, StoreError> {
         path: path.display().to_string(),
         source,
     };
+    // The database holds tokens' hashes, sealed secrets and keys: owner-only, created so (SQLite
+    // gives its -wal and -shm files the database's mode), and tightened if an older version
+    // left it readable.
+    make_private(dir, &path).map_err(|source| StoreError::Permissions {
+        path: path.display().to_string(),
+        source,
+    })?;
     let mut conn = Connection::open(&path).map_err(open_err)?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(open_err)?;
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(open_err)?;
     conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(open_err)?;
+    // Deleted and replaced rows (a key before it was sealed, a removed secret) are zeroed.
+    conn.pragma_update(None, "secure_delete", "ON")
         .map_err(open_err)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(open_err)?;
@@ -159,6 +169,38 @@ fn open(dir: &Path) -> Result<Connection, StoreError> {
         })?;
     }
     Ok(conn)
+}
+
+/// Creates `db` with mode 0600 if missing; sets 0600 on it and its -wal/-shm files and on the
+/// data directory's key files, and 0700 on the directory.
+fn make_private(dir: &Path, db: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let set = |path: &Path, mode: u32| match std::fs::set_permissions(
+        path,
+        std::fs::Permissions::from_mode(mode),
+    ) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    };
+    set(dir, 0o700)?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(db)?;
+    let name = db.file_name().unwrap_or_default().to_string_lossy();
+    for file in [
+        name.to_string(),
+        format!("{name}-wal"),
+        format!("{name}-shm"),
+        "secrets.key".to_owned(),
+        "admin-token".to_owned(),
+        "join-token".to_owned(),
+        "ca/ca-key.pem".to_owned(),
+    ] {
+        set(&dir.join(file), 0o600)?;
+    }
+    set(&dir.join("ca"), 0o700)
 }
 
 /// Bumps the global revision inside a transaction and returns the new value.

@@ -97,4 +97,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
         WHERE expires_at IS NULL;
      CREATE UNIQUE INDEX tokens_by_id ON tokens (id);
      ALTER TABLE orgs ADD COLUMN created_at TEXT NOT NULL DEFAULT '';",
+    // 12: a custom hostname routes only once its control is proven (names claimed before stay
+    // routed); a user certificate's key is sealed (`key_nonce`, `key_sealed`; `private_key`
+    // is emptied when the server seals the key on start).
+    "ALTER TABLE edge_certificates ADD COLUMN verified INTEGER NOT NULL DEFAULT 1;
+     ALTER TABLE edge_certificates ADD COLUMN key_nonce BLOB;
+     ALTER TABLE edge_certificates ADD COLUMN key_sealed BLOB;
+     ALTER TABLE acme_certificates ADD COLUMN verified INTEGER NOT NULL DEFAULT 1;",
 ];

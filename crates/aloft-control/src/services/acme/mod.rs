@@ -26,7 +26,7 @@ use edges::{locked, AcmeState};
 use instant_acme::ChallengeType;
 use issued::Issued;
 
-use super::certs::{claim, key_aad, normalize_hostname, CertError};
+use super::certs::{claim, key_aad, normalize_hostname, CertError, Certs};
 use crate::core::keys::{self, KeyError};
 use crate::core::store::IssuedRow;
 use crate::core::{shutting_down, Store, StoreError};
@@ -191,9 +191,11 @@ impl Acme {
     }
 
     /// Records a pending certificate for the hostname of an app and starts its order (unless
-    /// one is running), replacing a user certificate of the same name.
-    pub fn order(
+    /// one is running), replacing a user certificate of the same name. A custom name routes to
+    /// the app once DNS proves its control or the CA validated it for the app (issued).
+    pub async fn order(
         self: &Arc<Self>,
+        certs: &Certs,
         req: &OrderCertificateRequest,
     ) -> Result<CertificateInfo, AcmeError> {
         if !self.enabled() {
@@ -203,12 +205,13 @@ impl Acme {
         if host.starts_with("*.") {
             return Err(AcmeError::Wildcard(host));
         }
+        let (proof, _) = certs.dns_proof(&host, &req.app).await;
         let (info, revision) = {
             let mut inner = self.store.lock();
-            claim(inner.db(), &host, &req.app)?;
+            let verified = claim(inner.db(), &host, &req.app, certs.domain(), &proof)?.verified;
             let challenge = req.challenge.map(AcmeChallengeType::as_str);
             let ((), revision) = inner.write(|db, _| {
-                db.put_acme_order(&host, challenge, &req.app)
+                db.put_acme_order(&host, challenge, &req.app, verified)
                     .map_err(AcmeError::from)
             })?;
             let info = inner
@@ -218,7 +221,7 @@ impl Acme {
                 .find(|c| c.hostname == host);
             (info, revision)
         };
-        // The hostname routes to its app from now on (edges learn it with the route table).
+        // A proven hostname routes to its app from now on (edges learn it with the route table).
         self.store.notify(revision);
         self.start_order(&host, req.challenge);
         info.ok_or_else(|| {
@@ -265,14 +268,20 @@ impl Acme {
         let key = keys::load_or_create_key(&keys::key_path(self.store.data_dir()))?;
         let (key_nonce, key_sealed) =
             keys::seal(&key, key_aad(host).as_bytes(), issued.key.as_bytes());
-        self.store.lock().db().set_acme_issued(&IssuedRow {
+        let row = IssuedRow {
             hostname: host.to_owned(),
             chain: issued.chain.clone(),
             key_nonce,
             key_sealed,
             fingerprint: issued.fingerprint.clone(),
             not_after: issued.not_after,
-        })?;
+        };
+        // The validation proved the name for its app: it routes there from this revision on.
+        let ((), revision) = self
+            .store
+            .lock()
+            .write(|db, _| db.set_acme_issued(&row).map_err(AcmeError::from))?;
+        self.store.notify(revision);
         Ok(())
     }
 

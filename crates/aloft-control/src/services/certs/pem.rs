@@ -42,6 +42,11 @@ pub fn load_or_create_ca(dir: &Path) -> Result<ClusterCa, CaError> {
         });
     }
     std::fs::create_dir_all(dir).map_err(io(dir))?;
+    std::fs::set_permissions(
+        dir,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700),
+    )
+    .map_err(io(dir))?;
     let key = KeyPair::generate().map_err(CaError::Generate)?;
     let mut p = CertificateParams::default();
     p.distinguished_name.push(DnType::OrganizationName, "Aloft");

@@ -3,6 +3,7 @@
 use crate::core::state::InvalidTransition;
 use crate::core::StoreError;
 use crate::services::image::ImageRefError;
+use crate::services::limits::LimitError;
 use crate::services::placement::PlacementError;
 use crate::services::secrets::SecretsError;
 
@@ -45,6 +46,9 @@ pub enum MachineError {
     /// The host of the machine cannot be reached.
     #[error("{0}")]
     HostUnavailable(String),
+    /// The operator's per-app limits do not allow the change.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
     #[error(transparent)]
     Secrets(#[from] SecretsError),
     #[error(transparent)]

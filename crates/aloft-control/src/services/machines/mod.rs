@@ -20,6 +20,7 @@ use aloft_api::{CreateMachineRequest, DesiredState, Lease, Machine, MachineState
 
 use super::hosts::Hosts;
 use super::image::Images;
+use super::limits::{AppLimits, AppUsage};
 use super::placement::{place, PlacementRequest};
 use crate::core::state::transition;
 use crate::core::store::{unix_now, MachineRow, NewMachine, PendingEvent};
@@ -90,6 +91,7 @@ pub struct Machines {
     store: Arc<Store>,
     hosts: Arc<Hosts>,
     images: Arc<Images>,
+    limits: std::sync::OnceLock<AppLimits>,
 }
 
 impl Machines {
@@ -98,7 +100,44 @@ impl Machines {
             store,
             hosts,
             images,
+            limits: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The operator's per-app totals (once, before serving).
+    pub fn set_limits(&self, limits: AppLimits) {
+        let _ = self.limits.set(limits);
+    }
+
+    /// Refuses a change after which `app` would hold more than the operator allows: its
+    /// machines (except `replacing`, the one being changed) plus `added`.
+    fn check_limits(
+        &self,
+        db: crate::core::Db<'_>,
+        app: &str,
+        replacing: Option<&str>,
+        added: (i64, i64),
+    ) -> Result<(), MachineError> {
+        let small = |v: i64| u32::try_from(v.max(0)).unwrap_or(u32::MAX);
+        let Some(limits) = self.limits.get().filter(|l| **l != AppLimits::default()) else {
+            return Ok(());
+        };
+        let mut usage = AppUsage {
+            machines: 1,
+            cpus: small(added.0),
+            memory_mb: small(added.1),
+        };
+        for m in db.machines(app, false)? {
+            if Some(m.id.as_str()) == replacing
+                || matches!(m.state, MachineState::Destroying | MachineState::Destroyed)
+            {
+                continue;
+            }
+            usage.machines += 1;
+            usage.cpus = usage.cpus.saturating_add(small(m.cpus));
+            usage.memory_mb = usage.memory_mb.saturating_add(small(m.memory_mb));
+        }
+        Ok(limits.check(app, usage)?)
     }
 
     fn render(&self, inner: &Inner, row: &MachineRow) -> Result<Machine, MachineError> {
@@ -164,6 +203,7 @@ impl Machines {
         let mut guard = self.store.lock();
         let inner = &mut *guard;
         inner.db().require_app(app)?;
+        self.check_limits(inner.db(), app, None, (cpus, memory_mb))?;
         let live_since = self.hosts.live_since();
         let region = match req.region.as_deref().filter(|r| !r.is_empty()) {
             Some(region) => region.to_owned(),

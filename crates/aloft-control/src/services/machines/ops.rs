@@ -30,6 +30,7 @@ impl Machines {
                     row.region
                 )));
             }
+            self.check_limits(inner.db(), app, Some(id), (cpus, memory_mb))?;
             if let Some(host) = inner.host_capacity(&row.host_id) {
                 if host.free_cpus() + row.cpus < cpus || host.free_memory_mb() + row.memory_mb < memory_mb {
                     return Err(MachineError::Unplaceable(format!(

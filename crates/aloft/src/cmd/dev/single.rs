@@ -30,7 +30,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     })
     .await
     .with_context(|| format!("Cannot open the control plane in {}", server_dir.display()))?;
-    let server = crate::cmd::server::with_registry(server, &server_dir)?;
+    let server = crate::cmd::server::with_registry(server, &server_dir, None)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {
