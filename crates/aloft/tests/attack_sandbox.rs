@@ -43,6 +43,9 @@ def mount():
 def fsopen():
     call(430, b"tmpfs", 0)
 
+def open_tree():
+    call(428, -100, b"/", 0)  # AT_FDCWD, no flags: needs no capability
+
 def ptrace():
     pid = os.fork()
     if pid == 0:
@@ -65,7 +68,7 @@ def io_uring():
 def low_port():
     socket.socket().bind(("0.0.0.0", 80))
 
-tests = dict(raw=raw, mknod=mknod, mount=mount, fsopen=fsopen, ptrace=ptrace,
+tests = dict(raw=raw, mknod=mknod, mount=mount, fsopen=fsopen, open_tree=open_tree, ptrace=ptrace,
              process_vm_readv=process_vm_readv, io_uring=io_uring, low_port=low_port)
 try:
     tests[sys.argv[1]]()
@@ -201,14 +204,16 @@ fn root_in_a_machine_is_confined() {
     // What root writes lands on the host owned by its mapped id, not by host root.
     t.exec(&a, &["touch", "/tmp/written-by-root"]);
     let meta = std::fs::metadata(t.upper(&a).join("tmp/written-by-root")).unwrap();
+    assert_ne!(meta.uid(), 0, "written as host root");
     assert_eq!((meta.uid(), meta.gid()), (base_a, base_a));
 
     // No raw sockets (no CAP_NET_RAW), no device nodes (no CAP_MKNOD).
     assert_eq!(t.probe(&a, "raw"), "EPERM", "raw socket");
     assert_eq!(t.probe(&a, "mknod"), "EPERM", "mknod");
-    // No mounts, old API or new.
+    // No mounts, old API or new (even the new API's calls that need no capability).
     assert_eq!(t.probe(&a, "mount"), "EPERM", "mount");
     assert_eq!(t.probe(&a, "fsopen"), "EPERM", "fsopen");
+    assert_eq!(t.probe(&a, "open_tree"), "EPERM", "open_tree");
     // No tracing or reading other processes' memory, no io_uring.
     assert_eq!(t.probe(&a, "ptrace"), "EPERM", "ptrace");
     assert_eq!(t.probe(&a, "process_vm_readv"), "EPERM", "process_vm_readv");
