@@ -983,6 +983,14 @@ async fn bench_stopped_to_started() {
 
     // Raw `runc run --detach` of the hardened machine's own bundle and rootfs.
     let paths = fx.driver.paths(&hardened_spec.id);
+    let range = userns::range(
+        &userns::UsernsOptions::default(),
+        &fx.dir.path().join("root"),
+        &hardened_spec.id,
+        &paths,
+    )
+    .unwrap();
+    userns::give(&paths, range, &[]).unwrap();
     rootfs::mount_overlay(
         &machine_layers(&paths, &hardened_spec),
         &paths.upper,
