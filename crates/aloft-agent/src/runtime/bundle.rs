@@ -311,6 +311,97 @@ mod unit {
         assert_eq!(home_dir(root.path(), 4242), "/");
     }
 
+    fn sandbox_spec(netns: Option<&str>) -> SandboxSpec {
+        SandboxSpec {
+            id: "m1".into(),
+            hostname: "m1".into(),
+            layers: vec!["/layers/a".into()],
+            persist_rootfs: false,
+            process: crate::runtime::ProcessSpec {
+                args: vec!["/bin/true".into()],
+                env: Vec::new(),
+                cwd: "/".into(),
+                user: String::new(),
+            },
+            cpus: 1,
+            memory_mb: 64,
+            netns_path: netns.map(Into::into),
+            hosts_file: String::new(),
+            resolv_conf: String::new(),
+            stop_signal: 15,
+            kill_timeout: std::time::Duration::from_secs(5),
+            mounts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn machines_get_their_id_range_and_fewer_capabilities() {
+        let paths = MachinePaths::new("/data/machines/m1".into());
+        let range = IdRange {
+            host: 1_065_536,
+            size: 65_536,
+        };
+        let spec = sandbox_spec(Some("/run/netns/aloft-m1"));
+        let oci = build_spec(&spec, &paths, Path::new("/init"), 10, true, Some(range)).unwrap();
+        let linux = oci.linux().as_ref().unwrap();
+        let namespaces = linux.namespaces().as_ref().unwrap();
+        assert!(namespaces
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::User));
+        for maps in [linux.uid_mappings(), linux.gid_mappings()] {
+            let map = &maps.as_ref().unwrap()[0];
+            assert_eq!(
+                (map.container_id(), map.host_id(), map.size()),
+                (0, 1_065_536, 65_536)
+            );
+        }
+        // The network namespace is the host's: the host's sysfs of it is bound read-only.
+        let mounts = oci.mounts().as_ref().unwrap();
+        let sys: Vec<_> = mounts
+            .iter()
+            .filter(|m| m.destination() == Path::new("/sys"))
+            .collect();
+        assert_eq!(sys.len(), 1);
+        assert_eq!(sys[0].typ().as_deref(), Some("bind"));
+        assert_eq!(
+            sys[0].source().as_deref(),
+            Some(Path::new("/data/machines/m1/sys"))
+        );
+        assert!(sys[0]
+            .options()
+            .as_ref()
+            .unwrap()
+            .contains(&"ro".to_string()));
+        let caps = oci
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .as_ref()
+            .unwrap();
+        for set in [caps.bounding(), caps.effective(), caps.permitted()] {
+            let set = set.as_ref().unwrap();
+            assert!(!set.contains(&Capability::NetRaw) && !set.contains(&Capability::Mknod));
+            assert!(set.contains(&Capability::NetBindService));
+        }
+        assert!(caps.inheritable().as_ref().unwrap().is_empty());
+        assert_eq!(
+            oci.process().as_ref().unwrap().no_new_privileges(),
+            Some(true)
+        );
+
+        // Without a range: no user namespace, and sysfs is mounted by runc as before.
+        let plain = build_spec(&spec, &paths, Path::new("/init"), 10, true, None).unwrap();
+        let linux = plain.linux().as_ref().unwrap();
+        assert!(linux.uid_mappings().is_none());
+        assert!(plain
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.destination() == Path::new("/sys") && m.typ().as_deref() == Some("sysfs")));
+    }
+
     #[test]
     fn passwd_symlinks_are_not_followed() {
         let root = rootfs();
