@@ -233,7 +233,10 @@ pub(crate) fn idmapped_layers(
     let recorded = std::fs::read(&record)
         .ok()
         .and_then(|b| serde_json::from_slice::<LayerRecord>(&b).ok());
-    if recorded.as_ref() == Some(&wanted) && rootfs::all_mounted(&targets) {
+    if recorded.as_ref() == Some(&wanted)
+        && rootfs::all_mounted(&targets)
+        && layers.iter().zip(&targets).all(|(l, t)| same_dir(l, t))
+    {
         return Ok(targets);
     }
     let _ = std::fs::remove_file(&record);
@@ -259,6 +262,16 @@ pub(crate) fn idmapped_layers(
         source,
     })?;
     Ok(targets)
+}
+
+/// Whether `view` still shows the directory at `layer` (not one since removed and unpacked
+/// again at the same path).
+fn same_dir(layer: &Path, view: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(layer), std::fs::metadata(view)) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    }
 }
 
 /// Unmounts the machine's idmapped layers (before it is destroyed or they are made again).
