@@ -246,8 +246,7 @@ impl SandboxDriver {
         };
         userns::give(paths, range, &spec.mounts).map_err(err)?;
         if let Some(netns) = &spec.netns_path {
-            userns::open_low_ports(netns).map_err(err)?;
-            userns::mount_sys(paths, netns).map_err(err)?;
+            userns::prepare_netns(paths, netns).map_err(err)?;
         }
         if spec.layers.is_empty() {
             return Err(RuntimeError::NoLayers);

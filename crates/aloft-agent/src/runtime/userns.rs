@@ -286,44 +286,36 @@ pub(crate) fn unmount_layers(paths: &MachinePaths) {
     }
 }
 
-/// Lets every user bind ports below 1024 in the network namespace at `netns` (Docker does the
-/// same): it belongs to the host's user namespace, where the machine's root holds no
-/// `CAP_NET_BIND_SERVICE`, and only the host can set it.
-pub(crate) fn open_low_ports(netns: &Path) -> Result<(), UsernsError> {
-    const KEY: &str = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
-    let err = |source| UsernsError::LowPorts {
-        netns: netns.to_path_buf(),
-        source,
-    };
-    crate::network::netns::run_in(netns, || {
-        if std::fs::read_to_string(KEY).is_ok_and(|v| v.trim() == "0") {
-            return Ok(());
-        }
-        std::fs::write(KEY, "0")
-    })
-    .map_err(|e| err(io::Error::other(e.to_string())))?
-    .map_err(err)
-}
-
 /// Where a machine joining a network namespace of the host gets its sysfs.
 pub(crate) fn sys_dir(paths: &MachinePaths) -> PathBuf {
     paths.dir.join("sys")
 }
 
-/// Mounts a fresh sysfs of the network namespace at `netns` on [`sys_dir`], for the machine to
-/// bind on `/sys`: in its own user namespace the machine cannot mount sysfs for a network
-/// namespace the host owns.
-pub(crate) fn mount_sys(paths: &MachinePaths, netns: &Path) -> Result<(), UsernsError> {
+/// Readies the host's network namespace at `netns` for the machine, from a thread inside it:
+/// every user may bind ports below 1024 there (Docker does the same; the namespace belongs to
+/// the host's user namespace, where the machine's root holds no `CAP_NET_BIND_SERVICE`), and
+/// a fresh sysfs of it is mounted on [`sys_dir`] for the machine to bind on `/sys` (the
+/// machine cannot mount sysfs for a network namespace the host owns).
+pub(crate) fn prepare_netns(paths: &MachinePaths, netns: &Path) -> Result<(), UsernsError> {
+    const LOW_PORTS: &str = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
     let target = sys_dir(paths);
-    let err = |source| UsernsError::Sysfs {
+    let sys_err = |source| UsernsError::Sysfs {
         target: target.clone(),
         source,
     };
+    let ports_err = |source| UsernsError::LowPorts {
+        netns: netns.to_path_buf(),
+        source,
+    };
     unmount_sys(paths);
-    std::fs::create_dir_all(&target).map_err(err)?;
-    crate::network::netns::run_in(netns, || idmap::mount_sysfs(&target))
-        .map_err(|e| err(io::Error::other(e.to_string())))?
-        .map_err(err)
+    std::fs::create_dir_all(&target).map_err(sys_err)?;
+    crate::network::netns::run_in(netns, || {
+        if !std::fs::read_to_string(LOW_PORTS).is_ok_and(|v| v.trim() == "0") {
+            std::fs::write(LOW_PORTS, "0").map_err(ports_err)?;
+        }
+        idmap::mount_sysfs(&target).map_err(sys_err)
+    })
+    .map_err(|e| ports_err(io::Error::other(e.to_string())))?
 }
 
 /// Unmounts the machine's sysfs, if mounted.
