@@ -36,6 +36,8 @@ pub struct AgentOptions {
     pub memory_mb: Option<i64>,
     pub runc: PathBuf,
     pub init_binary: PathBuf,
+    /// Host id of the first machine's root: machines get ranges of 65536 ids from here.
+    pub userns_base: u32,
     /// Where the host API (exec, logs) listens; `None`: `address` on a free port.
     pub api_listen: Option<std::net::SocketAddr>,
     /// The edge's HTTP address; `None`: 127.0.0.1 on a free port.
@@ -190,6 +192,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
                 host_index,
                 runc: opts.runc.clone(),
                 init_binary: opts.init_binary.clone(),
+                userns_base: opts.userns_base,
                 control_url: opts.control_url.clone(),
                 registry_name: cluster.registry.clone(),
                 token: opts.token.clone(),
@@ -385,6 +388,9 @@ async fn start_host_api(
         opts.init_binary.clone(),
     );
     sandbox.runc = opts.runc.clone();
+    sandbox.userns = Some(crate::runtime::userns::UsernsOptions {
+        base: opts.userns_base,
+    });
     let api = hostapi::HostApi {
         secret: secret.clone(),
         region: opts.region.clone(),

@@ -28,6 +28,8 @@ pub struct HostOptions {
     pub host_index: u32,
     pub runc: PathBuf,
     pub init_binary: PathBuf,
+    /// Host id of the first machine's root (see [`runtime::userns`]).
+    pub userns_base: u32,
     /// The control plane, whose built-in registry serves images without a registry host.
     pub control_url: String,
     /// The built-in registry's cluster-wide name: references naming it are pulled from the
@@ -115,6 +117,9 @@ impl HostRuntime {
         let mut sandbox_opts =
             runtime::SandboxOptions::new(opts.data_dir.join("machines"), opts.init_binary.clone());
         sandbox_opts.runc = opts.runc.clone();
+        let userns = runtime::userns::UsernsOptions::checked(opts.userns_base)
+            .map_err(|e| AgentError::Invalid(e.to_string()))?;
+        sandbox_opts.userns = Some(userns);
         let sandbox = runtime::SandboxDriver::new(sandbox_opts);
         let pull = pull_options(&opts);
         Ok(HostRuntime {

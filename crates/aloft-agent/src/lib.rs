@@ -5,7 +5,7 @@
 //! the control-plane protocol (join, heartbeat, watch, status reports). It talks to the
 //! control plane only through the wire types in `aloft-api`, and never decides placement.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod agent;
 pub mod bgp;

@@ -7,23 +7,22 @@ use std::path::Path;
 use aloft_init::protocol::{INIT_PATH, LOG_DIR, RUN_CONFIG_PATH, RUN_DIR};
 use oci_spec::runtime::{
     get_default_maskedpaths, get_default_mounts, get_default_namespaces,
-    get_default_readonly_paths, Arch, Capability, LinuxBuilder, LinuxCapabilitiesBuilder,
-    LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespace,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccomp, LinuxSeccompAction,
-    LinuxSeccompArgBuilder, LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder, Mount,
-    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    get_default_readonly_paths, Capability, LinuxBuilder, LinuxCapabilitiesBuilder,
+    LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder,
+    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
 };
 use oci_spec::OciSpecError;
 
+use super::userns::IdRange;
 use super::{MachinePaths, SandboxSpec};
 
 /// CFS period used for CPU quotas (100 ms).
 const CPU_PERIOD_US: u64 = 100_000;
-const CLONE_NEWUSER: u64 = 0x1000_0000;
-const EPERM: u32 = 1;
-const ENOSYS: u32 = 38;
 
-/// Docker's default capability set.
+/// Docker's default capability set without `CAP_NET_RAW` (raw sockets: spoofed packets and
+/// sniffing on the machine's link) and `CAP_MKNOD` (device nodes).
 pub(crate) fn default_capabilities() -> HashSet<Capability> {
     use Capability::*;
     [
@@ -31,8 +30,6 @@ pub(crate) fn default_capabilities() -> HashSet<Capability> {
         DacOverride,
         Fsetid,
         Fowner,
-        Mknod,
-        NetRaw,
         Setgid,
         Setuid,
         Setfcap,
@@ -44,93 +41,6 @@ pub(crate) fn default_capabilities() -> HashSet<Capability> {
     ]
     .into_iter()
     .collect()
-}
-
-/// Syscalls refused with EPERM: kernel modules, kexec, reboot, swap, clock changes, BPF,
-/// perf, keyrings, raw I/O ports, accounting, quotas, handle-based opens and userfaultfd.
-const DENIED_SYSCALLS: &[&str] = &[
-    "acct",
-    "add_key",
-    "bpf",
-    "clock_adjtime",
-    "clock_settime",
-    "create_module",
-    "delete_module",
-    "finit_module",
-    "get_kernel_syms",
-    "init_module",
-    "ioperm",
-    "iopl",
-    "kcmp",
-    "kexec_file_load",
-    "kexec_load",
-    "keyctl",
-    "lookup_dcookie",
-    "name_to_handle_at",
-    "nfsservctl",
-    "open_by_handle_at",
-    "perf_event_open",
-    "pivot_root",
-    "query_module",
-    "quotactl",
-    "reboot",
-    "request_key",
-    "setns",
-    "settimeofday",
-    "stime",
-    "swapoff",
-    "swapon",
-    "sysfs",
-    "_sysctl",
-    "umount",
-    "umount2",
-    "mount",
-    "unshare",
-    "uselib",
-    "userfaultfd",
-    "ustat",
-    "vm86",
-    "vm86old",
-];
-
-/// Default-allow seccomp profile: [`DENIED_SYSCALLS`] return EPERM, `clone` with a new user
-/// namespace returns EPERM, and `clone3` returns ENOSYS so libc falls back to `clone`.
-pub(crate) fn seccomp_profile() -> Result<LinuxSeccomp, OciSpecError> {
-    let denied = LinuxSyscallBuilder::default()
-        .names(
-            DENIED_SYSCALLS
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .action(LinuxSeccompAction::ScmpActErrno)
-        .errno_ret(EPERM)
-        .build()?;
-    let clone_userns = LinuxSyscallBuilder::default()
-        .names(vec!["clone".to_string()])
-        .action(LinuxSeccompAction::ScmpActErrno)
-        .errno_ret(EPERM)
-        .args(vec![LinuxSeccompArgBuilder::default()
-            .index(0usize)
-            .value(CLONE_NEWUSER)
-            .value_two(CLONE_NEWUSER)
-            .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
-            .build()?])
-        .build()?;
-    let clone3 = LinuxSyscallBuilder::default()
-        .names(vec!["clone3".to_string()])
-        .action(LinuxSeccompAction::ScmpActErrno)
-        .errno_ret(ENOSYS)
-        .build()?;
-    LinuxSeccompBuilder::default()
-        .default_action(LinuxSeccompAction::ScmpActAllow)
-        .architectures(vec![
-            Arch::ScmpArchX86_64,
-            Arch::ScmpArchX86,
-            Arch::ScmpArchX32,
-        ])
-        .syscalls(vec![denied, clone_userns, clone3])
-        .build()
 }
 
 fn bind(source: &Path, destination: &str, read_only: bool) -> Result<Mount, OciSpecError> {
@@ -155,6 +65,7 @@ pub(crate) fn build_spec(
     init_binary: &Path,
     pids_limit: i64,
     seccomp: bool,
+    ids: Option<IdRange>,
 ) -> Result<Spec, OciSpecError> {
     let caps = default_capabilities();
     let process = ProcessBuilder::default()
@@ -178,6 +89,23 @@ pub(crate) fn build_spec(
         .build()?;
 
     let mut mounts = get_default_mounts();
+    if ids.is_some() && spec.netns_path.is_some() {
+        // The host mounted this network namespace's sysfs for the machine (see userns.rs).
+        let sys = super::userns::sys_dir(paths);
+        mounts.retain(|m| m.destination() != Path::new("/sys"));
+        mounts.push(
+            MountBuilder::default()
+                .destination("/sys")
+                .typ("bind")
+                .source(sys)
+                .options(
+                    ["rbind", "ro", "nosuid", "nodev", "noexec"]
+                        .map(String::from)
+                        .to_vec(),
+                )
+                .build()?,
+        );
+    }
     mounts.push(bind(init_binary, INIT_PATH, true)?);
     mounts.push(bind(&paths.run_config, RUN_CONFIG_PATH, true)?);
     mounts.push(bind(&paths.log, LOG_DIR, false)?);
@@ -188,7 +116,7 @@ pub(crate) fn build_spec(
         mounts.push(bind(&m.source, &m.destination, m.read_only)?);
     }
 
-    let namespaces: Vec<LinuxNamespace> = get_default_namespaces()
+    let mut namespaces: Vec<LinuxNamespace> = get_default_namespaces()
         .into_iter()
         .map(|mut ns| {
             if ns.typ() == LinuxNamespaceType::Network {
@@ -197,6 +125,17 @@ pub(crate) fn build_spec(
             ns
         })
         .collect();
+    if ids.is_some()
+        && !namespaces
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::User)
+    {
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::User)
+                .build()?,
+        );
+    }
 
     let memory_bytes =
         i64::try_from(spec.memory_mb.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX);
@@ -233,7 +172,15 @@ pub(crate) fn build_spec(
         .masked_paths(masked)
         .readonly_paths(get_default_readonly_paths());
     if seccomp {
-        linux = linux.seccomp(seccomp_profile()?);
+        linux = linux.seccomp(super::seccomp::profile()?);
+    }
+    if let Some(range) = ids {
+        let map = LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(range.host)
+            .size(range.size)
+            .build()?;
+        linux = linux.uid_mappings(vec![map]).gid_mappings(vec![map]);
     }
 
     SpecBuilder::default()
@@ -362,6 +309,97 @@ mod unit {
         assert_eq!(home_dir(root.path(), 1000), "/home/app");
         assert_eq!(home_dir(root.path(), 0), "/root");
         assert_eq!(home_dir(root.path(), 4242), "/");
+    }
+
+    fn sandbox_spec(netns: Option<&str>) -> SandboxSpec {
+        SandboxSpec {
+            id: "m1".into(),
+            hostname: "m1".into(),
+            layers: vec!["/layers/a".into()],
+            persist_rootfs: false,
+            process: crate::runtime::ProcessSpec {
+                args: vec!["/bin/true".into()],
+                env: Vec::new(),
+                cwd: "/".into(),
+                user: String::new(),
+            },
+            cpus: 1,
+            memory_mb: 64,
+            netns_path: netns.map(Into::into),
+            hosts_file: String::new(),
+            resolv_conf: String::new(),
+            stop_signal: 15,
+            kill_timeout: std::time::Duration::from_secs(5),
+            mounts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn machines_get_their_id_range_and_fewer_capabilities() {
+        let paths = MachinePaths::new("/data/machines/m1".into());
+        let range = IdRange {
+            host: 1_065_536,
+            size: 65_536,
+        };
+        let spec = sandbox_spec(Some("/run/netns/aloft-m1"));
+        let oci = build_spec(&spec, &paths, Path::new("/init"), 10, true, Some(range)).unwrap();
+        let linux = oci.linux().as_ref().unwrap();
+        let namespaces = linux.namespaces().as_ref().unwrap();
+        assert!(namespaces
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::User));
+        for maps in [linux.uid_mappings(), linux.gid_mappings()] {
+            let map = &maps.as_ref().unwrap()[0];
+            assert_eq!(
+                (map.container_id(), map.host_id(), map.size()),
+                (0, 1_065_536, 65_536)
+            );
+        }
+        // The network namespace is the host's: the host's sysfs of it is bound read-only.
+        let mounts = oci.mounts().as_ref().unwrap();
+        let sys: Vec<_> = mounts
+            .iter()
+            .filter(|m| m.destination() == Path::new("/sys"))
+            .collect();
+        assert_eq!(sys.len(), 1);
+        assert_eq!(sys[0].typ().as_deref(), Some("bind"));
+        assert_eq!(
+            sys[0].source().as_deref(),
+            Some(Path::new("/data/machines/m1/sys"))
+        );
+        assert!(sys[0]
+            .options()
+            .as_ref()
+            .unwrap()
+            .contains(&"ro".to_string()));
+        let caps = oci
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .as_ref()
+            .unwrap();
+        for set in [caps.bounding(), caps.effective(), caps.permitted()] {
+            let set = set.as_ref().unwrap();
+            assert!(!set.contains(&Capability::NetRaw) && !set.contains(&Capability::Mknod));
+            assert!(set.contains(&Capability::NetBindService));
+        }
+        assert!(caps.inheritable().as_ref().unwrap().is_empty());
+        assert_eq!(
+            oci.process().as_ref().unwrap().no_new_privileges(),
+            Some(true)
+        );
+
+        // Without a range: no user namespace, and sysfs is mounted by runc as before.
+        let plain = build_spec(&spec, &paths, Path::new("/init"), 10, true, None).unwrap();
+        let linux = plain.linux().as_ref().unwrap();
+        assert!(linux.uid_mappings().is_none());
+        assert!(plain
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.destination() == Path::new("/sys") && m.typ().as_deref() == Some("sysfs")));
     }
 
     #[test]

@@ -17,9 +17,12 @@
 //! does not touch networking: it only joins the network namespace it is given.
 
 mod bundle;
+mod idmap;
 mod rootfs;
 mod runc;
+mod seccomp;
 mod types;
+pub mod userns;
 
 #[cfg(test)]
 mod tests;
@@ -149,6 +152,7 @@ impl SandboxDriver {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         }
         std::fs::create_dir_all(&self.runc.root).map_err(io_err(&self.runc.root))?;
+        let ids = self.id_range(id, paths)?;
         for stale in [paths.exit_file(), paths.socket(), paths.pid_file.clone()] {
             let _ = std::fs::remove_file(stale);
         }
@@ -159,7 +163,7 @@ impl SandboxDriver {
         }
         // The bundle of the previous start serves again when nothing that shapes it changed
         // (the image user is resolved in the image's layers, the same ones unless persisted).
-        let key = self.bundle_key(spec);
+        let key = self.bundle_key(spec, ids);
         let key_file = paths.bundle.join(BUNDLE_KEY);
         let reuse = !spec.persist_rootfs
             && std::fs::read(&key_file).is_ok_and(|k| k == key)
@@ -169,10 +173,11 @@ impl SandboxDriver {
             write(&paths.spec, &serde_json::to_vec(spec).unwrap_or_default())?;
         }
         let t_clean = t.elapsed();
-        rootfs::mount_overlay(&spec.layers, &paths.upper, &paths.work, &paths.rootfs)?;
+        let layers = self.sandbox_layers(spec, paths, ids)?;
+        rootfs::mount_overlay(&layers, &paths.upper, &paths.work, &paths.rootfs)?;
         let t_rootfs = t.elapsed();
         if !reuse {
-            self.write_bundle(spec, paths)?;
+            self.write_bundle(spec, paths, ids)?;
             write(&key_file, &key)?;
         }
         let t_bundle = t.elapsed();
@@ -198,14 +203,64 @@ impl SandboxDriver {
         Ok(Started { pid, instance_id })
     }
 
-    /// What a machine's bundle is generated from: its spec and the driver options used.
-    fn bundle_key(&self, spec: &SandboxSpec) -> Vec<u8> {
+    /// What a machine's bundle is generated from: its spec, its id range and the driver
+    /// options used.
+    fn bundle_key(&self, spec: &SandboxSpec, ids: Option<userns::IdRange>) -> Vec<u8> {
         let o = &self.options;
-        serde_json::to_vec(&(spec, &o.init_binary, o.pids_limit, o.seccomp)).unwrap_or_default()
+        serde_json::to_vec(&(spec, &o.init_binary, o.pids_limit, o.seccomp, ids))
+            .unwrap_or_default()
+    }
+
+    /// The machine's host id range (claimed at its first start), when machines get one.
+    fn id_range(
+        &self,
+        id: &str,
+        paths: &MachinePaths,
+    ) -> Result<Option<userns::IdRange>, RuntimeError> {
+        let Some(opts) = &self.options.userns else {
+            return Ok(None);
+        };
+        userns::range(opts, &self.options.root, id, paths)
+            .map(Some)
+            .map_err(|source| RuntimeError::Userns {
+                id: id.to_string(),
+                source,
+            })
+    }
+
+    /// The lower layers of the machine's overlay (seen through its id range when it has
+    /// one), after handing what it writes through to its root and letting that root bind
+    /// low ports in the network namespace it joins.
+    fn sandbox_layers(
+        &self,
+        spec: &SandboxSpec,
+        paths: &MachinePaths,
+        ids: Option<userns::IdRange>,
+    ) -> Result<Vec<PathBuf>, RuntimeError> {
+        let Some(range) = ids else {
+            return Ok(spec.layers.clone());
+        };
+        let err = |source| RuntimeError::Userns {
+            id: spec.id.clone(),
+            source,
+        };
+        userns::give(paths, range, &spec.mounts).map_err(err)?;
+        if let Some(netns) = &spec.netns_path {
+            userns::prepare_netns(paths, netns).map_err(err)?;
+        }
+        if spec.layers.is_empty() {
+            return Err(RuntimeError::NoLayers);
+        }
+        userns::idmapped_layers(paths, &spec.layers, range).map_err(err)
     }
 
     /// Writes `/etc/hosts`, `/etc/resolv.conf`, init's run config and the OCI bundle.
-    fn write_bundle(&self, spec: &SandboxSpec, paths: &MachinePaths) -> Result<(), RuntimeError> {
+    fn write_bundle(
+        &self,
+        spec: &SandboxSpec,
+        paths: &MachinePaths,
+        ids: Option<userns::IdRange>,
+    ) -> Result<(), RuntimeError> {
         let id = spec.id.as_str();
         let (uid, gid) =
             bundle::resolve_user(&paths.rootfs, &spec.process.user).map_err(|source| {
@@ -234,6 +289,10 @@ impl SandboxDriver {
             &paths.run_config,
             &serde_json::to_vec(&run).unwrap_or_default(),
         )?;
+        if let Some(range) = ids {
+            std::os::unix::fs::lchown(&paths.run_config, Some(range.host), Some(range.host))
+                .map_err(io_err(&paths.run_config))?;
+        }
 
         let oci = bundle::build_spec(
             spec,
@@ -241,6 +300,7 @@ impl SandboxDriver {
             &self.options.init_binary,
             self.options.pids_limit,
             self.options.seccomp,
+            ids,
         )
         .map_err(|source| RuntimeError::Spec {
             id: id.to_string(),
@@ -265,7 +325,14 @@ impl SandboxDriver {
             .into_iter()
             .find(|dir| no_space_left(dir));
         match full {
-            Some(dir) if matches!(e, RuntimeError::Runc { .. } | RuntimeError::Io { .. }) => {
+            Some(dir)
+                if matches!(
+                    e,
+                    RuntimeError::Runc { .. }
+                        | RuntimeError::Io { .. }
+                        | RuntimeError::Userns { .. }
+                ) =>
+            {
                 RuntimeError::DiskFull {
                     path: dir.clone(),
                     source: std::io::Error::from(std::io::ErrorKind::StorageFull),
@@ -400,6 +467,8 @@ impl SandboxDriver {
         if rootfs::is_mounted(&paths.rootfs) {
             return Err(RuntimeError::StillMounted(paths.rootfs));
         }
+        userns::unmount_layers(&paths);
+        userns::release(&self.options.root, id, &paths);
         match std::fs::remove_dir_all(&paths.dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&paths.dir)(e)),
             _ => Ok(()),
@@ -524,6 +593,7 @@ impl SandboxDriver {
     ) -> Result<(), RuntimeError> {
         self.runc.delete(id).await?;
         rootfs::unmount(&paths.rootfs)?;
+        userns::unmount_sys(paths);
         let _ = std::fs::remove_file(paths.socket());
         if !persist && paths.upper.exists() {
             rootfs::reset_dir(&paths.upper)?;

@@ -19,7 +19,20 @@ pub(crate) fn is_mounted(path: &Path) -> bool {
         .any(|line| line.split(' ').nth(4) == Some(wanted.as_str()))
 }
 
-/// Mount an overlay of `layers` (bottom-most first) under `upper`/`work` at `target`.
+/// Whether every path in `paths` is a mount point (one read of `/proc/self/mountinfo`).
+pub(crate) fn all_mounted(paths: &[PathBuf]) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let points: std::collections::HashSet<&str> =
+        info.lines().filter_map(|l| l.split(' ').nth(4)).collect();
+    paths.iter().all(|p| {
+        std::fs::canonicalize(p)
+            .is_ok_and(|c| points.contains(c.to_string_lossy().replace(' ', "\\040").as_str()))
+    })
+}
+
+/// Mount an overlay of `layers` (bottom-most first) under `upper`/`work` at `target`, with
+/// `nosuid` and `nodev` (runc's bind mount of the rootfs keeps both, and in the machine's user
+/// namespace they are locked).
 pub(crate) fn mount_overlay(
     layers: &[PathBuf],
     upper: &Path,
@@ -50,7 +63,7 @@ pub(crate) fn mount_overlay(
         Some("overlay"),
         target,
         Some("overlay"),
-        MsFlags::empty(),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(options.as_str()),
     )
     .map_err(|source| RuntimeError::Mount {

@@ -137,6 +137,7 @@ impl Drop for Fixture {
                 .args(["delete", "--force", &id])
                 .output();
             let _ = rootfs::unmount(&self.driver.paths(&id).rootfs);
+            userns::unmount_layers(&self.driver.paths(&id));
         }
     }
 }
@@ -266,8 +267,13 @@ async fn stop_delivers_the_configured_signal() {
 #[tokio::test]
 async fn stop_kills_a_machine_that_ignores_its_signal() {
     let fx = Fixture::new();
-    let spec = fx.spec("stopkill", "trap '' TERM; while :; do sleep 1; done");
+    let spec = fx.spec(
+        "stopkill",
+        "trap '' TERM; echo ready; while :; do sleep 1; done",
+    );
     fx.driver.start(&spec).await.unwrap();
+    // The signal must not arrive before the app ignores it.
+    wait_ready(&fx.driver, &spec.id).await;
     let exit = fx
         .driver
         .stop(&spec.id, libc::SIGTERM, Duration::from_millis(300))
@@ -388,9 +394,9 @@ async fn machine_is_confined() {
             .stdout,
     );
     assert!(status.lines().any(|l| l == "NoNewPrivs:\t1"), "{status}");
-    // Docker's default capability set, nothing more.
+    // Docker's default capability set without NET_RAW and MKNOD, nothing more.
     assert!(
-        status.lines().any(|l| l == "CapEff:\t00000000a80425fb"),
+        status.lines().any(|l| l == "CapEff:\t00000000a00405fb"),
         "{status}"
     );
 
@@ -865,7 +871,14 @@ async fn bench_start_stop() {
 
     // The same bundle (machine 0's, rootfs mounted again) under plain `runc run`.
     let paths = fx.driver.paths(&specs[0].id);
-    rootfs::mount_overlay(&specs[0].layers, &paths.upper, &paths.work, &paths.rootfs).unwrap();
+    give_to_machine_root(&fx, &specs[0], &paths);
+    rootfs::mount_overlay(
+        &machine_layers(&paths, &specs[0]),
+        &paths.upper,
+        &paths.work,
+        &paths.rootfs,
+    )
+    .unwrap();
     let runc_root = fx.dir.path().join("bench-runc");
     let began = Instant::now();
     for i in 0..n {
@@ -904,5 +917,153 @@ async fn bench_start_stop() {
     println!(
         "ratio driver / runc run: {:.2}",
         driver_total.as_secs_f64() / runc_total.as_secs_f64()
+    );
+}
+
+/// Hands the stopped machine's writable layer (emptied by its stop) to its root, as a start
+/// does, so that its bundle runs under plain runc.
+fn give_to_machine_root(fx: &Fixture, spec: &SandboxSpec, paths: &MachinePaths) {
+    let root = fx.dir.path().join("root");
+    let opts = userns::UsernsOptions::default();
+    let range = userns::range(&opts, &root, &spec.id, paths).unwrap();
+    userns::give(paths, range, &[]).unwrap();
+}
+
+/// The lower layers a started machine's overlay uses: its idmapped views when it has them.
+fn machine_layers(paths: &MachinePaths, spec: &SandboxSpec) -> Vec<PathBuf> {
+    let idmapped: Vec<PathBuf> = (0..spec.layers.len())
+        .map(|i| paths.dir.join("layers").join(i.to_string()))
+        .collect();
+    if rootfs::all_mounted(&idmapped) {
+        idmapped
+    } else {
+        spec.layers.clone()
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// Stopped → started of one machine by `driver`, `n` times; the start latencies, sorted.
+async fn stopped_to_started(driver: &SandboxDriver, spec: &SandboxSpec, n: usize) -> Vec<Duration> {
+    driver.start(spec).await.unwrap();
+    driver
+        .stop(&spec.id, libc::SIGKILL, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        driver.start(spec).await.unwrap();
+        times.push(t.elapsed());
+        driver
+            .stop(&spec.id, libc::SIGKILL, Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+    times.sort();
+    times
+}
+
+#[tokio::test]
+#[ignore = "benchmark, run by bench/sandbox/start.sh"]
+async fn bench_stopped_to_started() {
+    let n: usize = std::env::var("ALOFT_BENCH_STARTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let fx = Fixture::new();
+    let netns = Netns(format!("aloft-bench-{}", std::process::id()));
+    assert!(Command::new("ip")
+        .args(["netns", "add", &netns.0])
+        .status()
+        .unwrap()
+        .success());
+    let netns_path = PathBuf::from(format!("/run/netns/{}", netns.0));
+
+    let mut hardened_spec = fx.spec("bench-hardened", IDLE);
+    hardened_spec.netns_path = Some(netns_path.clone());
+    let hardened = stopped_to_started(&fx.driver, &hardened_spec, n).await;
+
+    // The same machine without a user namespace (seccomp, capabilities and mounts as above).
+    let mut plain_opts = SandboxOptions::new(fx.dir.path().join("root-plain"), init_binary());
+    plain_opts.userns = None;
+    let plain_driver = SandboxDriver::new(plain_opts);
+    let mut plain_spec = fx.spec("bench-plain", IDLE);
+    plain_spec.netns_path = Some(netns_path.clone());
+    let plain = stopped_to_started(&plain_driver, &plain_spec, n).await;
+    plain_driver.destroy(&plain_spec.id).await.unwrap();
+
+    // Raw `runc run --detach` of the hardened machine's own bundle and rootfs.
+    let paths = fx.driver.paths(&hardened_spec.id);
+    give_to_machine_root(&fx, &hardened_spec, &paths);
+    rootfs::mount_overlay(
+        &machine_layers(&paths, &hardened_spec),
+        &paths.upper,
+        &paths.work,
+        &paths.rootfs,
+    )
+    .unwrap();
+    userns::prepare_netns(&paths, &netns_path).unwrap();
+    let runc_root = fx.dir.path().join("bench-runc");
+    let mut raw = Vec::with_capacity(n);
+    let mut raw_ready = Vec::with_capacity(n);
+    let _ = std::fs::remove_file(paths.socket());
+    for i in 0..n {
+        let name = format!("bench-raw-{}-{i}", std::process::id());
+        let t = Instant::now();
+        let status = Command::new("runc")
+            .arg("--root")
+            .arg(&runc_root)
+            .args(["run", "--detach", "--bundle"])
+            .arg(&paths.bundle)
+            .arg(&name)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        raw.push(t.elapsed());
+        assert!(status.success());
+        while !paths.socket().exists() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        raw_ready.push(t.elapsed());
+        let _ = std::fs::remove_file(paths.socket());
+        let _ = Command::new("runc")
+            .arg("--root")
+            .arg(&runc_root)
+            .args(["delete", "--force", &name])
+            .status();
+    }
+    raw.sort();
+    raw_ready.sort();
+    userns::unmount_sys(&paths);
+    rootfs::unmount(&paths.rootfs).unwrap();
+    fx.driver.destroy(&hardened_spec.id).await.unwrap();
+
+    println!("stopped -> started, {n} starts each (busybox rootfs, joined network namespace)");
+    for (name, t) in [
+        ("hardened sandbox (userns, seccomp allowlist)", &hardened),
+        ("same without a user namespace", &plain),
+        ("raw runc run --detach, same bundle", &raw),
+        ("  the same until init serves its socket", &raw_ready),
+    ] {
+        println!(
+            "{name:<46} p50 {:>6.1} ms   p99 {:>6.1} ms",
+            percentile(t, 0.5),
+            percentile(t, 0.99)
+        );
+    }
+    println!(
+        "ratio hardened / raw runc: p50 {:.2}  p99 {:.2}",
+        percentile(&hardened, 0.5) / percentile(&raw, 0.5),
+        percentile(&hardened, 0.99) / percentile(&raw, 0.99)
+    );
+    println!(
+        "ratio hardened / raw runc until init serves: p50 {:.2}  p99 {:.2}",
+        percentile(&hardened, 0.5) / percentile(&raw_ready, 0.5),
+        percentile(&hardened, 0.99) / percentile(&raw_ready, 0.99)
     );
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use aloft_init::protocol as wire;
 use serde::{Deserialize, Serialize};
 
+use super::userns::{UsernsError, UsernsOptions};
 use super::UserError;
 
 /// Errors of the sandbox runtime driver.
@@ -66,6 +67,12 @@ pub enum RuntimeError {
         #[source]
         source: oci_spec::OciSpecError,
     },
+    #[error("Cannot set up the user namespace of machine {id}")]
+    Userns {
+        id: String,
+        #[source]
+        source: UsernsError,
+    },
     #[error("Init of machine {id} did not answer: {message}")]
     Init { id: String, message: String },
     #[error("Machine {id} did not stop within {waited:?} of SIGKILL")]
@@ -85,10 +92,14 @@ pub struct SandboxOptions {
     pub pids_limit: i64,
     /// Apply the seccomp profile.
     pub seccomp: bool,
+    /// Run each machine in a user namespace of its own id range; `None`: machine root is
+    /// host root (only for kernels without idmapped mounts).
+    pub userns: Option<UsernsOptions>,
 }
 
 impl SandboxOptions {
-    /// Defaults: `/usr/sbin/runc`, 4096 pids, seccomp on.
+    /// Defaults: `/usr/sbin/runc`, 4096 pids, seccomp on, user namespaces from host id
+    /// 1000000.
     pub fn new(root: impl Into<PathBuf>, init_binary: impl Into<PathBuf>) -> Self {
         Self {
             runc: PathBuf::from("/usr/sbin/runc"),
@@ -96,6 +107,7 @@ impl SandboxOptions {
             init_binary: init_binary.into(),
             pids_limit: 4096,
             seccomp: true,
+            userns: Some(UsernsOptions::default()),
         }
     }
 }
@@ -137,7 +149,9 @@ pub struct ProcessSpec {
     pub user: String,
 }
 
-/// A host directory or file bind-mounted into the machine.
+/// A host directory or file bind-mounted into the machine (`nosuid`, `nodev`). With user
+/// namespaces, a writable source is handed to the machine's root (its top entry only, at each
+/// start); what is already inside stays as it is owned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BindMount {
     pub source: PathBuf,

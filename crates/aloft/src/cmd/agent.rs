@@ -70,6 +70,10 @@ pub struct AgentArgs {
     /// The OCI runtime binary.
     #[arg(long, default_value = "runc")]
     pub runc: PathBuf,
+    /// Host uid and gid of the first machine's root: each machine runs in a user namespace
+    /// whose ids 0-65535 map to its own range of 65536 host ids from here (below 4294967295).
+    #[arg(long, default_value_t = aloft_agent::runtime::userns::DEFAULT_BASE, value_parser = userns_base)]
+    pub userns_base: u32,
     /// The `aloft-init` binary (default: `aloft-init-static`, else `aloft-init`, next to this
     /// binary; `scripts/build.sh` builds the static one, which runs in any image).
     #[arg(long)]
@@ -177,6 +181,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         memory_mb: args.memory_mb,
         runc: args.runc,
         init_binary: init,
+        userns_base: args.userns_base,
         http: Some(args.http),
         https: (!args.no_https).then_some(args.https),
         domain: args.domain,
@@ -233,4 +238,14 @@ fn dns_address(s: &str) -> Result<std::net::SocketAddr, String> {
     s.parse::<std::net::IpAddr>()
         .map(|ip| std::net::SocketAddr::new(ip, 53))
         .map_err(|_| format!("{s:?} is not an IP address or IP:PORT"))
+}
+
+/// A `--userns-base` that leaves room for at least one range of host ids.
+fn userns_base(text: &str) -> Result<u32, String> {
+    let base: u32 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a host id (0-4294967295)"))?;
+    aloft_agent::runtime::userns::UsernsOptions::checked(base)
+        .map(|o| o.base)
+        .map_err(|e| e.to_string())
 }

@@ -74,6 +74,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             memory_mb: None,
             runc: PathBuf::from("runc"),
             init_binary: crate::cmd::agent::default_init()?,
+            userns_base: aloft_agent::runtime::userns::DEFAULT_BASE,
             api_listen: None,
             http: Some(args.http),
             https: Some(args.https),
