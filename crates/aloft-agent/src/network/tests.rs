@@ -714,27 +714,29 @@ async fn a_machine_cannot_claim_another_machine_s_address_to_its_neighbours() {
         nets.push(fx.setup(&req).await);
     }
     let (liar, victim, target) = (&nets[0], &nets[1], &nets[2]);
-    // The target takes gratuitous ARP as new entries: without the rules, the liar's claim
-    // would be its entry for the victim.
-    run_in_ns(
-        &target.netns_path,
-        &["sysctl", "-qw", "net.ipv4.conf.eth0.arp_accept=1"],
-    );
-    send_frame(
-        &liar.netns_path,
-        &format!(
-            "arp = struct.pack('!HHBBH', 1, 0x0800, 6, 4, 2) + mac('{liar_mac}') + ip4('{victim}') \
-             + mac('ff:ff:ff:ff:ff:ff') + ip4('{victim}')\n\
-             s.send(mac('ff:ff:ff:ff:ff:ff') + mac('{liar_mac}') + struct.pack('!H', 0x0806) + arp)",
-            liar_mac = mac_text(liar.mac),
-            victim = victim.ipv4,
-        ),
-    );
+    // The target knows the victim; a gratuitous ARP reply (which overrides an entry at once)
+    // from the liar, claiming the victim's address, would redirect it.
     assert!(reachable(Some(target), victim, false), "target -> victim");
     assert_eq!(
         neighbour(&target.netns_path, IpAddr::V4(victim.ipv4)),
         Some(mac_text(victim.mac))
     );
+    send_frame(
+        &liar.netns_path,
+        &format!(
+            "arp = struct.pack('!HHBBH', 1, 0x0800, 6, 4, 2) + mac('{liar_mac}') + ip4('{victim}') \
+             + mac('{liar_mac}') + ip4('{victim}')\n\
+             s.send(mac('ff:ff:ff:ff:ff:ff') + mac('{liar_mac}') + struct.pack('!H', 0x0806) + arp)",
+            liar_mac = mac_text(liar.mac),
+            victim = victim.ipv4,
+        ),
+    );
+    assert_eq!(
+        neighbour(&target.netns_path, IpAddr::V4(victim.ipv4)),
+        Some(mac_text(victim.mac)),
+        "the liar's ARP reply changed the target's entry"
+    );
+    assert!(reachable(Some(target), victim, false), "target -> victim");
 
     // IPv6: an unsolicited neighbour advertisement with the override flag replaces an entry
     // the target already has.
