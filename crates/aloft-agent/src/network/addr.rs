@@ -202,7 +202,7 @@ impl IpPrefix {
     }
 
     /// The prefix length.
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         self.len
     }
 
@@ -400,7 +400,7 @@ mod tests {
             "fdaa:1:2::5/48".parse::<IpPrefix>().unwrap().to_string(),
             "fdaa:1:2::/48"
         );
-        assert_eq!("0.0.0.0/0".parse::<IpPrefix>().unwrap().len(), 0);
+        assert_eq!("0.0.0.0/0".parse::<IpPrefix>().unwrap().prefix_len(), 0);
         for bad in ["10.0.0.0/33", "::/129", "nope", "10.0.0.0/x"] {
             assert!(bad.parse::<IpPrefix>().is_err(), "{bad}");
         }

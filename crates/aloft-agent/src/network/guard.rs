@@ -269,18 +269,14 @@ impl Guard {
         apply(&self.host_script(bridges, blocked)).await
     }
 
-    /// Adds the chain of `bridge` (idempotent). Fails if [`Guard::ensure`] has not run.
+    /// Adds the chain of `bridge` (idempotent). Run after [`Guard::ensure`] (the caller
+    /// checks the host is prepared first).
     pub(super) async fn ensure_bridge(
         &self,
         _locked: &Locked,
         bridge: &str,
         network: u32,
     ) -> Result<(), NetworkError> {
-        if !exists(&["map", "inet", &self.table, "bridges"]).await? {
-            return Err(NetworkError::HostNotPrepared {
-                chain: format!("inet {}", self.table),
-            });
-        }
         apply(&self.bridge_script(bridge, network)).await
     }
 
@@ -320,18 +316,12 @@ impl Guard {
         s
     }
 
-    /// Installs (or replaces) the rules of one machine's port. Fails if [`Guard::ensure`]
-    /// has not run.
+    /// Installs (or replaces) the rules of one machine's port. Run after [`Guard::ensure`].
     pub(super) async fn add_port(
         &self,
         _locked: &Locked,
         port: &Port<'_>,
     ) -> Result<(), NetworkError> {
-        if !exists(&["map", "bridge", &self.table, "ports"]).await? {
-            return Err(NetworkError::HostNotPrepared {
-                chain: format!("bridge {}", self.table),
-            });
-        }
         apply(&self.port_script(port)).await
     }
 
