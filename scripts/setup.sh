@@ -9,7 +9,7 @@ fi
 
 packages=(
   build-essential pkg-config ca-certificates curl jq git bc
-  iproute2 iptables
+  iproute2 iptables nftables
   runc busybox-static
   skopeo umoci debootstrap
   docker-registry wrk wireguard-go wireguard-tools iperf3 iputils-ping

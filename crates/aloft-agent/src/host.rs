@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use aloft_api::AssignedMachine;
 use aloft_image::{Credentials, Image, ImageStore, PullOptions, RegistryAccess};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::network::{self, HostNetwork, MachineNet, MachineNetRequest, NetworkOptions};
 use crate::runtime;
@@ -96,6 +96,36 @@ pub fn org_network(org: &str) -> u32 {
     fnv1a(org).max(1)
 }
 
+/// The addresses of the control plane at `url`, which machines must never reach.
+async fn control_plane_addresses(url: &str) -> Vec<network::IpPrefix> {
+    let parsed = reqwest::Url::parse(url).ok();
+    let host = parsed.as_ref().and_then(|u| {
+        let host = u.host_str()?.trim_start_matches('[').trim_end_matches(']');
+        Some((host.to_string(), u.port_or_known_default()?))
+    });
+    let Some((host, port)) = host else {
+        warn!(%url, "cannot tell the control plane's address: machines are not kept from it");
+        return Vec::new();
+    };
+    let found = tokio::net::lookup_host((host.as_str(), port)).await;
+    match found {
+        Ok(addrs) => {
+            let mut out: Vec<network::IpPrefix> = Vec::new();
+            for addr in addrs {
+                let prefix = network::IpPrefix::host(addr.ip());
+                if !out.contains(&prefix) {
+                    out.push(prefix);
+                }
+            }
+            out
+        }
+        Err(error) => {
+            warn!(%url, %error, "cannot resolve the control plane: machines are not kept from it");
+            Vec::new()
+        }
+    }
+}
+
 impl HostRuntime {
     pub async fn open(
         opts: HostOptions,
@@ -112,7 +142,10 @@ impl HostRuntime {
                 "Host index {host_index} from the control plane is out of range (1..=65535)"
             )));
         }
-        let network = HostNetwork::new(NetworkOptions::for_host(host_index))?;
+        let mut net_opts = NetworkOptions::for_host(host_index);
+        net_opts.nameservers.extend(opts.nameserver);
+        net_opts.protected = control_plane_addresses(&opts.control_url).await;
+        let network = HostNetwork::new(net_opts)?;
         network.ensure_host().await?;
         let mut sandbox_opts =
             runtime::SandboxOptions::new(opts.data_dir.join("machines"), opts.init_binary.clone());

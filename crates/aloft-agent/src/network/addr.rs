@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::NetworkError;
 
@@ -166,6 +166,121 @@ pub fn parse_sixpn(addr: Ipv6Addr) -> Option<SixpnParts> {
     })
 }
 
+/// An IP network: an address with its prefix length, host bits cleared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IpPrefix {
+    addr: IpAddr,
+    len: u8,
+}
+
+impl IpPrefix {
+    /// `addr/len` with the host bits cleared; `None` when `len` is longer than the family's.
+    pub fn new(addr: IpAddr, len: u8) -> Option<Self> {
+        let addr = match addr {
+            IpAddr::V4(v4) if len <= 32 => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
+            }
+            IpAddr::V6(v6) if len <= 128 => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+            }
+            _ => return None,
+        };
+        Some(Self { addr, len })
+    }
+
+    /// The single address `addr` (`/32` or `/128`).
+    pub fn host(addr: IpAddr) -> Self {
+        let len = if addr.is_ipv4() { 32 } else { 128 };
+        Self { addr, len }
+    }
+
+    /// The network address.
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The prefix length.
+    pub fn prefix_len(&self) -> u8 {
+        self.len
+    }
+
+    /// Whether this is an IPv4 network.
+    pub fn is_ipv4(&self) -> bool {
+        self.addr.is_ipv4()
+    }
+}
+
+impl fmt::Display for IpPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl std::str::FromStr for IpPrefix {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, len) = match s.split_once('/') {
+            Some((addr, len)) => (addr, Some(len)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or network"))?;
+        match len {
+            None => Ok(Self::host(addr)),
+            Some(len) => len
+                .parse()
+                .ok()
+                .and_then(|len| Self::new(addr, len))
+                .ok_or_else(|| format!("{s:?} has an invalid prefix length")),
+        }
+    }
+}
+
+/// Destinations no machine reaches through the host, whatever the host's own networks: IPv4
+/// "this network", RFC 1918, shared address space (carrier-grade NAT), loopback, link-local
+/// (cloud metadata at 169.254.169.254), IETF protocol assignments, multicast and reserved;
+/// IPv6 unspecified, loopback, IPv4-mapped, unique local (6PN is let through before this
+/// list, for the machine's own network only), link-local and multicast.
+pub const BLOCKED_DESTINATIONS: [&str; 17] = [
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/128",
+    "::1/128",
+    "::ffff:0.0.0.0/96",
+    "64:ff9b:1::/48",
+    "fc00::/7",
+    "fe80::/10",
+    "ff00::/8",
+];
+
+/// The IPv6 link-local address the kernel derives from `mac` (modified EUI-64), which a
+/// machine's `eth0` uses for neighbour discovery.
+pub fn link_local_v6(mac: [u8; 6]) -> Ipv6Addr {
+    let seg = |hi: u8, lo: u8| (u16::from(hi) << 8) | u16::from(lo);
+    Ipv6Addr::new(
+        0xfe80,
+        0,
+        0,
+        0,
+        seg(mac[0] ^ 0x02, mac[1]),
+        seg(mac[2], 0xff),
+        seg(0xfe, mac[3]),
+        seg(mac[4], mac[5]),
+    )
+}
+
 /// The `/etc/hosts` a machine gets: loopback names plus its hostname on its private addresses.
 pub fn hosts_file(hostname: &str, ipv4: Ipv4Addr, ipv6: Ipv6Addr) -> String {
     format!(
@@ -271,5 +386,33 @@ mod tests {
         assert!(hosts.contains("fdaa:0:1:0:2:0:3:2\tm1\n"));
         let resolv = resolv_conf(&["fdaa::3".parse().unwrap()], &["internal"]);
         assert_eq!(resolv, "nameserver fdaa::3\nsearch internal\n");
+    }
+
+    #[test]
+    fn prefixes_parse_clear_host_bits_and_reject_bad_lengths() {
+        let p: IpPrefix = "10.1.2.3/8".parse().unwrap();
+        assert_eq!(p.to_string(), "10.0.0.0/8");
+        assert_eq!(
+            "192.0.2.7".parse::<IpPrefix>().unwrap().to_string(),
+            "192.0.2.7/32"
+        );
+        assert_eq!(
+            "fdaa:1:2::5/48".parse::<IpPrefix>().unwrap().to_string(),
+            "fdaa:1:2::/48"
+        );
+        assert_eq!("0.0.0.0/0".parse::<IpPrefix>().unwrap().prefix_len(), 0);
+        for bad in ["10.0.0.0/33", "::/129", "nope", "10.0.0.0/x"] {
+            assert!(bad.parse::<IpPrefix>().is_err(), "{bad}");
+        }
+        for blocked in BLOCKED_DESTINATIONS {
+            let p: IpPrefix = blocked.parse().unwrap();
+            assert_eq!(p.to_string(), blocked, "already in canonical form");
+        }
+    }
+
+    #[test]
+    fn link_local_follows_the_kernel_s_eui64() {
+        let ll = link_local_v6([0x06, 0x12, 0x34, 0x56, 0x78, 0x9a]);
+        assert_eq!(ll.to_string(), "fe80::412:34ff:fe56:789a");
     }
 }

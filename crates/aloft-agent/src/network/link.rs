@@ -83,6 +83,57 @@ impl Netlink {
             .collect())
     }
 
+    /// Every address in this namespace with its prefix length and its link's name.
+    pub(super) async fn addresses(&self) -> Result<Vec<(String, IpAddr, u8)>, NetworkError> {
+        let links: Vec<_> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl_error("list links".to_string()))?;
+        let name_of = |index: u32| {
+            links
+                .iter()
+                .find(|link| link.header.index == index)
+                .and_then(|link| {
+                    link.attributes.iter().find_map(|attr| match attr {
+                        LinkAttribute::IfName(name) => Some(name.clone()),
+                        _ => None,
+                    })
+                })
+        };
+        let messages: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl_error("list addresses".to_string()))?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|msg| {
+                let name = name_of(msg.header.index)?;
+                let len = msg.header.prefix_len;
+                // IPv4 carries the interface's own address in Local (Address is the peer's on
+                // point-to-point links); IPv6 has only Address.
+                let local = msg.attributes.iter().find_map(|attr| match attr {
+                    AddressAttribute::Local(addr) => Some(*addr),
+                    _ => None,
+                });
+                let addr = local.or_else(|| {
+                    msg.attributes.iter().find_map(|attr| match attr {
+                        AddressAttribute::Address(addr) => Some(*addr),
+                        _ => None,
+                    })
+                })?;
+                Some((name, addr, len))
+            })
+            .collect())
+    }
+
     /// The IPv4 addresses on link `index`.
     pub(super) async fn ipv4_addresses(&self, index: u32) -> Result<Vec<Ipv4Addr>, NetworkError> {
         let messages: Vec<_> = self

@@ -14,6 +14,7 @@
 
 pub mod addr;
 mod firewall;
+mod guard;
 mod link;
 pub mod netns;
 
@@ -29,11 +30,12 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 pub use addr::{
-    allocate, allocate_sixpn_machine, hosts_file, parse_sixpn, resolv_conf, sixpn_address,
-    sixpn_gateway, Ipv4Pool, SixpnParts,
+    allocate, allocate_sixpn_machine, hosts_file, link_local_v6, parse_sixpn, resolv_conf,
+    sixpn_address, sixpn_gateway, IpPrefix, Ipv4Pool, SixpnParts, BLOCKED_DESTINATIONS,
 };
 
 use firewall::Firewall;
+use guard::{Guard, Port};
 use link::Netlink;
 
 /// The mesh's TUN device (`aloft-mesh`), deliberately outside the bridges' `aloft+` wildcard.
@@ -115,8 +117,16 @@ pub struct NetworkOptions {
     pub ipv4_pool: Ipv4Pool,
     /// This host's 6PN host field.
     pub host_index: u32,
-    /// Firewall chains are `<chain_prefix>-FWD` and `<chain_prefix>-NAT`.
+    /// Firewall chains are `<chain_prefix>-FWD` and `<chain_prefix>-NAT`; the nftables
+    /// tables are the prefix in lower case with `-` as `_`.
     pub chain_prefix: String,
+    /// Where machines may send DNS queries (UDP and TCP port 53) besides the pool gateway:
+    /// the resolver in their `/etc/resolv.conf` when it is not the gateway.
+    pub nameservers: Vec<IpAddr>,
+    /// Destinations machines never reach, besides [`BLOCKED_DESTINATIONS`], the host's own
+    /// addresses and its directly connected networks: the control plane's address, other
+    /// hosts' addresses.
+    pub protected: Vec<IpPrefix>,
 }
 
 impl NetworkOptions {
@@ -129,6 +139,8 @@ impl NetworkOptions {
             ipv4_pool: Ipv4Pool::for_host(host_index),
             host_index,
             chain_prefix: "ALOFT".to_string(),
+            nameservers: Vec::new(),
+            protected: Vec::new(),
         }
     }
 }
@@ -275,6 +287,43 @@ impl HostNetwork {
         (format!("vm{hash:012x}"), format!("vn{hash:012x}"))
     }
 
+    fn guard(&self) -> Guard {
+        Guard {
+            table: guard::table_name(&self.options.chain_prefix),
+            bridge_prefix: self.options.bridge_prefix.clone(),
+            nameservers: self.options.nameservers.clone(),
+        }
+    }
+
+    /// The network of one of our bridges, from its name.
+    fn bridge_network(&self, bridge: &str) -> Option<u32> {
+        bridge
+            .strip_prefix(self.options.bridge_prefix.as_str())
+            .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+    }
+
+    /// What machines never reach: the fixed list, the protected addresses, and every network
+    /// the host is directly connected to except through its bridges and the mesh.
+    async fn blocked_destinations(&self, nl: &Netlink) -> Result<Vec<IpPrefix>, NetworkError> {
+        let mut blocked: Vec<IpPrefix> = BLOCKED_DESTINATIONS
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        blocked.extend(self.options.protected.iter().copied());
+        for (link, addr, len) in nl.addresses().await? {
+            let ours = link == MESH_DEVICE
+                || link.starts_with("vm")
+                || link.starts_with("vn")
+                || (link.starts_with(self.options.bridge_prefix.as_str())
+                    && self.bridge_network(&link).is_some());
+            if ours || addr.is_loopback() {
+                continue;
+            }
+            blocked.extend(IpPrefix::new(addr, len));
+        }
+        Ok(blocked)
+    }
+
     fn firewall(&self) -> Firewall {
         Firewall {
             forward_chain: format!("{}-FWD", self.options.chain_prefix),
@@ -309,6 +358,12 @@ impl HostNetwork {
         let locked = firewall::lock().await;
         let bridges = self.bridges(&nl).await?;
         self.firewall().ensure(&locked, &bridges).await?;
+        let networks: Vec<(String, u32)> = bridges
+            .iter()
+            .filter_map(|b| Some((b.clone(), self.bridge_network(b)?)))
+            .collect();
+        let blocked = self.blocked_destinations(&nl).await?;
+        self.guard().ensure(&locked, &networks, &blocked).await?;
         drop(locked);
         info!(pool = %self.options.ipv4_pool, bridges = bridges.len(), "host network ready");
         Ok(())
@@ -386,6 +441,9 @@ impl HostNetwork {
         let locked = firewall::lock().await;
         // The rule first: it fails cleanly when `ensure_host` has not run.
         self.firewall().ensure_bridge(&locked, &bridge).await?;
+        self.guard()
+            .ensure_bridge(&locked, &bridge, req.network)
+            .await?;
         let bridge_index = nl.ensure_bridge(&bridge, bridge_mac(req.network)).await?;
         nl.add_address(bridge_index, IpAddr::V4(gateway_v4), 32)
             .await?;
@@ -397,6 +455,18 @@ impl HostNetwork {
         .await?;
         drop(locked);
 
+        let (mac, gateway_mac) = (machine_mac(&req.machine_id), bridge_mac(req.network));
+        // The port's rules exist before the port does: nothing the machine sends is ever
+        // unchecked.
+        let locked = firewall::lock().await;
+        let port = Port {
+            veth: &veth_host,
+            mac,
+            ipv4: req.ipv4,
+            ipv6: req.ipv6,
+        };
+        self.guard().add_port(&locked, &port).await?;
+        drop(locked);
         netns::create(&netns_path)?;
         nl.create_veth(&veth_host, &veth_peer).await?;
         nl.attach(&veth_host, bridge_index).await?;
@@ -409,7 +479,6 @@ impl HostNetwork {
         drop(ns_file);
 
         let (ipv4, ipv6, prefix) = (req.ipv4, req.ipv6, pool.prefix());
-        let (mac, gateway_mac) = (machine_mac(&req.machine_id), bridge_mac(req.network));
         netns::run_async_in(netns_path.clone(), move || async move {
             let nl = Netlink::connect()?;
             let lo = nl
@@ -500,6 +569,9 @@ impl HostNetwork {
         // The peer is only in the host namespace if a setup stopped before moving it.
         nl.delete_link(&veth_host).await?;
         nl.delete_link(&veth_peer).await?;
+        let locked = firewall::lock().await;
+        self.guard().remove_port(&locked, &veth_host).await?;
+        drop(locked);
         netns::delete(&path)?;
         debug!(machine = %machine_id, "machine network removed");
         Ok(())
@@ -523,6 +595,7 @@ impl HostNetwork {
         for bridge in self.bridges(&nl).await? {
             nl.delete_link(&bridge).await?;
         }
-        self.firewall().remove(&locked).await
+        self.firewall().remove(&locked).await?;
+        self.guard().remove(&locked).await
     }
 }

@@ -48,6 +48,8 @@ impl Fixture {
             ipv4_pool: Ipv4Pool::new(Ipv4Addr::new(10, 231, third, 0), 24).unwrap(),
             host_index: (rand >> 32) as u32 & 0xffff,
             chain_prefix: format!("ALOFT-T{suffix}"),
+            nameservers: Vec::new(),
+            protected: Vec::new(),
         };
         Self {
             net: HostNetwork::new(options).unwrap(),
@@ -162,6 +164,13 @@ struct Outside {
     host_veth: String,
     host_addr: Ipv4Addr,
     addr: Ipv4Addr,
+    /// A "public" address on the outside's loopback, routed through it (an internet host).
+    public: Ipv4Addr,
+    /// Another one, which tests may list in `NetworkOptions::protected`.
+    protected: Ipv4Addr,
+    /// A link-local address like the metadata service's (169.254.169.254), routed through
+    /// the outside (one per test, so parallel tests do not share a route).
+    metadata: Ipv4Addr,
 }
 
 impl Outside {
@@ -175,11 +184,17 @@ impl Outside {
         let host_addr = Ipv4Addr::new(10, 233, fx.third, 1);
         let addr = Ipv4Addr::new(10, 233, fx.third, 2);
         netns::create(&path).unwrap();
+        let public = Ipv4Addr::new(198, 18, fx.third, 1);
+        let protected = Ipv4Addr::new(198, 18, fx.third, 2);
+        let metadata = Ipv4Addr::new(169, 254, fx.third, 254);
         let outside = Self {
             path: path.clone(),
             host_veth: host_veth.clone(),
             host_addr,
             addr,
+            public,
+            protected,
+            metadata,
         };
         let nl = Netlink::connect().unwrap();
         nl.create_veth(&host_veth, &peer).await.unwrap();
@@ -196,10 +211,19 @@ impl Outside {
             let nl = Netlink::connect()?;
             let eth0 = nl.rename_up(&peer, "eth0", mac).await?;
             nl.add_address(eth0, IpAddr::V4(addr), 30).await?;
+            let lo = nl.index("lo").await?.unwrap();
+            nl.set_up(lo, "lo").await?;
+            for extra in [public, protected, metadata] {
+                nl.add_address(lo, IpAddr::V4(extra), 32).await?;
+            }
             nl.wait_oper_up("eth0", Duration::from_secs(5)).await
         })
         .await
         .unwrap();
+        // The host reaches the outside's loopback addresses through it.
+        for extra in [public, protected, metadata] {
+            nl.add_route_via_v4(extra, addr, index).await.unwrap();
+        }
         nl.wait_oper_up(&host_veth, Duration::from_secs(5))
             .await
             .unwrap();
@@ -463,7 +487,7 @@ async fn machines_reach_the_outside_through_nat() {
     let machine = fx.setup(&req).await;
     let outside = Outside::new(&fx).await;
 
-    let listener = netns::run_in(&outside.path, || TcpListener::bind((outside.addr, 0)))
+    let listener = netns::run_in(&outside.path, || TcpListener::bind((outside.public, 0)))
         .unwrap()
         .unwrap();
     let target = listener.local_addr().unwrap();
@@ -545,4 +569,259 @@ async fn setup_before_ensure_host_fails_cleanly() {
         Netlink::connect().unwrap().index(&bridge).await.unwrap(),
         None
     );
+}
+
+/// Runs `args` in the namespace at `path` (as root, so with every capability a machine
+/// could have: the rules on the host side must hold anyway).
+fn run_in_ns(path: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", path.display()))
+        .args(args)
+        .output()
+        .expect("nsenter (util-linux) is installed");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether a connection from `from`'s namespace to a listener of the host on `addr` works.
+fn reaches_host(from: &MachineNet, addr: SocketAddr) -> bool {
+    let listener = TcpListener::bind(addr).unwrap();
+    let target = listener.local_addr().unwrap();
+    exchange(Some(&from.netns_path), &listener, target).is_ok()
+}
+
+/// Whether a connection from `from` (or the host) to a listener in `outside` on `addr` works.
+fn reaches_outside(from: Option<&MachineNet>, outside: &Outside, addr: Ipv4Addr) -> bool {
+    let listener = netns::run_in(&outside.path, || TcpListener::bind((addr, 0)))
+        .unwrap()
+        .unwrap();
+    let target = listener.local_addr().unwrap();
+    exchange(from.map(|m| m.netns_path.as_path()), &listener, target).is_ok()
+}
+
+#[tokio::test]
+async fn a_machine_sends_only_from_its_own_addresses_and_hardware_address() {
+    let mut fx = Fixture::new();
+    fx.net.ensure_host().await.unwrap();
+    let org = fx.network(1);
+    let req = fx.request("s1", org);
+    let s1 = fx.setup(&req).await;
+    let req = fx.request("s2", org);
+    let s2 = fx.setup(&req).await;
+    for v6 in [false, true] {
+        assert!(reachable(Some(&s1), &s2, v6), "s1 -> s2 (v6: {v6})");
+    }
+    let ns = s1.netns_path.as_path();
+    let prefix = format!("/{}", s1.ipv4_prefix);
+
+    // s1 takes a free address of the pool instead of its own: what it sends from there
+    // never reaches s2 (without the rules s2 would answer, through ARP, to s1).
+    // Deleting the primary address keeps the other one (and the routes).
+    run_in_ns(
+        ns,
+        &["sysctl", "-qw", "net.ipv4.conf.eth0.promote_secondaries=1"],
+    );
+    let free = allocate(&fx.used_v4, &fx.net.options().ipv4_pool).unwrap();
+    let own = format!("{}{prefix}", s1.ipv4);
+    let other = format!("{free}{prefix}");
+    run_in_ns(ns, &["ip", "addr", "add", &other, "dev", "eth0"]);
+    run_in_ns(ns, &["ip", "addr", "del", &own, "dev", "eth0"]);
+    assert!(!reachable(Some(&s1), &s2, false), "s1 sent from {free}");
+    run_in_ns(ns, &["ip", "addr", "add", &own, "dev", "eth0"]);
+    run_in_ns(ns, &["ip", "addr", "del", &other, "dev", "eth0"]);
+    run_in_ns(
+        ns,
+        &[
+            "ip",
+            "route",
+            "replace",
+            "default",
+            "via",
+            &s1.gateway_v4.to_string(),
+        ],
+    );
+    assert!(reachable(Some(&s1), &s2, false), "s1 from its own address");
+
+    // The same with a 6PN address outside its /112 (another machine's of the same network).
+    let parts = parse_sixpn(s1.ipv6).unwrap();
+    let foreign = sixpn_address(parts.network, parts.host, parts.machine + 100);
+    let own6 = format!("{}/96", s1.ipv6);
+    let other6 = format!("{foreign}/96");
+    run_in_ns(ns, &["ip", "addr", "add", &other6, "dev", "eth0", "nodad"]);
+    run_in_ns(ns, &["ip", "addr", "del", &own6, "dev", "eth0"]);
+    assert!(!reachable(Some(&s1), &s2, true), "s1 sent from {foreign}");
+    run_in_ns(ns, &["ip", "addr", "add", &own6, "dev", "eth0", "nodad"]);
+    run_in_ns(ns, &["ip", "addr", "del", &other6, "dev", "eth0"]);
+    assert!(
+        reachable(Some(&s1), &s2, true),
+        "s1 from its own 6PN address"
+    );
+
+    // Another hardware address: nothing goes through, on either family.
+    run_in_ns(
+        ns,
+        &["ip", "link", "set", "eth0", "address", "06:00:00:00:00:99"],
+    );
+    for v6 in [false, true] {
+        assert!(
+            !reachable(Some(&s1), &s2, v6),
+            "s1 with another MAC (v6: {v6})"
+        );
+    }
+}
+
+/// Sends one frame built by `script` (Python, with `s` an AF_PACKET socket bound to eth0
+/// and `mac(text)`, `ip4(text)` helpers) from the namespace at `path`.
+fn send_frame(path: &Path, script: &str) {
+    let program = format!(
+        "import socket, struct\n\
+         mac = lambda t: bytes(int(x, 16) for x in t.split(':'))\n\
+         ip4 = socket.inet_aton\n\
+         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+         s.bind(('eth0', 0))\n\
+         {script}\n"
+    );
+    run_in_ns(path, &["python3", "-c", &program]);
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The hardware address `path`'s namespace has for `addr`, if any.
+fn neighbour(path: &Path, addr: IpAddr) -> Option<String> {
+    let out = run_in_ns(path, &["ip", "neigh", "show", &addr.to_string()]);
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "lladdr")?;
+    words.get(at + 1).map(|w| w.to_string())
+}
+
+#[tokio::test]
+async fn a_machine_cannot_claim_another_machine_s_address_to_its_neighbours() {
+    let mut fx = Fixture::new();
+    fx.net.ensure_host().await.unwrap();
+    let org = fx.network(1);
+    let mut nets = Vec::new();
+    for name in ["n1", "n2", "n3"] {
+        let req = fx.request(name, org);
+        nets.push(fx.setup(&req).await);
+    }
+    let (liar, victim, target) = (&nets[0], &nets[1], &nets[2]);
+    // The target knows the victim; a gratuitous ARP reply (which overrides an entry at once)
+    // from the liar, claiming the victim's address, would redirect it.
+    assert!(reachable(Some(target), victim, false), "target -> victim");
+    assert_eq!(
+        neighbour(&target.netns_path, IpAddr::V4(victim.ipv4)),
+        Some(mac_text(victim.mac))
+    );
+    send_frame(
+        &liar.netns_path,
+        &format!(
+            "arp = struct.pack('!HHBBH', 1, 0x0800, 6, 4, 2) + mac('{liar_mac}') + ip4('{victim}') \
+             + mac('{liar_mac}') + ip4('{victim}')\n\
+             s.send(mac('ff:ff:ff:ff:ff:ff') + mac('{liar_mac}') + struct.pack('!H', 0x0806) + arp)",
+            liar_mac = mac_text(liar.mac),
+            victim = victim.ipv4,
+        ),
+    );
+    assert_eq!(
+        neighbour(&target.netns_path, IpAddr::V4(victim.ipv4)),
+        Some(mac_text(victim.mac)),
+        "the liar's ARP reply changed the target's entry"
+    );
+    assert!(reachable(Some(target), victim, false), "target -> victim");
+
+    // IPv6: an unsolicited neighbour advertisement with the override flag replaces an entry
+    // the target already has.
+    assert!(
+        reachable(Some(target), victim, true),
+        "target -> victim (v6)"
+    );
+    let victim6 = IpAddr::V6(victim.ipv6);
+    assert_eq!(
+        neighbour(&target.netns_path, victim6),
+        Some(mac_text(victim.mac))
+    );
+    let program = format!(
+        "import socket, struct\n\
+         s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)\n\
+         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)\n\
+         mac = bytes(int(x, 16) for x in '{liar_mac}'.split(':'))\n\
+         na = struct.pack('!BBHI', 136, 0, 0, 0x20000000) + socket.inet_pton(socket.AF_INET6, '{victim}') \
+         + struct.pack('!BB', 2, 1) + mac\n\
+         s.sendto(na, ('{target}', 0))\n",
+        liar_mac = mac_text(liar.mac),
+        victim = victim.ipv6,
+        target = target.ipv6,
+    );
+    run_in_ns(&liar.netns_path, &["python3", "-c", &program]);
+    assert!(
+        reachable(Some(target), victim, true),
+        "target -> victim (v6)"
+    );
+    assert_eq!(
+        neighbour(&target.netns_path, victim6),
+        Some(mac_text(victim.mac))
+    );
+}
+
+#[tokio::test]
+async fn machines_reach_dns_on_the_host_and_the_internet_but_not_the_host_or_its_lan() {
+    let mut fx = Fixture::new();
+    let probe = Outside::new(&fx).await;
+    let mut options = fx.net.options().clone();
+    options.protected = vec![IpPrefix::host(IpAddr::V4(probe.protected))];
+    fx.net = HostNetwork::new(options).unwrap();
+    fx.net.ensure_host().await.unwrap();
+    let req = fx.request("lan", fx.network(1));
+    let m = fx.setup(&req).await;
+    let outside = &probe;
+    let gw = IpAddr::V4(m.gateway_v4);
+
+    // What machines are given: DNS on the gateway, and the internet through NAT.
+    assert!(
+        reaches_host(&m, SocketAddr::new(gw, 53)),
+        "DNS on the gateway"
+    );
+    assert!(
+        reaches_outside(Some(&m), outside, outside.public),
+        "the internet"
+    );
+
+    // The host: any other port of the gateway, its 6PN gateway, its address on another
+    // link; the host's directly connected network; link-local (metadata); a protected
+    // address (the control plane's). Each of these the host itself reaches.
+    assert!(
+        !reaches_host(&m, SocketAddr::new(gw, 0)),
+        "the gateway's other ports"
+    );
+    assert!(!reaches_host(
+        &m,
+        SocketAddr::new(IpAddr::V6(m.gateway_v6), 0)
+    ));
+    assert!(!reaches_host(
+        &m,
+        SocketAddr::new(outside.host_addr.into(), 0)
+    ));
+    for (what, addr) in [
+        ("the host's LAN", outside.addr),
+        ("link-local metadata", outside.metadata),
+        ("a protected address", outside.protected),
+    ] {
+        assert!(
+            reaches_outside(None, outside, addr),
+            "the host reaches {what}"
+        );
+        assert!(
+            !reaches_outside(Some(&m), outside, addr),
+            "the machine reached {what}"
+        );
+    }
 }
