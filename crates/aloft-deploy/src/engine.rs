@@ -1,0 +1,721 @@
+//! Taking a deploy's steps, one per [`Deploy::advance`], and rolling it back.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use aloft_api::deploy::{DeployStatus, DeployStrategy};
+use aloft_api::{Machine, MachineConfig, MachineState};
+
+use crate::health::{judge, Baseline, Verdict};
+use crate::ops::{Ops, OpsError};
+use crate::plan::{plan_steps, Role, Step, Target};
+use crate::state::{Deploy, DeployError, Undo, DEPLOY_TAG};
+
+/// How often machines are looked at while waiting.
+const POLL: Duration = Duration::from_millis(200);
+/// How long the host may take to acknowledge a machine created without starting it.
+const ACK_DEADLINE: Duration = Duration::from_secs(30);
+/// Least time a rollback gives each machine of the previous release to be healthy again.
+const ROLLBACK_MIN_WAIT: Duration = Duration::from_secs(60);
+/// How many of a failed machine's last log lines the error shows.
+const FAILED_LOG_LINES: usize = 10;
+/// What the host appends to an exit event's message; the error lists the lines itself.
+const HOST_LOG_TAIL: &str = "; last log lines:";
+
+impl Deploy {
+    /// Takes the next step (or the next rollback step). Returns `false` once the deploy is
+    /// over; the caller stores the deploy after every call.
+    pub async fn advance(&mut self, ops: &dyn Ops) -> Result<bool, DeployError> {
+        match self.status {
+            DeployStatus::Running => {
+                if self.cancel || ops.cancelled() {
+                    self.cancel = true;
+                    self.fail(ops, DeployError::Cancelled)?;
+                    return Ok(true);
+                }
+                if self.steps.is_none() {
+                    match ops.list_machines(&self.app).await {
+                        Ok(machines) => {
+                            let steps = plan_steps(&self.plan, &machines);
+                            let message = format!(
+                                "release v{} of {}: {} ({}), {} step(s)",
+                                self.version,
+                                self.app,
+                                self.plan.image,
+                                self.plan.strategy.as_str(),
+                                steps.len()
+                            );
+                            self.steps = Some(steps);
+                            self.emit(ops.wall_ms(), "plan", None, "planned", message);
+                        }
+                        Err(e) => self.fail(ops, DeployError::ops("Cannot list machines")(e))?,
+                    }
+                    return Ok(true);
+                }
+                let Some(step) = self.steps().get(self.cursor).cloned() else {
+                    self.transition(DeployStatus::Succeeded)?;
+                    let message = format!("release v{} succeeded", self.version);
+                    self.emit(ops.wall_ms(), "done", None, "succeeded", message);
+                    return Ok(false);
+                };
+                match self.take(ops, &step).await {
+                    Ok(()) => self.cursor += 1,
+                    Err(e) => {
+                        if matches!(step, Step::ReleaseCommand) {
+                            self.aborted = true;
+                        }
+                        self.fail(ops, e)?;
+                    }
+                }
+                Ok(true)
+            }
+            DeployStatus::RollingBack => {
+                if let Some(undo) = self.undo.last().cloned() {
+                    let result = self.undo_step(ops, undo).await;
+                    self.undo.pop();
+                    self.rolled_back += 1;
+                    if let Err(e) = result {
+                        self.emit(ops.wall_ms(), "rollback", None, "error", e.to_string());
+                        self.rollback_error.get_or_insert(e.to_string());
+                    }
+                    return Ok(true);
+                }
+                // Machines left cordoned (an update that failed mid-batch) serve again.
+                for id in self.held.clone() {
+                    match ops.admit(&self.app, std::slice::from_ref(&id)).await {
+                        Ok(()) => {
+                            self.held.remove(&id);
+                        }
+                        Err(e) => {
+                            let e = DeployError::ops(format!("Cannot uncordon machine {id}"))(e);
+                            self.rollback_error.get_or_insert(e.to_string());
+                        }
+                    }
+                }
+                let to = if self.cancel {
+                    DeployStatus::Cancelled
+                } else {
+                    DeployStatus::Failed
+                };
+                self.transition(to)?;
+                let message = self.error_message().unwrap_or_default();
+                self.emit(ops.wall_ms(), "done", None, to.as_str(), message);
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Runs the deploy to its end, calling `stored` after every step.
+    pub async fn run(
+        &mut self,
+        ops: &dyn Ops,
+        mut stored: impl FnMut(&Deploy),
+    ) -> Result<DeployStatus, DeployError> {
+        while self.advance(ops).await? {
+            stored(self);
+        }
+        stored(self);
+        Ok(self.status)
+    }
+
+    fn fail(&mut self, ops: &dyn Ops, e: DeployError) -> Result<(), DeployError> {
+        if let DeployError::Unhealthy { machine, logs, .. } = &e {
+            self.details = details(&self.app, machine, logs);
+        }
+        let reason = e.to_string();
+        self.emit(ops.wall_ms(), "rollback", None, "error", reason.clone());
+        self.reason = Some(reason);
+        self.transition(DeployStatus::RollingBack)
+    }
+
+    fn config(&self, group: &str) -> Result<MachineConfig, DeployError> {
+        self.plan
+            .configs
+            .get(group)
+            .cloned()
+            .ok_or_else(|| DeployError::NoConfig(group.to_owned()))
+    }
+
+    fn resolve(&self, targets: &[Target]) -> Result<Vec<String>, DeployError> {
+        targets
+            .iter()
+            .map(|t| match t {
+                Target::Machine(id) => Ok(id.clone()),
+                Target::Slot(s) => self
+                    .slots
+                    .get(s)
+                    .cloned()
+                    .ok_or(DeployError::UnknownSlot(*s)),
+            })
+            .collect()
+    }
+
+    fn line(&mut self, ops: &dyn Ops, step: &str, machine: Option<(&str, &str)>, text: String) {
+        self.emit(ops.wall_ms(), step, machine, "info", text);
+    }
+
+    /// Records machine `id`'s status when it changed.
+    fn machine_status(&mut self, ops: &dyn Ops, id: &str, status: &str, message: String) {
+        if self.shown.get(id) == Some(&message) {
+            return;
+        }
+        self.shown.insert(id.to_owned(), message.clone());
+        let region = self
+            .baselines
+            .get(id)
+            .map(|b| b.region.clone())
+            .unwrap_or_default();
+        self.emit(ops.wall_ms(), "wait", Some((id, &region)), status, message);
+    }
+
+    async fn take(&mut self, ops: &dyn Ops, step: &Step) -> Result<(), DeployError> {
+        let app = self.app.clone();
+        match step {
+            Step::ReleaseCommand => {
+                self.line(
+                    ops,
+                    "release_command",
+                    None,
+                    "running the release command".into(),
+                );
+                ops.release_command(&app, self.version, &self.plan)
+                    .await
+                    .map_err(|e| DeployError::ReleaseCommand(e.to_string()))?;
+                self.line(
+                    ops,
+                    "release_command",
+                    None,
+                    "release command succeeded".into(),
+                );
+            }
+            Step::Create {
+                group,
+                region,
+                slot,
+                role,
+            } => self.create(ops, group, region, *slot, *role).await?,
+            Step::Divert { targets } => {
+                let ids = self.resolve(targets)?;
+                self.divert(ops, &ids).await?;
+            }
+            Step::Update {
+                group,
+                machine,
+                region,
+                old,
+            } => {
+                let config = self.config(group)?;
+                let current = ops
+                    .get_machine(&app, machine)
+                    .await
+                    .map_err(DeployError::ops(format!("Cannot read machine {machine}")))?;
+                if !self
+                    .undo
+                    .iter()
+                    .any(|u| matches!(u, Undo::Updated { id, .. } if id == machine))
+                {
+                    self.undo.push(Undo::Updated {
+                        id: machine.clone(),
+                        old: old.clone(),
+                    });
+                }
+                // Taken again after a crash: a machine already on the new config is not
+                // restarted a second time.
+                let m = if current.config == config && self.baselines.contains_key(machine) {
+                    current
+                } else {
+                    ops.update_machine(&app, machine, &config)
+                        .await
+                        .map_err(DeployError::ops(format!("Cannot update machine {machine}")))?
+                };
+                self.baselines.insert(m.id.clone(), Baseline::of(&m));
+                if self.plan.strategy == DeployStrategy::Immediate {
+                    let text = format!("{group}: updating machine {machine} in {region}");
+                    self.line(ops, "update", Some((machine, region)), text);
+                } else {
+                    self.emit(
+                        ops.wall_ms(),
+                        "update",
+                        Some((machine, region)),
+                        "replacing",
+                        "replacing".into(),
+                    );
+                    self.shown.insert(machine.clone(), "replacing".into());
+                }
+            }
+            Step::Wait { targets } => {
+                let ids = self.resolve(targets)?;
+                let timeout = Duration::from_secs(self.plan.wait_timeout_secs);
+                self.wait_healthy(ops, &ids, timeout).await?;
+            }
+            Step::Admit { targets } => {
+                let ids = self.resolve(targets)?;
+                self.admit(ops, &ids).await?;
+            }
+            Step::Destroy {
+                group,
+                machine,
+                region,
+                old,
+            } => {
+                match ops.destroy_machine(&app, machine).await {
+                    Ok(()) | Err(OpsError::NotFound(_)) => {}
+                    Err(e) => {
+                        return Err(DeployError::ops(format!(
+                            "Cannot destroy machine {machine}"
+                        ))(e))
+                    }
+                }
+                self.held.remove(machine);
+                if !self.undo.iter().any(|u| matches!(u, Undo::Destroyed { config, region: r, .. } if r == region && config == old)) {
+                    self.undo.push(Undo::Destroyed {
+                        group: group.clone(),
+                        region: region.clone(),
+                        config: old.clone(),
+                    });
+                }
+                let timeout = Duration::from_secs(self.plan.wait_timeout_secs);
+                self.wait_destroyed(ops, machine, timeout).await?;
+                let text = format!("{group}: destroyed old machine {machine}");
+                self.line(ops, "destroy", Some((machine, region)), text);
+            }
+            Step::Note {
+                group,
+                text,
+                target,
+            } => {
+                let id = match target {
+                    Some(t) => self.resolve(std::slice::from_ref(t))?.pop(),
+                    None => None,
+                };
+                let text = text.replace("{machine}", id.as_deref().unwrap_or("?"));
+                self.line(ops, "note", None, format!("{group}: {text}"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn create(
+        &mut self,
+        ops: &dyn Ops,
+        group: &str,
+        region: &str,
+        slot: u32,
+        role: Role,
+    ) -> Result<(), DeployError> {
+        if self.slots.contains_key(&slot) {
+            return Ok(());
+        }
+        let app = self.app.clone();
+        let tag = format!("{}/{slot}", self.id);
+        let mut config = self.config(group)?;
+        config
+            .metadata
+            .get_or_insert_with(BTreeMap::new)
+            .insert(DEPLOY_TAG.to_owned(), tag.clone());
+        // Taken again after a crash: the machine created the first time is used.
+        let existing = ops
+            .list_machines(&app)
+            .await
+            .map_err(DeployError::ops("Cannot list machines"))?
+            .into_iter()
+            .find(|m| m.config.metadata.as_ref().and_then(|md| md.get(DEPLOY_TAG)) == Some(&tag));
+        let cordoned = role != Role::First;
+        let created = match existing {
+            Some(m) => m,
+            None => ops
+                .create_machine(&app, &config, region, cordoned)
+                .await
+                .map_err(DeployError::ops(format!(
+                    "Cannot create a machine in {region}"
+                )))?,
+        };
+        let id = created.id.clone();
+        self.slots.insert(slot, id.clone());
+        self.undo.push(Undo::Created { id: id.clone() });
+        let m = if cordoned {
+            self.start_cordoned(ops, created).await?
+        } else {
+            created
+        };
+        self.baselines.insert(id.clone(), Baseline::of(&m));
+        let text = match role {
+            Role::First => format!("{group}: created machine {id} in {region}"),
+            _ => format!("{group}: created machine {id} in {region} (no traffic until healthy)"),
+        };
+        self.line(ops, "create", Some((&id, region)), text);
+        if role == Role::Canary {
+            self.line(
+                ops,
+                "create",
+                Some((&id, region)),
+                format!("{group}: canary {id} starts"),
+            );
+        }
+        Ok(())
+    }
+
+    /// Cordons a machine created without starting, then starts it: it gets traffic only once
+    /// admitted. Returns it as started (everything recorded up to then is history).
+    async fn start_cordoned(
+        &mut self,
+        ops: &dyn Ops,
+        mut m: Machine,
+    ) -> Result<Machine, DeployError> {
+        let app = self.app.clone();
+        let id = m.id.clone();
+        self.held.insert(id.clone());
+        ops.cordon(&app, std::slice::from_ref(&id), false)
+            .await
+            .map_err(DeployError::ops(format!("Cannot cordon machine {id}")))?;
+        // The host first reports the new machine `stopped`; starting it after that keeps that
+        // report from being taken for the new instance exiting.
+        let deadline = ops.now() + ACK_DEADLINE;
+        while m.state == MachineState::Created && ops.now() < deadline {
+            ops.sleep(POLL).await;
+            m = ops
+                .get_machine(&app, &id)
+                .await
+                .map_err(DeployError::ops(format!("Cannot read machine {id}")))?;
+        }
+        if !matches!(m.state, MachineState::Started | MachineState::Starting) {
+            ops.start_machine(&app, &id)
+                .await
+                .map_err(DeployError::ops(format!("Cannot start machine {id}")))?;
+        }
+        ops.get_machine(&app, &id)
+            .await
+            .map_err(DeployError::ops(format!("Cannot read machine {id}")))
+    }
+
+    async fn divert(&mut self, ops: &dyn Ops, ids: &[String]) -> Result<(), DeployError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.held.extend(ids.iter().cloned());
+        ops.cordon(&self.app, ids, true)
+            .await
+            .map_err(DeployError::ops(format!(
+                "Cannot cordon {}",
+                ids.join(", ")
+            )))?;
+        for id in ids {
+            let region = self
+                .baselines
+                .get(id)
+                .map(|b| b.region.clone())
+                .unwrap_or_default();
+            self.emit(
+                ops.wall_ms(),
+                "cordon",
+                Some((id, &region)),
+                "cordoned",
+                "cordoned, draining".into(),
+            );
+        }
+        ops.sleep(Duration::from_millis(self.plan.drain_ms)).await;
+        Ok(())
+    }
+
+    async fn admit(&mut self, ops: &dyn Ops, ids: &[String]) -> Result<(), DeployError> {
+        ops.admit(&self.app, ids)
+            .await
+            .map_err(DeployError::ops(format!(
+                "Cannot uncordon {}",
+                ids.join(", ")
+            )))?;
+        for id in ids {
+            self.held.remove(id);
+            let region = self
+                .baselines
+                .get(id)
+                .map(|b| b.region.clone())
+                .unwrap_or_default();
+            self.emit(
+                ops.wall_ms(),
+                "admit",
+                Some((id, &region)),
+                "admitted",
+                "takes traffic".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until every machine of `ids` runs its new instance and is healthy; the first
+    /// failure wins.
+    async fn wait_healthy(
+        &mut self,
+        ops: &dyn Ops,
+        ids: &[String],
+        timeout: Duration,
+    ) -> Result<(), DeployError> {
+        let app = self.app.clone();
+        let deadline = ops.now() + timeout;
+        let mut up_since: BTreeMap<String, Instant> = BTreeMap::new();
+        let mut pending: Vec<String> = ids.to_vec();
+        loop {
+            if ops.cancelled() {
+                return Err(DeployError::Cancelled);
+            }
+            let expired = ops.now() >= deadline;
+            let mut still = Vec::new();
+            for id in &pending {
+                let m = ops
+                    .get_machine(&app, id)
+                    .await
+                    .map_err(DeployError::ops(format!("Cannot read machine {id}")))?;
+                let base = match self.baselines.get(id) {
+                    Some(b) => b.clone(),
+                    None => {
+                        let b = Baseline::of(&m);
+                        self.baselines.insert(id.clone(), b.clone());
+                        b
+                    }
+                };
+                if m.state == MachineState::Started {
+                    up_since.entry(id.clone()).or_insert_with(|| ops.now());
+                }
+                let up_for = up_since
+                    .get(id)
+                    .map(|t| ops.now().saturating_duration_since(*t));
+                match judge(&m, &base, up_for, expired, timeout.as_secs()) {
+                    Verdict::Healthy => {
+                        self.machine_status(ops, id, "healthy", "healthy".into());
+                    }
+                    Verdict::Pending(status, text) => {
+                        self.machine_status(ops, id, status, text);
+                        still.push(id.clone());
+                    }
+                    Verdict::Failed(summary) => {
+                        let own = format!("machine {id} ");
+                        let short = short(summary.strip_prefix(&own).unwrap_or(&summary));
+                        self.machine_status(ops, id, "failed", format!("failed: {short}"));
+                        let logs = ops
+                            .last_log_lines(&app, id, FAILED_LOG_LINES, base.since)
+                            .await;
+                        // The host's own summary of the log lines is left out when the lines
+                        // themselves follow.
+                        let summary = match summary.split_once(HOST_LOG_TAIL) {
+                            Some((head, tail)) if !logs.is_empty() => {
+                                let close = if tail.ends_with(')') { ")" } else { "" };
+                                format!("{head}{close}")
+                            }
+                            _ => summary,
+                        };
+                        return Err(DeployError::Unhealthy {
+                            machine: id.clone(),
+                            summary,
+                            logs,
+                        });
+                    }
+                }
+            }
+            if still.is_empty() {
+                return Ok(());
+            }
+            pending = still;
+            ops.sleep(POLL).await;
+        }
+    }
+
+    /// Waits until the machine is destroyed (or gone).
+    async fn wait_destroyed(
+        &mut self,
+        ops: &dyn Ops,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<(), DeployError> {
+        let deadline = ops.now() + timeout;
+        loop {
+            match ops.get_machine(&self.app, id).await {
+                Ok(m) if m.state == MachineState::Destroyed => return Ok(()),
+                Ok(m) if ops.now() >= deadline => {
+                    return Err(DeployError::ops(format!("Cannot destroy machine {id}"))(
+                        OpsError::Failed(format!(
+                            "it is {} {}s after it was destroyed",
+                            m.state,
+                            timeout.as_secs()
+                        )),
+                    ))
+                }
+                Ok(_) => {}
+                Err(OpsError::NotFound(_)) => return Ok(()),
+                Err(e) => return Err(DeployError::ops(format!("Cannot read machine {id}"))(e)),
+            }
+            ops.sleep(POLL).await;
+        }
+    }
+
+    /// How long a rollback waits for each machine: the previous release served before this
+    /// deploy, so it gets at least [`ROLLBACK_MIN_WAIT`] to pass its checks again.
+    fn rollback_wait(&self) -> Duration {
+        Duration::from_secs(self.plan.wait_timeout_secs).max(ROLLBACK_MIN_WAIT)
+    }
+
+    async fn undo_step(&mut self, ops: &dyn Ops, step: Undo) -> Result<(), DeployError> {
+        let app = self.app.clone();
+        match step {
+            Undo::Updated { id, old } => {
+                if !self.held.contains(&id) {
+                    self.divert(ops, std::slice::from_ref(&id)).await?;
+                }
+                let m = ops
+                    .update_machine(&app, &id, &old)
+                    .await
+                    .map_err(DeployError::ops(format!("Cannot roll back machine {id}")))?;
+                self.baselines.insert(id.clone(), Baseline::of(&m));
+                self.shown.remove(&id);
+                let healthy = self
+                    .wait_healthy_uncancelled(ops, &id, self.rollback_wait())
+                    .await;
+                // Even a previous release that is not healthy again gets its traffic back:
+                // it is what served before this deploy.
+                self.admit(ops, std::slice::from_ref(&id)).await?;
+                healthy?;
+                let text = format!("rolled back machine {id} to {}", m.config.image);
+                self.line(ops, "rollback", Some((&id, &m.region)), text);
+            }
+            Undo::Created { id } => {
+                if !self.held.contains(&id) {
+                    self.divert(ops, std::slice::from_ref(&id)).await?;
+                }
+                // A new machine that cannot be destroyed stays cordoned: no traffic for it.
+                self.held.remove(&id);
+                match ops.destroy_machine(&app, &id).await {
+                    Ok(()) | Err(OpsError::NotFound(_)) => {}
+                    Err(e) => {
+                        return Err(DeployError::ops(format!("Cannot destroy new machine {id}"))(e))
+                    }
+                }
+                self.wait_destroyed(ops, &id, self.rollback_wait()).await?;
+                self.line(ops, "rollback", None, format!("destroyed new machine {id}"));
+            }
+            Undo::Destroyed {
+                group,
+                region,
+                config,
+            } => {
+                let created = ops
+                    .create_machine(&app, &config, &region, true)
+                    .await
+                    .map_err(DeployError::ops(format!(
+                        "Cannot create a machine in {region}"
+                    )))?;
+                let m = self.start_cordoned(ops, created).await?;
+                self.baselines.insert(m.id.clone(), Baseline::of(&m));
+                self.wait_healthy_uncancelled(ops, &m.id, self.rollback_wait())
+                    .await?;
+                self.admit(ops, std::slice::from_ref(&m.id)).await?;
+                let text = format!(
+                    "{group}: recreated machine {} in {region} for a destroyed one",
+                    m.id
+                );
+                self.line(ops, "rollback", Some((&m.id, &region)), text);
+            }
+        }
+        Ok(())
+    }
+
+    /// A rollback's wait: cancelling does not stop it.
+    async fn wait_healthy_uncancelled(
+        &mut self,
+        ops: &dyn Ops,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<(), DeployError> {
+        let ops = Uncancelled(ops);
+        self.wait_healthy(&ops, &[id.to_owned()], timeout).await
+    }
+}
+
+/// `ops` with cancellation hidden.
+struct Uncancelled<'a>(&'a dyn Ops);
+
+#[async_trait::async_trait]
+impl Ops for Uncancelled<'_> {
+    async fn list_machines(&self, app: &str) -> Result<Vec<Machine>, OpsError> {
+        self.0.list_machines(app).await
+    }
+    async fn get_machine(&self, app: &str, id: &str) -> Result<Machine, OpsError> {
+        self.0.get_machine(app, id).await
+    }
+    async fn create_machine(
+        &self,
+        app: &str,
+        config: &MachineConfig,
+        region: &str,
+        skip_launch: bool,
+    ) -> Result<Machine, OpsError> {
+        self.0
+            .create_machine(app, config, region, skip_launch)
+            .await
+    }
+    async fn start_machine(&self, app: &str, id: &str) -> Result<(), OpsError> {
+        self.0.start_machine(app, id).await
+    }
+    async fn update_machine(
+        &self,
+        app: &str,
+        id: &str,
+        config: &MachineConfig,
+    ) -> Result<Machine, OpsError> {
+        self.0.update_machine(app, id, config).await
+    }
+    async fn destroy_machine(&self, app: &str, id: &str) -> Result<(), OpsError> {
+        self.0.destroy_machine(app, id).await
+    }
+    async fn cordon(&self, app: &str, ids: &[String], confirm: bool) -> Result<(), OpsError> {
+        self.0.cordon(app, ids, confirm).await
+    }
+    async fn admit(&self, app: &str, ids: &[String]) -> Result<(), OpsError> {
+        self.0.admit(app, ids).await
+    }
+    async fn release_command(
+        &self,
+        app: &str,
+        version: u64,
+        plan: &aloft_api::deploy::DeployPlan,
+    ) -> Result<(), OpsError> {
+        self.0.release_command(app, version, plan).await
+    }
+    async fn last_log_lines(&self, app: &str, id: &str, n: usize, since_ms: i64) -> Vec<String> {
+        self.0.last_log_lines(app, id, n, since_ms).await
+    }
+    fn wall_ms(&self) -> i64 {
+        self.0.wall_ms()
+    }
+    fn now(&self) -> Instant {
+        self.0.now()
+    }
+    async fn sleep(&self, d: Duration) {
+        self.0.sleep(d).await
+    }
+}
+
+/// The first line of `text`, at most 60 characters.
+fn short(text: &str) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    match line.char_indices().nth(60) {
+        Some((i, _)) => format!("{}…", &line[..i]),
+        None => line.to_owned(),
+    }
+}
+
+/// A failed machine's log lines and where to read more, as lines to print under the error.
+fn details(app: &str, machine: &str, logs: &[String]) -> String {
+    let mut out = String::new();
+    if logs.is_empty() {
+        out.push_str(&format!("\n  machine {machine} logged nothing"));
+    } else {
+        out.push_str(&format!("\n  last log lines of machine {machine}:"));
+        for line in logs {
+            out.push_str(&format!("\n    {line}"));
+        }
+    }
+    out.push_str(&format!(
+        "\n  more: aloft logs --app {app} --machine {machine}"
+    ));
+    out
+}
