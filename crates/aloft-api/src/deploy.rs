@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::MachineConfig;
 
@@ -183,7 +183,8 @@ pub struct DeployInfo {
 }
 
 /// Query of `GET …/deploys/{id}/events`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeployEventsQuery {
     /// Keep the stream open until the deploy is over.
     #[serde(default)]
@@ -191,4 +192,58 @@ pub struct DeployEventsQuery {
     /// Only events after this sequence number.
     #[serde(default)]
     pub after: u64,
+}
+
+impl crate::Client {
+    /// `POST /v1/apps/{app}/deploys`: records a release and starts rolling it out on the
+    /// server.
+    pub async fn start_deploy(
+        &self,
+        app: &str,
+        plan: &DeployPlan,
+    ) -> Result<DeployInfo, crate::ClientError> {
+        self.post(self.url(&["v1", "apps", app, "deploys"]), plan)
+            .await
+    }
+
+    /// `GET /v1/apps/{app}/deploys/{id}` (`id` may be a release version such as `v3`).
+    pub async fn get_deploy(&self, app: &str, id: &str) -> Result<DeployInfo, crate::ClientError> {
+        self.get(self.url(&["v1", "apps", app, "deploys", id]))
+            .await
+    }
+
+    /// `POST /v1/apps/{app}/deploys/{id}/cancel`.
+    pub async fn cancel_deploy(
+        &self,
+        app: &str,
+        id: &str,
+    ) -> Result<DeployInfo, crate::ClientError> {
+        self.post(
+            self.url(&["v1", "apps", app, "deploys", id, "cancel"]),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// `GET /v1/apps/{app}/deploys/{id}/events`: the events after `after`, and with `follow`
+    /// the new ones until the deploy is over.
+    pub async fn deploy_events(
+        &self,
+        app: &str,
+        id: &str,
+        after: u64,
+        follow: bool,
+    ) -> Result<
+        impl futures::Stream<Item = Result<DeployEvent, crate::ClientError>> + Send + 'static,
+        crate::ClientError,
+    > {
+        let mut url = self.url(&["v1", "apps", app, "deploys", id, "events"]);
+        url.query_pairs_mut()
+            .append_pair("after", &after.to_string())
+            .append_pair("follow", if follow { "true" } else { "false" });
+        let response = self
+            .send(self.request(reqwest::Method::GET, url.clone()), &url)
+            .await?;
+        Ok(crate::client::ndjson_lines(response, url.to_string()))
+    }
 }

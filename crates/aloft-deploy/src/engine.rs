@@ -8,7 +8,8 @@ use aloft_api::{Machine, MachineConfig, MachineState};
 
 use crate::health::{judge, Baseline, Verdict};
 use crate::ops::{Ops, OpsError};
-use crate::plan::{plan_steps, Role, Step, Target};
+use crate::plan::{group_of, plan_steps, Role, Step, Target};
+use crate::release::{release_argv, RELEASE_GROUP};
 use crate::state::{Deploy, DeployError, Undo, DEPLOY_TAG};
 
 /// How often machines are looked at while waiting.
@@ -173,21 +174,39 @@ impl Deploy {
         let app = self.app.clone();
         match step {
             Step::ReleaseCommand => {
-                self.line(
-                    ops,
-                    "release_command",
-                    None,
-                    "running the release command".into(),
-                );
+                // Release command machines an interrupted deploy left go first.
+                let machines = ops
+                    .list_machines(&app)
+                    .await
+                    .map_err(DeployError::ops("Cannot list machines"))?;
+                for old in machines.iter().filter(|m| group_of(m) == RELEASE_GROUP) {
+                    let text = format!(
+                        "removing release command machine {} of an earlier deploy",
+                        old.id
+                    );
+                    self.line(ops, "release_command", Some((&old.id, &old.region)), text);
+                    match ops.destroy_machine(&app, &old.id).await {
+                        Ok(()) | Err(OpsError::NotFound(_)) => {}
+                        Err(e) => {
+                            let action = format!("Cannot destroy machine {}", old.id);
+                            return Err(DeployError::ops(action)(e));
+                        }
+                    }
+                }
+                let program = self
+                    .plan
+                    .release_command
+                    .as_ref()
+                    .and_then(|rc| release_argv(&rc.command).ok())
+                    .and_then(|argv| argv.into_iter().next())
+                    .unwrap_or_default();
+                let text = format!("Running release command: {program}");
+                self.line(ops, "release_command", None, text);
                 ops.release_command(&app, self.version, &self.plan)
                     .await
                     .map_err(|e| DeployError::ReleaseCommand(e.to_string()))?;
-                self.line(
-                    ops,
-                    "release_command",
-                    None,
-                    "release command succeeded".into(),
-                );
+                let text = "release command finished (exit code 0)".to_owned();
+                self.line(ops, "release_command", None, text);
             }
             Step::Create {
                 group,

@@ -20,11 +20,15 @@ mod engine;
 mod health;
 mod ops;
 mod plan;
+mod release;
 mod state;
 
 pub use aloft_api::deploy::{DeployEvent, DeployPlan, DeployStatus, DeployStrategy};
 pub use ops::{Ops, OpsError};
-pub use plan::{batch_size, plan_steps, Role, Step, Target};
+pub use plan::{batch_size, group_of, plan_steps, Role, Step, Target};
+pub use release::{
+    exit_code, release_argv, release_machine_config, ReleaseConfigError, RELEASE_GROUP,
+};
 pub use state::{Deploy, DeployError, Undo, DEPLOY_TAG};
 
 #[cfg(test)]

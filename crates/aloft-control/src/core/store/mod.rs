@@ -8,6 +8,7 @@
 mod apps;
 mod autoscale;
 mod certs;
+mod deploys;
 mod hosts;
 mod ips;
 mod machines;
@@ -26,6 +27,7 @@ use super::error::StoreError;
 use super::revision::Revisions;
 
 pub use certs::{AcmeRow, IssuedRow};
+pub use deploys::DeployRow;
 pub use hosts::{AgentApi, HostCapacity};
 pub use machines::{MachineRow, NewMachine, PendingEvent};
 pub use releases::NewRelease;

@@ -77,4 +77,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // 9: ACME account credentials per directory (sealed), created on first use before.
     "CREATE TABLE IF NOT EXISTS acme_accounts (directory TEXT PRIMARY KEY, nonce BLOB NOT NULL,
         sealed BLOB NOT NULL);",
+    // 10: deploys run by the control plane: each one's state (JSON), stored after every step.
+    "CREATE TABLE IF NOT EXISTS deploys (id TEXT PRIMARY KEY, app TEXT NOT NULL, version INTEGER NOT NULL,
+        status TEXT NOT NULL, state TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+     CREATE INDEX IF NOT EXISTS deploys_by_app ON deploys (app, status);
+     CREATE TRIGGER IF NOT EXISTS apps_delete_deploys AFTER DELETE ON apps BEGIN
+        DELETE FROM deploys WHERE app = OLD.name;
+     END;",
 ];
