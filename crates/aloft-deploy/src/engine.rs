@@ -18,6 +18,8 @@ const POLL: Duration = Duration::from_millis(200);
 const ACK_DEADLINE: Duration = Duration::from_secs(30);
 /// Least time a rollback gives each machine of the previous release to be healthy again.
 const ROLLBACK_MIN_WAIT: Duration = Duration::from_secs(60);
+/// How long a release command machine left by an earlier deploy may take to be destroyed.
+const LEFTOVER_WAIT: Duration = Duration::from_secs(30);
 /// How many of a failed machine's last log lines the error shows.
 const FAILED_LOG_LINES: usize = 10;
 /// What the host appends to an exit event's message; the error lists the lines itself.
@@ -121,6 +123,9 @@ impl Deploy {
     }
 
     fn fail(&mut self, ops: &dyn Ops, e: DeployError) -> Result<(), DeployError> {
+        if e == DeployError::Cancelled {
+            self.cancel = true;
+        }
         if let DeployError::Unhealthy { machine, logs, .. } = &e {
             self.details = details(&self.app, machine, logs);
         }
@@ -192,6 +197,7 @@ impl Deploy {
                             return Err(DeployError::ops(action)(e));
                         }
                     }
+                    self.wait_destroyed(ops, &old.id, LEFTOVER_WAIT).await?;
                 }
                 let program = self
                     .plan
@@ -202,9 +208,13 @@ impl Deploy {
                     .unwrap_or_default();
                 let text = format!("Running release command: {program}");
                 self.line(ops, "release_command", None, text);
-                ops.release_command(&app, self.version, &self.plan)
+                let lines = ops
+                    .release_command(&app, self.version, &self.plan)
                     .await
                     .map_err(|e| DeployError::ReleaseCommand(e.to_string()))?;
+                for line in lines {
+                    self.line(ops, "release_command", None, format!("| {line}"));
+                }
                 let text = "release command finished (exit code 0)".to_owned();
                 self.line(ops, "release_command", None, text);
             }
@@ -696,7 +706,7 @@ impl Ops for Uncancelled<'_> {
         app: &str,
         version: u64,
         plan: &aloft_api::deploy::DeployPlan,
-    ) -> Result<(), OpsError> {
+    ) -> Result<Vec<String>, OpsError> {
         self.0.release_command(app, version, plan).await
     }
     async fn last_log_lines(&self, app: &str, id: &str, n: usize, since_ms: i64) -> Vec<String> {

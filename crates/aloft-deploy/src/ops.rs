@@ -44,14 +44,14 @@ pub trait Ops: Send + Sync {
     async fn cordon(&self, app: &str, ids: &[String], confirm: bool) -> Result<(), OpsError>;
     /// Uncordons machines and returns once the route table shows them routable.
     async fn admit(&self, app: &str, ids: &[String]) -> Result<(), OpsError>;
-    /// Runs `plan.release_command` for release `version` in a one-off machine;
-    /// `Err` says why it failed (its exit code, a timeout, its last log lines).
+    /// Runs `plan.release_command` for release `version` in a one-off machine; returns the
+    /// lines it printed, or why it failed (its exit code, a timeout, its last lines).
     async fn release_command(
         &self,
         app: &str,
         version: u64,
         plan: &DeployPlan,
-    ) -> Result<(), OpsError>;
+    ) -> Result<Vec<String>, OpsError>;
     /// The last `n` lines machine `id` logged since `since_ms` (empty when unknown).
     async fn last_log_lines(&self, app: &str, id: &str, n: usize, since_ms: i64) -> Vec<String> {
         let _ = (app, id, n, since_ms);

@@ -261,13 +261,13 @@ impl Ops for Fake {
         _app: &str,
         _version: u64,
         _plan: &DeployPlan,
-    ) -> Result<(), OpsError> {
+    ) -> Result<Vec<String>, OpsError> {
         if self.world.lock().unwrap().release_command_fails {
             return Err(OpsError::Failed(
                 "release command failed with exit code 1; deploy aborted".into(),
             ));
         }
-        Ok(())
+        Ok(vec!["migrated".to_owned()])
     }
     fn wall_ms(&self) -> i64 {
         self.world.lock().unwrap().clock.as_millis() as i64
@@ -524,10 +524,15 @@ async fn cancelling_interrupts_a_wait() {
         2,
         plan(CRITICAL, DeployStrategy::Rolling, true),
     );
-    // The wait for checks would take 30 s; the owner cancels meanwhile.
+    // Planned, cordoned, updated: the wait for checks would take 30 s; the owner cancels
+    // meanwhile.
+    for _ in 0..3 {
+        d.advance(&fake).await.unwrap();
+    }
+    assert!(matches!(d.steps()[d.cursor()], Step::Wait { .. }));
     fake.world.lock().unwrap().cancel = true;
-    d.advance(&fake).await.unwrap();
     assert_eq!(run(&fake, &mut d).await, DeployStatus::Cancelled);
+    assert!(d.error_message().unwrap().contains("was cancelled"));
     assert_eq!(fake.images(), vec!["v1"; 2]);
 }
 

@@ -236,8 +236,8 @@ fn a_rolling_deploy_of_ten_machines_finishes_after_its_cli_is_killed() {
     // The CLI dies mid-deploy, as a closed terminal would end it.
     cli.kill().unwrap();
     cli.wait().unwrap();
-    let release = wait_for("release v3 is over", Duration::from_secs(300), || {
-        let status = env.release_status(3);
+    let release = wait_for("release v2 is over", Duration::from_secs(300), || {
+        let status = env.release_status(2);
         (status == "succeeded" || status == "failed").then_some(status)
     })
     .unwrap();
@@ -250,8 +250,8 @@ fn a_rolling_deploy_of_ten_machines_finishes_after_its_cli_is_killed() {
     assert!(served > 0);
 
     // Its events can still be read, and watching a finished deploy says how it ended.
-    let out = ok(env.cli(&["releases", "watch", "v3"]));
-    assert!(out.contains("Release v3 succeeded"), "{out}");
+    let out = ok(env.cli(&["releases", "watch", "v2"]));
+    assert!(out.contains("Release v2 succeeded"), "{out}");
     assert!(out.contains("healthy"), "{out}");
 }
 
@@ -262,15 +262,15 @@ fn a_deploy_resumes_when_the_control_plane_restarts() {
     let v2 = env.httpd("v2", "phoenix two\n");
     env.first(&v1, 4);
     let out = ok(env.cli(&["deploy", "--image", &v2, "--detach"]));
-    assert!(out.contains("aloft releases watch v3"), "{out}");
+    assert!(out.contains("aloft releases watch v2"), "{out}");
     env.wait_some_on(&v2);
     env.server.crash_and_restart().unwrap();
-    let out = ok(env.cli(&["releases", "watch", "v3"]));
-    assert!(out.contains("Release v3 succeeded"), "{out}");
+    let out = ok(env.cli(&["releases", "watch", "v2"]));
+    assert!(out.contains("Release v2 succeeded"), "{out}");
     let after = env.machines();
     assert_eq!(after.len(), 4, "{after:?}");
     assert!(after.values().all(|i| i == &v2), "{after:?}");
-    assert_eq!(env.release_status(3), "succeeded");
+    assert_eq!(env.release_status(2), "succeeded");
 }
 
 #[test]

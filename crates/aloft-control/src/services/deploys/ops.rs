@@ -51,9 +51,9 @@ impl ControlOps {
         app: &str,
         version: u64,
         plan: &DeployPlan,
-    ) -> Result<(), OpsError> {
+    ) -> Result<Vec<String>, OpsError> {
         let Some(rc) = &plan.release_command else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let config = release_machine_config(&plan.configs, &rc.command, version)
             .map_err(|e| OpsError::Failed(e.to_string()))?;
@@ -74,6 +74,14 @@ impl ControlOps {
         // Whatever happened, the one-off machine goes.
         if let Err(e) = self.destroy_machine(app, &m.id).await {
             tracing::warn!(%app, machine = %m.id, error = %e, "release command machine not destroyed");
+        }
+        // Its resources are free for the rollout once the host has destroyed it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            match self.get_machine(app, &m.id).await {
+                Ok(m) if m.state != MachineState::Destroyed => tokio::time::sleep(POLL).await,
+                _ => break,
+            }
         }
         outcome
     }
@@ -101,15 +109,19 @@ impl ControlOps {
             .unwrap_or_default()
     }
 
-    /// The release command's last output lines as a suffix of an error message.
-    async fn tail(&self, app: &str, id: &str) -> String {
-        let lines: Vec<String> = self
-            .log_lines(app, id)
+    /// What the machine's process printed (not the platform's own lines).
+    async fn output(&self, app: &str, id: &str) -> Vec<String> {
+        self.log_lines(app, id)
             .await
             .into_iter()
             .filter(|(_, stream, _)| stream != "init")
             .map(|(_, _, m)| m)
-            .collect();
+            .collect()
+    }
+
+    /// The release command's last output lines as a suffix of an error message.
+    async fn tail(&self, app: &str, id: &str) -> String {
+        let lines = self.output(app, id).await;
         if lines.is_empty() {
             return String::new();
         }
@@ -122,13 +134,18 @@ impl ControlOps {
         out
     }
 
-    async fn watch_release(&self, app: &str, id: &str, timeout_secs: u64) -> Result<(), OpsError> {
+    async fn watch_release(
+        &self,
+        app: &str,
+        id: &str,
+        timeout_secs: u64,
+    ) -> Result<Vec<String>, OpsError> {
         let deadline = Instant::now() + Duration::from_secs(timeout_secs);
         loop {
             let m = self.get_machine(app, id).await?;
             if let Some(code) = exit_code(&m.events) {
                 if code == 0 {
-                    return Ok(());
+                    return Ok(self.output(app, id).await);
                 }
                 let tail = self.tail(app, id).await;
                 return Err(OpsError::Failed(format!(
@@ -249,7 +266,7 @@ impl Ops for ControlOps {
         app: &str,
         version: u64,
         plan: &DeployPlan,
-    ) -> Result<(), OpsError> {
+    ) -> Result<Vec<String>, OpsError> {
         self.run_release_command(app, version, plan).await
     }
 
