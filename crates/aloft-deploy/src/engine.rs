@@ -1,29 +1,24 @@
 //! Taking a deploy's steps, one per [`Deploy::advance`], and rolling it back.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aloft_api::deploy::{DeployStatus, DeployStrategy};
 use aloft_api::{Machine, MachineConfig, MachineState};
 
-use crate::health::{judge, Baseline, Verdict};
+use crate::health::Baseline;
 use crate::ops::{Ops, OpsError};
 use crate::plan::{group_of, plan_steps, Role, Step, Target};
 use crate::release::{release_argv, RELEASE_GROUP};
 use crate::state::{Deploy, DeployError, Undo, DEPLOY_TAG};
+use crate::waits::{details, POLL};
 
-/// How often machines are looked at while waiting.
-const POLL: Duration = Duration::from_millis(200);
 /// How long the host may take to acknowledge a machine created without starting it.
 const ACK_DEADLINE: Duration = Duration::from_secs(30);
 /// Least time a rollback gives each machine of the previous release to be healthy again.
 const ROLLBACK_MIN_WAIT: Duration = Duration::from_secs(60);
 /// How long a release command machine left by an earlier deploy may take to be destroyed.
 const LEFTOVER_WAIT: Duration = Duration::from_secs(30);
-/// How many of a failed machine's last log lines the error shows.
-const FAILED_LOG_LINES: usize = 10;
-/// What the host appends to an exit event's message; the error lists the lines itself.
-const HOST_LOG_TAIL: &str = "; last log lines:";
 
 impl Deploy {
     /// Takes the next step (or the next rollback step). Returns `false` once the deploy is
@@ -162,7 +157,13 @@ impl Deploy {
     }
 
     /// Records machine `id`'s status when it changed.
-    fn machine_status(&mut self, ops: &dyn Ops, id: &str, status: &str, message: String) {
+    pub(crate) fn machine_status(
+        &mut self,
+        ops: &dyn Ops,
+        id: &str,
+        status: &str,
+        message: String,
+    ) {
         if self.shown.get(id) == Some(&message) {
             return;
         }
@@ -472,111 +473,6 @@ impl Deploy {
         Ok(())
     }
 
-    /// Waits until every machine of `ids` runs its new instance and is healthy; the first
-    /// failure wins.
-    async fn wait_healthy(
-        &mut self,
-        ops: &dyn Ops,
-        ids: &[String],
-        timeout: Duration,
-    ) -> Result<(), DeployError> {
-        let app = self.app.clone();
-        let deadline = ops.now() + timeout;
-        let mut up_since: BTreeMap<String, Instant> = BTreeMap::new();
-        let mut pending: Vec<String> = ids.to_vec();
-        loop {
-            if ops.cancelled() {
-                return Err(DeployError::Cancelled);
-            }
-            let expired = ops.now() >= deadline;
-            let mut still = Vec::new();
-            for id in &pending {
-                let m = ops
-                    .get_machine(&app, id)
-                    .await
-                    .map_err(DeployError::ops(format!("Cannot read machine {id}")))?;
-                let base = match self.baselines.get(id) {
-                    Some(b) => b.clone(),
-                    None => {
-                        let b = Baseline::of(&m);
-                        self.baselines.insert(id.clone(), b.clone());
-                        b
-                    }
-                };
-                if m.state == MachineState::Started {
-                    up_since.entry(id.clone()).or_insert_with(|| ops.now());
-                }
-                let up_for = up_since
-                    .get(id)
-                    .map(|t| ops.now().saturating_duration_since(*t));
-                match judge(&m, &base, up_for, expired, timeout.as_secs()) {
-                    Verdict::Healthy => {
-                        self.machine_status(ops, id, "healthy", "healthy".into());
-                    }
-                    Verdict::Pending(status, text) => {
-                        self.machine_status(ops, id, status, text);
-                        still.push(id.clone());
-                    }
-                    Verdict::Failed(summary) => {
-                        let own = format!("machine {id} ");
-                        let short = short(summary.strip_prefix(&own).unwrap_or(&summary));
-                        self.machine_status(ops, id, "failed", format!("failed: {short}"));
-                        let logs = ops
-                            .last_log_lines(&app, id, FAILED_LOG_LINES, base.since)
-                            .await;
-                        // The host's own summary of the log lines is left out when the lines
-                        // themselves follow.
-                        let summary = match summary.split_once(HOST_LOG_TAIL) {
-                            Some((head, tail)) if !logs.is_empty() => {
-                                let close = if tail.ends_with(')') { ")" } else { "" };
-                                format!("{head}{close}")
-                            }
-                            _ => summary,
-                        };
-                        return Err(DeployError::Unhealthy {
-                            machine: id.clone(),
-                            summary,
-                            logs,
-                        });
-                    }
-                }
-            }
-            if still.is_empty() {
-                return Ok(());
-            }
-            pending = still;
-            ops.sleep(POLL).await;
-        }
-    }
-
-    /// Waits until the machine is destroyed (or gone).
-    async fn wait_destroyed(
-        &mut self,
-        ops: &dyn Ops,
-        id: &str,
-        timeout: Duration,
-    ) -> Result<(), DeployError> {
-        let deadline = ops.now() + timeout;
-        loop {
-            match ops.get_machine(&self.app, id).await {
-                Ok(m) if m.state == MachineState::Destroyed => return Ok(()),
-                Ok(m) if ops.now() >= deadline => {
-                    return Err(DeployError::ops(format!("Cannot destroy machine {id}"))(
-                        OpsError::Failed(format!(
-                            "it is {} {}s after it was destroyed",
-                            m.state,
-                            timeout.as_secs()
-                        )),
-                    ))
-                }
-                Ok(_) => {}
-                Err(OpsError::NotFound(_)) => return Ok(()),
-                Err(e) => return Err(DeployError::ops(format!("Cannot read machine {id}"))(e)),
-            }
-            ops.sleep(POLL).await;
-        }
-    }
-
     /// How long a rollback waits for each machine: the previous release served before this
     /// deploy, so it gets at least [`ROLLBACK_MIN_WAIT`] to pass its checks again.
     fn rollback_wait(&self) -> Duration {
@@ -646,105 +542,4 @@ impl Deploy {
         }
         Ok(())
     }
-
-    /// A rollback's wait: cancelling does not stop it.
-    async fn wait_healthy_uncancelled(
-        &mut self,
-        ops: &dyn Ops,
-        id: &str,
-        timeout: Duration,
-    ) -> Result<(), DeployError> {
-        let ops = Uncancelled(ops);
-        self.wait_healthy(&ops, &[id.to_owned()], timeout).await
-    }
-}
-
-/// `ops` with cancellation hidden.
-struct Uncancelled<'a>(&'a dyn Ops);
-
-#[async_trait::async_trait]
-impl Ops for Uncancelled<'_> {
-    async fn list_machines(&self, app: &str) -> Result<Vec<Machine>, OpsError> {
-        self.0.list_machines(app).await
-    }
-    async fn get_machine(&self, app: &str, id: &str) -> Result<Machine, OpsError> {
-        self.0.get_machine(app, id).await
-    }
-    async fn create_machine(
-        &self,
-        app: &str,
-        config: &MachineConfig,
-        region: &str,
-        skip_launch: bool,
-    ) -> Result<Machine, OpsError> {
-        self.0
-            .create_machine(app, config, region, skip_launch)
-            .await
-    }
-    async fn start_machine(&self, app: &str, id: &str) -> Result<(), OpsError> {
-        self.0.start_machine(app, id).await
-    }
-    async fn update_machine(
-        &self,
-        app: &str,
-        id: &str,
-        config: &MachineConfig,
-    ) -> Result<Machine, OpsError> {
-        self.0.update_machine(app, id, config).await
-    }
-    async fn destroy_machine(&self, app: &str, id: &str) -> Result<(), OpsError> {
-        self.0.destroy_machine(app, id).await
-    }
-    async fn cordon(&self, app: &str, ids: &[String], confirm: bool) -> Result<(), OpsError> {
-        self.0.cordon(app, ids, confirm).await
-    }
-    async fn admit(&self, app: &str, ids: &[String]) -> Result<(), OpsError> {
-        self.0.admit(app, ids).await
-    }
-    async fn release_command(
-        &self,
-        app: &str,
-        version: u64,
-        plan: &aloft_api::deploy::DeployPlan,
-    ) -> Result<Vec<String>, OpsError> {
-        self.0.release_command(app, version, plan).await
-    }
-    async fn last_log_lines(&self, app: &str, id: &str, n: usize, since_ms: i64) -> Vec<String> {
-        self.0.last_log_lines(app, id, n, since_ms).await
-    }
-    fn wall_ms(&self) -> i64 {
-        self.0.wall_ms()
-    }
-    fn now(&self) -> Instant {
-        self.0.now()
-    }
-    async fn sleep(&self, d: Duration) {
-        self.0.sleep(d).await
-    }
-}
-
-/// The first line of `text`, at most 60 characters.
-fn short(text: &str) -> String {
-    let line = text.lines().next().unwrap_or_default();
-    match line.char_indices().nth(60) {
-        Some((i, _)) => format!("{}…", &line[..i]),
-        None => line.to_owned(),
-    }
-}
-
-/// A failed machine's log lines and where to read more, as lines to print under the error.
-fn details(app: &str, machine: &str, logs: &[String]) -> String {
-    let mut out = String::new();
-    if logs.is_empty() {
-        out.push_str(&format!("\n  machine {machine} logged nothing"));
-    } else {
-        out.push_str(&format!("\n  last log lines of machine {machine}:"));
-        for line in logs {
-            out.push_str(&format!("\n    {line}"));
-        }
-    }
-    out.push_str(&format!(
-        "\n  more: aloft logs --app {app} --machine {machine}"
-    ));
-    out
 }

@@ -22,6 +22,8 @@ mod ops;
 mod plan;
 mod release;
 mod state;
+mod uncancelled;
+mod waits;
 
 pub use aloft_api::deploy::{DeployEvent, DeployPlan, DeployStatus, DeployStrategy};
 pub use ops::{Ops, OpsError};
