@@ -103,7 +103,7 @@ impl Client {
         url
     }
 
-    fn request(&self, method: Method, url: Url) -> RequestBuilder {
+    pub(crate) fn request(&self, method: Method, url: Url) -> RequestBuilder {
         let mut builder = self.http.request(method, url).bearer_auth(&self.token);
         if let Some(nonce) = &self.lease_nonce {
             builder = builder.header(LEASE_NONCE_HEADER, nonce);
@@ -111,7 +111,7 @@ impl Client {
         builder
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         builder: RequestBuilder,
         url: &Url,

@@ -11,6 +11,7 @@ pub mod autoscale;
 pub mod certs;
 pub mod client;
 pub mod config;
+pub mod deploy;
 pub mod error;
 pub mod exec;
 pub mod hosts;

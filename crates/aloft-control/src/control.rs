@@ -16,6 +16,7 @@ use crate::services::acme::{self, Acme};
 use crate::services::apps::Apps;
 use crate::services::autoscale::{self, Autoscale, ScalerOptions};
 use crate::services::certs::Certs;
+use crate::services::deploys::Deploys;
 use crate::services::exec::Exec;
 use crate::services::geodns::{LiveEdge, Zone};
 use crate::services::hosts::{self, Hosts};
@@ -42,6 +43,7 @@ pub struct Control {
     exec: Exec,
     secrets: Secrets,
     releases: Releases,
+    deploys: Arc<Deploys>,
     autoscale: Arc<Autoscale>,
     certs: Certs,
     acme: Arc<Acme>,
@@ -77,6 +79,7 @@ impl Control {
             exec: Exec::new(machines.clone()),
             secrets: Secrets::new(store.clone()),
             releases: Releases::new(store.clone()),
+            deploys: Arc::new(Deploys::new(store.clone(), machines.clone())),
             autoscale: Arc::new(Autoscale::new(
                 store.clone(),
                 hosts.clone(),
@@ -131,6 +134,10 @@ impl Control {
 
     pub fn releases(&self) -> &Releases {
         &self.releases
+    }
+
+    pub fn deploys(&self) -> &Arc<Deploys> {
+        &self.deploys
     }
 
     pub fn autoscale(&self) -> &Autoscale {
@@ -243,6 +250,11 @@ impl Control {
         ];
         if self.acme.enabled() {
             tasks.push(tokio::spawn(acme::renew_loop(self.acme.clone())));
+        }
+        match self.deploys.resume() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deploys = n, "unfinished deploys resumed"),
+            Err(e) => tracing::error!(error = %e, "unfinished deploys not resumed"),
         }
         Loops(tasks)
     }

@@ -15,6 +15,7 @@ use crate::services::acme::AcmeError;
 use crate::services::apps::AppError;
 use crate::services::autoscale::AutoscaleError;
 use crate::services::certs::CertError;
+use crate::services::deploys::DeployServiceError;
 use crate::services::exec::{ExecError, Refusal};
 use crate::services::hosts::HostError;
 use crate::services::image::ImageRefError;
@@ -330,5 +331,20 @@ impl From<QueryRejection> for ApiError {
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
         ApiError::BadRequest(r.body_text())
+    }
+}
+
+impl From<DeployServiceError> for ApiError {
+    fn from(e: DeployServiceError) -> Self {
+        match e {
+            DeployServiceError::Invalid(m) => ApiError::BadRequest(m),
+            DeployServiceError::Busy { .. } | DeployServiceError::Finished { .. } => {
+                ApiError::Conflict(e.to_string())
+            }
+            DeployServiceError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            DeployServiceError::Release(e) => e.into(),
+            DeployServiceError::Store(e) => e.into(),
+            DeployServiceError::Corrupt { .. } => internal(&e),
+        }
     }
 }

@@ -25,6 +25,7 @@ mod app_certs;
 mod apps;
 mod autoscale;
 mod certs;
+mod deploys;
 mod error;
 mod exec;
 mod hosts;
@@ -362,6 +363,7 @@ pub fn routes() -> (Router<Arc<Control>>, Vec<(Method, &'static str)>) {
     let r = app_certs::routes(r);
     let r = ips::routes(r);
     let r = releases::routes(r);
+    let r = deploys::routes(r);
     let r = secrets::routes(r);
     let r = autoscale::routes(r);
     let r = r.at(Method::GET, "/v1/openapi.json", openapi::serve);

@@ -5,8 +5,8 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    app_certs, apps, autoscale, certs, exec, hosts, ips, machine_parts, machines, orgs, releases,
-    routes, secrets,
+    app_certs, apps, autoscale, certs, deploys, exec, hosts, ips, machine_parts, machines, orgs,
+    releases, routes, secrets,
 };
 
 struct BearerAuth;
@@ -49,6 +49,7 @@ impl Modify for BearerAuth {
         ips::allocate, ips::list, ips::release,
         releases::list_releases, releases::create_release, releases::get_release, releases::set_status,
         releases::patch_status,
+        deploys::start, deploys::get, deploys::events, deploys::cancel,
         secrets::list_secrets, secrets::set_secrets, secrets::unset_secrets, secrets::get_secret,
         secrets::set_secret, secrets::delete_secret,
         serve,

@@ -11,6 +11,7 @@
 //! - `machines`: the Machines API, leases, agents' reports and watch, exec targets.
 //! - `exec`: commands and log streams in machines, through their hosts' agents.
 //! - `releases`: release records.
+//! - `deploys`: deploys run by the control plane (the `aloft-deploy` engine over `machines`).
 //! - `autoscale`: load reports, policies, the scaler (drives `machines`).
 //! - `certs`: the cluster CA, user and ACME certificates as stored.
 //! - `acme`: the ACME client that orders certificates (over `certs`).
@@ -22,6 +23,7 @@ pub mod acme;
 pub mod apps;
 pub mod autoscale;
 pub mod certs;
+pub mod deploys;
 pub mod exec;
 pub mod geodns;
 pub mod hosts;

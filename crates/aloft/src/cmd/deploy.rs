@@ -2,38 +2,42 @@
 //! the release's strategy, moving traffic with cordons so no request meets a stopping machine,
 //! and rolling back by itself when a new machine is not healthy.
 //!
-//! The deployer runs in the CLI; the control plane records releases and publishes the route
-//! table the edges follow. The rollout itself lives in the child modules: `rollout` (the
-//! strategies and the undo log), `traffic` (cordons and the route table), `health` (when a
-//! machine counts as healthy, and why one is not), `progress` (what a deploy shows while it
-//! runs), `release_command` (`[deploy] release_command`, run before the rollout) and `build`
-//! (building the image from a Dockerfile when there is none).
+//! The CLI builds and pushes the image and computes the plan; the control plane runs the
+//! rollout (the `aloft-deploy` engine), so a deploy goes on when the CLI goes away. The child
+//! modules: `follow` (the server's deploy events as progress lines), `progress` (what a
+//! deploy shows while it runs), `health` (when a machine counts as healthy, for `aloft
+//! restart`) and `build` (building the image from a Dockerfile when there is none).
 
 mod build;
+mod follow;
 mod health;
 mod progress;
-mod release_command;
-mod rollout;
-mod traffic;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aloft_api::{
-    Client, CreateReleaseRequest, ListMachinesQuery, Machine, MachineConfig, MachineState, Release,
-    ReleaseStatus,
-};
+use aloft_api::deploy::{DeployPlan, DeployStrategy, MaxUnavailableSpec, ReleaseCommandSpec};
+use aloft_api::{Client, ListMachinesQuery, Machine, MachineConfig, MachineState, Release};
 use aloft_config::{MaxUnavailable, Strategy};
 use anyhow::Context as _;
 use clap::Args;
 
 use crate::context::{self, UsageError};
 
+pub use follow::follow_to_end;
 pub use health::{checks_in, event_reason, reason_of, wait_healthy, MachineFailure};
 pub use progress::{Progress, Step};
-pub use release_command::ReleaseCommand;
-pub use traffic::DEFAULT_DRAIN;
+
+/// How long a cordoned machine keeps its in-flight requests before it is stopped.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(1);
+
+/// `[deploy] release_command` and how long it may take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseCommand {
+    pub command: String,
+    pub timeout: Duration,
+}
 
 /// How long to wait for each machine when `[deploy] wait_timeout` is not set.
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -70,7 +74,8 @@ pub struct DeployArgs {
     /// rolling, immediate, canary or bluegreen (default: `[deploy] strategy`).
     #[arg(long)]
     pub strategy: Option<String>,
-    /// Do not wait for machines to become healthy.
+    /// Start the deploy on the server and return at once, printing its id (follow it with
+    /// `aloft releases watch VERSION`).
     #[arg(long)]
     pub detach: bool,
     /// The app (default: `app` of the config).
@@ -211,7 +216,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
         });
     if let Some(rc) = &release_command {
         // A command line that cannot be split is refused before anything is built or recorded.
-        release_command::argv(&rc.command)?;
+        aloft_deploy::release_argv(&rc.command).map_err(|e| UsageError(e.to_string()))?;
     }
     let api = context::api()?;
     // The token, the app and the registry are checked before anything is built or pushed.
@@ -309,7 +314,8 @@ fn is_local(source: &str) -> bool {
             .is_some_and(|(p, _)| Path::new(p).is_dir())
 }
 
-/// Records a release and rolls it out; on failure rolls back and marks it `failed`.
+/// Records a release and rolls it out on the server, following it to its end; on failure
+/// the server rolls back and marks the release `failed`.
 pub async fn roll_out(api: &Client, plan: &Plan) -> anyhow::Result<Release> {
     roll_out_with(api, plan, None).await
 }
@@ -321,63 +327,52 @@ pub async fn roll_out_with(
     plan: &Plan,
     release_command: Option<&ReleaseCommand>,
 ) -> anyhow::Result<Release> {
-    let release = api
-        .create_release(
-            &plan.app,
-            &CreateReleaseRequest {
-                image: plan.image.clone(),
-                configs: plan.configs.clone(),
-                strategy: plan.strategy.as_str().to_owned(),
-                description: plan.description.clone(),
-            },
-        )
+    let info = api
+        .start_deploy(&plan.app, &server_plan(plan, release_command))
         .await?;
-    let v = release.version;
+    let v = info.version;
     println!(
         "Release v{v} of {}: {} ({})",
         plan.app,
         plan.image,
         plan.strategy.as_str()
     );
-    api.set_release_status(&plan.app, v, ReleaseStatus::Running, None)
-        .await?;
-    if let Some(rc) = release_command {
-        if let Err(e) = release_command::run(api, plan, v, rc).await {
-            let reason = format!("{e:#}");
-            api.set_release_status(&plan.app, v, ReleaseStatus::Failed, Some(&reason))
-                .await?;
-            return Err(e);
-        }
+    if plan.detach {
+        println!(
+            "Deploy {} runs on the server; follow it with `aloft releases watch v{v}`",
+            info.id
+        );
+    } else {
+        follow::follow_to_end(api, &plan.app, &info).await?;
     }
-    let traffic = traffic::Traffic::connect(plan).await?;
-    let mut rollout = rollout::Rollout::new(api, plan, traffic);
-    match rollout.run().await {
-        Ok(()) => {
-            let done = api
-                .set_release_status(&plan.app, v, ReleaseStatus::Succeeded, None)
-                .await?;
-            println!("Release v{v} succeeded");
-            Ok(done)
-        }
-        Err(reason) => {
-            let details = reason
-                .chain()
-                .find_map(|c| c.downcast_ref::<MachineFailure>())
-                .map(MachineFailure::details)
-                .unwrap_or_default();
-            let reason = format!("{reason:#}");
-            let (count, rolled) = rollout.roll_back().await;
-            api.set_release_status(&plan.app, v, ReleaseStatus::Failed, Some(&reason))
-                .await?;
-            match rolled {
-                Ok(()) => anyhow::bail!(
-                    "Release v{v} failed: {reason}; rolled back {count} machine(s) to the previous release{details}"
-                ),
-                Err(e) => {
-                    anyhow::bail!("Release v{v} failed: {reason}; rolling back also failed: {e:#}{details}")
-                }
-            }
-        }
+    Ok(api.get_release(&plan.app, v).await?)
+}
+
+/// What the server needs to roll `plan` out.
+fn server_plan(plan: &Plan, release_command: Option<&ReleaseCommand>) -> DeployPlan {
+    DeployPlan {
+        image: plan.image.clone(),
+        configs: plan.configs.clone(),
+        strategy: match plan.strategy {
+            Strategy::Rolling => DeployStrategy::Rolling,
+            Strategy::Immediate => DeployStrategy::Immediate,
+            Strategy::Canary => DeployStrategy::Canary,
+            Strategy::Bluegreen => DeployStrategy::Bluegreen,
+        },
+        max_unavailable: match plan.max_unavailable {
+            MaxUnavailable::Fraction(f) => MaxUnavailableSpec::Fraction(f),
+            MaxUnavailable::Count(c) => MaxUnavailableSpec::Count(c),
+        },
+        region: plan.region.clone(),
+        regions: plan.regions.clone(),
+        per_region: plan.per_region as u32,
+        wait_timeout_secs: plan.wait_timeout.as_secs().max(1),
+        drain_ms: plan.drain.as_millis() as u64,
+        release_command: release_command.map(|rc| ReleaseCommandSpec {
+            command: rc.command.clone(),
+            timeout_secs: rc.timeout.as_secs().max(1),
+        }),
+        description: plan.description.clone(),
     }
 }
 

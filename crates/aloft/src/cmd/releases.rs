@@ -8,11 +8,59 @@ use crate::context::{self, UsageError};
 use crate::output;
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ReleasesArgs {
+    #[command(subcommand)]
+    pub command: Option<ReleasesCommand>,
     #[arg(long, short)]
     pub app: Option<String>,
     #[arg(long)]
     pub json: bool,
+}
+
+/// What `aloft releases` does besides listing.
+#[derive(Debug, clap::Subcommand)]
+pub enum ReleasesCommand {
+    /// Follow a deploy running on the server until it ends (Ctrl-C leaves it running).
+    Watch(DeployRef),
+    /// Stop a running deploy; the server rolls back what it did.
+    Cancel(DeployRef),
+}
+
+/// A deploy, by its release's version (`3` or `v3`) or its id.
+#[derive(Debug, Args)]
+pub struct DeployRef {
+    #[arg(value_name = "VERSION|ID")]
+    pub deploy: String,
+    #[arg(long, short)]
+    pub app: Option<String>,
+}
+
+/// `aloft releases watch`.
+pub async fn watch(args: DeployRef) -> anyhow::Result<()> {
+    let app = context::app(args.app)?;
+    let api = context::api()?;
+    let info = api.get_deploy(&app, &args.deploy).await?;
+    println!(
+        "Release v{} of {app}: {} ({}), {}",
+        info.version,
+        info.image,
+        info.strategy.as_str(),
+        info.status
+    );
+    deploy::follow_to_end(&api, &app, &info).await
+}
+
+/// `aloft releases cancel`.
+pub async fn cancel(args: DeployRef) -> anyhow::Result<()> {
+    let app = context::app(args.app)?;
+    let api = context::api()?;
+    let info = api.cancel_deploy(&app, &args.deploy).await?;
+    println!(
+        "Cancelling deploy {} of release v{}; the server rolls it back (`aloft releases watch v{}` follows it)",
+        info.id, info.version, info.version
+    );
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -25,12 +73,17 @@ pub struct RollbackArgs {
     /// rolling, immediate, canary or bluegreen (default: the target release's).
     #[arg(long)]
     pub strategy: Option<String>,
-    /// Do not wait for machines to become healthy.
+    /// Start the deploy on the server and return at once.
     #[arg(long)]
     pub detach: bool,
 }
 
 pub async fn list(args: ReleasesArgs) -> anyhow::Result<()> {
+    match args.command {
+        Some(ReleasesCommand::Watch(a)) => return watch(a).await,
+        Some(ReleasesCommand::Cancel(a)) => return cancel(a).await,
+        None => {}
+    }
     let app = context::app(args.app)?;
     let releases = context::api()?.list_releases(&app).await?;
     if args.json {

@@ -8,6 +8,7 @@
 mod apps;
 mod autoscale;
 mod certs;
+mod deploys;
 mod host_credentials;
 mod hosts;
 mod ips;
@@ -27,6 +28,7 @@ use super::error::StoreError;
 use super::revision::Revisions;
 
 pub use certs::{AcmeRow, HostnameClaim, IssuedRow, NewUserCert, UserCertRow};
+pub use deploys::DeployRow;
 pub use host_credentials::{HostRecord, JoinTokenRow};
 pub use hosts::{AgentApi, HostCapacity};
 pub use machines::{MachineRow, NewMachine, PendingEvent};

@@ -104,4 +104,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
      ALTER TABLE edge_certificates ADD COLUMN key_nonce BLOB;
      ALTER TABLE edge_certificates ADD COLUMN key_sealed BLOB;
      ALTER TABLE acme_certificates ADD COLUMN verified INTEGER NOT NULL DEFAULT 1;",
+    // 13: deploys run by the control plane: each one's state (JSON), stored after every step.
+    "CREATE TABLE IF NOT EXISTS deploys (id TEXT PRIMARY KEY, app TEXT NOT NULL, version INTEGER NOT NULL,
+        status TEXT NOT NULL, state TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+     CREATE INDEX IF NOT EXISTS deploys_by_app ON deploys (app, status);
+     CREATE TRIGGER IF NOT EXISTS apps_delete_deploys AFTER DELETE ON apps BEGIN
+        DELETE FROM deploys WHERE app = OLD.name;
+     END;",
 ];

@@ -266,44 +266,6 @@ async fn watch(
     }
 }
 
-/// Waits for every machine of `machines` to be healthy, all at once; the first failure wins.
-pub(super) async fn wait_all_healthy(
-    api: &Client,
-    app: &str,
-    machines: &[Machine],
-    timeout: Duration,
-    progress: &Progress,
-) -> anyhow::Result<()> {
-    let waits = machines
-        .iter()
-        .map(|m| wait_healthy(api, app, m, timeout, progress));
-    futures::future::try_join_all(waits).await.map(drop)
-}
-
-/// Waits until the machine is destroyed (or gone from the API).
-pub(super) async fn wait_destroyed(
-    api: &Client,
-    app: &str,
-    id: &str,
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match api.get_machine(app, id).await {
-            Ok(m) if m.state == MachineState::Destroyed => return Ok(()),
-            Ok(m) if Instant::now() >= deadline => anyhow::bail!(
-                "machine {id} is {} {}s after it was destroyed",
-                m.state,
-                timeout.as_secs()
-            ),
-            Ok(_) => {}
-            Err(e) if e.status() == Some(404) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 /// How many checks a config asks the agent to run (top-level and service checks).
 pub fn checks_in(config: &MachineConfig) -> usize {
     let top = config.checks.as_ref().map_or(0, BTreeMap::len);
