@@ -68,6 +68,17 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         what: format!("creating {}", opts.data_dir.display()),
         source,
     })?;
+    // No listing by other users; traversal stays open for user-namespaced machines, whose
+    // root must reach the bind-mount sources under `machines/`.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o711)).map_err(
+            |source| AgentError::Io {
+                what: format!("restricting {}", opts.data_dir.display()),
+                source,
+            },
+        )?;
+    }
     let store = AgentStore::open(&opts.data_dir.join("agent.db"))?;
     let host_id = match (opts.host_id.clone(), store.meta("host_id")?) {
         (Some(flag), Some(saved)) if flag != saved => {

@@ -355,7 +355,11 @@ impl HostRuntime {
         if oom_killed(id) {
             reason.push_str(", out of memory: killed for exceeding its memory limit");
         }
-        let tail = log_tail(&self.sandbox.logs(id), 5);
+        let tail = self
+            .sandbox
+            .open_log(id, false)
+            .map(|f| log_tail(f, 5))
+            .unwrap_or_default();
         if !tail.is_empty() {
             reason.push_str("; last log lines: ");
             reason.push_str(&tail.join(" | "));
@@ -491,15 +495,13 @@ fn oom_killed(id: &str) -> bool {
 
 /// The last `n` lines of a machine log (JSON lines of `aloft_init::protocol::LogRecord`),
 /// read from its last 8 KiB.
-fn log_tail(path: &std::path::Path, n: usize) -> Vec<String> {
+fn log_tail(mut f: std::fs::File, n: usize) -> Vec<String> {
     use std::io::{Read as _, Seek as _, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return Vec::new();
-    };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let from = len.saturating_sub(8192);
     let mut buf = Vec::new();
-    if f.seek(SeekFrom::Start(from)).is_err() || f.read_to_end(&mut buf).is_err() {
+    if f.seek(SeekFrom::Start(from)).is_err() || (&mut f).take(8192).read_to_end(&mut buf).is_err()
+    {
         return Vec::new();
     }
     let text = String::from_utf8_lossy(&buf);

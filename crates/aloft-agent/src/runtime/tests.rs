@@ -13,7 +13,7 @@ use super::*;
 const APPLETS: &[&str] = &[
     "sh", "sleep", "cat", "echo", "id", "hostname", "env", "ls", "nc", "wget", "grep", "touch",
     "mount", "unshare", "true", "false", "kill", "ps", "rm", "mkdir", "insmod", "test", "pidof",
-    "dd",
+    "dd", "ln",
 ];
 
 /// The static `aloft-init` binary: `$ALOFT_INIT_BINARY`, or built once for musl (falling
@@ -905,4 +905,92 @@ async fn bench_start_stop() {
         "ratio driver / runc run: {:.2}",
         driver_total.as_secs_f64() / runc_total.as_secs_f64()
     );
+}
+
+/// Root in a machine owns `/.aloft/run` and `/.aloft/log`: a link planted there must not
+/// send the agent to another machine's socket or make it read a device.
+#[tokio::test]
+async fn a_machine_cannot_redirect_its_socket_or_log() {
+    let fx = Fixture::new();
+    let a = fx.spec("redir-a", IDLE);
+    let b = fx.spec("redir-b", IDLE);
+    fx.driver.start(&a).await.unwrap();
+    fx.driver.start(&b).await.unwrap();
+    wait_ready(&fx.driver, &a.id).await;
+    wait_ready(&fx.driver, &b.id).await;
+    let b_socket = fx.driver.paths(&b.id).socket();
+    let plant = format!(
+        "ln -sf {} /.aloft/run/init.sock && ln -sf /dev/zero /.aloft/log/app.log",
+        b_socket.display()
+    );
+    let out = exec(&fx.driver, &a.id, &["sh", "-c", &plant]).await;
+    assert_eq!(out.exit_code, 0, "{}", text(&out.stderr));
+
+    let req = ExecRequest {
+        cmd: vec!["hostname".into()],
+        stdin: None,
+        timeout: Duration::from_secs(5),
+        env: Vec::new(),
+    };
+    let err = fx.driver.exec(&a.id, &req).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::Confined { .. }), "{err}");
+    assert!(!fx
+        .driver
+        .signal(&a.id, libc::SIGUSR1)
+        .await
+        .is_ok_and(|d| d));
+    let err = fx.driver.open_log(&a.id, false).unwrap_err();
+    assert!(matches!(err, RuntimeError::Confined { .. }), "{err}");
+    // B was never reached: still running, its log has no trace of a signal.
+    assert_eq!(
+        fx.driver.state(&b.id).await.unwrap().unwrap().status,
+        RuntimeStatus::Running
+    );
+    assert!(!log_lines(&fx.driver, &b.id)
+        .iter()
+        .any(|r| r.line.contains("got-usr1")));
+
+    // A socket of A's own making (not served by init) is refused by its peer's pid.
+    let a_socket = fx.driver.paths(&a.id).socket();
+    std::fs::remove_file(&a_socket).unwrap();
+    let _fake = std::os::unix::net::UnixListener::bind(&a_socket).unwrap();
+    let err = fx.driver.exec(&a.id, &req).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::ForeignSocket { .. }), "{err}");
+
+    fx.driver.destroy(&a.id).await.unwrap();
+    fx.driver.destroy(&b.id).await.unwrap();
+}
+
+/// A machine's environment (its app's secrets) reaches the machine but no file under the
+/// driver's data directory; the copy init reads is 0600 on tmpfs.
+#[tokio::test]
+async fn the_environment_is_never_written_to_disk() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let fx = Fixture::new();
+    let mut spec = fx.spec("noenv", IDLE);
+    let secret = format!("s3cret-{}", std::process::id());
+    spec.process.env.push(("TOKEN".into(), secret.clone()));
+    fx.driver.start(&spec).await.unwrap();
+    wait_ready(&fx.driver, &spec.id).await;
+    let paths = fx.driver.paths(&spec.id);
+    let run = std::fs::metadata(&paths.run_config).unwrap();
+    assert_eq!(run.permissions().mode() & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&paths.run_config)
+        .unwrap()
+        .contains(&secret));
+    let mut stack = vec![fx.dir.path().join("root")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let ty = entry.file_type().unwrap();
+            if ty.is_dir() && entry.path() != paths.rootfs {
+                stack.push(entry.path());
+            } else if ty.is_file() {
+                let bytes = std::fs::read(entry.path()).unwrap_or_default();
+                let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+                assert!(!found, "{} holds the secret", entry.path().display());
+            }
+        }
+    }
+    fx.driver.destroy(&spec.id).await.unwrap();
+    assert!(!paths.secrets.exists());
 }

@@ -68,6 +68,16 @@ pub enum RuntimeError {
     },
     #[error("Init of machine {id} did not answer: {message}")]
     Init { id: String, message: String },
+    #[error("Refused to open {path}: not a plain entry reached without following links")]
+    Confined {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Init socket of machine {id} is served by another process (pid {peer:?})")]
+    ForeignSocket { id: String, peer: Option<i32> },
+    #[error("Secrets directory {path} is not a private directory on tmpfs (owned by the agent, mode 0700): {why}")]
+    SecretsDir { path: PathBuf, why: String },
     #[error("Machine {id} did not stop within {waited:?} of SIGKILL")]
     StopTimeout { id: String, waited: Duration },
 }
@@ -85,14 +95,20 @@ pub struct SandboxOptions {
     pub pids_limit: i64,
     /// Apply the seccomp profile.
     pub seccomp: bool,
+    /// Memory-backed directory (tmpfs) for the files that carry a machine's secrets: init's
+    /// run config (its environment) and the record the bundle was generated from. Nothing
+    /// holding a secret is written under `root`.
+    pub secrets_dir: PathBuf,
 }
 
 impl SandboxOptions {
-    /// Defaults: `/usr/sbin/runc`, 4096 pids, seccomp on.
+    /// Defaults: `/usr/sbin/runc`, 4096 pids, seccomp on, secrets under `/dev/shm`.
     pub fn new(root: impl Into<PathBuf>, init_binary: impl Into<PathBuf>) -> Self {
+        let root = root.into();
         Self {
             runc: PathBuf::from("/usr/sbin/runc"),
-            root: root.into(),
+            secrets_dir: default_secrets_dir(&root),
+            root,
             init_binary: init_binary.into(),
             pids_limit: 4096,
             seccomp: true,
@@ -197,6 +213,19 @@ pub struct ExecOutput {
     pub timed_out: bool,
 }
 
+/// The machine's spec, in its directory.
+pub(super) const SPEC_FILE: &str = "machine.json";
+/// The pid file runc writes, in the machine's directory.
+pub(super) const PID_FILE: &str = "init.pid";
+
+/// `/dev/shm/aloft-<hash of root>`: tmpfs on every Linux, one directory per driver root.
+fn default_secrets_dir(root: &Path) -> PathBuf {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    root.hash(&mut h);
+    PathBuf::from(format!("/dev/shm/aloft-{:016x}", h.finish()))
+}
+
 /// Paths of one machine on the host.
 #[derive(Debug, Clone)]
 pub(crate) struct MachinePaths {
@@ -209,6 +238,9 @@ pub(crate) struct MachinePaths {
     pub run: PathBuf,
     pub hosts: PathBuf,
     pub resolv_conf: PathBuf,
+    /// The machine's directory in the memory-backed secrets directory.
+    pub secrets: PathBuf,
+    /// Init's run config (holds the environment): in `secrets`.
     pub run_config: PathBuf,
     pub spec: PathBuf,
     pub pid_file: PathBuf,
@@ -217,8 +249,10 @@ pub(crate) struct MachinePaths {
 }
 
 impl MachinePaths {
-    pub(super) fn new(dir: PathBuf) -> Self {
+    pub(super) fn new(dir: PathBuf, secrets: PathBuf) -> Self {
         Self {
+            run_config: secrets.join("run.json"),
+            secrets,
             bundle: dir.join("bundle"),
             rootfs: dir.join("rootfs"),
             upper: dir.join("upper"),
@@ -227,9 +261,8 @@ impl MachinePaths {
             run: dir.join("run"),
             hosts: dir.join("hosts"),
             resolv_conf: dir.join("resolv.conf"),
-            run_config: dir.join("run.json"),
-            spec: dir.join("machine.json"),
-            pid_file: dir.join("init.pid"),
+            spec: dir.join(SPEC_FILE),
+            pid_file: dir.join(PID_FILE),
             runc_log: dir.join("runc.log"),
             instance: dir.join("instance"),
             dir,
