@@ -60,6 +60,18 @@ pub struct AgentOptions {
     pub bgp: Option<crate::bgp::BgpOptions>,
     /// The edge's public addresses, told to the control plane for GeoDNS.
     pub edge_addresses: Vec<std::net::IpAddr>,
+    /// Per-machine disk quota and per-image unpack limits.
+    pub storage: StorageLimits,
+}
+
+/// How much a machine and an image may use of the host's disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageLimits {
+    /// Each new machine gets its own disk of this many MB (writable layer, logs); `None`:
+    /// no quota, machines write to the host's filesystem.
+    pub machine_disk_mb: Option<u64>,
+    /// How much one image may unpack to.
+    pub image: aloft_image::UnpackLimits,
 }
 
 /// Runs the agent until `shutdown` resolves. Machines keep running after it returns.
@@ -176,6 +188,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
                 registry_name: cluster.registry.clone(),
                 token: opts.token.clone(),
                 nameserver: crate::dns::machine_nameserver(opts.dns_listen),
+                storage: opts.storage,
             },
             store.clone(),
         )

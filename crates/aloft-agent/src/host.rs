@@ -37,6 +37,7 @@ pub struct HostOptions {
     /// The nameserver in machines' `/etc/resolv.conf`; `None`: the pool gateway (where the
     /// host's DNS listens by default).
     pub nameserver: Option<std::net::IpAddr>,
+    pub storage: crate::agent::StorageLimits,
 }
 
 /// What runs for a machine right now.
@@ -104,6 +105,7 @@ impl HostRuntime {
                 reference: "(store)".into(),
                 source,
             })?;
+        images.set_limits(opts.storage.image);
         let host_index = opts.host_index;
         if !(1..=65535).contains(&host_index) {
             return Err(AgentError::Invalid(format!(
@@ -115,6 +117,7 @@ impl HostRuntime {
         let mut sandbox_opts =
             runtime::SandboxOptions::new(opts.data_dir.join("machines"), opts.init_binary.clone());
         sandbox_opts.runc = opts.runc.clone();
+        sandbox_opts.disk_mb = opts.storage.machine_disk_mb;
         let sandbox = runtime::SandboxDriver::new(sandbox_opts);
         let pull = pull_options(&opts);
         Ok(HostRuntime {

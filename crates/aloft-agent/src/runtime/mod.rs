@@ -105,7 +105,7 @@ impl SandboxDriver {
         } else {
             wire::LOG_FILE
         };
-        let rel = Path::new(LOG_REL).join(name);
+        let rel = paths.shared_rel.join(LOG_REL).join(name);
         confined::Confined::open(&paths.dir)
             .and_then(|dir| dir.open_regular(&rel))
             .map_err(|source| RuntimeError::Confined {
@@ -133,6 +133,7 @@ impl SandboxDriver {
                 return Err(RuntimeError::AlreadyRunning(id.to_string()));
             }
         }
+        let paths = self.prepare_disk(id, paths)?;
         let started = self.start_inner(spec, &paths, existing.is_some(), t).await;
         match started {
             Ok(started) => Ok(started),
@@ -229,6 +230,34 @@ impl SandboxDriver {
         );
         info!(machine = id, pid, instance = %instance_id, "machine started");
         Ok(Started { pid, instance_id })
+    }
+
+    /// Give a new machine its own disk when the driver is configured with one, and mount
+    /// the disk of a machine that has one; returns the machine's paths on it.
+    fn prepare_disk(&self, id: &str, paths: MachinePaths) -> Result<MachinePaths, RuntimeError> {
+        if let Some(mb) = self.options.disk_mb {
+            let fresh = !paths.upper.exists() || is_empty_dir(&paths.upper);
+            if !paths.disk_image.exists() && fresh {
+                std::fs::create_dir_all(&paths.dir).map_err(io_err(&paths.dir))?;
+                let t = Instant::now();
+                rootfs::ensure_disk(&paths.disk_image, &paths.disk, mb)?;
+                info!(
+                    machine = id,
+                    size_mb = mb,
+                    ms = t.elapsed().as_millis() as u64,
+                    "machine disk created"
+                );
+            } else if !paths.disk_image.exists() {
+                warn!(
+                    machine = id,
+                    "machine keeps a writable layer from before disks were enabled: no disk quota"
+                );
+            }
+        }
+        if paths.disk_image.exists() {
+            rootfs::ensure_disk(&paths.disk_image, &paths.disk, 0)?;
+        }
+        Ok(self.paths(id))
     }
 
     /// What a machine's bundle is generated from: its spec and the driver options used.
@@ -433,6 +462,7 @@ impl SandboxDriver {
         if rootfs::is_mounted(&paths.rootfs) {
             return Err(RuntimeError::StillMounted(paths.rootfs));
         }
+        rootfs::release_disk(&paths.disk)?;
         match std::fs::remove_dir_all(&paths.secrets) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(io_err(&paths.secrets)(e))
@@ -494,7 +524,7 @@ impl SandboxDriver {
         let dir = confined::Confined::open(&paths.dir).map_err(confined)?;
         let init_pid = read_init_pid(&dir).map_err(confined)?;
         let fd = dir
-            .open_socket(&Path::new(RUN_REL).join(wire::SOCKET_NAME))
+            .open_socket(&paths.shared_rel.join(RUN_REL).join(wire::SOCKET_NAME))
             .map_err(confined)?;
         let exchange = async {
             let mut stream = UnixStream::connect(confined::fd_path(&fd))
@@ -551,7 +581,7 @@ impl SandboxDriver {
                 path: paths.dir.clone(),
                 source,
             })?;
-        let rel = Path::new(RUN_REL).join(wire::SOCKET_NAME);
+        let rel = paths.shared_rel.join(RUN_REL).join(wire::SOCKET_NAME);
         while !dir.exists_as_socket(&rel) && pid_alive(pid) {
             if Instant::now() >= deadline {
                 return Err(RuntimeError::Init {
@@ -672,7 +702,7 @@ const MAX_ANSWER: u64 = 16 * 1024 * 1024;
 /// The exit record init wrote, read without following links (the machine owns `log/`).
 fn read_exit(paths: &MachinePaths) -> Option<ExitRecord> {
     let dir = confined::Confined::open(&paths.dir).ok()?;
-    let rel = Path::new(LOG_REL).join(wire::EXIT_FILE);
+    let rel = paths.shared_rel.join(LOG_REL).join(wire::EXIT_FILE);
     let bytes = dir.read_regular(&rel, MAX_SMALL_FILE).ok()?;
     serde_json::from_slice(&bytes).ok()
 }

@@ -994,3 +994,76 @@ async fn the_environment_is_never_written_to_disk() {
     fx.driver.destroy(&spec.id).await.unwrap();
     assert!(!paths.secrets.exists());
 }
+
+/// With a disk per machine, a machine that writes past it gets ENOSPC inside and the
+/// host's filesystem is untouched; destroying the machine releases the disk.
+#[tokio::test]
+async fn a_machine_disk_is_a_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let layer = busybox_layer(dir.path());
+    let mut opts = SandboxOptions::new(dir.path().join("root"), init_binary());
+    opts.disk_mb = Some(32);
+    let fx = Fixture {
+        driver: SandboxDriver::new(opts),
+        layer,
+        dir,
+    };
+    let spec = fx.spec("disk", IDLE);
+    fx.driver.start(&spec).await.unwrap();
+    wait_ready(&fx.driver, &spec.id).await;
+    let paths = fx.driver.paths(&spec.id);
+    assert!(rootfs::is_mounted(&paths.disk));
+    let host_free = |p: &Path| nix::sys::statvfs::statvfs(p).unwrap().blocks_available();
+    let before = host_free(fx.dir.path());
+    let out = exec(
+        &fx.driver,
+        &spec.id,
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/big bs=1M count=64; echo rc=$?",
+        ],
+    )
+    .await;
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(all.contains("No space left on device"), "{all}");
+    assert!(!all.contains("rc=0"), "{all}");
+    // The log directory is on the machine's disk too.
+    let out = exec(
+        &fx.driver,
+        &spec.id,
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/.aloft/log/fill bs=1M count=64; echo rc=$?",
+        ],
+    )
+    .await;
+    assert!(!text(&out.stdout).contains("rc=0"), "{}", text(&out.stderr));
+    // The sparse image took what was written, not 64 MiB of host disk twice over.
+    let spent = before.saturating_sub(host_free(fx.dir.path()));
+    let block = nix::sys::statvfs::statvfs(fx.dir.path())
+        .unwrap()
+        .fragment_size();
+    assert!(
+        spent * block < 40 << 20,
+        "host lost {} bytes",
+        spent * block
+    );
+    // Stop and start again: the disk stays, the writable layer is reset.
+    fx.driver
+        .stop(&spec.id, libc::SIGTERM, Duration::from_secs(5))
+        .await
+        .unwrap();
+    fx.driver.start(&spec).await.unwrap();
+    let out = exec(
+        &fx.driver,
+        &spec.id,
+        &["sh", "-c", "test -e /big && echo kept"],
+    )
+    .await;
+    assert!(!text(&out.stdout).contains("kept"));
+    fx.driver.destroy(&spec.id).await.unwrap();
+    assert!(!rootfs::is_mounted(&paths.disk));
+    assert!(!paths.dir.exists());
+}

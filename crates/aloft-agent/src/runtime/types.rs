@@ -78,6 +78,8 @@ pub enum RuntimeError {
     ForeignSocket { id: String, peer: Option<i32> },
     #[error("Secrets directory {path} is not a private directory on tmpfs (owned by the agent, mode 0700): {why}")]
     SecretsDir { path: PathBuf, why: String },
+    #[error("Cannot prepare the machine's disk: {command} failed: {message}")]
+    Disk { command: String, message: String },
     #[error("Machine {id} did not stop within {waited:?} of SIGKILL")]
     StopTimeout { id: String, waited: Duration },
 }
@@ -99,6 +101,10 @@ pub struct SandboxOptions {
     /// run config (its environment) and the record the bundle was generated from. Nothing
     /// holding a secret is written under `root`.
     pub secrets_dir: PathBuf,
+    /// Size of each new machine's own disk (writable layer, logs, init's socket) in MB: a
+    /// sparse ext4 image, loop-mounted. `None`: machines write to the host's filesystem
+    /// without a quota.
+    pub disk_mb: Option<u64>,
 }
 
 impl SandboxOptions {
@@ -108,6 +114,7 @@ impl SandboxOptions {
         Self {
             runc: PathBuf::from("/usr/sbin/runc"),
             secrets_dir: default_secrets_dir(&root),
+            disk_mb: None,
             root,
             init_binary: init_binary.into(),
             pids_limit: 4096,
@@ -246,19 +253,37 @@ pub(crate) struct MachinePaths {
     pub pid_file: PathBuf,
     pub runc_log: PathBuf,
     pub instance: PathBuf,
+    /// The machine's disk image and where it is mounted (see `rootfs::ensure_disk`).
+    pub disk_image: PathBuf,
+    pub disk: PathBuf,
+    /// Where `log/` and `run/` are, relative to `dir`: `disk` when the machine has a disk.
+    pub shared_rel: PathBuf,
 }
 
 impl MachinePaths {
+    /// The machine's paths. A machine whose directory holds a disk image keeps its writable
+    /// layer, logs and socket on that disk.
     pub(super) fn new(dir: PathBuf, secrets: PathBuf) -> Self {
+        let disk_image = dir.join("disk.img");
+        let disk = dir.join("disk");
+        let shared_rel = if disk_image.exists() {
+            PathBuf::from("disk")
+        } else {
+            PathBuf::new()
+        };
+        let state = dir.join(&shared_rel);
         Self {
+            upper: state.join("upper"),
+            work: state.join("work"),
+            log: state.join("log"),
+            run: state.join("run"),
+            disk_image,
+            disk,
+            shared_rel,
             run_config: secrets.join("run.json"),
             secrets,
             bundle: dir.join("bundle"),
             rootfs: dir.join("rootfs"),
-            upper: dir.join("upper"),
-            work: dir.join("work"),
-            log: dir.join("log"),
-            run: dir.join("run"),
             hosts: dir.join("hosts"),
             resolv_conf: dir.join("resolv.conf"),
             spec: dir.join(SPEC_FILE),
