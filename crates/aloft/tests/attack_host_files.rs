@@ -108,7 +108,16 @@ fn root_in_a_machine_cannot_use_the_agents_host_files() {
         &server,
         "ams",
         &dir.path().join("agent"),
-        &["--machine-disk-mb", "64", "--max-image-mb", "100"],
+        &[
+            "--machine-disk-mb",
+            "64",
+            "--max-image-mb",
+            "100",
+            "--cpus",
+            "16",
+            "--memory-mb",
+            "8192",
+        ],
     )
     .unwrap();
     let layout = dir.path().join("layout");
