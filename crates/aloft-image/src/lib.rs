@@ -30,7 +30,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use digest::{Algorithm, Digest};
+pub use aloft_digest::{Algorithm, Digest, DigestError};
 pub use error::ImageError;
 pub use store::ImageStore;
 pub use unpack::UnpackLimits;

@@ -30,7 +30,7 @@ pub(crate) struct Descriptor {
 
 impl Descriptor {
     pub(crate) fn digest(&self) -> Result<Digest, ImageError> {
-        self.digest.parse()
+        Ok(self.digest.parse()?)
     }
 
     fn is_index(&self) -> bool {

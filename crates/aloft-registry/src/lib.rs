@@ -49,7 +49,7 @@ mod names;
 mod store;
 mod uploads;
 
-pub use digest::{Algorithm, Digest};
+pub use aloft_digest::{Algorithm, Digest, DigestError};
 pub use error::RegistryError;
 pub use gc::GcReport;
 pub use http::router;

@@ -13,7 +13,7 @@ pub(crate) enum Reference {
 impl Reference {
     pub(crate) fn parse(s: &str) -> Result<Reference, RegistryError> {
         if s.contains(':') {
-            return s.parse().map(Reference::Digest);
+            return Ok(Reference::Digest(s.parse()?));
         }
         validate_tag(s)?;
         Ok(Reference::Tag(s.to_owned()))

@@ -22,6 +22,9 @@ use super::progress::{Progress, Step};
 use super::traffic::Traffic;
 use super::{group_of, live_machines, Plan};
 
+/// Least time a rollback gives each machine of the previous release to be healthy again.
+const ROLLBACK_MIN_WAIT: Duration = Duration::from_secs(60);
+
 /// How long the host may take to acknowledge a machine created without starting it.
 const ACK_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -412,6 +415,13 @@ impl<'a> Rollout<'a> {
         Ok(())
     }
 
+    /// How long a rollback waits for each machine: the previous release served before this
+    /// deploy, so it gets at least [`ROLLBACK_MIN_WAIT`] to pass its checks again even when
+    /// the deploy's own timeout is short (a busy host restarts slower than `--wait-timeout`).
+    fn rollback_wait(&self) -> Duration {
+        self.plan.wait_timeout.max(ROLLBACK_MIN_WAIT)
+    }
+
     /// Undoes every step, newest first, one machine at a time so the others keep serving.
     /// Returns how many steps there were and the first error (later steps are still tried).
     pub async fn roll_back(&mut self) -> (usize, anyhow::Result<()>) {
@@ -454,7 +464,7 @@ impl<'a> Rollout<'a> {
                     .await
                     .with_context(|| format!("Cannot roll back machine {id}"))?;
                 let healthy =
-                    wait_healthy(api, app, &m, self.plan.wait_timeout, &self.progress).await;
+                    wait_healthy(api, app, &m, self.rollback_wait(), &self.progress).await;
                 // Even a previous release that is not healthy again gets its traffic back:
                 // it is what served before this deploy.
                 self.admit(std::slice::from_ref(&id)).await?;
@@ -471,7 +481,7 @@ impl<'a> Rollout<'a> {
                 api.delete_machine(app, &id, true)
                     .await
                     .with_context(|| format!("Cannot destroy new machine {id}"))?;
-                wait_destroyed(api, app, &id, self.plan.wait_timeout).await?;
+                wait_destroyed(api, app, &id, self.rollback_wait()).await?;
                 self.progress.line(&format!("  destroyed new machine {id}"));
             }
             Undo::Destroyed {
@@ -480,7 +490,7 @@ impl<'a> Rollout<'a> {
                 config,
             } => {
                 let m = self.start_cordoned(&config, &region).await?;
-                wait_healthy(api, app, &m, self.plan.wait_timeout, &self.progress).await?;
+                wait_healthy(api, app, &m, self.rollback_wait(), &self.progress).await?;
                 self.admit(std::slice::from_ref(&m.id)).await?;
                 self.progress.line(&format!(
                     "  {group}: recreated machine {} in {region} for a destroyed one",
