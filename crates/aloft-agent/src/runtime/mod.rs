@@ -176,8 +176,13 @@ impl SandboxDriver {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         }
         std::fs::create_dir_all(&self.runc.root).map_err(io_err(&self.runc.root))?;
-        secrets::ensure_private_tmpfs(&self.options.secrets_dir)?;
-        secrets::create_private_dir(&paths.secrets)?;
+        // A destroy elsewhere may remove the (then empty) secrets directory in between.
+        for _ in 0..3 {
+            secrets::ensure_private_tmpfs(&self.options.secrets_dir)?;
+            if secrets::create_private_dir(&paths.secrets)? {
+                break;
+            }
+        }
         // Where earlier versions kept the environment on disk.
         let legacy = [paths.dir.join("run.json"), paths.bundle.join(BUNDLE_KEY)];
         for stale in [paths.exit_file(), paths.socket(), paths.pid_file.clone()]
@@ -469,6 +474,8 @@ impl SandboxDriver {
             }
             _ => {}
         }
+        // The driver's secrets directory goes with its last machine (fails while not empty).
+        let _ = std::fs::remove_dir(&self.options.secrets_dir);
         match std::fs::remove_dir_all(&paths.dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&paths.dir)(e)),
             _ => Ok(()),

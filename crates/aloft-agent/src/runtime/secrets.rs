@@ -47,11 +47,13 @@ pub(super) fn ensure_private_tmpfs(dir: &Path) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// Create the machine's own directory in the secrets directory (mode 0700).
-pub(super) fn create_private_dir(dir: &Path) -> Result<(), RuntimeError> {
+/// Create the machine's own directory in the secrets directory (mode 0700); false when the
+/// secrets directory itself has gone.
+pub(super) fn create_private_dir(dir: &Path) -> Result<bool, RuntimeError> {
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(io_err(dir)(e)),
-        _ => Ok(()),
+        _ => Ok(true),
     }
 }
 

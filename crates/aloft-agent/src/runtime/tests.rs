@@ -136,8 +136,11 @@ impl Drop for Fixture {
                 .arg(&runc_root)
                 .args(["delete", "--force", &id])
                 .output();
-            let _ = rootfs::unmount(&self.driver.paths(&id).rootfs);
+            let paths = self.driver.paths(&id);
+            let _ = rootfs::unmount(&paths.rootfs);
+            let _ = rootfs::unmount(&paths.disk);
         }
+        let _ = std::fs::remove_dir_all(&self.driver.options.secrets_dir);
     }
 }
 
