@@ -1070,3 +1070,63 @@ async fn a_machine_disk_is_a_quota() {
     assert!(!rootfs::is_mounted(&paths.disk));
     assert!(!paths.dir.exists());
 }
+
+/// Run by `bench/machine-disk.sh`: the start cost of a machine disk (`--machine-disk-mb`):
+/// first starts (mkfs + loop mount), later starts (disk already mounted), and starts
+/// without a disk, in one run.
+#[tokio::test]
+#[ignore = "benchmark, run by bench/machine-disk.sh"]
+async fn bench_disk_starts() {
+    let n: usize = std::env::var("ALOFT_BENCH_MACHINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let mut results = Vec::new();
+    for disk in [None, Some(1024)] {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = busybox_layer(dir.path());
+        let mut opts = SandboxOptions::new(dir.path().join("root"), init_binary());
+        opts.disk_mb = disk;
+        let fx = Fixture {
+            driver: SandboxDriver::new(opts),
+            layer,
+            dir,
+        };
+        let specs: Vec<SandboxSpec> = (0..n)
+            .map(|i| {
+                let mut spec = fx.spec(&format!("disk{i}"), "");
+                spec.process.args = vec!["/bin/true".into()];
+                spec
+            })
+            .collect();
+        for round in ["first", "again"] {
+            let mut took = Vec::new();
+            for spec in &specs {
+                let t = Instant::now();
+                fx.driver.start(spec).await.unwrap();
+                took.push(t.elapsed());
+                fx.driver.wait_exit(&spec.id).await.unwrap();
+                fx.driver
+                    .stop(&spec.id, libc::SIGTERM, Duration::from_secs(5))
+                    .await
+                    .unwrap();
+            }
+            took.sort();
+            let p50 = took[took.len() / 2];
+            let max = took[took.len() - 1];
+            results.push(format!(
+                "{:<9} {:<6} start p50 {:>7.1} ms  max {:>7.1} ms",
+                disk.map_or("no disk".to_string(), |mb| format!("{mb} MB")),
+                round,
+                p50.as_secs_f64() * 1e3,
+                max.as_secs_f64() * 1e3
+            ));
+        }
+        for spec in &specs {
+            fx.driver.destroy(&spec.id).await.unwrap();
+        }
+    }
+    for line in results {
+        println!("{line}");
+    }
+}
