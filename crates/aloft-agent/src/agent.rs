@@ -62,6 +62,18 @@ pub struct AgentOptions {
     pub bgp: Option<crate::bgp::BgpOptions>,
     /// The edge's public addresses, told to the control plane for GeoDNS.
     pub edge_addresses: Vec<std::net::IpAddr>,
+    /// Per-machine disk quota and per-image unpack limits.
+    pub storage: StorageLimits,
+}
+
+/// How much a machine and an image may use of the host's disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageLimits {
+    /// Each new machine gets its own disk of this many MB (writable layer, logs); `None`:
+    /// no quota, machines write to the host's filesystem.
+    pub machine_disk_mb: Option<u64>,
+    /// How much one image may unpack to.
+    pub image: aloft_image::UnpackLimits,
 }
 
 /// Runs the agent until `shutdown` resolves. Machines keep running after it returns.
@@ -70,6 +82,17 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         what: format!("creating {}", opts.data_dir.display()),
         source,
     })?;
+    // No listing by other users; traversal stays open for user-namespaced machines, whose
+    // root must reach the bind-mount sources under `machines/`.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o711)).map_err(
+            |source| AgentError::Io {
+                what: format!("restricting {}", opts.data_dir.display()),
+                source,
+            },
+        )?;
+    }
     let store = AgentStore::open(&opts.data_dir.join("agent.db"))?;
     let host_id = match (opts.host_id.clone(), store.meta("host_id")?) {
         (Some(flag), Some(saved)) if flag != saved => {
@@ -197,6 +220,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
                 registry_name: cluster.registry.clone(),
                 token: opts.token.clone(),
                 nameserver: crate::dns::machine_nameserver(opts.dns_listen),
+                storage: opts.storage,
             },
             store.clone(),
         )

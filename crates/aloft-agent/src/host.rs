@@ -39,6 +39,7 @@ pub struct HostOptions {
     /// The nameserver in machines' `/etc/resolv.conf`; `None`: the pool gateway (where the
     /// host's DNS listens by default).
     pub nameserver: Option<std::net::IpAddr>,
+    pub storage: crate::agent::StorageLimits,
 }
 
 /// What runs for a machine right now.
@@ -136,6 +137,7 @@ impl HostRuntime {
                 reference: "(store)".into(),
                 source,
             })?;
+        images.set_limits(opts.storage.image);
         let host_index = opts.host_index;
         if !(1..=65535).contains(&host_index) {
             return Err(AgentError::Invalid(format!(
@@ -153,6 +155,7 @@ impl HostRuntime {
         let userns = runtime::userns::UsernsOptions::checked(opts.userns_base)
             .map_err(|e| AgentError::Invalid(e.to_string()))?;
         sandbox_opts.userns = Some(userns);
+        sandbox_opts.disk_mb = opts.storage.machine_disk_mb;
         let sandbox = runtime::SandboxDriver::new(sandbox_opts);
         let pull = pull_options(&opts);
         Ok(HostRuntime {
@@ -393,7 +396,11 @@ impl HostRuntime {
         if oom_killed(id) {
             reason.push_str(", out of memory: killed for exceeding its memory limit");
         }
-        let tail = log_tail(&self.sandbox.logs(id), 5);
+        let tail = self
+            .sandbox
+            .open_log(id, false)
+            .map(|f| log_tail(f, 5))
+            .unwrap_or_default();
         if !tail.is_empty() {
             reason.push_str("; last log lines: ");
             reason.push_str(&tail.join(" | "));
@@ -529,15 +536,13 @@ fn oom_killed(id: &str) -> bool {
 
 /// The last `n` lines of a machine log (JSON lines of `aloft_init::protocol::LogRecord`),
 /// read from its last 8 KiB.
-fn log_tail(path: &std::path::Path, n: usize) -> Vec<String> {
+fn log_tail(mut f: std::fs::File, n: usize) -> Vec<String> {
     use std::io::{Read as _, Seek as _, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return Vec::new();
-    };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let from = len.saturating_sub(8192);
     let mut buf = Vec::new();
-    if f.seek(SeekFrom::Start(from)).is_err() || f.read_to_end(&mut buf).is_err() {
+    if f.seek(SeekFrom::Start(from)).is_err() || (&mut f).take(8192).read_to_end(&mut buf).is_err()
+    {
         return Vec::new();
     }
     let text = String::from_utf8_lossy(&buf);

@@ -9,12 +9,11 @@ use std::convert::Infallible;
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt as _;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use aloft_api::{AgentLogsQuery, ErrorBody, ExecRequest, ExecResponse, LogEntry};
-use aloft_init::protocol::{LogRecord, LOG_FILE_ROTATED};
+use aloft_init::protocol::LogRecord;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -27,6 +26,9 @@ use tracing::{info, warn};
 
 use crate::runtime::{self, RuntimeStatus, SandboxDriver};
 use crate::store::AgentStore;
+
+/// The most of a log read in one poll.
+const MAX_POLL_BYTES: u64 = 1 << 20;
 
 /// How often a followed log is looked at for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -218,13 +220,17 @@ async fn logs(
     Query(query): Query<AgentLogsQuery>,
 ) -> Result<Response, HostApiError> {
     api.known(&id)?;
-    let current = api.driver.logs(&id);
-    let rotated = current.with_file_name(LOG_FILE_ROTATED);
+    let opener = |rotated: bool| {
+        let driver = api.driver.clone();
+        let id = id.clone();
+        move || driver.open_log(&id, rotated).ok()
+    };
+    let (current, rotated) = (opener(false), opener(true));
     let region = api.region.clone();
     let since = query.since.unwrap_or(0);
     let stream = async_stream::stream! {
         let mut out = Vec::new();
-        for line in read_all(&rotated) {
+        for line in Tail::new(rotated).poll() {
             push_entry(&mut out, &line, &id, &region, since);
         }
         let mut tail = Tail::new(current);
@@ -288,24 +294,20 @@ pub fn to_entry(record: LogRecord, id: &str, region: &str) -> LogEntry {
     }
 }
 
-fn read_all(path: &Path) -> Vec<Vec<u8>> {
-    let mut tail = Tail::new(path.to_path_buf());
-    tail.poll()
-}
-
 /// Reads the complete lines appended to a file since the last poll; starts over when the
 /// file is replaced (rotation) or truncated.
-struct Tail {
-    path: PathBuf,
+struct Tail<F> {
+    open: F,
     offset: u64,
     inode: Option<u64>,
     partial: Vec<u8>,
 }
 
-impl Tail {
-    fn new(path: PathBuf) -> Tail {
+impl<F: FnMut() -> Option<std::fs::File>> Tail<F> {
+    /// `open` opens the file afresh (the driver's confined open of a machine log).
+    fn new(open: F) -> Tail<F> {
         Tail {
-            path,
+            open,
             offset: 0,
             inode: None,
             partial: Vec::new(),
@@ -313,7 +315,7 @@ impl Tail {
     }
 
     fn poll(&mut self) -> Vec<Vec<u8>> {
-        let Ok(mut file) = std::fs::File::open(&self.path) else {
+        let Some(mut file) = (self.open)() else {
             return Vec::new();
         };
         let Ok(meta) = file.metadata() else {
@@ -327,8 +329,10 @@ impl Tail {
         if meta.len() == self.offset || file.seek(SeekFrom::Start(self.offset)).is_err() {
             return Vec::new();
         }
+        // At most one chunk per poll: the machine writes this file and may grow it as
+        // fast as the agent reads.
         let mut buf = Vec::new();
-        let Ok(n) = file.read_to_end(&mut buf) else {
+        let Ok(n) = (&mut file).take(MAX_POLL_BYTES).read_to_end(&mut buf) else {
             return Vec::new();
         };
         self.offset += n as u64;
@@ -360,7 +364,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("app.log");
         std::fs::write(&path, b"a\nb\npart").unwrap();
-        let mut tail = Tail::new(path.clone());
+        let mut tail = Tail::new(|| std::fs::File::open(&path).ok());
         assert_eq!(tail.poll(), vec![b"a".to_vec(), b"b".to_vec()]);
         assert!(tail.poll().is_empty());
         use std::io::Write as _;

@@ -23,7 +23,7 @@ pub mod runtime;
 pub mod store;
 mod supervisor;
 
-pub use agent::{run, AgentOptions};
+pub use agent::{run, AgentOptions, StorageLimits};
 
 /// What can stop the agent or fail a machine step.
 #[derive(Debug, thiserror::Error)]

@@ -39,7 +39,7 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("The store's secrets key {path} cannot be read or created")]
+    #[error("The store's secrets key or database {path} cannot be read, created or restricted")]
     Key {
         path: PathBuf,
         #[source]
@@ -76,6 +76,23 @@ fn load_or_create_key(path: &Path) -> Result<[u8; 32], StoreError> {
         }
         Err(e) => Err(io(e)),
     }
+}
+
+/// Makes the database and its WAL files readable by the agent's user only (SQLite creates
+/// them with the process umask).
+fn restrict_files(db: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut name = db.as_os_str().to_owned();
+    let base = name.clone();
+    for suffix in ["", "-wal", "-shm"] {
+        name.clone_from(&base);
+        name.push(suffix);
+        match std::fs::set_permissions(&name, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Where a machine is in its local lifecycle. Each value is recorded before the step it
@@ -201,6 +218,10 @@ impl AgentStore {
                 .map_err(open_err)?;
             tx.commit().map_err(open_err)?;
         }
+        restrict_files(path).map_err(|source| StoreError::Key {
+            path: path.to_owned(),
+            source,
+        })?;
         let key_path = path
             .parent()
             .unwrap_or_else(|| Path::new("."))
@@ -478,6 +499,23 @@ mod tests {
         assert_eq!(m.running_instance.as_deref(), Some("i1"));
         s.record_revision(5).unwrap();
         assert_eq!(s.revision().unwrap(), 7, "revision never goes back");
+    }
+
+    #[test]
+    fn store_files_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.db");
+        let s = AgentStore::open(&path).unwrap();
+        s.record_assignment(1, &assignment("m1")).unwrap();
+        drop(s);
+        let s = AgentStore::open(&path).unwrap();
+        s.record_assignment(2, &assignment("m2")).unwrap();
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let entry = entry.unwrap();
+            let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{:?}", entry.file_name());
+        }
     }
 
     #[test]

@@ -36,6 +36,16 @@ pub enum ImageError {
         /// What the entry tried to do.
         reason: String,
     },
+    /// An image unpacks to more than the host's limit.
+    #[error("Image is too large: its layers unpack to more than {limit} {what} (the host's limit), reached in layer {digest}")]
+    TooLarge {
+        /// The layer's (compressed) digest where the limit was reached.
+        digest: String,
+        /// `bytes` or `entries`.
+        what: String,
+        /// The limit.
+        limit: u64,
+    },
     /// A layer archive cannot be read (bad tar, bad compression, unsupported entry).
     #[error("Layer {digest} is malformed: {reason}")]
     MalformedLayer {

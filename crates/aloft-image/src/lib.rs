@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 pub use aloft_digest::{Algorithm, Digest, DigestError};
 pub use error::ImageError;
 pub use store::ImageStore;
+pub use unpack::UnpackLimits;
 
 /// Basic credentials for a registry (sent to its token service, or directly on a Basic challenge).
 #[derive(Clone, PartialEq, Eq)]

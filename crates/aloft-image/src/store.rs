@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::registry::RegistryClient;
-use crate::unpack::{check_implicit_dirs, unpack_layer};
+use crate::unpack::{check_implicit_dirs, unpack_layer, Budget, UnpackLimits};
 use crate::{oci, GcReport, Image, ImageError, LayerRef};
 
 /// Unpacked layers and image records under one root directory. Cheap to clone; clones
@@ -46,6 +46,7 @@ pub(crate) struct Inner {
     pins: Mutex<HashMap<String, usize>>,
     refs: Mutex<()>,
     tmp_counter: AtomicU64,
+    limits: std::sync::RwLock<UnpackLimits>,
     pub(crate) http: reqwest::Client,
 }
 
@@ -93,6 +94,12 @@ struct LayerMeta {
     diff_id: String,
     media_type: String,
     implicit_dirs: Vec<String>,
+    /// Bytes of file content (0 in records written before it was counted).
+    #[serde(default)]
+    bytes: u64,
+    /// Entries (0 in records written before it was counted).
+    #[serde(default)]
+    files: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -170,9 +177,29 @@ impl ImageStore {
                 pins: Mutex::default(),
                 refs: Mutex::default(),
                 tmp_counter: AtomicU64::new(0),
+                limits: std::sync::RwLock::new(UnpackLimits::default()),
                 http,
             }),
         })
+    }
+
+    /// Set how much one image may unpack to (default [`UnpackLimits::default`]). Applies
+    /// to images stored from now on; an image over the limit is refused with
+    /// [`ImageError::TooLarge`], already unpacked layers included in its count.
+    pub fn set_limits(&self, limits: UnpackLimits) {
+        *self
+            .inner
+            .limits
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = limits;
+    }
+
+    fn limits(&self) -> UnpackLimits {
+        *self
+            .inner
+            .limits
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The store's root directory.
@@ -357,6 +384,7 @@ impl ImageStore {
         desc: &LayerDesc,
         source: &BlobSource<'_>,
         lowers: &[PathBuf],
+        budget: &mut Budget,
     ) -> Result<LayerRef, ImageError> {
         let (digest, media_type) = (&desc.digest, desc.media_type.as_str());
         let flight = self.flight(digest);
@@ -367,6 +395,7 @@ impl ImageStore {
             if meta_path.exists() {
                 let meta: LayerMeta = read_json(&meta_path)?;
                 check_implicit_dirs(digest, &meta.implicit_dirs, lowers)?;
+                budget.spend(digest, meta.files, meta.bytes)?;
                 return Ok(LayerRef {
                     digest: digest.to_string(),
                     diff_id: meta.diff_id,
@@ -400,19 +429,24 @@ impl ImageStore {
                 lowers.to_vec(),
                 rootfs.clone(),
             );
-            let unpacked = tokio::task::spawn_blocking(move || {
+            let mut b = *budget;
+            let (unpacked, b) = tokio::task::spawn_blocking(move || {
                 let mut f = fs::File::open(&file).map_err(ImageError::io(&file))?;
                 f.seek(SeekFrom::Start(offset))
                     .map_err(ImageError::io(&file))?;
-                unpack_layer(f.take(len), &d, &mt, &rf, &lw)
+                let unpacked = unpack_layer(f.take(len), &d, &mt, &rf, &lw, &mut b)?;
+                Ok::<_, ImageError>((unpacked, b))
             })
             .await
             .map_err(ImageError::Task)??;
+            *budget = b;
             let meta = LayerMeta {
                 digest: digest.to_string(),
                 diff_id: unpacked.diff_id.to_string(),
                 media_type: media_type.to_owned(),
                 implicit_dirs: unpacked.implicit_dirs,
+                bytes: unpacked.bytes,
+                files: unpacked.files,
             };
             let bytes = serde_json::to_vec_pretty(&meta)
                 .map_err(|e| ImageError::invalid("layer record", e.to_string()))?;
@@ -462,10 +496,13 @@ impl ImageStore {
             ));
         }
         let mut layers: Vec<LayerRef> = Vec::with_capacity(a.layers.len());
+        let mut budget = Budget::new(self.limits());
         for (i, (desc, expected)) in a.layers.iter().zip(&diff_ids).enumerate() {
             let digest = &desc.digest;
             let lowers: Vec<PathBuf> = layers.iter().map(|l| l.path.clone()).collect();
-            let layer = self.ensure_layer(desc, &source(i)?, &lowers).await?;
+            let layer = self
+                .ensure_layer(desc, &source(i)?, &lowers, &mut budget)
+                .await?;
             if layer.diff_id != expected.to_string() {
                 return Err(ImageError::DiffIdMismatch {
                     digest: digest.to_string(),

@@ -29,9 +29,74 @@ const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
+/// How much one image may unpack to, over all its layers. A layer bomb is refused from the
+/// sizes in its tar headers, before its data is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnpackLimits {
+    /// Bytes of file content.
+    pub max_bytes: u64,
+    /// Entries (files, directories, links, whiteouts).
+    pub max_files: u64,
+}
+
+impl Default for UnpackLimits {
+    /// 10 GiB and 1,000,000 entries: above any ordinary image, far below a bomb.
+    fn default() -> Self {
+        UnpackLimits {
+            max_bytes: 10 << 30,
+            max_files: 1_000_000,
+        }
+    }
+}
+
+/// What an image has used of its [`UnpackLimits`] so far.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    pub limits: UnpackLimits,
+    pub bytes: u64,
+    pub files: u64,
+}
+
+impl Budget {
+    pub(crate) fn new(limits: UnpackLimits) -> Budget {
+        Budget {
+            limits,
+            bytes: 0,
+            files: 0,
+        }
+    }
+
+    /// Count `files` entries and `bytes` of content, refusing past a limit.
+    pub(crate) fn spend(
+        &mut self,
+        digest: &Digest,
+        files: u64,
+        bytes: u64,
+    ) -> Result<(), ImageError> {
+        self.files = self.files.saturating_add(files);
+        self.bytes = self.bytes.saturating_add(bytes);
+        let over = |what: &str, limit: u64| ImageError::TooLarge {
+            digest: digest.to_string(),
+            what: what.to_owned(),
+            limit,
+        };
+        if self.files > self.limits.max_files {
+            return Err(over("entries", self.limits.max_files));
+        }
+        if self.bytes > self.limits.max_bytes {
+            return Err(over("bytes", self.limits.max_bytes));
+        }
+        Ok(())
+    }
+}
+
 /// What unpacking learned about a layer.
 #[derive(Debug)]
 pub(crate) struct Unpacked {
+    /// Bytes of file content written.
+    pub bytes: u64,
+    /// Entries written.
+    pub files: u64,
     /// Digest of the uncompressed tar stream.
     pub diff_id: Digest,
     /// Directories the layer needed but did not list; they must not be symlinks in any
@@ -48,6 +113,7 @@ pub(crate) fn unpack_layer(
     media_type: &str,
     dest: &Path,
     lowers: &[PathBuf],
+    budget: &mut Budget,
 ) -> Result<Unpacked, ImageError> {
     if media_type.contains("encrypted") || media_type.contains("nondistributable") {
         return Err(malformed(
@@ -83,8 +149,14 @@ pub(crate) fn unpack_layer(
         implicit_set: HashSet::new(),
         dir_times: Vec::new(),
     };
+    let before = *budget;
     for entry in archive.entries().map_err(|e| malformed(digest, e))? {
         let entry = entry.map_err(|e| malformed(digest, e))?;
+        let content = match entry.header().entry_type() {
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => entry.size(),
+            _ => 0,
+        };
+        budget.spend(digest, 1, content)?;
         extractor.extract(entry)?;
     }
     extractor.finish()?;
@@ -100,6 +172,8 @@ pub(crate) fn unpack_layer(
         .map_err(|e| malformed(digest, e))?;
     digest.check(&actual)?;
     Ok(Unpacked {
+        bytes: budget.bytes - before.bytes,
+        files: budget.files - before.files,
         diff_id,
         implicit_dirs: extractor.implicit,
     })

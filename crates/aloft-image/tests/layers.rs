@@ -563,3 +563,85 @@ async fn pax_xattrs_are_kept_except_trusted_ones() {
     );
     assert_eq!(xattr::get(&file, "trusted.overlay.opaque").unwrap(), None);
 }
+
+/// A layer whose headers promise more than the host allows is refused from its headers,
+/// before its data is written: a bomb cannot fill the disk.
+#[tokio::test]
+async fn layer_bombs_are_refused_by_size_and_entry_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 1 TiB of content announced, only 64 KiB present: the archive is refused at the header.
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_path("bomb").unwrap();
+    h.set_mode(0o644);
+    h.set_size(1 << 40);
+    h.set_cksum();
+    let mut bomb = h.as_bytes().to_vec();
+    bomb.extend_from_slice(&[0u8; 64 * 1024]);
+    let huge = image(vec![layer(bomb, Compression::Gzip)], json!({}));
+    write_oci_layout(&tmp.path().join("huge"), &[(&huge, Some("v1"))]);
+    let store = store(tmp.path());
+    let err = store
+        .import_oci_layout(&tmp.path().join("huge"), Some("v1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ImageError::TooLarge { .. }), "{err}");
+    assert!(
+        err.to_string().contains("more than 10737418240 bytes"),
+        "{err}"
+    );
+    let (layers, tmp_empty) = store_state(&tmp.path().join("store"));
+    assert!(layers.is_empty() && tmp_empty, "{layers:?}");
+
+    // Limits count over all layers of one image, cached layers included.
+    store.set_limits(aloft_image::UnpackLimits {
+        max_bytes: 3 << 20,
+        max_files: 50,
+    });
+    let two_mib = LayerTar::new()
+        .file("a", &vec![7u8; 2 << 20], 0o644)
+        .finish();
+    let other = LayerTar::new()
+        .file("b", &vec![8u8; 2 << 20], 0o644)
+        .finish();
+    let first = image(vec![layer(two_mib.clone(), Compression::Gzip)], json!({}));
+    let both = image(
+        vec![
+            layer(two_mib, Compression::Gzip),
+            layer(other, Compression::Gzip),
+        ],
+        json!({}),
+    );
+    write_oci_layout(
+        &tmp.path().join("sizes"),
+        &[(&first, Some("one")), (&both, Some("two"))],
+    );
+    store
+        .import_oci_layout(&tmp.path().join("sizes"), Some("one"))
+        .await
+        .unwrap();
+    let err = store
+        .import_oci_layout(&tmp.path().join("sizes"), Some("two"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ImageError::TooLarge { ref what, .. } if what == "bytes"),
+        "{err}"
+    );
+
+    let mut many = LayerTar::new();
+    for i in 0..60 {
+        many = many.file(&format!("f{i}"), b"x", 0o644);
+    }
+    let many = image(vec![layer(many.finish(), Compression::Gzip)], json!({}));
+    write_oci_layout(&tmp.path().join("many"), &[(&many, Some("v1"))]);
+    let err = store
+        .import_oci_layout(&tmp.path().join("many"), Some("v1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ImageError::TooLarge { ref what, .. } if what == "entries"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("more than 50 entries"), "{err}");
+}

@@ -17,10 +17,12 @@
 //! does not touch networking: it only joins the network namespace it is given.
 
 mod bundle;
+mod confined;
 mod idmap;
 mod rootfs;
 mod runc;
 mod seccomp;
+mod secrets;
 mod types;
 pub mod userns;
 
@@ -33,13 +35,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use aloft_init::protocol::{
     self as wire, ExitRecord, InitRequest, RunConfig, SignalRequest, SignalResponse,
 };
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tracing::{debug, info, warn};
 
 pub use bundle::UserError;
 pub(crate) use types::MachinePaths;
-use types::{io_err, validate_id};
+use types::{io_err, validate_id, PID_FILE, SPEC_FILE};
 pub use types::{
     BindMount, ExecOutput, ExecRequest, ExitStatus, ProcessSpec, RuntimeError, RuntimeState,
     RuntimeStatus, SandboxOptions, SandboxSpec, Started,
@@ -69,7 +71,10 @@ impl SandboxDriver {
     }
 
     fn paths(&self, id: &str) -> MachinePaths {
-        MachinePaths::new(self.options.root.join("machines").join(id))
+        MachinePaths::new(
+            self.options.root.join("machines").join(id),
+            self.options.secrets_dir.join(id),
+        )
     }
 
     /// Ids of every machine the driver has a directory for (running or not).
@@ -87,8 +92,29 @@ impl SandboxDriver {
 
     /// Host path of the machine's current app log (JSON lines of
     /// [`aloft_init::protocol::LogRecord`]; the previous one is `app.log.1` beside it).
+    /// The machine can replace these files: read them with [`SandboxDriver::open_log`].
     pub fn logs(&self, id: &str) -> PathBuf {
         self.paths(id).log.join(wire::LOG_FILE)
+    }
+
+    /// Open the machine's current app log (or the rotated one) for reading, refusing
+    /// anything but a regular file reached without following a link: the machine owns the
+    /// log directory and may have put a symlink, FIFO or device there.
+    pub fn open_log(&self, id: &str, rotated: bool) -> Result<std::fs::File, RuntimeError> {
+        validate_id(id)?;
+        let paths = self.paths(id);
+        let name = if rotated {
+            wire::LOG_FILE_ROTATED
+        } else {
+            wire::LOG_FILE
+        };
+        let rel = paths.shared_rel.join(LOG_REL).join(name);
+        confined::Confined::open(&paths.dir)
+            .and_then(|dir| dir.open_regular(&rel))
+            .map_err(|source| RuntimeError::Confined {
+                path: paths.dir.join(rel),
+                source,
+            })
     }
 
     /// Prepare the rootfs and bundle and start the machine, detached from the caller.
@@ -110,6 +136,7 @@ impl SandboxDriver {
                 return Err(RuntimeError::AlreadyRunning(id.to_string()));
             }
         }
+        let paths = self.prepare_disk(id, paths)?;
         let started = self.start_inner(spec, &paths, existing.is_some(), t).await;
         match started {
             Ok(started) => Ok(started),
@@ -153,7 +180,25 @@ impl SandboxDriver {
         }
         std::fs::create_dir_all(&self.runc.root).map_err(io_err(&self.runc.root))?;
         let ids = self.id_range(id, paths)?;
-        for stale in [paths.exit_file(), paths.socket(), paths.pid_file.clone()] {
+        // A destroy elsewhere may remove the (then empty) secrets directory in between.
+        for _ in 0..3 {
+            secrets::ensure_private_tmpfs(&self.options.secrets_dir)?;
+            if secrets::create_private_dir(&paths.secrets)? {
+                break;
+            }
+        }
+        if let Some(range) = ids {
+            // The machine's root reads its run config through this directory (runc binds it
+            // from inside the user namespace); no other machine's root can.
+            std::os::unix::fs::lchown(&paths.secrets, Some(range.host), Some(range.host))
+                .map_err(io_err(&paths.secrets))?;
+        }
+        // Where earlier versions kept the environment on disk.
+        let legacy = [paths.dir.join("run.json"), paths.bundle.join(BUNDLE_KEY)];
+        for stale in [paths.exit_file(), paths.socket(), paths.pid_file.clone()]
+            .into_iter()
+            .chain(legacy)
+        {
             let _ = std::fs::remove_file(stale);
         }
         let written = !is_empty_dir(&paths.upper) || !is_empty_dir(&paths.work);
@@ -164,13 +209,13 @@ impl SandboxDriver {
         // The bundle of the previous start serves again when nothing that shapes it changed
         // (the image user is resolved in the image's layers, the same ones unless persisted).
         let key = self.bundle_key(spec, ids);
-        let key_file = paths.bundle.join(BUNDLE_KEY);
+        let key_file = paths.secrets.join(BUNDLE_KEY);
         let reuse = !spec.persist_rootfs
             && std::fs::read(&key_file).is_ok_and(|k| k == key)
             && bundle_files(paths).iter().all(|f| f.exists());
         if !reuse {
             let _ = std::fs::remove_file(&key_file);
-            write(&paths.spec, &serde_json::to_vec(spec).unwrap_or_default())?;
+            write(&paths.spec, &secrets::without_env(spec))?;
         }
         let t_clean = t.elapsed();
         let layers = self.sandbox_layers(spec, paths, ids)?;
@@ -178,7 +223,7 @@ impl SandboxDriver {
         let t_rootfs = t.elapsed();
         if !reuse {
             self.write_bundle(spec, paths, ids)?;
-            write(&key_file, &key)?;
+            secrets::write_private(&key_file, &key)?;
         }
         let t_bundle = t.elapsed();
         self.runc
@@ -201,6 +246,34 @@ impl SandboxDriver {
         );
         info!(machine = id, pid, instance = %instance_id, "machine started");
         Ok(Started { pid, instance_id })
+    }
+
+    /// Give a new machine its own disk when the driver is configured with one, and mount
+    /// the disk of a machine that has one; returns the machine's paths on it.
+    fn prepare_disk(&self, id: &str, paths: MachinePaths) -> Result<MachinePaths, RuntimeError> {
+        if let Some(mb) = self.options.disk_mb {
+            let fresh = !paths.upper.exists() || is_empty_dir(&paths.upper);
+            if !paths.disk_image.exists() && fresh {
+                std::fs::create_dir_all(&paths.dir).map_err(io_err(&paths.dir))?;
+                let t = Instant::now();
+                rootfs::ensure_disk(&paths.disk_image, &paths.disk, mb)?;
+                info!(
+                    machine = id,
+                    size_mb = mb,
+                    ms = t.elapsed().as_millis() as u64,
+                    "machine disk created"
+                );
+            } else if !paths.disk_image.exists() {
+                warn!(
+                    machine = id,
+                    "machine keeps a writable layer from before disks were enabled: no disk quota"
+                );
+            }
+        }
+        if paths.disk_image.exists() {
+            rootfs::ensure_disk(&paths.disk_image, &paths.disk, 0)?;
+        }
+        Ok(self.paths(id))
     }
 
     /// What a machine's bundle is generated from: its spec, its id range and the driver
@@ -285,7 +358,7 @@ impl SandboxDriver {
         };
         run.uid = uid;
         run.gid = gid;
-        write(
+        secrets::write_private(
             &paths.run_config,
             &serde_json::to_vec(&run).unwrap_or_default(),
         )?;
@@ -469,6 +542,15 @@ impl SandboxDriver {
         }
         userns::unmount_layers(&paths);
         userns::release(&self.options.root, id, &paths);
+        rootfs::release_disk(&paths.disk)?;
+        match std::fs::remove_dir_all(&paths.secrets) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_err(&paths.secrets)(e))
+            }
+            _ => {}
+        }
+        // The driver's secrets directory goes with its last machine (fails while not empty).
+        let _ = std::fs::remove_dir(&self.options.secrets_dir);
         match std::fs::remove_dir_all(&paths.dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&paths.dir)(e)),
             _ => Ok(()),
@@ -501,21 +583,50 @@ impl SandboxDriver {
     }
 
     /// One request/answer on the init socket.
+    ///
+    /// The socket is opened without following links and must be served by the machine's
+    /// own init (its peer pid is the pid runc started): a machine that replaces its socket
+    /// by a link to another machine's, or serves a socket of its own, is refused.
     async fn request(
         &self,
         id: &str,
         req: &InitRequest,
         limit: Duration,
     ) -> Result<String, RuntimeError> {
-        let socket = self.paths(id).socket();
+        let paths = self.paths(id);
+        let socket = paths.socket();
         let init_err = |message: String| RuntimeError::Init {
             id: id.to_string(),
             message,
         };
+        let confined = |source| RuntimeError::Confined {
+            path: socket.clone(),
+            source,
+        };
+        let dir = confined::Confined::open(&paths.dir).map_err(confined)?;
+        let init_pid = read_init_pid(&dir).map_err(confined)?;
+        let fd = dir
+            .open_socket(&paths.shared_rel.join(RUN_REL).join(wire::SOCKET_NAME))
+            .map_err(confined)?;
         let exchange = async {
-            let mut stream = UnixStream::connect(&socket)
+            let mut stream = UnixStream::connect(confined::fd_path(&fd))
                 .await
                 .map_err(|e| init_err(format!("cannot connect to {}: {e}", socket.display())))?;
+            let peer = stream
+                .peer_cred()
+                .map_err(|e| init_err(format!("cannot read the socket's peer: {e}")))?;
+            if peer.pid() != i32::try_from(init_pid).ok() {
+                warn!(
+                    machine = id,
+                    peer_pid = ?peer.pid(),
+                    init_pid,
+                    "init socket is served by a process other than the machine's init"
+                );
+                return Err(RuntimeError::ForeignSocket {
+                    id: id.to_string(),
+                    peer: peer.pid(),
+                });
+            }
             let mut bytes = serde_json::to_vec(req).map_err(|e| init_err(e.to_string()))?;
             bytes.push(b'\n');
             stream
@@ -523,7 +634,7 @@ impl SandboxDriver {
                 .await
                 .map_err(|e| init_err(e.to_string()))?;
             let mut line = String::new();
-            BufReader::new(stream)
+            BufReader::new(stream.take(MAX_ANSWER))
                 .read_line(&mut line)
                 .await
                 .map_err(|e| init_err(e.to_string()))?;
@@ -547,7 +658,13 @@ impl SandboxDriver {
     ) -> Result<(), RuntimeError> {
         let deadline = Instant::now() + INIT_READY_WAIT;
         let socket = paths.socket();
-        while !socket.exists() && pid_alive(pid) {
+        let dir =
+            confined::Confined::open(&paths.dir).map_err(|source| RuntimeError::Confined {
+                path: paths.dir.clone(),
+                source,
+            })?;
+        let rel = paths.shared_rel.join(RUN_REL).join(wire::SOCKET_NAME);
+        while !dir.exists_as_socket(&rel) && pid_alive(pid) {
             if Instant::now() >= deadline {
                 return Err(RuntimeError::Init {
                     id: id.to_string(),
@@ -644,7 +761,7 @@ fn bundle_files(paths: &MachinePaths) -> [PathBuf; 5] {
 
 /// Removes the files a start writes, so the next start writes them afresh.
 fn remove_start_files(paths: &MachinePaths) {
-    let _ = std::fs::remove_file(paths.bundle.join(BUNDLE_KEY));
+    let _ = std::fs::remove_file(paths.secrets.join(BUNDLE_KEY));
     for file in bundle_files(paths) {
         let _ = std::fs::remove_file(file);
     }
@@ -656,13 +773,35 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
     std::fs::write(path, bytes).map_err(io_err(path))
 }
 
+/// The machine's log directory, relative to its directory.
+const LOG_REL: &str = "log";
+/// The machine's run directory (init's socket), relative to its directory.
+const RUN_REL: &str = "run";
+/// The most a file the machine can write is read (an exit record is a few bytes).
+const MAX_SMALL_FILE: u64 = 64 * 1024;
+/// The most of an answer read from init (exec output is capped well below).
+const MAX_ANSWER: u64 = 16 * 1024 * 1024;
+
+/// The exit record init wrote, read without following links (the machine owns `log/`).
 fn read_exit(paths: &MachinePaths) -> Option<ExitRecord> {
-    let bytes = std::fs::read(paths.exit_file()).ok()?;
+    let dir = confined::Confined::open(&paths.dir).ok()?;
+    let rel = paths.shared_rel.join(LOG_REL).join(wire::EXIT_FILE);
+    let bytes = dir.read_regular(&rel, MAX_SMALL_FILE).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
+/// The host pid of the machine's init, from the pid file runc wrote.
+fn read_init_pid(dir: &confined::Confined) -> std::io::Result<u32> {
+    let text = dir.read_regular(Path::new(PID_FILE), 64)?;
+    String::from_utf8_lossy(&text)
+        .trim()
+        .parse()
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad init pid file"))
+}
+
 fn read_spec(paths: &MachinePaths) -> Option<SandboxSpec> {
-    let bytes = std::fs::read(&paths.spec).ok()?;
+    let dir = confined::Confined::open(&paths.dir).ok()?;
+    let bytes = dir.read_regular(Path::new(SPEC_FILE), 16 << 20).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 

@@ -99,3 +99,75 @@ pub(crate) fn reset_dir(dir: &Path) -> Result<(), RuntimeError> {
     }
     std::fs::create_dir_all(dir).map_err(io)
 }
+
+/// The machine's own disk: a sparse ext4 image of `size_mb`, loop-mounted (`nosuid,nodev`)
+/// at `mountpoint` and holding the writable layer and the directories shared with init, so a
+/// machine that fills it gets `ENOSPC` and the host's filesystem is untouched. Created on
+/// first use (sparse: it costs only what is written) and kept mounted while the machine
+/// exists, so only the first start pays for `mkfs` and the mount.
+pub(crate) fn ensure_disk(
+    image: &Path,
+    mountpoint: &Path,
+    size_mb: u64,
+) -> Result<(), RuntimeError> {
+    if is_mounted(mountpoint) {
+        return Ok(());
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RuntimeError::Io { path, source }
+    };
+    std::fs::create_dir_all(mountpoint).map_err(io(mountpoint))?;
+    if !image.exists() {
+        let tmp = image.with_extension("img.tmp");
+        let file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        file.set_len(size_mb.saturating_mul(1 << 20))
+            .map_err(io(&tmp))?;
+        drop(file);
+        let tmp_text = tmp.to_string_lossy().into_owned();
+        run_tool(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-F",
+                "-m",
+                "0",
+                "-E",
+                "nodiscard",
+                "-O",
+                "^has_journal",
+                &tmp_text,
+            ],
+        )?;
+        std::fs::rename(&tmp, image).map_err(io(image))?;
+    }
+    let image_text = image.to_string_lossy().into_owned();
+    let target_text = mountpoint.to_string_lossy().into_owned();
+    run_tool(
+        "mount",
+        &["-o", "loop,nosuid,nodev", &image_text, &target_text],
+    )
+}
+
+/// Unmount the machine's disk (the loop device goes with it).
+pub(crate) fn release_disk(mountpoint: &Path) -> Result<(), RuntimeError> {
+    unmount(mountpoint)
+}
+
+fn run_tool(program: &str, args: &[&str]) -> Result<(), RuntimeError> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|source| RuntimeError::Spawn {
+            program: program.into(),
+            source,
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(RuntimeError::Disk {
+        command: format!("{program} {}", args.join(" ")),
+        message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
+}

@@ -13,7 +13,7 @@ use super::*;
 const APPLETS: &[&str] = &[
     "sh", "sleep", "cat", "echo", "id", "hostname", "env", "ls", "nc", "wget", "grep", "touch",
     "mount", "unshare", "true", "false", "kill", "ps", "rm", "mkdir", "insmod", "test", "pidof",
-    "dd",
+    "dd", "ln",
 ];
 
 /// The static `aloft-init` binary: `$ALOFT_INIT_BINARY`, or built once for musl (falling
@@ -136,9 +136,12 @@ impl Drop for Fixture {
                 .arg(&runc_root)
                 .args(["delete", "--force", &id])
                 .output();
-            let _ = rootfs::unmount(&self.driver.paths(&id).rootfs);
-            userns::unmount_layers(&self.driver.paths(&id));
+            let paths = self.driver.paths(&id);
+            let _ = rootfs::unmount(&paths.rootfs);
+            userns::unmount_layers(&paths);
+            let _ = rootfs::unmount(&paths.disk);
         }
+        let _ = std::fs::remove_dir_all(&self.driver.options.secrets_dir);
     }
 }
 
@@ -1066,4 +1069,225 @@ async fn bench_stopped_to_started() {
         percentile(&hardened, 0.5) / percentile(&raw_ready, 0.5),
         percentile(&hardened, 0.99) / percentile(&raw_ready, 0.99)
     );
+}
+
+/// Root in a machine owns `/.aloft/run` and `/.aloft/log`: a link planted there must not
+/// send the agent to another machine's socket or make it read a device.
+#[tokio::test]
+async fn a_machine_cannot_redirect_its_socket_or_log() {
+    let fx = Fixture::new();
+    let a = fx.spec("redir-a", IDLE);
+    let b = fx.spec("redir-b", IDLE);
+    fx.driver.start(&a).await.unwrap();
+    fx.driver.start(&b).await.unwrap();
+    wait_ready(&fx.driver, &a.id).await;
+    wait_ready(&fx.driver, &b.id).await;
+    let b_socket = fx.driver.paths(&b.id).socket();
+    let plant = format!(
+        "ln -sf {} /.aloft/run/init.sock && ln -sf /dev/zero /.aloft/log/app.log",
+        b_socket.display()
+    );
+    let out = exec(&fx.driver, &a.id, &["sh", "-c", &plant]).await;
+    assert_eq!(out.exit_code, 0, "{}", text(&out.stderr));
+
+    let req = ExecRequest {
+        cmd: vec!["hostname".into()],
+        stdin: None,
+        timeout: Duration::from_secs(5),
+        env: Vec::new(),
+    };
+    let err = fx.driver.exec(&a.id, &req).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::Confined { .. }), "{err}");
+    assert!(!fx
+        .driver
+        .signal(&a.id, libc::SIGUSR1)
+        .await
+        .is_ok_and(|d| d));
+    let err = fx.driver.open_log(&a.id, false).unwrap_err();
+    assert!(matches!(err, RuntimeError::Confined { .. }), "{err}");
+    // B was never reached: still running, its log has no trace of a signal.
+    assert_eq!(
+        fx.driver.state(&b.id).await.unwrap().unwrap().status,
+        RuntimeStatus::Running
+    );
+    assert!(!log_lines(&fx.driver, &b.id)
+        .iter()
+        .any(|r| r.line.contains("got-usr1")));
+
+    // A socket of A's own making (not served by init) is refused by its peer's pid.
+    let a_socket = fx.driver.paths(&a.id).socket();
+    std::fs::remove_file(&a_socket).unwrap();
+    let _fake = std::os::unix::net::UnixListener::bind(&a_socket).unwrap();
+    let err = fx.driver.exec(&a.id, &req).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::ForeignSocket { .. }), "{err}");
+
+    fx.driver.destroy(&a.id).await.unwrap();
+    fx.driver.destroy(&b.id).await.unwrap();
+}
+
+/// A machine's environment (its app's secrets) reaches the machine but no file under the
+/// driver's data directory; the copy init reads is 0600 on tmpfs.
+#[tokio::test]
+async fn the_environment_is_never_written_to_disk() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let fx = Fixture::new();
+    let mut spec = fx.spec("noenv", IDLE);
+    let secret = format!("s3cret-{}", std::process::id());
+    spec.process.env.push(("TOKEN".into(), secret.clone()));
+    fx.driver.start(&spec).await.unwrap();
+    wait_ready(&fx.driver, &spec.id).await;
+    let paths = fx.driver.paths(&spec.id);
+    let run = std::fs::metadata(&paths.run_config).unwrap();
+    assert_eq!(run.permissions().mode() & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&paths.run_config)
+        .unwrap()
+        .contains(&secret));
+    let mut stack = vec![fx.dir.path().join("root")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let ty = entry.file_type().unwrap();
+            if ty.is_dir() && entry.path() != paths.rootfs {
+                stack.push(entry.path());
+            } else if ty.is_file() {
+                let bytes = std::fs::read(entry.path()).unwrap_or_default();
+                let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+                assert!(!found, "{} holds the secret", entry.path().display());
+            }
+        }
+    }
+    fx.driver.destroy(&spec.id).await.unwrap();
+    assert!(!paths.secrets.exists());
+}
+
+/// With a disk per machine, a machine that writes past it gets ENOSPC inside and the
+/// host's filesystem is untouched; destroying the machine releases the disk.
+#[tokio::test]
+async fn a_machine_disk_is_a_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let layer = busybox_layer(dir.path());
+    let mut opts = SandboxOptions::new(dir.path().join("root"), init_binary());
+    opts.disk_mb = Some(32);
+    let fx = Fixture {
+        driver: SandboxDriver::new(opts),
+        layer,
+        dir,
+    };
+    let spec = fx.spec("disk", IDLE);
+    fx.driver.start(&spec).await.unwrap();
+    wait_ready(&fx.driver, &spec.id).await;
+    let paths = fx.driver.paths(&spec.id);
+    assert!(rootfs::is_mounted(&paths.disk));
+    let host_free = |p: &Path| nix::sys::statvfs::statvfs(p).unwrap().blocks_available();
+    let before = host_free(fx.dir.path());
+    let out = exec(
+        &fx.driver,
+        &spec.id,
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/big bs=1M count=64; echo rc=$?",
+        ],
+    )
+    .await;
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(all.contains("No space left on device"), "{all}");
+    assert!(!all.contains("rc=0"), "{all}");
+    // The log directory is on the machine's disk too.
+    let out = exec(
+        &fx.driver,
+        &spec.id,
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/.aloft/log/fill bs=1M count=64; echo rc=$?",
+        ],
+    )
+    .await;
+    assert!(!text(&out.stdout).contains("rc=0"), "{}", text(&out.stderr));
+    // The sparse image took what was written, not 64 MiB of host disk twice over.
+    let spent = before.saturating_sub(host_free(fx.dir.path()));
+    let block = nix::sys::statvfs::statvfs(fx.dir.path())
+        .unwrap()
+        .fragment_size();
+    assert!(
+        spent * block < 40 << 20,
+        "host lost {} bytes",
+        spent * block
+    );
+    // Stop and start again: the disk stays, the writable layer is reset.
+    fx.driver
+        .stop(&spec.id, libc::SIGTERM, Duration::from_secs(5))
+        .await
+        .unwrap();
+    fx.driver.start(&spec).await.unwrap();
+    let out = exec(
+        &fx.driver,
+        &spec.id,
+        &["sh", "-c", "test -e /big && echo kept"],
+    )
+    .await;
+    assert!(!text(&out.stdout).contains("kept"));
+    fx.driver.destroy(&spec.id).await.unwrap();
+    assert!(!rootfs::is_mounted(&paths.disk));
+    assert!(!paths.dir.exists());
+}
+
+/// Run by `bench/machine-disk.sh`: the start cost of a machine disk (`--machine-disk-mb`):
+/// first starts (mkfs + loop mount), later starts (disk already mounted), and starts
+/// without a disk, in one run.
+#[tokio::test]
+#[ignore = "benchmark, run by bench/machine-disk.sh"]
+async fn bench_disk_starts() {
+    let n: usize = std::env::var("ALOFT_BENCH_MACHINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let mut results = Vec::new();
+    for disk in [None, Some(1024)] {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = busybox_layer(dir.path());
+        let mut opts = SandboxOptions::new(dir.path().join("root"), init_binary());
+        opts.disk_mb = disk;
+        let fx = Fixture {
+            driver: SandboxDriver::new(opts),
+            layer,
+            dir,
+        };
+        let specs: Vec<SandboxSpec> = (0..n)
+            .map(|i| {
+                let mut spec = fx.spec(&format!("disk{i}"), "");
+                spec.process.args = vec!["/bin/true".into()];
+                spec
+            })
+            .collect();
+        for round in ["first", "again"] {
+            let mut took = Vec::new();
+            for spec in &specs {
+                let t = Instant::now();
+                fx.driver.start(spec).await.unwrap();
+                took.push(t.elapsed());
+                fx.driver.wait_exit(&spec.id).await.unwrap();
+                fx.driver
+                    .stop(&spec.id, libc::SIGTERM, Duration::from_secs(5))
+                    .await
+                    .unwrap();
+            }
+            took.sort();
+            let p50 = took[took.len() / 2];
+            let max = took[took.len() - 1];
+            results.push(format!(
+                "{:<9} {:<6} start p50 {:>7.1} ms  max {:>7.1} ms",
+                disk.map_or("no disk".to_string(), |mb| format!("{mb} MB")),
+                round,
+                p50.as_secs_f64() * 1e3,
+                max.as_secs_f64() * 1e3
+            ));
+        }
+        for spec in &specs {
+            fx.driver.destroy(&spec.id).await.unwrap();
+        }
+    }
+    for line in results {
+        println!("{line}");
+    }
 }

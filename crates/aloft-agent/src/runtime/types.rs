@@ -75,6 +75,18 @@ pub enum RuntimeError {
     },
     #[error("Init of machine {id} did not answer: {message}")]
     Init { id: String, message: String },
+    #[error("Refused to open {path}: not a plain entry reached without following links")]
+    Confined {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Init socket of machine {id} is served by another process (pid {peer:?})")]
+    ForeignSocket { id: String, peer: Option<i32> },
+    #[error("Secrets directory {path} is not a private directory on tmpfs (owned by the agent, mode 0700): {why}")]
+    SecretsDir { path: PathBuf, why: String },
+    #[error("Cannot prepare the machine's disk: {command} failed: {message}")]
+    Disk { command: String, message: String },
     #[error("Machine {id} did not stop within {waited:?} of SIGKILL")]
     StopTimeout { id: String, waited: Duration },
 }
@@ -95,15 +107,26 @@ pub struct SandboxOptions {
     /// Run each machine in a user namespace of its own id range; `None`: machine root is
     /// host root (only for kernels without idmapped mounts).
     pub userns: Option<UsernsOptions>,
+    /// Memory-backed directory (tmpfs) for the files that carry a machine's secrets: init's
+    /// run config (its environment) and the record the bundle was generated from. Nothing
+    /// holding a secret is written under `root`.
+    pub secrets_dir: PathBuf,
+    /// Size of each new machine's own disk (writable layer, logs, init's socket) in MB: a
+    /// sparse ext4 image, loop-mounted. `None`: machines write to the host's filesystem
+    /// without a quota.
+    pub disk_mb: Option<u64>,
 }
 
 impl SandboxOptions {
     /// Defaults: `/usr/sbin/runc`, 4096 pids, seccomp on, user namespaces from host id
-    /// 1000000.
+    /// 1000000, secrets under `/dev/shm`.
     pub fn new(root: impl Into<PathBuf>, init_binary: impl Into<PathBuf>) -> Self {
+        let root = root.into();
         Self {
             runc: PathBuf::from("/usr/sbin/runc"),
-            root: root.into(),
+            secrets_dir: default_secrets_dir(&root),
+            disk_mb: None,
+            root,
             init_binary: init_binary.into(),
             pids_limit: 4096,
             seccomp: true,
@@ -211,6 +234,19 @@ pub struct ExecOutput {
     pub timed_out: bool,
 }
 
+/// The machine's spec, in its directory.
+pub(super) const SPEC_FILE: &str = "machine.json";
+/// The pid file runc writes, in the machine's directory.
+pub(super) const PID_FILE: &str = "init.pid";
+
+/// `/dev/shm/aloft-<hash of root>`: tmpfs on every Linux, one directory per driver root.
+fn default_secrets_dir(root: &Path) -> PathBuf {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    root.hash(&mut h);
+    PathBuf::from(format!("/dev/shm/aloft-{:016x}", h.finish()))
+}
+
 /// Paths of one machine on the host.
 #[derive(Debug, Clone)]
 pub(crate) struct MachinePaths {
@@ -223,27 +259,49 @@ pub(crate) struct MachinePaths {
     pub run: PathBuf,
     pub hosts: PathBuf,
     pub resolv_conf: PathBuf,
+    /// The machine's directory in the memory-backed secrets directory.
+    pub secrets: PathBuf,
+    /// Init's run config (holds the environment): in `secrets`.
     pub run_config: PathBuf,
     pub spec: PathBuf,
     pub pid_file: PathBuf,
     pub runc_log: PathBuf,
     pub instance: PathBuf,
+    /// The machine's disk image and where it is mounted (see `rootfs::ensure_disk`).
+    pub disk_image: PathBuf,
+    pub disk: PathBuf,
+    /// Where `log/` and `run/` are, relative to `dir`: `disk` when the machine has a disk.
+    pub shared_rel: PathBuf,
 }
 
 impl MachinePaths {
-    pub(super) fn new(dir: PathBuf) -> Self {
+    /// The machine's paths. A machine whose directory holds a disk image keeps its writable
+    /// layer, logs and socket on that disk.
+    pub(super) fn new(dir: PathBuf, secrets: PathBuf) -> Self {
+        let disk_image = dir.join("disk.img");
+        let disk = dir.join("disk");
+        let shared_rel = if disk_image.exists() {
+            PathBuf::from("disk")
+        } else {
+            PathBuf::new()
+        };
+        let state = dir.join(&shared_rel);
         Self {
+            upper: state.join("upper"),
+            work: state.join("work"),
+            log: state.join("log"),
+            run: state.join("run"),
+            disk_image,
+            disk,
+            shared_rel,
+            run_config: secrets.join("run.json"),
+            secrets,
             bundle: dir.join("bundle"),
             rootfs: dir.join("rootfs"),
-            upper: dir.join("upper"),
-            work: dir.join("work"),
-            log: dir.join("log"),
-            run: dir.join("run"),
             hosts: dir.join("hosts"),
             resolv_conf: dir.join("resolv.conf"),
-            run_config: dir.join("run.json"),
-            spec: dir.join("machine.json"),
-            pid_file: dir.join("init.pid"),
+            spec: dir.join(SPEC_FILE),
+            pid_file: dir.join(PID_FILE),
             runc_log: dir.join("runc.log"),
             instance: dir.join("instance"),
             dir,

@@ -89,6 +89,17 @@ pub struct AgentArgs {
     /// GeoDNS answers with it for clients nearest this region.
     #[arg(long = "edge-address", value_name = "IP")]
     pub edge_addresses: Vec<std::net::IpAddr>,
+    /// Give each new machine its own disk of this many MB (a sparse ext4 image, loop-mounted):
+    /// its writable layer and logs live there and writing past it fails with ENOSPC inside
+    /// the machine (default: no quota; machines write to the host's filesystem).
+    #[arg(long, value_name = "MB", value_parser = clap::value_parser!(u64).range(16..))]
+    pub machine_disk_mb: Option<u64>,
+    /// The most one image may unpack to, in MB over all its layers.
+    #[arg(long, value_name = "MB", default_value_t = 10240, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_image_mb: u64,
+    /// The most entries (files, directories, links) one image may unpack to.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_image_files: u64,
     #[command(flatten)]
     pub bgp: Box<BgpArgs>,
 }
@@ -170,6 +181,20 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     let bgp = (*args.bgp).options(&args.data_dir, &args.address)?;
     let token = join_token(args.token_file.as_deref())?;
+    let storage = aloft_agent::StorageLimits {
+        machine_disk_mb: args.machine_disk_mb,
+        image: aloft_image::UnpackLimits {
+            max_bytes: args.max_image_mb.saturating_mul(1 << 20),
+            max_files: args.max_image_files,
+        },
+    };
+    if args.machine_disk_mb.is_some() {
+        check_disk_tools()?;
+    } else {
+        tracing::warn!(
+            "no --machine-disk-mb: machines write to the host's filesystem without a quota"
+        );
+    }
     let opts = aloft_agent::AgentOptions {
         control_url: args.control,
         token,
@@ -198,12 +223,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }),
         bgp,
         edge_addresses: args.edge_addresses,
+        storage,
     };
     aloft_agent::run(opts, super::server::shutdown_signal()).await?;
     Ok(())
 }
 
-/// The join token: from `--token-file` (trimmed), else `ALOFT_JOIN_TOKEN`.
 /// The join token from `--token-file` or `ALOFT_JOIN_TOKEN`; empty when neither is given
 /// (a host that enrolled before uses its saved credential; the agent says what to do if it
 /// has none).
@@ -215,6 +240,22 @@ fn join_token(file: Option<&std::path::Path>) -> anyhow::Result<String> {
             .trim()
             .to_owned(),
     })
+}
+
+/// Machine disks need `mkfs.ext4` and loop mounts: refuse to start without them rather than
+/// fail every machine later.
+fn check_disk_tools() -> anyhow::Result<()> {
+    let found = std::process::Command::new("mkfs.ext4")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        return Err(crate::context::UsageError(
+            "--machine-disk-mb needs mkfs.ext4 (e2fsprogs) and loop devices on this host".into(),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// `aloft-init-static` next to this binary when it exists (it runs in any image), else

@@ -86,6 +86,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             mesh: None,
             bgp: None,
             edge_addresses: Vec::new(),
+            storage: Default::default(),
         };
         tokio::spawn(
             async move { aloft_agent::run(opts, async move { stop.cancelled().await }).await },
