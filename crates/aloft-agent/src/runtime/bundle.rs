@@ -336,7 +336,7 @@ mod unit {
 
     #[test]
     fn machines_get_their_id_range_and_fewer_capabilities() {
-        let paths = MachinePaths::new("/data/machines/m1".into());
+        let paths = MachinePaths::new("/data/machines/m1".into(), "/dev/shm/aloft-test/m1".into());
         let range = IdRange {
             host: 1_065_536,
             size: 65_536,
