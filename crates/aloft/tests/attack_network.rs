@@ -219,14 +219,18 @@ fn a_machine_reaches_its_org_and_dns_and_nothing_else() {
     )
     .unwrap();
     let push_to = dev.api_url.trim_start_matches("http://").to_string();
-    aloft_testkit::skopeo_push(
-        &layout,
-        "1",
-        &format!("{push_to}/web/busybox:1"),
-        &dev.token(),
-    )
-    .unwrap();
+    // Each app runs its own copy: a machine runs only its app's images of the registry.
+    for app in ["web", "spy"] {
+        aloft_testkit::skopeo_push(
+            &layout,
+            "1",
+            &format!("{push_to}/{app}/busybox:1"),
+            &dev.token(),
+        )
+        .unwrap();
+    }
     let image = format!("{CONTROL}/web/busybox:1");
+    let spy_image = format!("{CONTROL}/spy/busybox:1");
 
     // A second organization (added to the store directly: see the org API for the real way).
     {
@@ -248,8 +252,8 @@ fn a_machine_reaches_its_org_and_dns_and_nothing_else() {
     let (attacker, attacker6) = run_machine(&dev, "web", "ams", &image);
     let (neighbour, neighbour6) = run_machine(&dev, "web", "ams", &image);
     let (_remote, remote6) = run_machine(&dev, "web", "iad", &image);
-    let (spy, spy6) = run_machine(&dev, "spy", "ams", &image);
-    let (_spy_iad, spy_iad6) = run_machine(&dev, "spy", "iad", &image);
+    let (spy, spy6) = run_machine(&dev, "spy", "ams", &spy_image);
+    let (_spy_iad, spy_iad6) = run_machine(&dev, "spy", "iad", &spy_image);
     let ns = machine_netns(&attacker);
     let attacker_v4 = in_netns(&ns, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
     let attacker_v4 = attacker_v4

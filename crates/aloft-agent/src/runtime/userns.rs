@@ -363,7 +363,10 @@ mod unit {
     use super::*;
 
     fn machine(root: &Path, id: &str) -> MachinePaths {
-        let paths = MachinePaths::new(root.join("machines").join(id), root.join("secrets").join(id));
+        let paths = MachinePaths::new(
+            root.join("machines").join(id),
+            root.join("secrets").join(id),
+        );
         std::fs::create_dir_all(&paths.dir).unwrap();
         paths
     }

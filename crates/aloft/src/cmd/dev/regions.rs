@@ -16,6 +16,9 @@ use super::topology::{self, DevState, Topology, ANYCAST_V4, CONTROL_PORT, MESH_P
 use super::{demo, latency, traffic, DevArgs, DEMO_APP};
 use crate::context::UsageError;
 
+/// User-id ranges (of 65536 ids) set apart for each simulated host's machines.
+const DEV_RANGES_PER_HOST: u32 = 256;
+
 /// A child process of `aloft dev` (the control plane or an agent) in one namespace.
 struct Child {
     name: String,
@@ -213,8 +216,11 @@ async fn bring_up(args: &DevArgs, from: &str, run: &mut Running) -> anyhow::Resu
 
     // One host per region, joining with a join token as real servers do.
     let join = join_token(&api, &data_dir).await?;
-    for region in &topo.regions {
+    for (i, region) in topo.regions.iter().enumerate() {
         let agent_dir = data_dir.join("hosts").join(region);
+        // The hosts share this box's user ids: each gets ranges of its own for its machines.
+        let userns_base = aloft_agent::runtime::userns::DEFAULT_BASE
+            + i as u32 * DEV_RANGES_PER_HOST * aloft_agent::runtime::userns::RANGE_SIZE;
         let mut agent_args: Vec<String> = [
             "agent",
             "--control",
@@ -237,6 +243,7 @@ async fn bring_up(args: &DevArgs, from: &str, run: &mut Running) -> anyhow::Resu
         .iter()
         .map(|s| s.to_string())
         .collect();
+        agent_args.extend(["--userns-base".to_string(), userns_base.to_string()]);
         agent_args.extend(mesh_args(&topo, region));
         agent_args.extend(traffic::agent_args());
         if args.bgp {
