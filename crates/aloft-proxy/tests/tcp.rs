@@ -88,9 +88,16 @@ async fn echo(mut stream: TcpStream, name: String) {
 }
 
 /// A port free on 127.0.0.1 for the edge to bind as a public service port.
+/// A port for the edge to listen on, chosen below the kernel's ephemeral range (32768 and
+/// up): a port the kernel handed out and this test released could be handed to another
+/// process's connection before the edge binds it.
 async fn free_public_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap().port()
+    loop {
+        let port = rand::random_range(20_000..32_000u16);
+        if TcpListener::bind(("127.0.0.1", port)).await.is_ok() {
+            return port;
+        }
+    }
 }
 
 fn tcp_app(
