@@ -188,8 +188,11 @@ impl Certs {
         }
     }
 
-    /// The cluster CA, created on first use.
+    /// The cluster CA, created on first use. One caller at a time: requests that arrive
+    /// together (every host fetching the edge's certificates at start) see the same CA.
     pub fn cluster_ca(&self) -> Result<ClusterCa, CertError> {
+        static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = CREATING.lock().unwrap_or_else(|e| e.into_inner());
         Ok(load_or_create_ca(&self.store.data_dir().join("ca"))?)
     }
 

@@ -76,7 +76,10 @@ pub fn load_or_create_ca(dir: &Path) -> Result<ClusterCa, CaError> {
     f.write_all(ca.private_key.as_bytes())
         .and_then(|()| f.sync_all())
         .map_err(io(&key_path))?;
-    std::fs::write(&cert_path, &ca.certificate).map_err(io(&cert_path))?;
+    // The certificate appears whole or not at all: a reader never sees half of it.
+    let tmp = dir.join("ca.pem.tmp");
+    std::fs::write(&tmp, &ca.certificate).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &cert_path).map_err(io(&cert_path))?;
     Ok(ca)
 }
 
