@@ -9,7 +9,7 @@ fi
 
 packages=(
   build-essential pkg-config ca-certificates curl jq git bc
-  iproute2 iptables nftables
+  iproute2 iptables nftables e2fsprogs
   runc busybox-static
   skopeo umoci debootstrap
   docker-registry wrk wireguard-go wireguard-tools iperf3 iputils-ping
