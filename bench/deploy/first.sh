@@ -26,6 +26,8 @@ cargo build -q --locked -p aloft-bench --bin debian-image $([ "$profile" = relea
 image=$("$ROOT/target/$profile/debian-image")
 
 work=$(mktemp -d)
+# Machines' roots (in their user namespaces) pass through the data dir to their rootfs.
+chmod 711 "$work"
 prefix=bfh$$
 cleanup() {
   [ -n "${dev:-}" ] && kill -INT "$dev" 2>/dev/null && wait "$dev" 2>/dev/null || true

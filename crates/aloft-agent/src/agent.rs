@@ -93,6 +93,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
             },
         )?;
     }
+    warn_unsearchable_ancestors(&opts.data_dir);
     let store = AgentStore::open(&opts.data_dir.join("agent.db"))?;
     let host_id = match (opts.host_id.clone(), store.meta("host_id")?) {
         (Some(flag), Some(saved)) if flag != saved => {
@@ -527,4 +528,29 @@ fn capacity(opts: &AgentOptions) -> (i64, i64) {
         total_kb / 1024 * 9 / 10
     });
     (cpus, memory)
+}
+
+/// Machines' roots, in their user namespaces, must pass through every directory above the
+/// data dir to reach their rootfs: one that others cannot search (e.g. a `mktemp -d`
+/// directory, 0700) makes every machine fail to start, so say which and how to fix it.
+fn warn_unsearchable_ancestors(data_dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(full) = std::fs::canonicalize(data_dir) else {
+        return;
+    };
+    for dir in full.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(dir) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o001 == 0 {
+            warn!(
+                dir = %dir.display(),
+                mode = format!("{mode:o}"),
+                "machines run in user namespaces and cannot pass through this directory above \
+                 the data dir: they will fail to start; run `chmod o+x` on it or choose another \
+                 --data-dir"
+            );
+        }
+    }
 }
