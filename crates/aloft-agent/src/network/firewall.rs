@@ -86,7 +86,13 @@ fn sixpn_network(network: u32) -> String {
     format!("fdaa:{:x}:{:x}::/48", network >> 16, network & 0xffff)
 }
 
-async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<bool, NetworkError> {
+/// Runs `program args`, feeding it `stdin` when given; its output (stderr captured) whatever
+/// its exit status. Fails only when it cannot be run.
+pub(super) async fn output(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<std::process::Output, NetworkError> {
     let mut cmd = Command::new(program);
     cmd.args(args)
         .stdin(if stdin.is_some() {
@@ -97,27 +103,23 @@ async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<bool, 
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let command = || format!("{program} {}", args.join(" "));
-    let mut child = cmd.spawn().map_err(|source| NetworkError::Spawn {
-        command: command(),
+    let spawn_error = |source| NetworkError::Spawn {
+        command: format!("{program} {}", args.join(" ")),
         source,
-    })?;
+    };
+    let mut child = cmd.spawn().map_err(spawn_error)?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         use tokio::io::AsyncWriteExt;
         pipe.write_all(input.as_bytes())
             .await
-            .map_err(|source| NetworkError::Spawn {
-                command: command(),
-                source,
-            })?;
+            .map_err(spawn_error)?;
     }
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(|source| NetworkError::Spawn {
-            command: command(),
-            source,
-        })?;
+    child.wait_with_output().await.map_err(spawn_error)
+}
+
+async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<bool, NetworkError> {
+    let command = || format!("{program} {}", args.join(" "));
+    let out = output(program, args, stdin).await?;
     if out.status.success() {
         return Ok(true);
     }

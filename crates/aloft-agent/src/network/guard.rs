@@ -27,9 +27,6 @@
 //!   plane's).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::process::Stdio;
-
-use tokio::process::Command;
 
 use super::addr::{link_local_v6, IpPrefix, SIXPN_MACHINE_PREFIX_LEN};
 use super::firewall::Locked;
@@ -76,37 +73,7 @@ pub(super) fn table_name(chain_prefix: &str) -> String {
 }
 
 async fn nft(args: &[&str], script: Option<&str>) -> Result<Result<(), String>, NetworkError> {
-    let mut cmd = Command::new("nft");
-    cmd.args(args)
-        .stdin(if script.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let command = || format!("nft {}", args.join(" "));
-    let mut child = cmd.spawn().map_err(|source| NetworkError::Spawn {
-        command: command(),
-        source,
-    })?;
-    if let (Some(input), Some(mut pipe)) = (script, child.stdin.take()) {
-        use tokio::io::AsyncWriteExt;
-        pipe.write_all(input.as_bytes())
-            .await
-            .map_err(|source| NetworkError::Spawn {
-                command: command(),
-                source,
-            })?;
-    }
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(|source| NetworkError::Spawn {
-            command: command(),
-            source,
-        })?;
+    let out = super::firewall::output("nft", args, script).await?;
     Ok(if out.status.success() {
         Ok(())
     } else {
